@@ -1,0 +1,223 @@
+//! The storage engine of a node: one RocksDB instance shared by every partition, with the column
+//! families of [`crate::codec::cf`], crc-checked reads, and group commit.
+//!
+//! Group commit: Raft appends are written to RocksDB without waiting for the disk (so they are
+//! immediately readable, as openraft requires) and then queued on [`Engine::sync_then`]. One
+//! syncer thread drains everything queued, syncs the write-ahead log once, and only then tells
+//! each waiter its data is durable. Concurrent appends of all partitions on the node therefore
+//! share one fsync. Because RocksDB has a single WAL per instance that is replayed as a prefix,
+//! anything written before a completed sync is durable too, whatever its write options were.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+
+use crate::codec::{self, cf, CorruptRecord};
+
+/// Errors of the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+    #[error("cannot decode {what}: {detail}")]
+    Decode { what: String, detail: String },
+}
+
+impl StoreError {
+    pub fn decode(what: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        StoreError::Decode {
+            what: what.into(),
+            detail: err.to_string(),
+        }
+    }
+}
+
+/// Whether a write must be on disk before [`Engine::write`] returns.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the WAL before returning (votes, truncations, snapshot installs).
+    Sync,
+    /// Return once RocksDB has the write; it becomes durable with the next WAL sync.
+    Buffered,
+}
+
+type SyncWaiter = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// Counters of the group-commit syncer, for benchmarks and status.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// WAL syncs performed by the syncer thread.
+    pub syncs: AtomicU64,
+    /// Waiters completed by those syncs.
+    pub waiters: AtomicU64,
+}
+
+/// One node's RocksDB and its group-commit syncer.
+pub struct Engine {
+    db: Arc<DB>,
+    path: PathBuf,
+    /// `None` once the engine is being dropped.
+    sync_tx: Mutex<Option<mpsc::Sender<SyncWaiter>>>,
+    syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: Arc<SyncStats>,
+}
+
+impl Engine {
+    /// Open (or create) the node's database under `path`.
+    pub fn open(path: &Path) -> Result<Arc<Engine>, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Verify RocksDB's own block checksums on every read as well as our record frames.
+        opts.set_paranoid_checks(true);
+        opts.increase_parallelism(2);
+        let cfs = cf::ALL
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
+
+        let (sync_tx, sync_rx) = mpsc::channel::<SyncWaiter>();
+        let stats = Arc::new(SyncStats::default());
+        let (thread_db, thread_stats) = (db.clone(), stats.clone());
+        let syncer = std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || run_syncer(thread_db, sync_rx, thread_stats))
+            .map_err(|e| StoreError::decode("wal-sync thread", e))?;
+
+        Ok(Arc::new(Engine {
+            db,
+            path: path.to_path_buf(),
+            sync_tx: Mutex::new(Some(sync_tx)),
+            syncer: Mutex::new(Some(syncer)),
+            stats,
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub fn stats(&self) -> &SyncStats {
+        &self.stats
+    }
+
+    /// A column family handle. Every name of [`cf::ALL`] exists once the engine is open.
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} is created at open"))
+    }
+
+    /// Read a framed value and check its crc32.
+    pub fn get(&self, cf_name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.db.get_pinned_cf(self.cf(cf_name), key)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(codec::unframe(cf_name, key, &v)?.to_vec())),
+        }
+    }
+
+    /// Frame `value` and add it to `batch`.
+    pub fn put_framed(&self, batch: &mut WriteBatch, cf_name: &str, key: &[u8], value: &[u8]) {
+        batch.put_cf(self.cf(cf_name), key, codec::frame(value));
+    }
+
+    /// Apply a write batch atomically.
+    pub fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(durability == Durability::Sync);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// Call `waiter` once everything written so far is durable (group commit).
+    pub fn sync_then(&self, waiter: impl FnOnce(io::Result<()>) + Send + 'static) {
+        let waiter: SyncWaiter = Box::new(waiter);
+        let rejected = match self.sync_tx.lock().expect("sync sender lock").as_ref() {
+            Some(tx) => tx.send(waiter).err().map(|mpsc::SendError(w)| w),
+            None => Some(waiter),
+        };
+        if let Some(waiter) = rejected {
+            waiter(Err(io::Error::other("wal-sync thread has stopped")));
+        }
+    }
+
+    /// Iterate over one partition's framed records of a column family, in key order, from
+    /// `from` (inclusive) to the partition's end, checking each frame.
+    pub fn scan_from<'a>(
+        &'a self,
+        cf_name: &'a str,
+        from: &[u8],
+        end: Vec<u8>,
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Vec<u8>), StoreError>> + 'a {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(end);
+        self.db
+            .iterator_cf_opt(
+                self.cf(cf_name),
+                ro,
+                IteratorMode::From(from, rocksdb::Direction::Forward),
+            )
+            .map(move |item| {
+                let (k, v) = item?;
+                let payload = codec::unframe(cf_name, &k, &v)?.to_vec();
+                Ok((k, payload))
+            })
+    }
+
+    /// Re-read every record of every column family and check its frame. Returns how many records
+    /// were checked and one message per corrupt record.
+    pub fn verify_all(&self) -> Result<(u64, Vec<String>), StoreError> {
+        let mut checked = 0u64;
+        let mut errors = Vec::new();
+        for name in cf::ALL {
+            for item in self.db.iterator_cf(self.cf(name), IteratorMode::Start) {
+                let (k, v) = item?;
+                checked += 1;
+                if let Err(e) = codec::unframe(name, &k, &v) {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        Ok((checked, errors))
+    }
+}
+
+impl Drop for Engine {
+    /// Stop the syncer and wait for it, so the database is closed (and its lock released) when
+    /// the last handle to the engine is gone.
+    fn drop(&mut self) {
+        self.sync_tx.lock().expect("sync sender lock").take();
+        if let Some(handle) = self.syncer.lock().expect("syncer lock").take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The group-commit loop: wait for one waiter, take every other one already queued, sync the
+/// WAL once, complete them all.
+fn run_syncer(db: Arc<DB>, rx: mpsc::Receiver<SyncWaiter>, stats: Arc<SyncStats>) {
+    let mut group = Vec::new();
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        group.extend(rx.try_iter());
+        let result = db.flush_wal(true).map_err(|e| e.into_string());
+        stats.syncs.fetch_add(1, Ordering::Relaxed);
+        stats
+            .waiters
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        for waiter in group.drain(..) {
+            waiter(result.clone().map_err(io::Error::other));
+        }
+    }
+}

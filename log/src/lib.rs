@@ -1,0 +1,31 @@
+//! `chat-log`: the replicated, partitioned log at the bottom of the chat system.
+//!
+//! A node hosts P partitions; each is one openraft group whose committed entries are applied by a
+//! [`CommandHandler`] into a per-partition event log at dense [`LogOffset`]s. All partitions of a
+//! node share one RocksDB ([`engine`]) and one tonic connection per peer ([`network`]).
+//! [`LogNode`] is the API the layers above use: propose, read, subscribe, status.
+//!
+//! Module map:
+//! - [`types`]: ids, offsets, proposals and outcomes, the openraft type config.
+//! - [`codec`]: crc32 framing and key layouts of the column families.
+//! - [`engine`]: RocksDB and group commit.
+//! - [`store`]: openraft's log-storage and state-machine traits on the engine.
+//! - [`apply`]: the command-handler contract.
+//! - [`network`]: Raft RPC over tonic (client and server) and the cluster secret.
+//! - [`node`]: a node hosting every partition.
+
+pub mod apply;
+pub mod codec;
+pub mod engine;
+pub mod network;
+pub mod node;
+pub mod store;
+pub mod types;
+
+pub use apply::{ApplyContext, CommandHandler, RawAppend};
+pub use engine::{Engine, StoreError};
+pub use node::{LogNode, LogNodeConfig, NodeStatus, PartitionStatus, ProposeError, RaftTuning};
+pub use types::{
+    CommandOutcome, LogOffset, NodeId, PartitionId, Proposal, ProposalOutcome, RejectCode,
+    TypeConfig,
+};

@@ -1,0 +1,19 @@
+//! Raft RPC between nodes over tonic.
+//!
+//! - [`client`]: openraft's network traits. One tonic channel (one HTTP/2 connection) per peer
+//!   node is shared by the clients of every partition; each request names its partition.
+//! - [`server`]: the `RaftService` that routes incoming requests to the right partition's Raft.
+//! - [`auth`]: the cluster-secret check every internal and admin RPC passes through.
+//!
+//! Payloads are openraft's own request/response types encoded with bincode (see `raft.proto`).
+
+pub mod auth;
+pub mod client;
+pub mod server;
+
+/// Largest gRPC message a node accepts or sends (append batches and snapshot chunks).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+pub use auth::SecretCheck;
+pub use client::{NetworkFactory, PeerChannels};
+pub use server::RaftServer;

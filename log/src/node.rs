@@ -1,0 +1,497 @@
+//! A node of the log: every partition's Raft group on one [`Engine`], and the API the layers above
+//! use — propose, read, subscribe, status, compaction.
+//!
+//! Membership is static for now: every node is given the same member list and calls
+//! `initialize` on each partition at start-up; openraft accepts identical initial memberships on
+//! every node, and a node that already has state skips the step.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use chat_proto::log::LogEvent;
+use chat_proto::raft::raft_service_server::RaftServiceServer;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::apply::CommandHandler;
+use crate::codec::{self, cf};
+use crate::engine::{Engine, StoreError};
+use crate::network::{NetworkFactory, PeerChannels, RaftServer, SecretCheck, MAX_MESSAGE_BYTES};
+use crate::store::{PartitionLogStore, PartitionStateMachine};
+use crate::types::{LogOffset, NodeId, PartitionId, Proposal, ProposalOutcome, TypeConfig};
+
+/// Raft timing and log-compaction knobs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_after_logs: u64,
+    /// Raft log entries kept behind a snapshot for followers that lag a little.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 150,
+            election_timeout_min_ms: 800,
+            election_timeout_max_ms: 1600,
+            snapshot_after_logs: 20_000,
+            logs_kept_after_snapshot: 5_000,
+        }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct LogNodeConfig {
+    pub node_id: NodeId,
+    /// Where the node keeps its RocksDB (`<data_dir>/db`).
+    pub data_dir: PathBuf,
+    /// Partitions of the cluster (fixed when the data dir is first initialised).
+    pub partitions: u32,
+    /// Every voter with its Raft RPC address, this node included.
+    pub members: BTreeMap<NodeId, String>,
+    pub cluster_secret: String,
+    /// Source address for outgoing Raft connections (None: let the OS choose).
+    pub bind_ip: Option<IpAddr>,
+    pub raft: RaftTuning,
+}
+
+/// Why a proposal was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("partition {0} does not exist")]
+    UnknownPartition(PartitionId),
+    #[error("this node is not the leader of partition {}{}", partition.0, leader_hint(*leader_id, leader_addr))]
+    NotLeader {
+        partition: PartitionId,
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    #[error("partition {} has stopped: {message}", partition.0)]
+    Stopped {
+        partition: PartitionId,
+        message: String,
+    },
+}
+
+fn leader_hint(id: Option<NodeId>, addr: &Option<String>) -> String {
+    match (id, addr) {
+        (Some(id), Some(addr)) => format!("; the leader is node {id} at {addr}"),
+        (Some(id), None) => format!("; the leader is node {id}"),
+        _ => "; no leader is known yet (election in progress)".into(),
+    }
+}
+
+/// Status of one partition replica on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub partition: PartitionId,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub leader_addr: Option<String>,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub last_offset: LogOffset,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub voters: Vec<NodeId>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// What a data dir was created as; a node refuses to start as something else.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct NodeRecord {
+    node_id: NodeId,
+    partitions: u32,
+}
+
+const NODE_RECORD_KEY: &[u8] = b"node";
+
+struct Partition {
+    raft: Raft<TypeConfig>,
+    offsets: watch::Receiver<LogOffset>,
+}
+
+/// A running node of the partitioned log.
+pub struct LogNode {
+    config: LogNodeConfig,
+    engine: Arc<Engine>,
+    partitions: Vec<Partition>,
+    rafts: Arc<[Raft<TypeConfig>]>,
+}
+
+impl LogNode {
+    /// Open the node's storage and start a Raft group per partition. Call [`LogNode::initialize`]
+    /// once the Raft service is being served.
+    pub async fn open(
+        config: LogNodeConfig,
+        handler: Arc<dyn CommandHandler>,
+    ) -> anyhow::Result<Arc<LogNode>> {
+        if config.partitions == 0 {
+            bail!("a cluster needs at least one partition");
+        }
+        if !config.members.contains_key(&config.node_id) {
+            bail!(
+                "node {} is not in the member list {:?}",
+                config.node_id,
+                config.members
+            );
+        }
+        let db_path = config.data_dir.join("db");
+        std::fs::create_dir_all(&db_path)
+            .with_context(|| format!("create {}", db_path.display()))?;
+        let engine = Engine::open(&db_path)
+            .with_context(|| format!("open RocksDB at {}", db_path.display()))?;
+        check_node_record(&engine, &config)?;
+
+        let peers = PeerChannels::new(&config.cluster_secret, config.bind_ip)
+            .map_err(anyhow::Error::msg)?;
+        let raft_config = Arc::new(raft_config(&config.raft)?);
+        let mut partitions = Vec::with_capacity(config.partitions as usize);
+        for p in (0..config.partitions).map(PartitionId) {
+            let log = PartitionLogStore::new(engine.clone(), p);
+            let (sm, offsets) = PartitionStateMachine::open(engine.clone(), p, handler.clone())
+                .with_context(|| format!("open state machine of {p}"))?;
+            let network = NetworkFactory::new(p, peers.clone());
+            let raft = Raft::new(config.node_id, raft_config.clone(), network, log, sm)
+                .await
+                .with_context(|| format!("start Raft of {p}"))?;
+            partitions.push(Partition { raft, offsets });
+        }
+        let rafts: Arc<[Raft<TypeConfig>]> = partitions.iter().map(|p| p.raft.clone()).collect();
+        tracing::info!(node = config.node_id, partitions = config.partitions, data_dir = %config.data_dir.display(), "log node open");
+        Ok(Arc::new(LogNode {
+            config,
+            engine,
+            partitions,
+            rafts,
+        }))
+    }
+
+    /// Form the cluster on first start: every partition gets the configured members. A partition
+    /// that already has Raft state (a restart) is left as it is.
+    pub async fn initialize(&self) -> anyhow::Result<()> {
+        let members: BTreeMap<NodeId, BasicNode> = self
+            .config
+            .members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        for (i, part) in self.partitions.iter().enumerate() {
+            if part.raft.is_initialized().await? {
+                continue;
+            }
+            match part.raft.initialize(members.clone()).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(e).with_context(|| format!("initialize partition {i}")),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.config.partitions
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The tonic service peers call for Raft RPC, behind the cluster-secret check.
+    pub fn raft_service(&self) -> InterceptedService<RaftServiceServer<RaftServer>, SecretCheck> {
+        let server = RaftServiceServer::new(RaftServer::new(self.rafts.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        InterceptedService::new(server, self.secret_check())
+    }
+
+    /// The cluster-secret interceptor, for other internal services of this node.
+    pub fn secret_check(&self) -> SecretCheck {
+        SecretCheck::new(&self.config.cluster_secret)
+    }
+
+    fn partition(&self, p: PartitionId) -> Result<&Partition, ProposeError> {
+        self.partitions
+            .get(p.0 as usize)
+            .ok_or(ProposeError::UnknownPartition(p))
+    }
+
+    /// Replicate a batch of commands as one Raft entry; returns each command's outcome once the
+    /// entry is committed by a quorum (durably on each counted voter) and applied here.
+    pub async fn propose(
+        &self,
+        p: PartitionId,
+        commands: Vec<Vec<u8>>,
+    ) -> Result<ProposalOutcome, ProposeError> {
+        let part = self.partition(p)?;
+        let proposal = Proposal {
+            timestamp_ms: now_ms(),
+            commands,
+        };
+        match part.raft.client_write(proposal).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
+                Err(ProposeError::NotLeader {
+                    partition: p,
+                    leader_id: fwd.leader_id,
+                    leader_addr: fwd.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(ProposeError::Stopped {
+                partition: p,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Read up to `limit` events of `p` starting at offset `from` from this node's replica.
+    pub fn read_events(
+        &self,
+        p: PartitionId,
+        from: LogOffset,
+        limit: usize,
+    ) -> Result<Vec<LogEvent>, StoreError> {
+        let from = from.max(LogOffset(1));
+        let start = codec::event_key(p, from);
+        let mut events = Vec::new();
+        for item in self
+            .engine
+            .scan_from(cf::EVENTS, &start, codec::partition_end(p))
+            .take(limit)
+        {
+            let (key, payload) = item?;
+            let event = LogEvent::decode(payload.as_slice())
+                .map_err(|e| StoreError::decode(codec::describe_key(cf::EVENTS, &key), e))?;
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// The last offset applied on this node's replica of `p`.
+    pub fn last_offset(&self, p: PartitionId) -> Result<LogOffset, ProposeError> {
+        Ok(*self.partition(p)?.offsets.borrow())
+    }
+
+    /// Follow `p`'s committed events from offset `from`: first what is stored, then each event as
+    /// it is applied. The stream ends when the receiver is dropped or on a storage error (which
+    /// it yields first).
+    pub fn subscribe(
+        self: &Arc<Self>,
+        p: PartitionId,
+        from: LogOffset,
+    ) -> Result<ReceiverStream<Result<LogEvent, StoreError>>, ProposeError> {
+        let mut offsets = self.partition(p)?.offsets.clone();
+        let (tx, rx) = mpsc::channel(256);
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut next = from.max(LogOffset(1));
+            loop {
+                // Mark the current offset as seen before reading, so an apply that lands after the
+                // read wakes the wait below.
+                offsets.borrow_and_update();
+                let batch = match node.read_events(p, next, 256) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    if offsets.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                for event in batch {
+                    next = LogOffset(event.offset + 1);
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// Role, term, leader and progress of every partition.
+    pub fn status(&self) -> NodeStatus {
+        let partitions = self
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, part)| partition_status(PartitionId(i as u32), part))
+            .collect();
+        NodeStatus {
+            node_id: self.config.node_id,
+            partitions,
+        }
+    }
+
+    /// sha256 over this replica's event log of `p` (offset order), with its last offset.
+    pub fn digest(&self, p: PartitionId) -> Result<(LogOffset, [u8; 32]), StoreError> {
+        let mut hasher = Sha256::new();
+        let mut last = LogOffset::ZERO;
+        let start = codec::event_key(p, LogOffset(1));
+        for item in self
+            .engine
+            .scan_from(cf::EVENTS, &start, codec::partition_end(p))
+        {
+            let (key, payload) = item?;
+            last = LogOffset(codec::key_u64(&key).unwrap_or_default());
+            hasher.update((payload.len() as u64).to_be_bytes());
+            hasher.update(&payload);
+        }
+        Ok((last, hasher.finalize().into()))
+    }
+
+    /// Build a snapshot of `p` now (openraft then purges the Raft log behind it, keeping
+    /// `logs_kept_after_snapshot` entries). Returns the snapshot's last log index.
+    pub async fn compact(&self, p: PartitionId, timeout: Duration) -> anyhow::Result<u64> {
+        let part = self.partition(p)?;
+        let target = part.raft.metrics().borrow().last_applied.map(|l| l.index);
+        part.raft.trigger().snapshot().await?;
+        let metrics = part
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.snapshot.map(|s| s.index) >= target, "snapshot built")
+            .await
+            .with_context(|| format!("waiting for the snapshot of {p}"))?;
+        Ok(metrics.snapshot.map(|s| s.index).unwrap_or_default())
+    }
+
+    /// Wait until `p` has a leader (any node) and return it.
+    pub async fn wait_for_leader(
+        &self,
+        p: PartitionId,
+        timeout: Duration,
+    ) -> anyhow::Result<NodeId> {
+        let part = self.partition(p)?;
+        let m = part
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await?;
+        Ok(m.current_leader.expect("waited for a leader"))
+    }
+
+    /// Stop every Raft group. Storage is closed when the last handle to the node is dropped.
+    pub async fn shutdown(&self) {
+        for (i, part) in self.partitions.iter().enumerate() {
+            if let Err(e) = part.raft.shutdown().await {
+                tracing::warn!(partition = i, error = %e, "raft shutdown");
+            }
+        }
+        tracing::info!(node = self.config.node_id, "log node stopped");
+    }
+}
+
+fn partition_status(p: PartitionId, part: &Partition) -> PartitionStatus {
+    let m = part.raft.metrics().borrow().clone();
+    let leader_addr = m.current_leader.and_then(|id| {
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    });
+    let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+    PartitionStatus {
+        partition: p,
+        role: match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        },
+        term: m.current_term,
+        leader_id: m.current_leader,
+        leader_addr,
+        last_log_index: m.last_log_index.unwrap_or_default(),
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or_default(),
+        last_offset: *part.offsets.borrow(),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
+        voters: voters.into_iter().collect(),
+    }
+}
+
+fn raft_config(t: &RaftTuning) -> anyhow::Result<Config> {
+    let config = Config {
+        cluster_name: "chat".into(),
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_timeout_min_ms,
+        election_timeout_max: t.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_after_logs),
+        max_in_snapshot_log_to_keep: t.logs_kept_after_snapshot,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    Ok(config.validate()?)
+}
+
+/// Record what this data dir is on first start; refuse to start as a different node or with a
+/// different partition count later (routing would silently change).
+fn check_node_record(engine: &Engine, config: &LogNodeConfig) -> anyhow::Result<()> {
+    let want = NodeRecord {
+        node_id: config.node_id,
+        partitions: config.partitions,
+    };
+    match engine.get(cf::NODE, NODE_RECORD_KEY)? {
+        Some(bytes) => {
+            let have: NodeRecord = bincode::deserialize(&bytes).context("decode node record")?;
+            if have != want {
+                bail!(
+                    "data dir {} belongs to node {} with {} partitions; refusing to start it as node {} with {} partitions",
+                    config.data_dir.display(),
+                    have.node_id,
+                    have.partitions,
+                    want.node_id,
+                    want.partitions
+                );
+            }
+        }
+        None => {
+            let mut batch = rocksdb::WriteBatch::default();
+            engine.put_framed(
+                &mut batch,
+                cf::NODE,
+                NODE_RECORD_KEY,
+                &bincode::serialize(&want)?,
+            );
+            engine.write(batch, crate::engine::Durability::Sync)?;
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

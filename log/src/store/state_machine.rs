@@ -1,0 +1,435 @@
+//! The state machine of one partition: applies committed entries through the node's
+//! [`CommandHandler`], writes the emitted events at dense offsets, and builds and installs
+//! snapshots.
+//!
+//! Each `apply` call writes its events, the handler's state changes and the new applied log id in
+//! one RocksDB batch, so the partition's state is always exactly "the log applied up to
+//! `applied`". That batch is not synced itself: the entries it came from are already durable in
+//! the Raft log (and RocksDB's single WAL is replayed as a prefix), so after a crash the state
+//! either includes a batch or openraft re-applies it from the log.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
+    StorageError, StoredMembership,
+};
+use rocksdb::WriteBatch;
+use tokio::sync::{watch, Mutex};
+
+use super::snapshot::{self, SnapshotContent, SnapshotManifest, SnapshotMeta};
+use super::{decode, encode, storage_error};
+use crate::apply::{ApplyContext, CommandHandler, PendingEvent};
+use crate::codec::{self, cf, StateNs};
+use crate::engine::{Durability, Engine, StoreError};
+use crate::types::{LogOffset, Node, NodeId, PartitionId, ProposalOutcome, TypeConfig};
+use chat_proto::log::LogEvent;
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, Node>;
+
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_LAST_OFFSET: &[u8] = b"last_offset";
+
+/// The state machine of one partition.
+pub struct PartitionStateMachine {
+    engine: Arc<Engine>,
+    partition: PartitionId,
+    handler: Arc<dyn CommandHandler>,
+    applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    last_offset: LogOffset,
+    /// Publishes the last applied offset to subscribers.
+    offsets: watch::Sender<LogOffset>,
+    /// Held while the partition's stored state changes (apply, install) and while a snapshot
+    /// builder pins a consistent view, so a snapshot never mixes two applied states.
+    write_lock: Arc<Mutex<()>>,
+}
+
+/// The applied position of a partition as stored.
+struct AppliedState {
+    applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    last_offset: LogOffset,
+}
+
+fn system_key(p: PartitionId, name: &[u8]) -> Vec<u8> {
+    codec::state_key(p, StateNs::System, name)
+}
+
+fn read_system<T: serde::de::DeserializeOwned>(
+    engine: &Engine,
+    p: PartitionId,
+    name: &[u8],
+) -> Result<Option<T>, StoreError> {
+    engine
+        .get(cf::STATE, &system_key(p, name))?
+        .map(|bytes| {
+            decode(
+                &format!("{p} state {}", String::from_utf8_lossy(name)),
+                &bytes,
+            )
+        })
+        .transpose()
+}
+
+fn read_applied_state(engine: &Engine, p: PartitionId) -> Result<AppliedState, StoreError> {
+    Ok(AppliedState {
+        applied: read_system::<Option<LogId<NodeId>>>(engine, p, KEY_APPLIED)?.flatten(),
+        membership: read_system(engine, p, KEY_MEMBERSHIP)?.unwrap_or_default(),
+        last_offset: read_system(engine, p, KEY_LAST_OFFSET)?.unwrap_or_default(),
+    })
+}
+
+fn put_applied_state(
+    engine: &Engine,
+    batch: &mut WriteBatch,
+    p: PartitionId,
+    state: &AppliedState,
+) {
+    engine.put_framed(
+        batch,
+        cf::STATE,
+        &system_key(p, KEY_APPLIED),
+        &encode(&state.applied),
+    );
+    engine.put_framed(
+        batch,
+        cf::STATE,
+        &system_key(p, KEY_MEMBERSHIP),
+        &encode(&state.membership),
+    );
+    engine.put_framed(
+        batch,
+        cf::STATE,
+        &system_key(p, KEY_LAST_OFFSET),
+        &encode(&state.last_offset),
+    );
+}
+
+/// Encode an event as stored in [`cf::EVENTS`] (before framing).
+fn encode_event(event: PendingEvent) -> Vec<u8> {
+    prost::Message::encode_to_vec(&LogEvent {
+        offset: event.offset.0,
+        raft_index: event.raft_index,
+        timestamp_ms: event.timestamp_ms,
+        payload: event.payload.into(),
+    })
+}
+
+impl PartitionStateMachine {
+    /// Open the state machine of `partition`, resuming from what is stored. Returns it with a
+    /// receiver of its last applied offset.
+    pub fn open(
+        engine: Arc<Engine>,
+        partition: PartitionId,
+        handler: Arc<dyn CommandHandler>,
+    ) -> Result<(Self, watch::Receiver<LogOffset>), StoreError> {
+        let stored = read_applied_state(&engine, partition)?;
+        let (offsets, offsets_rx) = watch::channel(stored.last_offset);
+        let sm = PartitionStateMachine {
+            engine,
+            partition,
+            handler,
+            applied: stored.applied,
+            membership: stored.membership,
+            last_offset: stored.last_offset,
+            offsets,
+            write_lock: Arc::new(Mutex::new(())),
+        };
+        Ok((sm, offsets_rx))
+    }
+
+    fn apply_error(&self, log_id: LogId<NodeId>, e: StoreError) -> StorageError<NodeId> {
+        storage_error(ErrorSubject::Apply(log_id), ErrorVerb::Write, e)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
+    type SnapshotBuilder = PartitionSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<ProposalOutcome>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let write_lock = self.write_lock.clone();
+        let _guard = write_lock.lock().await;
+
+        let mut overlay = BTreeMap::new();
+        let mut events = Vec::new();
+        let mut last_offset = self.last_offset;
+        let mut applied = self.applied;
+        let mut membership = self.membership.clone();
+        let mut results = Vec::new();
+
+        for entry in entries {
+            let raft_index = entry.log_id.index;
+            let mut outcome = ProposalOutcome {
+                raft_index,
+                outcomes: Vec::new(),
+            };
+            match &entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(proposal) => {
+                    for command in &proposal.commands {
+                        let mut ctx = ApplyContext {
+                            engine: &self.engine,
+                            partition: self.partition,
+                            raft_index,
+                            timestamp_ms: proposal.timestamp_ms,
+                            overlay: &mut overlay,
+                            events: &mut events,
+                            last_offset: &mut last_offset,
+                        };
+                        let result = self.handler.apply(&mut ctx, command);
+                        outcome
+                            .outcomes
+                            .push(result.map_err(|e| self.apply_error(entry.log_id, e))?);
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m.clone())
+                }
+            }
+            applied = Some(entry.log_id);
+            results.push(outcome);
+        }
+
+        let Some(last_applied) = applied else {
+            return Ok(results);
+        };
+        let p = self.partition;
+        let mut batch = WriteBatch::default();
+        for (key, value) in overlay {
+            let key = codec::state_key(p, StateNs::Handler, &key);
+            match value {
+                Some(v) => self.engine.put_framed(&mut batch, cf::STATE, &key, &v),
+                None => batch.delete_cf(self.engine.cf(cf::STATE), key),
+            }
+        }
+        for event in events {
+            let key = codec::event_key(p, event.offset);
+            self.engine
+                .put_framed(&mut batch, cf::EVENTS, &key, &encode_event(event));
+        }
+        let state = AppliedState {
+            applied,
+            membership,
+            last_offset,
+        };
+        put_applied_state(&self.engine, &mut batch, p, &state);
+        self.engine
+            .write(batch, Durability::Buffered)
+            .map_err(|e| self.apply_error(last_applied, e))?;
+
+        self.applied = state.applied;
+        self.membership = state.membership;
+        self.last_offset = state.last_offset;
+        self.offsets.send_replace(last_offset);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        PartitionSnapshotBuilder {
+            engine: self.engine.clone(),
+            partition: self.partition,
+            write_lock: self.write_lock.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let p = self.partition;
+        let snapshot_error = |e| {
+            storage_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        };
+        let content = SnapshotContent::from_bytes(p, snapshot.get_ref()).map_err(snapshot_error)?;
+
+        let write_lock = self.write_lock.clone();
+        let _guard = write_lock.lock().await;
+
+        // Replace everything the partition's state machine owns with the snapshot, atomically.
+        let mut batch = WriteBatch::default();
+        let (start, end) = (codec::partition_start(p), codec::partition_end(p));
+        batch.delete_range_cf(self.engine.cf(cf::STATE), &start, &end);
+        batch.delete_range_cf(self.engine.cf(cf::EVENTS), &start, &end);
+        for (key, value) in &content.state {
+            let key = codec::state_key(p, StateNs::Handler, key);
+            self.engine.put_framed(&mut batch, cf::STATE, &key, value);
+        }
+        for (offset, event) in &content.events {
+            self.engine
+                .put_framed(&mut batch, cf::EVENTS, &codec::event_key(p, *offset), event);
+        }
+        let state = AppliedState {
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            last_offset: content.last_offset,
+        };
+        put_applied_state(&self.engine, &mut batch, p, &state);
+        let manifest = SnapshotManifest {
+            meta: meta.clone(),
+            last_offset: content.last_offset,
+            state: content.state,
+        };
+        self.engine.put_framed(
+            &mut batch,
+            cf::SNAPSHOTS,
+            &snapshot::manifest_key(p),
+            &encode(&manifest),
+        );
+        self.engine
+            .write(batch, Durability::Sync)
+            .map_err(snapshot_error)?;
+
+        tracing::info!(partition = %p, last_log_id = ?meta.last_log_id, last_offset = %content.last_offset, "installed snapshot");
+        self.applied = state.applied;
+        self.membership = state.membership;
+        self.last_offset = state.last_offset;
+        self.offsets.send_replace(state.last_offset);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let read_error = |e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        let Some(manifest) =
+            snapshot::read_manifest(&self.engine, self.partition).map_err(read_error)?
+        else {
+            return Ok(None);
+        };
+        let events = {
+            let snap = self.engine.db().snapshot();
+            snapshot::read_events_upto(&self.engine, &snap, self.partition, manifest.last_offset)
+                .map_err(read_error)?
+        };
+        let content = SnapshotContent {
+            last_offset: manifest.last_offset,
+            state: manifest.state,
+            events,
+        };
+        Ok(Some(Snapshot {
+            meta: manifest.meta,
+            snapshot: Box::new(Cursor::new(content.to_bytes())),
+        }))
+    }
+}
+
+/// Builds a snapshot of one partition from a consistent RocksDB view.
+pub struct PartitionSnapshotBuilder {
+    engine: Arc<Engine>,
+    partition: PartitionId,
+    write_lock: Arc<Mutex<()>>,
+}
+
+impl PartitionSnapshotBuilder {
+    /// Read the partition at one applied state: the lock is held only while the RocksDB snapshot
+    /// is taken, and everything is read through that snapshot afterwards.
+    fn read_consistent(
+        &self,
+        guard: tokio::sync::MutexGuard<'_, ()>,
+    ) -> Result<(AppliedState, SnapshotContent), StoreError> {
+        let p = self.partition;
+        let db_snapshot = self.engine.db().snapshot();
+        drop(guard);
+        let applied = AppliedState {
+            applied: decode_snapshot_value::<Option<LogId<NodeId>>>(
+                &self.engine,
+                &db_snapshot,
+                p,
+                KEY_APPLIED,
+            )?
+            .flatten(),
+            membership: decode_snapshot_value(&self.engine, &db_snapshot, p, KEY_MEMBERSHIP)?
+                .unwrap_or_default(),
+            last_offset: decode_snapshot_value(&self.engine, &db_snapshot, p, KEY_LAST_OFFSET)?
+                .unwrap_or_default(),
+        };
+        let content = SnapshotContent {
+            last_offset: applied.last_offset,
+            state: snapshot::read_handler_state(&self.engine, &db_snapshot, p)?,
+            events: snapshot::read_events_upto(&self.engine, &db_snapshot, p, applied.last_offset)?,
+        };
+        Ok((applied, content))
+    }
+}
+
+fn decode_snapshot_value<T: serde::de::DeserializeOwned>(
+    engine: &Engine,
+    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+    p: PartitionId,
+    name: &[u8],
+) -> Result<Option<T>, StoreError> {
+    let key = system_key(p, name);
+    match snap.get_pinned_cf(engine.cf(cf::STATE), &key)? {
+        None => Ok(None),
+        Some(v) => decode(&format!("{p} state"), codec::unframe(cf::STATE, &key, &v)?).map(Some),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let p = self.partition;
+        let build_error = |e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e);
+        let guard = self.write_lock.lock().await;
+        let (applied, content) = self.read_consistent(guard).map_err(build_error)?;
+
+        let snapshot_id = match applied.applied {
+            Some(id) => format!(
+                "{}-{}-{}-{}",
+                p.0, id.leader_id.term, id.index, content.last_offset.0
+            ),
+            None => format!("{}-empty", p.0),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.applied,
+            last_membership: applied.membership,
+            snapshot_id,
+        };
+        let manifest = SnapshotManifest {
+            meta: meta.clone(),
+            last_offset: content.last_offset,
+            state: content.state.clone(),
+        };
+
+        // Store the manifest unless a newer snapshot was installed while this one was built.
+        let _guard = self.write_lock.lock().await;
+        let current = snapshot::read_manifest(&self.engine, p).map_err(build_error)?;
+        if current.is_none_or(|c| c.meta.last_log_id <= meta.last_log_id) {
+            let mut batch = WriteBatch::default();
+            self.engine.put_framed(
+                &mut batch,
+                cf::SNAPSHOTS,
+                &snapshot::manifest_key(p),
+                &encode(&manifest),
+            );
+            self.engine
+                .write(batch, Durability::Buffered)
+                .map_err(build_error)?;
+        }
+        tracing::info!(partition = %p, last_log_id = ?meta.last_log_id, last_offset = %content.last_offset, events = content.events.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(content.to_bytes())),
+        })
+    }
+}

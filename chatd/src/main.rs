@@ -1,1 +1,28 @@
-fn main() {}
+//! `chatd`: with no flags, a single-node cluster in `./data`; see `chatd --help`.
+
+use chatd::config::{Flags, ServerConfig};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+        )
+        .init();
+    let result = async {
+        let config = ServerConfig::resolve(Flags::parse())?;
+        chatd::server::run(config, chatd::server::shutdown_signal()).await
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("chatd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

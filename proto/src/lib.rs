@@ -34,3 +34,47 @@ pub mod chat {
 pub use chat::admin::v1 as admin;
 pub use chat::log::v1 as log;
 pub use chat::raft::v1 as raft;
+
+/// A client interceptor that attaches the cluster secret to every request.
+#[derive(Clone)]
+pub struct AttachSecret(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl AttachSecret {
+    /// Fails if the secret is not printable ASCII (it travels in an HTTP/2 header).
+    pub fn new(secret: &str) -> Result<Self, tonic::metadata::errors::InvalidMetadataValue> {
+        Ok(AttachSecret(secret.parse()?))
+    }
+}
+
+impl tonic::service::Interceptor for AttachSecret {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert(CLUSTER_SECRET_HEADER, self.0.clone());
+        Ok(request)
+    }
+}
+
+/// An admin client that sends the cluster secret with every call.
+pub type AdminClient = admin::admin_client::AdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AttachSecret>,
+>;
+
+/// Connect an [`AdminClient`] to `addr` (host:port).
+pub async fn connect_admin(
+    addr: &str,
+    secret: &str,
+) -> Result<AdminClient, Box<dyn std::error::Error + Send + Sync>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(
+        admin::admin_client::AdminClient::with_interceptor(channel, AttachSecret::new(secret)?)
+            .max_decoding_message_size(64 * 1024 * 1024),
+    )
+}

@@ -19,12 +19,15 @@ use crate::types::{LogOffset, Node, NodeId, PartitionId};
 
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 
+/// Handler state as (key, value) pairs, keys without the partition/namespace prefix.
+pub type StateEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The full contents of a partition snapshot, as sent to followers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotContent {
     pub last_offset: LogOffset,
-    /// Handler state keys (without the partition/namespace prefix) and their values.
-    pub state: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Handler state at the snapshot.
+    pub state: StateEntries,
     /// Encoded `LogEvent`s at offsets 1..=last_offset, with their offsets.
     pub events: Vec<(LogOffset, Vec<u8>)>,
 }
@@ -45,7 +48,7 @@ impl SnapshotContent {
 pub struct SnapshotManifest {
     pub meta: SnapshotMeta,
     pub last_offset: LogOffset,
-    pub state: Vec<(Vec<u8>, Vec<u8>)>,
+    pub state: StateEntries,
 }
 
 pub(crate) fn manifest_key(p: PartitionId) -> Vec<u8> {
@@ -67,7 +70,7 @@ pub(crate) fn read_handler_state(
     engine: &Engine,
     snap: &SnapshotWithThreadMode<'_, DB>,
     p: PartitionId,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+) -> Result<StateEntries, StoreError> {
     let prefix = codec::state_key(p, StateNs::Handler, b"");
     let end = codec::state_key(p, StateNs::Handler.next(), b"");
     scan(engine, snap, cf::STATE, &prefix, end)

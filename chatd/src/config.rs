@@ -1,0 +1,269 @@
+//! chatd's configuration: command-line flags over an optional TOML file over defaults.
+//!
+//! With nothing given, chatd is a single-node cluster (node 1) in `./data` listening on
+//! 127.0.0.1:7400: the embedded default.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use chat_log::{LogNodeConfig, NodeId, RaftTuning};
+use clap::Parser;
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+pub const DEFAULT_PARTITIONS: u32 = 8;
+const SECRET_FILE: &str = "cluster_secret";
+
+/// Command-line flags. Each overrides the same key of the config file.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "chatd",
+    version,
+    about = "The chat server: a Raft-replicated, partitioned event log"
+)]
+pub struct Flags {
+    /// TOML config file (keys as the long flags, with underscores, plus [peers] and [raft]).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long)]
+    pub node_id: Option<NodeId>,
+    /// Address to serve Raft and admin RPC on [default: the node's address in --peers, or 127.0.0.1:7400].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Every node of the cluster as id=host:port, comma separated, this node included
+    /// (e.g. 1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403). Empty: a single-node cluster.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Where the node keeps its data [default: ./data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Partitions of the cluster; fixed when the data dir is first created [default: 8].
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// Shared secret every internal and admin RPC must carry. Required for a multi-node cluster;
+    /// a single node generates one into <data-dir>/cluster_secret.
+    #[arg(long, env = "CHATD_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Source IP for outgoing Raft connections (lets fault injection tell links apart).
+    #[arg(long)]
+    pub bind_ip: Option<IpAddr>,
+}
+
+/// The TOML file's shape.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<NodeId>,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    partitions: Option<u32>,
+    cluster_secret: Option<String>,
+    bind_ip: Option<IpAddr>,
+    #[serde(default)]
+    peers: BTreeMap<String, String>,
+    #[serde(default)]
+    raft: RaftTuning,
+}
+
+/// The resolved configuration chatd runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub log: LogNodeConfig,
+}
+
+impl ServerConfig {
+    pub fn resolve(flags: Flags) -> anyhow::Result<ServerConfig> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read config {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parse config {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let node_id = flags.node_id.or(file.node_id).unwrap_or(1);
+        if node_id == 0 {
+            bail!("--node-id must be a positive integer");
+        }
+        let mut members = parse_peers(&flags.peers)?;
+        if members.is_empty() {
+            for (id, addr) in &file.peers {
+                let id = id
+                    .parse()
+                    .with_context(|| format!("[peers] key {id:?} is not a node id"))?;
+                members.insert(id, addr.clone());
+            }
+        }
+        let listen = match flags.listen.or(file.listen) {
+            Some(l) => l,
+            None => match members.get(&node_id) {
+                Some(addr) => addr.parse().with_context(|| {
+                    format!("this node's peer address {addr:?} is not host:port; give --listen")
+                })?,
+                None => DEFAULT_LISTEN.parse().expect("valid default"),
+            },
+        };
+        if members.is_empty() {
+            members.insert(node_id, listen.to_string());
+        }
+        if !members.contains_key(&node_id) {
+            bail!("--peers does not name this node ({node_id}): {members:?}");
+        }
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let partitions = flags
+            .partitions
+            .or(file.partitions)
+            .unwrap_or(DEFAULT_PARTITIONS);
+        let cluster_secret = match flags.cluster_secret.or(file.cluster_secret) {
+            Some(s) if s.is_empty() => bail!("the cluster secret must not be empty"),
+            Some(s) => s,
+            None if members.len() == 1 => load_or_create_secret(&data_dir)?,
+            None => bail!(
+                "a multi-node cluster needs a shared --cluster-secret (or CHATD_CLUSTER_SECRET)"
+            ),
+        };
+        Ok(ServerConfig {
+            listen,
+            log: LogNodeConfig {
+                node_id,
+                data_dir,
+                partitions,
+                members,
+                cluster_secret,
+                bind_ip: flags.bind_ip.or(file.bind_ip),
+                raft: file.raft,
+            },
+        })
+    }
+}
+
+/// Parse `id=host:port` items.
+fn parse_peers(items: &[String]) -> anyhow::Result<BTreeMap<NodeId, String>> {
+    let mut peers = BTreeMap::new();
+    for item in items.iter().filter(|s| !s.trim().is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .with_context(|| format!("peer {item:?} is not id=host:port"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .with_context(|| format!("peer {item:?}: {id:?} is not a node id"))?;
+        if id == 0 {
+            bail!("peer {item:?}: node ids start at 1");
+        }
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            bail!("node {id} is listed twice in --peers");
+        }
+    }
+    Ok(peers)
+}
+
+/// The single-node default keeps its generated secret in the data dir, readable by its owner
+/// only, so `chatctl --data-dir` can find it.
+pub fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(SECRET_FILE);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_string());
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let secret = hex::encode(rand::random::<[u8; 16]>());
+    write_private(&path, &secret).with_context(|| format!("write {}", path.display()))?;
+    Ok(secret)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_flags_is_a_single_node_in_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = Flags {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Flags::default()
+        };
+        let c = ServerConfig::resolve(flags).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.log.node_id, 1);
+        assert_eq!(c.log.partitions, 8);
+        assert_eq!(c.log.members.len(), 1);
+        // The generated secret is stable across restarts.
+        let again = ServerConfig::resolve(Flags {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(c.log.cluster_secret, again.log.cluster_secret);
+    }
+
+    #[test]
+    fn peers_give_the_listen_address_and_need_a_secret() {
+        let flags = || Flags {
+            node_id: Some(2),
+            peers: vec!["1=127.0.0.1:1".into(), "2=127.0.0.1:2".into()],
+            ..Flags::default()
+        };
+        let err = ServerConfig::resolve(flags()).unwrap_err().to_string();
+        assert!(err.contains("cluster-secret"), "{err}");
+        let c = ServerConfig::resolve(Flags {
+            cluster_secret: Some("s".into()),
+            ..flags()
+        })
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2");
+    }
+
+    #[test]
+    fn bad_peers_are_clear_errors() {
+        for (bad, want) in [
+            ("x", "id=host:port"),
+            ("a=1.2.3.4:5", "not a node id"),
+            ("0=h:1", "start at 1"),
+        ] {
+            let err = parse_peers(&[bad.to_string()]).unwrap_err().to_string();
+            assert!(err.contains(want), "{bad}: {err}");
+        }
+        assert!(parse_peers(&["1=a:1".into(), "1=b:2".into()]).is_err());
+    }
+
+    #[test]
+    fn toml_config_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(
+            &path,
+            "node_id = 3\npartitions = 4\ncluster_secret = \"k\"\n[peers]\n1 = \"127.0.0.1:1\"\n3 = \"127.0.0.1:3\"\n[raft]\nheartbeat_ms = 50\n",
+        )
+        .unwrap();
+        let c = ServerConfig::resolve(Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (c.log.node_id, c.log.partitions, c.log.raft.heartbeat_ms),
+            (3, 4, 50)
+        );
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3");
+    }
+}

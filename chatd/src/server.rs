@@ -1,0 +1,95 @@
+//! Runs a chatd node: opens the log, serves Raft, admin and health RPC on one address, forms
+//! the cluster, and shuts down gracefully on SIGTERM / Ctrl-C.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chat_log::{LogNode, RawAppend};
+use chat_proto::admin::admin_server::AdminServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::AdminService;
+use crate::config::ServerConfig;
+
+/// A node being served; dropping it does not stop it, call [`Running::stop`].
+pub struct Running {
+    pub node: Arc<LogNode>,
+    pub local_addr: std::net::SocketAddr,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Stop serving, then stop every Raft group.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop_tx.send(());
+        self.server.await?.context("gRPC server")?;
+        self.node.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Open the node and start serving it.
+pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let node = LogNode::open(config.log, Arc::new(RawAppend)).await?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AdminServer<AdminService>>().await;
+    let admin = AdminServer::new(AdminService::new(node.clone()))
+        .max_decoding_message_size(chat_log::network::MAX_MESSAGE_BYTES);
+    let admin = tonic::service::interceptor::InterceptedService::new(admin, node.secret_check());
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .add_service(node.raft_service())
+        .add_service(admin)
+        .add_service(health_service);
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    node.initialize().await?;
+    Ok(Running {
+        node,
+        local_addr,
+        stop_tx,
+        server,
+    })
+}
+
+/// Serve until `shutdown` resolves.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let data_dir = config.log.data_dir.clone();
+    let (partitions, members) = (config.log.partitions, config.log.members.len());
+    let running = start(config).await?;
+    tracing::info!(
+        node = running.node.node_id(),
+        listen = %running.local_addr,
+        data_dir = %data_dir.display(),
+        partitions,
+        members,
+        "chatd serving"
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.stop().await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,267 @@
+//! A harness for tests that run real `chatd` processes on loopback ports: start, `kill -9`,
+//! restart on the same data dir, and talk to the nodes through the admin API.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chat_proto::admin::*;
+use chat_proto::{connect_admin, AdminClient, LEADER_ID_HEADER};
+use tempfile::TempDir;
+
+pub const SECRET: &str = "test-cluster-secret";
+
+/// Raft settings that make failover and snapshot installs happen quickly in tests.
+pub const FAST_RAFT: &str = "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_after_logs = 64\nlogs_kept_after_snapshot = 0\n";
+
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: TempDir,
+    pub nodes: Vec<NodeProc>,
+    pub partitions: u32,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// Write configs for `n` nodes and start them all.
+    pub fn start(n: u64, partitions: u32) -> Cluster {
+        let dir = TempDir::new().unwrap();
+        let addrs: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let peers: String = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{} = \"{a}\"\n", i + 1))
+            .collect();
+        let nodes = (1..=n)
+            .map(|id| {
+                let data_dir = dir.path().join(format!("n{id}"));
+                let config = dir.path().join(format!("n{id}.toml"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "node_id = {id}\ndata_dir = \"{}\"\npartitions = {partitions}\ncluster_secret = \"{SECRET}\"\n{FAST_RAFT}[peers]\n{peers}",
+                        data_dir.display()
+                    ),
+                )
+                .unwrap();
+                NodeProc {
+                    id,
+                    addr: addrs[id as usize - 1].clone(),
+                    data_dir,
+                    config,
+                    log: dir.path().join(format!("n{id}.log")),
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = Cluster {
+            dir,
+            nodes,
+            partitions,
+        };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        &self.nodes[id as usize - 1]
+    }
+
+    /// Start (or restart) node `id` on its data dir.
+    pub fn spawn(&mut self, id: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .arg("--config")
+            .arg(&node.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn chatd");
+        node.child = Some(child);
+    }
+
+    /// `kill -9` node `id` and reap it.
+    pub fn kill9(&mut self, id: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        let mut child = node.child.take().expect("node is running");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    /// Send SIGTERM to node `id` and wait for a clean exit.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let node = &mut self.nodes[id as usize - 1];
+        let mut child = node.child.take().expect("node is running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
+    /// An admin client to node `id`, retrying while it starts.
+    pub async fn admin(&self, id: u64) -> AdminClient {
+        let addr = self.node(id).addr.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match connect_admin(&addr, SECRET).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!(
+                    "node {id} at {addr} did not come up: {e}\n{}",
+                    self.log_of(id)
+                ),
+            }
+        }
+    }
+
+    pub async fn status(&self, id: u64) -> StatusReply {
+        self.admin(id)
+            .await
+            .status(StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Wait until every partition has a leader that node `via` knows of; returns partition → leader.
+    pub async fn wait_for_leaders(&self, via: u64, timeout: Duration) -> BTreeMap<u32, u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(via).await;
+            let leaders: BTreeMap<u32, u64> = status
+                .partitions
+                .iter()
+                .filter(|p| p.leader_id != 0)
+                .map(|p| (p.partition, p.leader_id))
+                .collect();
+            if leaders.len() == self.partitions as usize {
+                return leaders;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader for every partition via node {via}: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Append `records` to partition `p` on whichever node leads it, following "not leader" hints
+    /// and retrying through elections (only over `alive` nodes) until `timeout`.
+    ///
+    /// A retry after an ambiguous failure could append twice; callers that count records use
+    /// unique payloads and check the log, not the number of calls.
+    pub async fn append(
+        &self,
+        alive: &[u64],
+        p: u32,
+        records: Vec<Vec<u8>>,
+        timeout: Duration,
+    ) -> AppendReply {
+        let deadline = Instant::now() + timeout;
+        let mut target = alive[0];
+        let mut last_err = String::new();
+        while Instant::now() < deadline {
+            let mut client = self.admin(target).await;
+            let req = AppendRequest {
+                partition: p,
+                records: records.clone(),
+            };
+            match client.append(req).await {
+                Ok(reply) => return reply.into_inner(),
+                Err(status) => {
+                    last_err = status.to_string();
+                    let hint = status
+                        .metadata()
+                        .get(LEADER_ID_HEADER)
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                        .filter(|id| alive.contains(id));
+                    target = hint.unwrap_or_else(|| {
+                        alive[(alive.iter().position(|&a| a == target).unwrap() + 1) % alive.len()]
+                    });
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        panic!("append to partition {p} did not succeed within {timeout:?}: {last_err}");
+    }
+
+    pub async fn digest(&self, id: u64, p: u32) -> DigestReply {
+        let mut client = self.admin(id).await;
+        client
+            .partition_digest(DigestRequest { partition: p })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Read every event of `p` from node `id`.
+    pub async fn read_all(&self, id: u64, p: u32) -> Vec<chat_proto::log::LogEvent> {
+        let mut client = self.admin(id).await;
+        let mut events = Vec::new();
+        loop {
+            let reply = client
+                .read_events(ReadEventsRequest {
+                    partition: p,
+                    from_offset: events.len() as u64 + 1,
+                    limit: 5000,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if reply.events.is_empty() {
+                return events;
+            }
+            events.extend(reply.events);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Helpers for in-process single-node tests of the log: a real RocksDB in a temp dir, one Raft
+//! group per partition electing itself (no network needed for a single voter).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_log::{LogNode, LogNodeConfig, PartitionId, RaftTuning, RawAppend};
+
+pub async fn single_node(dir: &Path, partitions: u32) -> Arc<LogNode> {
+    let config = LogNodeConfig {
+        node_id: 1,
+        data_dir: dir.to_path_buf(),
+        partitions,
+        members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
+        cluster_secret: "s".into(),
+        bind_ip: None,
+        raft: RaftTuning::default(),
+    };
+    let node = LogNode::open(config, Arc::new(RawAppend)).await.unwrap();
+    node.initialize().await.unwrap();
+    for p in 0..partitions {
+        node.wait_for_leader(PartitionId(p), Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    node
+}
+
+/// Shut the node down and wait until its RocksDB is closed (every handle dropped).
+pub async fn close(node: Arc<LogNode>) {
+    node.shutdown().await;
+    let engine = Arc::downgrade(node.engine());
+    drop(node);
+    for _ in 0..100 {
+        if engine.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the engine is still referenced after shutdown");
+}

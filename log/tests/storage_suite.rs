@@ -30,6 +30,8 @@ impl StoreBuilder<TypeConfig, PartitionLogStore, PartitionStateMachine, TempDir>
 }
 
 #[test]
-fn openraft_storage_suite_passes_on_rocksdb() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(RocksBuilder)
+fn openraft_storage_suite_passes_on_rocksdb() {
+    if let Err(e) = Suite::test_all(RocksBuilder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }

@@ -1,1 +1,51 @@
-fn main() {}
+//! `chat-bench`: the load generator behind `docs/benchmarks.md`.
+//!
+//! `chat-bench log` measures durable appends to the partitioned log: it starts 1 or 3 real nodes
+//! (in this process, each with its own RocksDB in a temp dir, talking Raft over loopback tonic),
+//! drives the partition leaders with closed-loop writers at several batch sizes and writer counts,
+//! runs an open-loop fixed-rate probe, and measures this machine's fsync floor (small write +
+//! fdatasync) in the same run so the figures can be read against it.
+
+mod fsync;
+mod log_bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "chat-bench", about = "Benchmarks of the chat backend")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Durable appends/s and commit latency of the bare log, next to the fsync floor.
+    Log(log_bench::Args),
+    /// Only the fsync floor: a loop of small write + fdatasync.
+    Fsync {
+        /// Directory to test (its filesystem is what is measured).
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        iterations: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,openraft=off".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Cmd::Log(args) => log_bench::run(args).await,
+        Cmd::Fsync { dir, iterations } => {
+            let floor = fsync::measure(&dir, iterations)?;
+            println!("{floor}");
+            Ok(())
+        }
+    }
+}

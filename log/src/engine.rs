@@ -78,6 +78,10 @@ impl Engine {
         // Verify RocksDB's own block checksums on every read as well as our record frames.
         opts.set_paranoid_checks(true);
         opts.increase_parallelism(2);
+        // Writers waiting for the RocksDB write group spin and sched_yield by default; with a
+        // handful of cores that spinning takes CPU from the threads doing the work (measured:
+        // see docs/benchmarks.md), so waiters block instead.
+        opts.set_enable_write_thread_adaptive_yield(false);
         let cfs = cf::ALL
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));

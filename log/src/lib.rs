@@ -11,10 +11,12 @@
 //! - [`engine`]: RocksDB and group commit.
 //! - [`store`]: openraft's log-storage and state-machine traits on the engine.
 //! - [`apply`]: the command-handler contract.
+//! - `batcher`: coalesces concurrent proposals to a partition into one Raft entry.
 //! - [`network`]: Raft RPC over tonic (client and server) and the cluster secret.
 //! - [`node`]: a node hosting every partition.
 
 pub mod apply;
+mod batcher;
 pub mod codec;
 pub mod engine;
 pub mod network;

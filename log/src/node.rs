@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use chat_proto::log::LogEvent;
 use chat_proto::raft::raft_service_server::RaftServiceServer;
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -24,11 +24,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::apply::CommandHandler;
+use crate::batcher::Batcher;
 use crate::codec::{self, cf};
 use crate::engine::{Engine, StoreError};
 use crate::network::{NetworkFactory, PeerChannels, RaftServer, SecretCheck, MAX_MESSAGE_BYTES};
 use crate::store::{PartitionLogStore, PartitionStateMachine};
-use crate::types::{LogOffset, NodeId, PartitionId, Proposal, ProposalOutcome, TypeConfig};
+use crate::types::{LogOffset, NodeId, PartitionId, ProposalOutcome, TypeConfig};
 
 /// Raft timing and log-compaction knobs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -130,6 +131,7 @@ const NODE_RECORD_KEY: &[u8] = b"node";
 
 struct Partition {
     raft: Raft<TypeConfig>,
+    batcher: Batcher,
     offsets: watch::Receiver<LogOffset>,
 }
 
@@ -177,7 +179,12 @@ impl LogNode {
             let raft = Raft::new(config.node_id, raft_config.clone(), network, log, sm)
                 .await
                 .with_context(|| format!("start Raft of {p}"))?;
-            partitions.push(Partition { raft, offsets });
+            let batcher = Batcher::spawn(p, raft.clone());
+            partitions.push(Partition {
+                raft,
+                batcher,
+                offsets,
+            });
         }
         let rafts: Arc<[Raft<TypeConfig>]> = partitions.iter().map(|p| p.raft.clone()).collect();
         tracing::info!(node = config.node_id, partitions = config.partitions, data_dir = %config.data_dir.display(), "log node open");
@@ -241,32 +248,15 @@ impl LogNode {
             .ok_or(ProposeError::UnknownPartition(p))
     }
 
-    /// Replicate a batch of commands as one Raft entry; returns each command's outcome once the
-    /// entry is committed by a quorum (durably on each counted voter) and applied here.
+    /// Replicate `commands` (in this order, contiguously) and return each one's outcome once
+    /// they are committed by a quorum (durably on each counted voter) and applied here.
+    /// Concurrent proposals to a partition share Raft entries (see [`crate::batcher`]).
     pub async fn propose(
         &self,
         p: PartitionId,
         commands: Vec<Vec<u8>>,
     ) -> Result<ProposalOutcome, ProposeError> {
-        let part = self.partition(p)?;
-        let proposal = Proposal {
-            timestamp_ms: now_ms(),
-            commands,
-        };
-        match part.raft.client_write(proposal).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
-                Err(ProposeError::NotLeader {
-                    partition: p,
-                    leader_id: fwd.leader_id,
-                    leader_addr: fwd.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(e) => Err(ProposeError::Stopped {
-                partition: p,
-                message: e.to_string(),
-            }),
-        }
+        self.partition(p)?.batcher.propose(commands).await
     }
 
     /// Read up to `limit` events of `p` starting at offset `from` from this node's replica.
@@ -487,11 +477,4 @@ fn check_node_record(engine: &Engine, config: &LogNodeConfig) -> anyhow::Result<
         }
     }
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }

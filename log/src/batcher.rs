@@ -1,0 +1,151 @@
+//! Proposal batching: concurrent proposals to one partition are coalesced into one Raft entry.
+//!
+//! Each partition has a batcher task. It takes the first waiting proposal, then everything else
+//! already queued (up to a cap), and submits them as one `client_write`; up to `MAX_IN_FLIGHT`
+//! writes per partition are outstanding at once. While they are, new proposals queue up and form
+//! the next, larger batch — so batches grow with load and a lone proposal is never held back.
+//! Each caller gets back the outcomes of its own commands.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::Raft;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::node::ProposeError;
+use crate::types::{PartitionId, Proposal, ProposalOutcome, TypeConfig};
+
+/// Most commands one Raft entry carries.
+const MAX_BATCH_COMMANDS: usize = 4096;
+/// Most bytes of commands one Raft entry carries (a batch may exceed it by one proposal).
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Raft writes per partition outstanding at once. One is best measured (docs/benchmarks.md):
+/// while it is in flight the next batch fills, so batches grow with load instead of fragmenting.
+const MAX_IN_FLIGHT: usize = 1;
+
+type Reply = oneshot::Sender<Result<ProposalOutcome, ProposeError>>;
+
+struct Pending {
+    commands: Vec<Vec<u8>>,
+    reply: Reply,
+}
+
+/// The handle callers propose through.
+#[derive(Clone)]
+pub(crate) struct Batcher {
+    partition: PartitionId,
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl Batcher {
+    pub(crate) fn spawn(partition: PartitionId, raft: Raft<TypeConfig>) -> Batcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(partition, raft, rx));
+        Batcher { partition, tx }
+    }
+
+    pub(crate) async fn propose(
+        &self,
+        commands: Vec<Vec<u8>>,
+    ) -> Result<ProposalOutcome, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || ProposeError::Stopped {
+            partition: self.partition,
+            message: "the partition's batcher has stopped".into(),
+        };
+        self.tx
+            .send(Pending { commands, reply })
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(
+    partition: PartitionId,
+    raft: Raft<TypeConfig>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        // Everything that queued while we waited for a permit joins this batch.
+        let (mut count, mut bytes) = (first.commands.len(), size(&first.commands));
+        let mut group = vec![first];
+        while count < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = rx.try_recv() else { break };
+            count += next.commands.len();
+            bytes += size(&next.commands);
+            group.push(next);
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            write_batch(partition, &raft, group).await;
+            drop(permit);
+        });
+    }
+}
+
+fn size(commands: &[Vec<u8>]) -> usize {
+    commands.iter().map(Vec::len).sum()
+}
+
+/// Submit one batch and hand each caller the outcomes of its commands.
+async fn write_batch(partition: PartitionId, raft: &Raft<TypeConfig>, group: Vec<Pending>) {
+    let mut counts = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    let mut commands = Vec::new();
+    for p in group {
+        counts.push(p.commands.len());
+        commands.extend(p.commands);
+        replies.push(p.reply);
+    }
+    let proposal = Proposal {
+        timestamp_ms: now_ms(),
+        commands,
+    };
+    match raft.client_write(proposal).await {
+        Ok(resp) => {
+            let raft_index = resp.data.raft_index;
+            let mut outcomes = resp.data.outcomes.into_iter();
+            for (reply, n) in replies.into_iter().zip(counts) {
+                let mine = outcomes.by_ref().take(n).collect();
+                let _ = reply.send(Ok(ProposalOutcome {
+                    raft_index,
+                    outcomes: mine,
+                }));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(propose_error(partition, &e)));
+            }
+        }
+    }
+}
+
+fn propose_error(
+    partition: PartitionId,
+    e: &RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>,
+) -> ProposeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => ProposeError::NotLeader {
+            partition,
+            leader_id: fwd.leader_id,
+            leader_addr: fwd.leader_node.as_ref().map(|n| n.addr.clone()),
+        },
+        other => ProposeError::Stopped {
+            partition,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

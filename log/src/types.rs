@@ -102,5 +102,5 @@ openraft::declare_raft_types!(
         R = ProposalOutcome,
         NodeId = NodeId,
         Node = Node,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = crate::store::SnapshotData,
 );

@@ -7,7 +7,7 @@ mod snapshot;
 mod state_machine;
 
 pub use log_store::PartitionLogStore;
-pub use snapshot::SnapshotContent;
+pub use snapshot::{SnapshotContent, SnapshotData};
 pub use state_machine::PartitionStateMachine;
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};

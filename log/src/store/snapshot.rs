@@ -3,14 +3,22 @@
 //!
 //! A snapshot captures the partition at an applied Raft log id: the handler's state and the event
 //! log up to `last_offset`. Only a small manifest (meta, last offset, handler state) is stored in
-//! [`cf::SNAPSHOTS`]; the events are read from the live event log when the snapshot is sent,
-//! which is correct because events at or below a snapshot's `last_offset` never change.
+//! [`cf::SNAPSHOTS`]; the events are read from the live event log when the snapshot is actually
+//! read (to send it to a follower), which is correct because the events at or below a snapshot's
+//! `last_offset` never change. Building a snapshot therefore costs the handler state only, not
+//! the event log — openraft builds them periodically and only ever sends a few.
 //!
 //! Snapshot data (what travels to a follower) is `frame(bincode(SnapshotContent))`, so a snapshot
 //! damaged in transit or at rest fails its crc32 instead of being installed.
 
+use std::io::{self, Cursor, SeekFrom};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use rocksdb::{IteratorMode, ReadOptions, SnapshotWithThreadMode, DB};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 use super::{decode, encode};
 use crate::codec::{self, cf, StateNs};
@@ -49,6 +57,132 @@ pub struct SnapshotManifest {
     pub meta: SnapshotMeta,
     pub last_offset: LogOffset,
     pub state: StateEntries,
+}
+
+/// The bytes of a partition snapshot as openraft sees them. A snapshot this node built (or holds)
+/// is *deferred*: its bytes are produced from the manifest and the event log the first time the
+/// data is read, written or sought. A snapshot being received is plain bytes.
+pub struct SnapshotData {
+    state: DataState,
+}
+
+enum DataState {
+    Deferred {
+        engine: Arc<Engine>,
+        partition: PartitionId,
+        manifest: SnapshotManifest,
+    },
+    Bytes(Cursor<Vec<u8>>),
+}
+
+impl SnapshotData {
+    /// Empty data to receive a snapshot into.
+    pub fn empty() -> Self {
+        SnapshotData {
+            state: DataState::Bytes(Cursor::new(Vec::new())),
+        }
+    }
+
+    pub(crate) fn deferred(
+        engine: Arc<Engine>,
+        partition: PartitionId,
+        manifest: SnapshotManifest,
+    ) -> Self {
+        SnapshotData {
+            state: DataState::Deferred {
+                engine,
+                partition,
+                manifest,
+            },
+        }
+    }
+
+    /// The snapshot's bytes, reading them from storage if they are deferred.
+    pub fn into_bytes(mut self) -> Result<Vec<u8>, StoreError> {
+        self.materialize()?;
+        match self.state {
+            DataState::Bytes(cursor) => Ok(cursor.into_inner()),
+            DataState::Deferred { .. } => unreachable!("materialized above"),
+        }
+    }
+
+    fn materialize(&mut self) -> Result<&mut Cursor<Vec<u8>>, StoreError> {
+        if let DataState::Deferred {
+            engine,
+            partition,
+            manifest,
+        } = &self.state
+        {
+            let events = read_events_upto(
+                engine,
+                &engine.db().snapshot(),
+                *partition,
+                manifest.last_offset,
+            )?;
+            let content = SnapshotContent {
+                last_offset: manifest.last_offset,
+                state: manifest.state.clone(),
+                events,
+            };
+            self.state = DataState::Bytes(Cursor::new(content.to_bytes()));
+        }
+        match &mut self.state {
+            DataState::Bytes(cursor) => Ok(cursor),
+            DataState::Deferred { .. } => unreachable!("just replaced"),
+        }
+    }
+
+    fn cursor(self: Pin<&mut Self>) -> io::Result<Pin<&mut Cursor<Vec<u8>>>> {
+        let this = self.get_mut();
+        this.materialize().map(Pin::new).map_err(io::Error::other)
+    }
+}
+
+impl AsyncRead for SnapshotData {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.cursor() {
+            Ok(c) => c.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for SnapshotData {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.cursor() {
+            Ok(c) => c.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncSeek for SnapshotData {
+    fn start_seek(self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
+        self.cursor()?.start_seek(position)
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        match self.cursor() {
+            Ok(c) => c.poll_complete(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
 }
 
 pub(crate) fn manifest_key(p: PartitionId) -> Vec<u8> {
@@ -118,4 +252,32 @@ fn scan<'a>(
         let payload = codec::unframe(cf_name, &k, &v)?.to_vec();
         Ok((k, payload))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damaged_snapshot_data_fails_its_checksum() {
+        let content = SnapshotContent {
+            last_offset: LogOffset(2),
+            state: vec![(b"k".to_vec(), b"v".to_vec())],
+            events: vec![
+                (LogOffset(1), b"one".to_vec()),
+                (LogOffset(2), b"two".to_vec()),
+            ],
+        };
+        let mut bytes = content.to_bytes();
+        assert_eq!(
+            SnapshotContent::from_bytes(PartitionId(4), &bytes).unwrap(),
+            content
+        );
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        match SnapshotContent::from_bytes(PartitionId(4), &bytes) {
+            Err(StoreError::Corrupt(c)) => assert!(c.detail.contains("checksum mismatch"), "{c}"),
+            other => panic!("expected a checksum error, got {other:?}"),
+        }
+    }
 }

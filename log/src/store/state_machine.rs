@@ -9,7 +9,6 @@
 //! either includes a batch or openraft re-applies it from the log.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -20,7 +19,9 @@ use openraft::{
 use rocksdb::WriteBatch;
 use tokio::sync::{watch, Mutex};
 
-use super::snapshot::{self, SnapshotContent, SnapshotManifest, SnapshotMeta};
+use super::snapshot::{
+    self, SnapshotContent, SnapshotData, SnapshotManifest, SnapshotMeta, StateEntries,
+};
 use super::{decode, encode, storage_error};
 use crate::apply::{ApplyContext, CommandHandler, PendingEvent};
 use crate::codec::{self, cf, StateNs};
@@ -246,14 +247,14 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotData>> {
+        Ok(Box::new(SnapshotData::empty()))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> StorageResult<()> {
         let p = self.partition;
         let snapshot_error = |e| {
@@ -263,7 +264,8 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                 e,
             )
         };
-        let content = SnapshotContent::from_bytes(p, snapshot.get_ref()).map_err(snapshot_error)?;
+        let bytes = snapshot.into_bytes().map_err(snapshot_error)?;
+        let content = SnapshotContent::from_bytes(p, &bytes).map_err(snapshot_error)?;
 
         let write_lock = self.write_lock.clone();
         let _guard = write_lock.lock().await;
@@ -312,24 +314,14 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let read_error = |e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
-        let Some(manifest) =
-            snapshot::read_manifest(&self.engine, self.partition).map_err(read_error)?
-        else {
-            return Ok(None);
-        };
-        let events = {
-            let snap = self.engine.db().snapshot();
-            snapshot::read_events_upto(&self.engine, &snap, self.partition, manifest.last_offset)
-                .map_err(read_error)?
-        };
-        let content = SnapshotContent {
-            last_offset: manifest.last_offset,
-            state: manifest.state,
-            events,
-        };
-        Ok(Some(Snapshot {
-            meta: manifest.meta,
-            snapshot: Box::new(Cursor::new(content.to_bytes())),
+        let manifest = snapshot::read_manifest(&self.engine, self.partition).map_err(read_error)?;
+        Ok(manifest.map(|manifest| Snapshot {
+            meta: manifest.meta.clone(),
+            snapshot: Box::new(SnapshotData::deferred(
+                self.engine.clone(),
+                self.partition,
+                manifest,
+            )),
         }))
     }
 }
@@ -342,12 +334,12 @@ pub struct PartitionSnapshotBuilder {
 }
 
 impl PartitionSnapshotBuilder {
-    /// Read the partition at one applied state: the lock is held only while the RocksDB snapshot
-    /// is taken, and everything is read through that snapshot afterwards.
+    /// Read the partition's applied state and handler state at one point: the lock is held only
+    /// while the RocksDB snapshot is taken, and everything is read through that snapshot.
     fn read_consistent(
         &self,
         guard: tokio::sync::MutexGuard<'_, ()>,
-    ) -> Result<(AppliedState, SnapshotContent), StoreError> {
+    ) -> Result<(AppliedState, StateEntries), StoreError> {
         let p = self.partition;
         let db_snapshot = self.engine.db().snapshot();
         drop(guard);
@@ -364,12 +356,8 @@ impl PartitionSnapshotBuilder {
             last_offset: decode_snapshot_value(&self.engine, &db_snapshot, p, KEY_LAST_OFFSET)?
                 .unwrap_or_default(),
         };
-        let content = SnapshotContent {
-            last_offset: applied.last_offset,
-            state: snapshot::read_handler_state(&self.engine, &db_snapshot, p)?,
-            events: snapshot::read_events_upto(&self.engine, &db_snapshot, p, applied.last_offset)?,
-        };
-        Ok((applied, content))
+        let state = snapshot::read_handler_state(&self.engine, &db_snapshot, p)?;
+        Ok((applied, state))
     }
 }
 
@@ -391,30 +379,29 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
         let p = self.partition;
         let build_error = |e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e);
         let guard = self.write_lock.lock().await;
-        let (applied, content) = self.read_consistent(guard).map_err(build_error)?;
+        let (applied, state) = self.read_consistent(guard).map_err(build_error)?;
 
         let snapshot_id = match applied.applied {
             Some(id) => format!(
                 "{}-{}-{}-{}",
-                p.0, id.leader_id.term, id.index, content.last_offset.0
+                p.0, id.leader_id.term, id.index, applied.last_offset.0
             ),
             None => format!("{}-empty", p.0),
         };
-        let meta = SnapshotMeta {
-            last_log_id: applied.applied,
-            last_membership: applied.membership,
-            snapshot_id,
-        };
         let manifest = SnapshotManifest {
-            meta: meta.clone(),
-            last_offset: content.last_offset,
-            state: content.state.clone(),
+            meta: SnapshotMeta {
+                last_log_id: applied.applied,
+                last_membership: applied.membership,
+                snapshot_id,
+            },
+            last_offset: applied.last_offset,
+            state,
         };
 
         // Store the manifest unless a newer snapshot was installed while this one was built.
         let _guard = self.write_lock.lock().await;
         let current = snapshot::read_manifest(&self.engine, p).map_err(build_error)?;
-        if current.is_none_or(|c| c.meta.last_log_id <= meta.last_log_id) {
+        if current.is_none_or(|c| c.meta.last_log_id <= manifest.meta.last_log_id) {
             let mut batch = WriteBatch::default();
             self.engine.put_framed(
                 &mut batch,
@@ -426,10 +413,10 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
                 .write(batch, Durability::Buffered)
                 .map_err(build_error)?;
         }
-        tracing::info!(partition = %p, last_log_id = ?meta.last_log_id, last_offset = %content.last_offset, events = content.events.len(), "built snapshot");
+        tracing::info!(partition = %p, last_log_id = ?manifest.meta.last_log_id, last_offset = %manifest.last_offset, "built snapshot");
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(content.to_bytes())),
+            meta: manifest.meta.clone(),
+            snapshot: Box::new(SnapshotData::deferred(self.engine.clone(), p, manifest)),
         })
     }
 }

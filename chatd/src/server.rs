@@ -32,11 +32,20 @@ impl Running {
 }
 
 /// Open the node and start serving it.
-pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
+pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local_addr = listener.local_addr()?;
+    // Listening on port 0 (tests, tools): peers and leader hints need the port actually bound.
+    if let Some(own) = config.log.members.get_mut(&config.log.node_id) {
+        if own
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.port() == 0)
+        {
+            *own = local_addr.to_string();
+        }
+    }
     let node = LogNode::open(config.log, Arc::new(RawAppend)).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -22,6 +22,12 @@ async fn leader_kill_restart_and_identical_replicas() {
     let mut cluster = Cluster::start(3, PARTITIONS);
     let leaders = cluster.wait_for_leaders(1, T).await;
     let all = [1, 2, 3];
+    // First formation spreads leadership (each partition's preferred node initializes first).
+    let distinct: BTreeSet<u64> = leaders.values().copied().collect();
+    assert!(
+        distinct.len() >= 2,
+        "every partition is led by the same node: {leaders:?}"
+    );
 
     // Every partition takes a batch; offsets are dense from 1.
     for p in 0..PARTITIONS {

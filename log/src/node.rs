@@ -198,6 +198,12 @@ impl LogNode {
 
     /// Form the cluster on first start: every partition gets the configured members. A partition
     /// that already has Raft state (a restart) is left as it is.
+    ///
+    /// openraft starts an election on the node that initializes, so to spread leadership the
+    /// partition's preferred node (members in id order, round-robin by partition) initializes at
+    /// once and the others only after two maximum election timeouts, and only if by then they
+    /// have heard nothing (the preferred node may be down). Initializing with the same members on
+    /// several nodes is safe: openraft accepts identical initial memberships.
     pub async fn initialize(&self) -> anyhow::Result<()> {
         let members: BTreeMap<NodeId, BasicNode> = self
             .config
@@ -205,13 +211,23 @@ impl LogNode {
             .iter()
             .map(|(id, addr)| (*id, BasicNode::new(addr)))
             .collect();
+        let ids: Vec<NodeId> = members.keys().copied().collect();
+        let grace = Duration::from_millis(2 * self.config.raft.election_timeout_max_ms);
         for (i, part) in self.partitions.iter().enumerate() {
             if part.raft.is_initialized().await? {
                 continue;
             }
-            match part.raft.initialize(members.clone()).await {
-                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(e).with_context(|| format!("initialize partition {i}")),
+            let raft = part.raft.clone();
+            let members = members.clone();
+            if ids[i % ids.len()] == self.config.node_id {
+                initialize_partition(&raft, members).await?;
+            } else {
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    if let Err(e) = initialize_partition(&raft, members).await {
+                        tracing::error!(partition = i, error = %e, "initialize");
+                    }
+                });
             }
         }
         Ok(())
@@ -397,6 +413,20 @@ impl LogNode {
             }
         }
         tracing::info!(node = self.config.node_id, "log node stopped");
+    }
+}
+
+/// Initialize one partition's Raft with `members` unless it already has state.
+async fn initialize_partition(
+    raft: &Raft<TypeConfig>,
+    members: BTreeMap<NodeId, BasicNode>,
+) -> anyhow::Result<()> {
+    if raft.is_initialized().await? {
+        return Ok(());
+    }
+    match raft.initialize(members).await {
+        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions, DB,
 };
 
 use crate::codec::{self, cf, CorruptRecord};
@@ -38,6 +39,9 @@ impl StoreError {
         }
     }
 }
+
+/// A consistent point-in-time view of a node's database (a RocksDB snapshot).
+pub type DbSnapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
 
 /// Whether a write must be on disk before [`Engine::write`] returns.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -125,7 +129,21 @@ impl Engine {
 
     /// Read a framed value and check its crc32.
     pub fn get(&self, cf_name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.db.get_pinned_cf(self.cf(cf_name), key)? {
+        self.get_at(None, cf_name, key)
+    }
+
+    /// [`Engine::get`], as of a point-in-time view when `at` is given.
+    pub fn get_at(
+        &self,
+        at: Option<&DbSnapshot<'_>>,
+        cf_name: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut ro = ReadOptions::default();
+        if let Some(snapshot) = at {
+            ro.set_snapshot(snapshot);
+        }
+        match self.db.get_pinned_cf_opt(self.cf(cf_name), key, &ro)? {
             None => Ok(None),
             Some(v) => Ok(Some(codec::unframe(cf_name, key, &v)?.to_vec())),
         }
@@ -156,16 +174,30 @@ impl Engine {
         }
     }
 
-    /// Iterate over one partition's framed records of a column family, in key order, from
-    /// `from` (inclusive) to the partition's end, checking each frame.
+    /// Iterate over framed records of a column family in key order, from `from` (inclusive) to
+    /// `end` (exclusive), checking each frame.
     pub fn scan_from<'a>(
         &'a self,
         cf_name: &'a str,
         from: &[u8],
         end: Vec<u8>,
     ) -> impl Iterator<Item = Result<(Box<[u8]>, Vec<u8>), StoreError>> + 'a {
-        let mut ro = rocksdb::ReadOptions::default();
+        self.scan_at(None, cf_name, from, end)
+    }
+
+    /// [`Engine::scan_from`], as of a point-in-time view when `at` is given.
+    pub fn scan_at<'a>(
+        &'a self,
+        at: Option<&'a DbSnapshot<'_>>,
+        cf_name: &'a str,
+        from: &[u8],
+        end: Vec<u8>,
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Vec<u8>), StoreError>> + 'a {
+        let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(end);
+        if let Some(snapshot) = at {
+            ro.set_snapshot(snapshot);
+        }
         self.db
             .iterator_cf_opt(
                 self.cf(cf_name),

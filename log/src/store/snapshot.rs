@@ -16,13 +16,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rocksdb::{IteratorMode, ReadOptions, SnapshotWithThreadMode, DB};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 use super::{decode, encode};
 use crate::codec::{self, cf, StateNs};
-use crate::engine::{Engine, StoreError};
+use crate::engine::{DbSnapshot, Engine, StoreError};
 use crate::types::{LogOffset, Node, NodeId, PartitionId};
 
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
@@ -199,29 +198,31 @@ pub(crate) fn read_manifest(
         .transpose()
 }
 
-/// Read a partition's handler state through a RocksDB snapshot.
+/// Read a partition's handler state as of `at`.
 pub(crate) fn read_handler_state(
     engine: &Engine,
-    snap: &SnapshotWithThreadMode<'_, DB>,
+    at: &DbSnapshot<'_>,
     p: PartitionId,
 ) -> Result<StateEntries, StoreError> {
     let prefix = codec::state_key(p, StateNs::Handler, b"");
     let end = codec::state_key(p, StateNs::Handler.next(), b"");
-    scan(engine, snap, cf::STATE, &prefix, end)
+    engine
+        .scan_at(Some(at), cf::STATE, &prefix, end)
         .map(|item| item.map(|(k, v)| (k[prefix.len()..].to_vec(), v)))
         .collect()
 }
 
-/// Read a partition's events `1..=last_offset` (checked), through a RocksDB snapshot if given.
+/// Read a partition's events `1..=last_offset` (checked) as of `at`.
 pub(crate) fn read_events_upto(
     engine: &Engine,
-    snap: &SnapshotWithThreadMode<'_, DB>,
+    at: &DbSnapshot<'_>,
     p: PartitionId,
     last_offset: LogOffset,
 ) -> Result<Vec<(LogOffset, Vec<u8>)>, StoreError> {
     let from = codec::event_key(p, LogOffset(1));
     let end = codec::event_key(p, last_offset.next()).to_vec();
-    scan(engine, snap, cf::EVENTS, &from, end)
+    engine
+        .scan_at(Some(at), cf::EVENTS, &from, end)
         .map(|item| {
             item.map(|(k, v)| {
                 (
@@ -231,27 +232,6 @@ pub(crate) fn read_events_upto(
             })
         })
         .collect()
-}
-
-fn scan<'a>(
-    engine: &'a Engine,
-    snap: &'a SnapshotWithThreadMode<'_, DB>,
-    cf_name: &'a str,
-    from: &[u8],
-    end: Vec<u8>,
-) -> impl Iterator<Item = Result<(Box<[u8]>, Vec<u8>), StoreError>> + 'a {
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_upper_bound(end);
-    snap.iterator_cf_opt(
-        engine.cf(cf_name),
-        ro,
-        IteratorMode::From(from, rocksdb::Direction::Forward),
-    )
-    .map(move |item| {
-        let (k, v) = item?;
-        let payload = codec::unframe(cf_name, &k, &v)?.to_vec();
-        Ok((k, payload))
-    })
 }
 
 #[cfg(test)]

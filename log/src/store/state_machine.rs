@@ -25,7 +25,7 @@ use super::snapshot::{
 use super::{decode, encode, storage_error};
 use crate::apply::{ApplyContext, CommandHandler, PendingEvent};
 use crate::codec::{self, cf, StateNs};
-use crate::engine::{Durability, Engine, StoreError};
+use crate::engine::{DbSnapshot, Durability, Engine, StoreError};
 use crate::types::{LogOffset, Node, NodeId, PartitionId, ProposalOutcome, TypeConfig};
 use chat_proto::log::LogEvent;
 
@@ -62,13 +62,15 @@ fn system_key(p: PartitionId, name: &[u8]) -> Vec<u8> {
     codec::state_key(p, StateNs::System, name)
 }
 
+/// Read one of the log's own state keys of partition `p`, as of `at` when given.
 fn read_system<T: serde::de::DeserializeOwned>(
     engine: &Engine,
+    at: Option<&DbSnapshot<'_>>,
     p: PartitionId,
     name: &[u8],
 ) -> Result<Option<T>, StoreError> {
     engine
-        .get(cf::STATE, &system_key(p, name))?
+        .get_at(at, cf::STATE, &system_key(p, name))?
         .map(|bytes| {
             decode(
                 &format!("{p} state {}", String::from_utf8_lossy(name)),
@@ -78,11 +80,15 @@ fn read_system<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-fn read_applied_state(engine: &Engine, p: PartitionId) -> Result<AppliedState, StoreError> {
+fn read_applied_state(
+    engine: &Engine,
+    at: Option<&DbSnapshot<'_>>,
+    p: PartitionId,
+) -> Result<AppliedState, StoreError> {
     Ok(AppliedState {
-        applied: read_system::<Option<LogId<NodeId>>>(engine, p, KEY_APPLIED)?.flatten(),
-        membership: read_system(engine, p, KEY_MEMBERSHIP)?.unwrap_or_default(),
-        last_offset: read_system(engine, p, KEY_LAST_OFFSET)?.unwrap_or_default(),
+        applied: read_system::<Option<LogId<NodeId>>>(engine, at, p, KEY_APPLIED)?.flatten(),
+        membership: read_system(engine, at, p, KEY_MEMBERSHIP)?.unwrap_or_default(),
+        last_offset: read_system(engine, at, p, KEY_LAST_OFFSET)?.unwrap_or_default(),
     })
 }
 
@@ -130,7 +136,7 @@ impl PartitionStateMachine {
         partition: PartitionId,
         handler: Arc<dyn CommandHandler>,
     ) -> Result<(Self, watch::Receiver<LogOffset>), StoreError> {
-        let stored = read_applied_state(&engine, partition)?;
+        let stored = read_applied_state(&engine, None, partition)?;
         let (offsets, offsets_rx) = watch::channel(stored.last_offset);
         let sm = PartitionStateMachine {
             engine,
@@ -343,34 +349,9 @@ impl PartitionSnapshotBuilder {
         let p = self.partition;
         let db_snapshot = self.engine.db().snapshot();
         drop(guard);
-        let applied = AppliedState {
-            applied: decode_snapshot_value::<Option<LogId<NodeId>>>(
-                &self.engine,
-                &db_snapshot,
-                p,
-                KEY_APPLIED,
-            )?
-            .flatten(),
-            membership: decode_snapshot_value(&self.engine, &db_snapshot, p, KEY_MEMBERSHIP)?
-                .unwrap_or_default(),
-            last_offset: decode_snapshot_value(&self.engine, &db_snapshot, p, KEY_LAST_OFFSET)?
-                .unwrap_or_default(),
-        };
+        let applied = read_applied_state(&self.engine, Some(&db_snapshot), p)?;
         let state = snapshot::read_handler_state(&self.engine, &db_snapshot, p)?;
         Ok((applied, state))
-    }
-}
-
-fn decode_snapshot_value<T: serde::de::DeserializeOwned>(
-    engine: &Engine,
-    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
-    p: PartitionId,
-    name: &[u8],
-) -> Result<Option<T>, StoreError> {
-    let key = system_key(p, name);
-    match snap.get_pinned_cf(engine.cf(cf::STATE), &key)? {
-        None => Ok(None),
-        Some(v) => decode(&format!("{p} state"), codec::unframe(cf::STATE, &key, &v)?).map(Some),
     }
 }
 

@@ -4,7 +4,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROTOC").is_none() {
         std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     }
-    let protos = ["proto/raft.proto", "proto/log.proto", "proto/admin.proto"];
+    let protos = [
+        "proto/raft.proto",
+        "proto/log.proto",
+        "proto/admin.proto",
+        "proto/chat.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -79,6 +79,7 @@ impl Cluster {
                     bind_ip: None,
                     raft: RaftTuning::default(),
                 },
+                chat: Default::default(),
             };
             nodes.push(
                 server::start(config)
@@ -98,7 +99,12 @@ impl Cluster {
         tokio::time::sleep(Duration::from_secs(2)).await;
         for p in 0..partitions {
             for _ in 0..50 {
-                propose(&cluster, PartitionId(p), vec![vec![0u8; 16]]).await?;
+                propose(
+                    &cluster,
+                    PartitionId(p),
+                    vec![vec![chat_log::RAW_COMMAND_TAG; 16]],
+                )
+                .await?;
             }
         }
         Ok(cluster)
@@ -244,7 +250,9 @@ async fn open_loop(
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let record = vec![0x5au8; args.record_bytes];
+    // chatd's handler routes by a leading tag byte; these are raw records.
+    let record =
+        chat_log::Dispatch::tagged(chat_log::RAW_COMMAND_TAG, &vec![0x5au8; args.record_bytes]);
     let fsync_dir = match &args.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir(),

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_log::{CommandOutcome, LogNode, LogOffset, PartitionId, ProposeError, StoreError};
+use chat_log::{
+    CommandOutcome, Dispatch, LogNode, LogOffset, PartitionId, ProposeError, StoreError,
+    RAW_COMMAND_TAG,
+};
 use chat_proto::admin::admin_server::Admin;
 use chat_proto::admin::*;
 use chat_proto::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
@@ -120,9 +123,13 @@ impl Admin for AdminService {
                 r.len()
             )));
         }
+        let commands = records
+            .iter()
+            .map(|r| Dispatch::tagged(RAW_COMMAND_TAG, r))
+            .collect();
         let outcome = self
             .node
-            .propose(p, records)
+            .propose(p, commands)
             .await
             .map_err(propose_status)?;
         let offsets = outcome

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use chat_log::{LogNodeConfig, NodeId, RaftTuning};
+use chat_sequencer::{ApplyLimits, SequencerConfig};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -66,6 +67,52 @@ struct FileConfig {
     peers: BTreeMap<String, String>,
     #[serde(default)]
     raft: RaftTuning,
+    #[serde(default)]
+    chat: ChatConfig,
+}
+
+/// The `[chat]` table: limits of the write path.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Most members of a group, creator included. Decides what is applied: same on every node.
+    pub max_group_members: u32,
+    /// How long a (device, client_msg_id) is remembered for retries. Same on every node.
+    pub dedup_window_secs: u64,
+    pub max_payload_bytes: usize,
+    pub sends_per_second: u32,
+    pub send_burst: u32,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        let (apply, seq) = (ApplyLimits::default(), SequencerConfig::default());
+        ChatConfig {
+            max_group_members: apply.max_group_members,
+            dedup_window_secs: apply.dedup_window_ms / 1000,
+            max_payload_bytes: seq.max_payload_bytes,
+            sends_per_second: seq.sends_per_second,
+            send_burst: seq.send_burst,
+        }
+    }
+}
+
+impl ChatConfig {
+    pub fn apply_limits(&self) -> ApplyLimits {
+        ApplyLimits {
+            max_group_members: self.max_group_members,
+            dedup_window_ms: self.dedup_window_secs * 1000,
+        }
+    }
+
+    pub fn sequencer(&self) -> SequencerConfig {
+        SequencerConfig {
+            max_payload_bytes: self.max_payload_bytes,
+            sends_per_second: self.sends_per_second,
+            send_burst: self.send_burst,
+            ..SequencerConfig::default()
+        }
+    }
 }
 
 /// The resolved configuration chatd runs with.
@@ -73,6 +120,7 @@ struct FileConfig {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub log: LogNodeConfig,
+    pub chat: ChatConfig,
 }
 
 impl ServerConfig {
@@ -141,6 +189,7 @@ impl ServerConfig {
                 bind_ip: flags.bind_ip.or(file.bind_ip),
                 raft: file.raft,
             },
+            chat: file.chat,
         })
     }
 }
@@ -252,7 +301,7 @@ mod tests {
         let path = dir.path().join("n.toml");
         std::fs::write(
             &path,
-            "node_id = 3\npartitions = 4\ncluster_secret = \"k\"\n[peers]\n1 = \"127.0.0.1:1\"\n3 = \"127.0.0.1:3\"\n[raft]\nheartbeat_ms = 50\n",
+            "node_id = 3\npartitions = 4\ncluster_secret = \"k\"\n[peers]\n1 = \"127.0.0.1:1\"\n3 = \"127.0.0.1:3\"\n[raft]\nheartbeat_ms = 50\n[chat]\nmax_group_members = 16\n",
         )
         .unwrap();
         let c = ServerConfig::resolve(Flags {

@@ -1,12 +1,15 @@
-//! Runs a chatd node: opens the log, serves Raft, admin and health RPC on one address, forms
-//! the cluster, and shuts down gracefully on SIGTERM / Ctrl-C.
+//! Runs a chatd node: opens the log with the node's command handlers (raw records and chat
+//! commands), serves Raft, admin, sequencer and health RPC on one address, forms the cluster, and
+//! shuts down gracefully on SIGTERM / Ctrl-C.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use chat_log::{LogNode, RawAppend};
+use chat_log::{Dispatch, LogNode, RawAppend, RAW_COMMAND_TAG};
 use chat_proto::admin::admin_server::AdminServer;
+use chat_sequencer::service::SequencerService;
+use chat_sequencer::{ChatHandler, Sequencer, CHAT_COMMAND_TAG};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -16,6 +19,7 @@ use crate::config::ServerConfig;
 /// A node being served; dropping it does not stop it, call [`Running::stop`].
 pub struct Running {
     pub node: Arc<LogNode>,
+    pub sequencer: Arc<Sequencer>,
     pub local_addr: std::net::SocketAddr,
     stop_tx: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -46,7 +50,18 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
             *own = local_addr.to_string();
         }
     }
-    let node = LogNode::open(config.log, Arc::new(RawAppend)).await?;
+    let secret = config.log.cluster_secret.clone();
+    let handler = Dispatch::new()
+        .with(RAW_COMMAND_TAG, Arc::new(RawAppend))
+        .with(
+            CHAT_COMMAND_TAG,
+            Arc::new(ChatHandler::new(config.chat.apply_limits())),
+        );
+    let node = LogNode::open(config.log, Arc::new(handler)).await?;
+    let sequencer = Arc::new(
+        Sequencer::new(node.clone(), &secret, config.chat.sequencer())
+            .map_err(anyhow::Error::msg)?,
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServer<AdminService>>().await;
@@ -55,9 +70,14 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     let admin = tonic::service::interceptor::InterceptedService::new(admin, node.secret_check());
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sequencer_service = tonic::service::interceptor::InterceptedService::new(
+        SequencerService::server(sequencer.clone()),
+        node.secret_check(),
+    );
     let router = tonic::transport::Server::builder()
         .add_service(node.raft_service())
         .add_service(admin)
+        .add_service(sequencer_service)
         .add_service(health_service);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
@@ -69,6 +89,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     node.initialize().await?;
     Ok(Running {
         node,
+        sequencer,
         local_addr,
         stop_tx,
         server,

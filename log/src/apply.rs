@@ -15,6 +15,9 @@ use crate::codec::{cf, state_key, StateNs};
 use crate::engine::{Engine, StoreError};
 use crate::types::{CommandOutcome, LogOffset, PartitionId};
 
+/// Handler state as (key, value) pairs, keys without the partition/namespace prefix.
+pub type StateEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Applies committed commands deterministically. See the module docs for the rules.
 pub trait CommandHandler: Send + Sync + 'static {
     /// Apply one command. A handler that rejects a command must not have written anything for
@@ -46,8 +49,12 @@ pub(crate) struct PendingEvent {
     pub offset: LogOffset,
     pub raft_index: u64,
     pub timestamp_ms: u64,
+    pub kind: u32,
     pub payload: Vec<u8>,
 }
+
+/// The event kind of raw records (see `LogEvent.kind`).
+pub const RAW_EVENT_KIND: u32 = 0;
 
 impl ApplyContext<'_> {
     pub fn partition(&self) -> PartitionId {
@@ -88,18 +95,72 @@ impl ApplyContext<'_> {
         self.overlay.insert(key.to_vec(), None);
     }
 
-    /// Append an event to the partition's event log; returns its offset.
+    /// Read up to `limit` handler state entries whose keys start with `prefix`, in key order,
+    /// with this batch's pending writes applied.
+    pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<StateEntries, StoreError> {
+        let end = prefix_successor(prefix);
+        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = match &end {
+            Some(end) => self.overlay.range(prefix.to_vec()..end.clone()).collect(),
+            None => self.overlay.range(prefix.to_vec()..).collect(),
+        };
+        // Pending deletes may hide stored keys; read enough stored keys that `limit` survive.
+        let hidden = pending.iter().filter(|(_, v)| v.is_none()).count();
+        let from = state_key(self.partition, StateNs::Handler, prefix);
+        let to = match &end {
+            Some(end) => state_key(self.partition, StateNs::Handler, end),
+            None => state_key(self.partition, StateNs::Handler.next(), b""),
+        };
+        let skip = from.len() - prefix.len();
+        let mut merged = BTreeMap::new();
+        for item in self
+            .engine
+            .scan_from(cf::STATE, &from, to)
+            .take(limit + hidden)
+        {
+            let (key, value) = item?;
+            merged.insert(key[skip..].to_vec(), Some(value));
+        }
+        for (key, value) in pending {
+            merged.insert(key.clone(), value.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
+    }
+
+    /// Append a raw event to the partition's event log; returns its offset.
     pub fn emit(&mut self, payload: Vec<u8>) -> LogOffset {
+        self.emit_kind(RAW_EVENT_KIND, payload)
+    }
+
+    /// Append an event of a handler-defined `kind`; returns its offset. The offset it will get is
+    /// `last_offset().next()`, so a handler can write it into the payload.
+    pub fn emit_kind(&mut self, kind: u32, payload: Vec<u8>) -> LogOffset {
         let offset = self.last_offset.next();
         *self.last_offset = offset;
         self.events.push(PendingEvent {
             offset,
             raft_index: self.raft_index,
             timestamp_ms: self.timestamp_ms,
+            kind,
             payload,
         });
         offset
     }
+}
+
+/// The smallest key greater than every key starting with `prefix` (None: there is none).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// The bare-log handler: each command is stored as one event, unchanged.
@@ -118,5 +179,71 @@ impl CommandHandler for RawAppend {
             events: 1,
             reply: Vec::new(),
         })
+    }
+}
+
+/// Routes each command by its first byte (a tag) to one of several handlers, so one partition
+/// can apply commands of different layers (e.g. raw records and chat commands). The tag is
+/// stripped before the handler sees the command.
+#[derive(Default, Clone)]
+pub struct Dispatch {
+    handlers: BTreeMap<u8, std::sync::Arc<dyn CommandHandler>>,
+}
+
+/// The tag of raw-record commands in a [`Dispatch`].
+pub const RAW_COMMAND_TAG: u8 = 0;
+
+impl Dispatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Route commands tagged `tag` to `handler`.
+    pub fn with(mut self, tag: u8, handler: std::sync::Arc<dyn CommandHandler>) -> Self {
+        self.handlers.insert(tag, handler);
+        self
+    }
+
+    /// A command for the handler registered under `tag`.
+    pub fn tagged(tag: u8, command: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(command.len() + 1);
+        out.push(tag);
+        out.extend_from_slice(command);
+        out
+    }
+}
+
+impl CommandHandler for Dispatch {
+    fn apply(
+        &self,
+        ctx: &mut ApplyContext<'_>,
+        command: &[u8],
+    ) -> Result<CommandOutcome, StoreError> {
+        let Some((tag, rest)) = command.split_first() else {
+            return Ok(CommandOutcome::Rejected {
+                code: crate::types::RejectCode::InvalidArgument,
+                message: "empty command".into(),
+            });
+        };
+        match self.handlers.get(tag) {
+            Some(handler) => handler.apply(ctx, rest),
+            None => Ok(CommandOutcome::Rejected {
+                code: crate::types::RejectCode::InvalidArgument,
+                message: format!("no handler for command tag {tag}"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_successor;
+
+    #[test]
+    fn prefix_successor_bounds_the_prefix() {
+        assert_eq!(prefix_successor(b"x/"), Some(b"x0".to_vec()));
+        assert_eq!(prefix_successor(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
+        assert_eq!(prefix_successor(b""), None);
     }
 }

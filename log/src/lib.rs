@@ -24,7 +24,9 @@ pub mod node;
 pub mod store;
 pub mod types;
 
-pub use apply::{ApplyContext, CommandHandler, RawAppend};
+pub use apply::{
+    ApplyContext, CommandHandler, Dispatch, RawAppend, RAW_COMMAND_TAG, RAW_EVENT_KIND,
+};
 pub use engine::{Engine, StoreError};
 pub use node::{LogNode, LogNodeConfig, NodeStatus, PartitionStatus, ProposeError, RaftTuning};
 pub use types::{

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::apply::CommandHandler;
+use crate::apply::{CommandHandler, StateEntries};
 use crate::batcher::Batcher;
 use crate::codec::{self, cf};
 use crate::engine::{Engine, StoreError};
@@ -296,6 +296,43 @@ impl LogNode {
             events.push(event);
         }
         Ok(events)
+    }
+
+    /// Read one event of `p` from this node's replica.
+    pub fn read_event(
+        &self,
+        p: PartitionId,
+        offset: LogOffset,
+    ) -> Result<Option<LogEvent>, StoreError> {
+        let events = self.read_events(p, offset, 1)?;
+        Ok(events.into_iter().next().filter(|e| e.offset == offset.0))
+    }
+
+    /// Read a command handler's state key of `p` from this node's replica.
+    pub fn handler_get(&self, p: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.engine.get(
+            cf::STATE,
+            &codec::state_key(p, codec::StateNs::Handler, key),
+        )
+    }
+
+    /// Read up to `limit` of a command handler's state entries of `p` with keys in `from..to`,
+    /// from this node's replica.
+    pub fn handler_scan(
+        &self,
+        p: PartitionId,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<StateEntries, StoreError> {
+        let start = codec::state_key(p, codec::StateNs::Handler, from);
+        let end = codec::state_key(p, codec::StateNs::Handler, to);
+        let skip = start.len() - from.len();
+        self.engine
+            .scan_from(cf::STATE, &start, end)
+            .take(limit)
+            .map(|item| item.map(|(k, v)| (k[skip..].to_vec(), v)))
+            .collect()
     }
 
     /// The last offset applied on this node's replica of `p`.

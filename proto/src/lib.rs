@@ -3,6 +3,7 @@
 //! - [`raft`]: node-to-node Raft RPC, one connection per peer multiplexed by partition id.
 //! - [`log`]: the records the partitioned log stores and serves.
 //! - [`admin`]: the node admin API behind `chatctl`, the benchmark and the tests.
+//! - [`chat_v1`]: chat commands, events and replies, and the sequencer's internal service.
 //!
 //! Internal and admin RPCs carry the cluster secret in [`CLUSTER_SECRET_HEADER`].
 
@@ -29,11 +30,15 @@ pub mod chat {
             tonic::include_proto!("chat.admin.v1");
         }
     }
+    pub mod v1 {
+        tonic::include_proto!("chat.v1");
+    }
 }
 
 pub use chat::admin::v1 as admin;
 pub use chat::log::v1 as log;
 pub use chat::raft::v1 as raft;
+pub use chat::v1 as chat_v1;
 
 /// A client interceptor that attaches the cluster secret to every request.
 #[derive(Clone)]

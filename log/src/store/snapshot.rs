@@ -20,14 +20,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 use super::{decode, encode};
+pub use crate::apply::StateEntries;
 use crate::codec::{self, cf, StateNs};
 use crate::engine::{DbSnapshot, Engine, StoreError};
 use crate::types::{LogOffset, Node, NodeId, PartitionId};
 
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
-
-/// Handler state as (key, value) pairs, keys without the partition/namespace prefix.
-pub type StateEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The full contents of a partition snapshot, as sent to followers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

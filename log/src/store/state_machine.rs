@@ -125,6 +125,7 @@ fn encode_event(event: PendingEvent) -> Vec<u8> {
         raft_index: event.raft_index,
         timestamp_ms: event.timestamp_ms,
         payload: event.payload.into(),
+        kind: event.kind,
     })
 }
 

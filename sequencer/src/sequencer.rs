@@ -1,0 +1,589 @@
+//! The sequencer: the entry point of every chat write on a node.
+//!
+//! `submit` validates a command (sizes, ids, the sender's rate), routes it to its partition —
+//! `partition(user)` for user commands, `partition(chat)` for chat commands — and proposes it on
+//! this node if it leads that partition, or forwards it once to the leader over the internal
+//! `chat.v1.Sequencer` service. Concurrent proposals to a partition share Raft entries (the log's
+//! batcher). It retries through elections and ambiguous failures until its deadline: safe,
+//! because every chat command is idempotent at apply (sends through the dedup window).
+//! A reply means the command is committed on a quorum and applied.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chat_log::{
+    CommandOutcome, Dispatch, LogNode, LogOffset, NodeId, ProposalOutcome, ProposeError, RejectCode,
+};
+use chat_proto::chat_v1::sequencer_client::SequencerClient;
+use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ChatKind, ReceiptKind};
+use chat_proto::AttachSecret;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use prost::Message;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::handler::CHAT_COMMAND_TAG;
+use crate::ids::{
+    direct_chat_id, group_chat_id, partition_of, user_id_for_handle, ChatId, DeviceId, UserId,
+};
+use crate::state;
+
+/// Limits checked before proposing (they need not agree across nodes).
+#[derive(Debug, Clone)]
+pub struct SequencerConfig {
+    pub max_payload_bytes: usize,
+    pub max_client_msg_id_bytes: usize,
+    pub max_handle_bytes: usize,
+    /// Sustained sends per second per user, and the burst above it.
+    pub sends_per_second: u32,
+    pub send_burst: u32,
+    /// How long `submit` keeps retrying through elections before answering UNAVAILABLE.
+    pub submit_timeout: Duration,
+    /// Most messages one history page returns.
+    pub max_history_page: u32,
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        SequencerConfig {
+            max_payload_bytes: 64 * 1024,
+            max_client_msg_id_bytes: 128,
+            max_handle_bytes: 256,
+            sends_per_second: 50,
+            send_burst: 200,
+            submit_timeout: Duration::from_secs(10),
+            max_history_page: 1000,
+        }
+    }
+}
+
+/// Why a command was not applied. Maps one to one onto gRPC status codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeqError {
+    /// Refused, before proposing or deterministically at apply.
+    #[error("{message}")]
+    Rejected { code: RejectCode, message: String },
+    /// No leader could take it before the deadline; `leader` is the last one known.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SeqError {
+    fn invalid(message: impl Into<String>) -> Self {
+        SeqError::Rejected {
+            code: RejectCode::InvalidArgument,
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            SeqError::Rejected { code, .. } => match code {
+                RejectCode::InvalidArgument => Code::InvalidArgument,
+                RejectCode::NotFound => Code::NotFound,
+                RejectCode::AlreadyExists => Code::AlreadyExists,
+                RejectCode::PermissionDenied => Code::PermissionDenied,
+                RejectCode::FailedPrecondition => Code::FailedPrecondition,
+                RejectCode::ResourceExhausted => Code::ResourceExhausted,
+            },
+            SeqError::Unavailable { .. } => Code::Unavailable,
+            SeqError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The error a forwarded call answered with, as if it had happened here.
+    fn from_status(status: &Status) -> SeqError {
+        let code = match status.code() {
+            Code::InvalidArgument => RejectCode::InvalidArgument,
+            Code::NotFound => RejectCode::NotFound,
+            Code::AlreadyExists => RejectCode::AlreadyExists,
+            Code::PermissionDenied => RejectCode::PermissionDenied,
+            Code::FailedPrecondition => RejectCode::FailedPrecondition,
+            Code::ResourceExhausted => RejectCode::ResourceExhausted,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                return SeqError::Unavailable {
+                    message: status.message().to_string(),
+                    leader_id: None,
+                    leader_addr: None,
+                }
+            }
+            _ => return SeqError::Internal(status.message().to_string()),
+        };
+        SeqError::Rejected {
+            code,
+            message: status.message().to_string(),
+        }
+    }
+}
+
+impl From<SeqError> for Status {
+    fn from(e: SeqError) -> Status {
+        let mut status = Status::new(e.code(), e.to_string());
+        if let SeqError::Unavailable {
+            leader_id,
+            leader_addr,
+            ..
+        } = &e
+        {
+            if let Some(id) = leader_id {
+                status
+                    .metadata_mut()
+                    .insert(chat_proto::LEADER_ID_HEADER, (*id).into());
+            }
+            if let Some(addr) = leader_addr.as_ref().and_then(|a| a.parse().ok()) {
+                status
+                    .metadata_mut()
+                    .insert(chat_proto::LEADER_ADDR_HEADER, addr);
+            }
+        }
+        status
+    }
+}
+
+type ForwardClient = SequencerClient<InterceptedService<Channel, AttachSecret>>;
+
+/// The write path of one node.
+pub struct Sequencer {
+    node: Arc<LogNode>,
+    config: SequencerConfig,
+    send_limiter: DefaultKeyedRateLimiter<u64>,
+    secret: AttachSecret,
+    peers: Mutex<HashMap<String, ForwardClient>>,
+}
+
+impl Sequencer {
+    pub fn new(
+        node: Arc<LogNode>,
+        cluster_secret: &str,
+        config: SequencerConfig,
+    ) -> Result<Self, String> {
+        let rate =
+            NonZeroU32::new(config.sends_per_second).ok_or("sends_per_second must be positive")?;
+        let burst = NonZeroU32::new(config.send_burst).ok_or("send_burst must be positive")?;
+        Ok(Sequencer {
+            node,
+            send_limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            secret: AttachSecret::new(cluster_secret).map_err(|e| e.to_string())?,
+            config,
+            peers: Mutex::default(),
+        })
+    }
+
+    pub fn node(&self) -> &Arc<LogNode> {
+        &self.node
+    }
+
+    /// Validate, route and apply `command`; the reply once it is committed and applied.
+    /// `forwarded` is set when another node sent it here as the partition's leader.
+    pub async fn submit(
+        &self,
+        mut command: pb::Command,
+        forwarded: bool,
+    ) -> Result<pb::CommandReply, SeqError> {
+        let key = self.prepare(&mut command, forwarded)?;
+        let partition = partition_of(key, self.node.partition_count());
+        let bytes = Dispatch::tagged(CHAT_COMMAND_TAG, &command.encode_to_vec());
+        let deadline = Instant::now() + self.config.submit_timeout;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let err = match self.node.propose(partition, vec![bytes.clone()]).await {
+                Ok(outcome) => return reply_of(outcome),
+                Err(ProposeError::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr: Some(addr),
+                    ..
+                }) if !forwarded && id != self.node.node_id() => {
+                    match self.forward(&addr, &command, deadline).await {
+                        Ok(reply) => return Ok(reply),
+                        Err(status) => match SeqError::from_status(&status) {
+                            e @ SeqError::Unavailable { .. } => e,
+                            other => return Err(other),
+                        },
+                    }
+                }
+                Err(e @ ProposeError::NotLeader { .. }) => {
+                    let ProposeError::NotLeader {
+                        leader_id,
+                        leader_addr,
+                        ..
+                    } = &e
+                    else {
+                        unreachable!()
+                    };
+                    SeqError::Unavailable {
+                        message: e.to_string(),
+                        leader_id: *leader_id,
+                        leader_addr: leader_addr.clone(),
+                    }
+                }
+                Err(e @ ProposeError::Stopped { .. }) => SeqError::Unavailable {
+                    message: e.to_string(),
+                    leader_id: None,
+                    leader_addr: None,
+                },
+                Err(e @ ProposeError::UnknownPartition(_)) => {
+                    return Err(SeqError::Internal(e.to_string()))
+                }
+            };
+            if forwarded || Instant::now() + backoff > deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Check a command, fill in derived ids, and return its routing key.
+    fn prepare(&self, command: &mut pb::Command, forwarded: bool) -> Result<u64, SeqError> {
+        let c = &self.config;
+        match command.kind.as_mut() {
+            None => Err(SeqError::invalid("empty command")),
+            Some(command::Kind::RegisterUser(r)) => {
+                let handle = r.handle.trim();
+                if handle.is_empty() || handle.len() > c.max_handle_bytes {
+                    return Err(SeqError::invalid(format!(
+                        "a handle has 1 to {} bytes",
+                        c.max_handle_bytes
+                    )));
+                }
+                let derived = user_id_for_handle(handle);
+                if r.user_id != 0 && r.user_id != derived.0 {
+                    return Err(SeqError::invalid(
+                        "user_id must be derived from the handle (or 0)",
+                    ));
+                }
+                r.handle = handle.to_string();
+                r.user_id = derived.0;
+                Ok(r.user_id)
+            }
+            Some(command::Kind::AddDevice(d)) => {
+                if d.token_sha256.len() != 32 {
+                    return Err(SeqError::invalid(
+                        "token_sha256 must be a sha256 digest (32 bytes)",
+                    ));
+                }
+                Ok(d.user_id)
+            }
+            Some(command::Kind::RevokeDevice(d)) => Ok(d.user_id),
+            Some(command::Kind::CreateChat(ch)) => {
+                if ch.kind == ChatKind::Direct as i32 && ch.chat_id == 0 {
+                    let other = ch.members.first().copied().unwrap_or_default();
+                    ch.chat_id = direct_chat_id(UserId(ch.creator), UserId(other)).0;
+                }
+                if ch.chat_id == 0 {
+                    return Err(SeqError::invalid(
+                        "a group's chat_id must be given (derived from creator and request id)",
+                    ));
+                }
+                Ok(ch.chat_id)
+            }
+            Some(command::Kind::ChangeMembers(ch)) => Ok(ch.chat_id),
+            Some(command::Kind::AdvanceReceipt(r)) => Ok(r.chat_id),
+            Some(command::Kind::SendMessage(m)) => {
+                if m.payload.is_empty() {
+                    return Err(SeqError::invalid("a message needs a payload"));
+                }
+                if m.payload.len() > c.max_payload_bytes {
+                    return Err(SeqError::invalid(format!(
+                        "payload of {} bytes is over the limit of {}",
+                        m.payload.len(),
+                        c.max_payload_bytes
+                    )));
+                }
+                if m.client_msg_id.is_empty() || m.client_msg_id.len() > c.max_client_msg_id_bytes {
+                    return Err(SeqError::invalid(format!(
+                        "client_msg_id must have 1 to {} bytes",
+                        c.max_client_msg_id_bytes
+                    )));
+                }
+                // Counted once, where the send entered the cluster.
+                if !forwarded && self.send_limiter.check_key(&m.sender_user).is_err() {
+                    return Err(SeqError::Rejected {
+                        code: RejectCode::ResourceExhausted,
+                        message: format!(
+                            "user {} is sending faster than {} messages/s",
+                            m.sender_user, c.sends_per_second
+                        ),
+                    });
+                }
+                Ok(m.chat_id)
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        addr: &str,
+        command: &pb::Command,
+        deadline: Instant,
+    ) -> Result<pb::CommandReply, Status> {
+        let mut client = self.peer(addr)?;
+        let mut request = tonic::Request::new(pb::SubmitRequest {
+            command: Some(command.clone()),
+            forwarded: true,
+        });
+        request.set_timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100)),
+        );
+        client
+            .submit(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    fn peer(&self, addr: &str) -> Result<ForwardClient, Status> {
+        let mut peers = self.peers.lock().expect("peer map lock");
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("bad leader address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = SequencerClient::with_interceptor(channel, self.secret.clone());
+        peers.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    // ---- Typed helpers over `submit`. ----
+
+    pub async fn register_user(&self, handle: &str) -> Result<pb::UserReply, SeqError> {
+        let c = command::Kind::RegisterUser(pb::RegisterUser {
+            user_id: 0,
+            handle: handle.to_string(),
+        });
+        match self.run(c).await? {
+            command_reply::Kind::User(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Register a device with the sha256 of its bearer token.
+    pub async fn add_device(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        token_sha256: [u8; 32],
+    ) -> Result<pb::DeviceReply, SeqError> {
+        let c = command::Kind::AddDevice(pb::AddDevice {
+            user_id: user.0,
+            device_id: device.0,
+            token_sha256: token_sha256.to_vec(),
+        });
+        match self.run(c).await? {
+            command_reply::Kind::Device(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn revoke_device(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<pb::DeviceReply, SeqError> {
+        let c = command::Kind::RevokeDevice(pb::RevokeDevice {
+            user_id: user.0,
+            device_id: device.0,
+        });
+        match self.run(c).await? {
+            command_reply::Kind::Device(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn create_direct_chat(
+        &self,
+        a: UserId,
+        b: UserId,
+    ) -> Result<pb::ChatReply, SeqError> {
+        self.create_chat(direct_chat_id(a, b), ChatKind::Direct, "", a, &[b])
+            .await
+    }
+
+    /// Create a group; `request_id` makes retries name the same group.
+    pub async fn create_group(
+        &self,
+        creator: UserId,
+        request_id: &str,
+        name: &str,
+        members: &[UserId],
+    ) -> Result<pb::ChatReply, SeqError> {
+        self.create_chat(
+            group_chat_id(creator, request_id),
+            ChatKind::Group,
+            name,
+            creator,
+            members,
+        )
+        .await
+    }
+
+    async fn create_chat(
+        &self,
+        chat: ChatId,
+        kind: ChatKind,
+        name: &str,
+        creator: UserId,
+        members: &[UserId],
+    ) -> Result<pb::ChatReply, SeqError> {
+        let c = command::Kind::CreateChat(pb::CreateChat {
+            chat_id: chat.0,
+            kind: kind as i32,
+            name: name.to_string(),
+            creator: creator.0,
+            members: members.iter().map(|m| m.0).collect(),
+        });
+        match self.run(c).await? {
+            command_reply::Kind::Chat(r) => Ok(pb::ChatReply {
+                chat_id: chat.0,
+                ..r
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn change_members(
+        &self,
+        chat: ChatId,
+        by: UserId,
+        add: &[UserId],
+        remove: &[UserId],
+    ) -> Result<pb::ChatReply, SeqError> {
+        let c = command::Kind::ChangeMembers(pb::ChangeMembers {
+            chat_id: chat.0,
+            by_user: by.0,
+            add: add.iter().map(|u| u.0).collect(),
+            remove: remove.iter().map(|u| u.0).collect(),
+        });
+        match self.run(c).await? {
+            command_reply::Kind::Chat(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn send(&self, message: pb::SendMessage) -> Result<pb::SendAck, SeqError> {
+        match self.run(command::Kind::SendMessage(message)).await? {
+            command_reply::Kind::Send(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn advance_receipt(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        device: DeviceId,
+        kind: ReceiptKind,
+        up_to_seq: u64,
+    ) -> Result<pb::ReceiptReply, SeqError> {
+        let c = command::Kind::AdvanceReceipt(pb::AdvanceReceipt {
+            chat_id: chat.0,
+            user_id: user.0,
+            device_id: device.0,
+            kind: kind as i32,
+            up_to_seq,
+        });
+        match self.run(c).await? {
+            command_reply::Kind::Receipt(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn run(&self, kind: command::Kind) -> Result<command_reply::Kind, SeqError> {
+        let reply = self.submit(pb::Command { kind: Some(kind) }, false).await?;
+        reply
+            .kind
+            .ok_or_else(|| SeqError::Internal("empty reply".into()))
+    }
+
+    /// Messages of `chat` with `after_seq < seq < before_seq` (0: unbounded), oldest first, from
+    /// this node's replica (which may lag the leader by what is not yet applied here).
+    pub fn history(
+        &self,
+        chat: ChatId,
+        after_seq: u64,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<pb::HistoryReply, SeqError> {
+        let p = partition_of(chat.0, self.node.partition_count());
+        let storage = |e: chat_log::StoreError| SeqError::Internal(e.to_string());
+        let Some(record) = self
+            .node
+            .handler_get(p, &state::chat_key(chat))
+            .map_err(storage)?
+        else {
+            return Err(SeqError::Rejected {
+                code: RejectCode::NotFound,
+                message: format!("chat {chat} does not exist"),
+            });
+        };
+        let record: state::ChatRecord = state::decode("chat", &record).map_err(storage)?;
+        let limit = match limit {
+            0 => 50,
+            n => n.min(self.config.max_history_page),
+        };
+        let from = state::index_key(chat, crate::ids::ChatSeq(after_seq.saturating_add(1)));
+        let to = state::index_key(
+            chat,
+            crate::ids::ChatSeq(if before_seq == 0 {
+                u64::MAX
+            } else {
+                before_seq
+            }),
+        );
+        let mut messages = Vec::new();
+        for (_, offset) in self
+            .node
+            .handler_scan(p, &from, &to, limit as usize)
+            .map_err(storage)?
+        {
+            let offset = LogOffset(state::decode_offset(&offset).map_err(storage)?);
+            let event = self
+                .node
+                .read_event(p, offset)
+                .map_err(storage)?
+                .ok_or_else(|| {
+                    SeqError::Internal(format!("history index points at missing offset {offset}"))
+                })?;
+            match pb::ChatEvent::decode(event.payload.as_ref()).map(|e| e.kind) {
+                Ok(Some(chat_event::Kind::Message(m))) => messages.push(m),
+                other => {
+                    return Err(SeqError::Internal(format!(
+                        "offset {offset} is not a message: {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(pb::HistoryReply {
+            messages,
+            last_seq: record.last_seq,
+        })
+    }
+}
+
+fn reply_of(outcome: ProposalOutcome) -> Result<pb::CommandReply, SeqError> {
+    match outcome.outcomes.into_iter().next() {
+        Some(CommandOutcome::Applied { reply, .. }) => pb::CommandReply::decode(reply.as_slice())
+            .map_err(|e| SeqError::Internal(format!("decode reply: {e}"))),
+        Some(CommandOutcome::Rejected { code, message }) => {
+            Err(SeqError::Rejected { code, message })
+        }
+        None => Err(SeqError::Internal("no outcome for the command".into())),
+    }
+}
+
+fn unexpected(reply: command_reply::Kind) -> SeqError {
+    SeqError::Internal(format!("unexpected reply {reply:?}"))
+}

@@ -1,0 +1,47 @@
+//! `chat.v1.Sequencer` over gRPC: how other nodes forward commands to a partition's leader, and
+//! how tests and the benchmark drive the write path from outside the process. Behind the
+//! cluster secret (it is internal: devices will talk to the gateway).
+
+use std::sync::Arc;
+
+use chat_proto::chat_v1::sequencer_server::{Sequencer as SequencerRpc, SequencerServer};
+use chat_proto::chat_v1::{CommandReply, HistoryReply, HistoryRequest, SubmitRequest};
+use tonic::{Request, Response, Status};
+
+use crate::ids::ChatId;
+use crate::sequencer::Sequencer;
+
+pub struct SequencerService {
+    sequencer: Arc<Sequencer>,
+}
+
+impl SequencerService {
+    pub fn server(sequencer: Arc<Sequencer>) -> SequencerServer<SequencerService> {
+        SequencerServer::new(SequencerService { sequencer })
+    }
+}
+
+#[tonic::async_trait]
+impl SequencerRpc for SequencerService {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<CommandReply>, Status> {
+        let SubmitRequest { command, forwarded } = request.into_inner();
+        let command =
+            command.ok_or_else(|| Status::invalid_argument("SubmitRequest needs a command"))?;
+        let reply = self.sequencer.submit(command, forwarded).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryReply>, Status> {
+        let r = request.into_inner();
+        let reply =
+            self.sequencer
+                .history(ChatId(r.chat_id), r.after_seq, r.before_seq, r.limit)?;
+        Ok(Response::new(reply))
+    }
+}

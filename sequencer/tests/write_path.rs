@@ -1,0 +1,431 @@
+//! The write path on one in-process node (a real RocksDB-backed log): idempotency, membership
+//! decided at apply in log order, each validation error, receipts, history paging, the dedup
+//! window, and state surviving a restart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_log::{Dispatch, LogNode, LogNodeConfig, PartitionId, RaftTuning, RejectCode};
+use chat_proto::chat_v1::{self as pb, ReceiptKind};
+use chat_sequencer::ids::{
+    group_chat_id, partition_of, user_id_for_handle, ChatId, DeviceId, UserId,
+};
+use chat_sequencer::{
+    ApplyLimits, ChatHandler, SeqError, Sequencer, SequencerConfig, CHAT_COMMAND_TAG,
+};
+use prost::Message;
+
+const PARTITIONS: u32 = 4;
+
+async fn start(dir: &std::path::Path, limits: ApplyLimits, config: SequencerConfig) -> Sequencer {
+    let log = LogNodeConfig {
+        node_id: 1,
+        data_dir: dir.to_path_buf(),
+        partitions: PARTITIONS,
+        members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
+        cluster_secret: "s".into(),
+        bind_ip: None,
+        raft: RaftTuning::default(),
+    };
+    let handler = Dispatch::new().with(CHAT_COMMAND_TAG, Arc::new(ChatHandler::new(limits)));
+    let node = LogNode::open(log, Arc::new(handler)).await.unwrap();
+    node.initialize().await.unwrap();
+    for p in 0..PARTITIONS {
+        node.wait_for_leader(PartitionId(p), Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    Sequencer::new(node, "s", config).unwrap()
+}
+
+async fn stop(seq: Sequencer) {
+    let node = seq.node().clone();
+    drop(seq);
+    node.shutdown().await;
+    let engine = Arc::downgrade(node.engine());
+    drop(node);
+    while engine.strong_count() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn msg(chat: ChatId, user: UserId, device: u64, id: &str, body: &str) -> pb::SendMessage {
+    pb::SendMessage {
+        chat_id: chat.0,
+        sender_user: user.0,
+        sender_device: device,
+        client_msg_id: id.into(),
+        payload: body.as_bytes().to_vec(),
+        media: vec![],
+    }
+}
+
+fn code(e: SeqError) -> RejectCode {
+    match e {
+        SeqError::Rejected { code, .. } => code,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+async fn users(seq: &Sequencer, names: &[&str]) -> Vec<UserId> {
+    let mut ids = Vec::new();
+    for n in names {
+        let r = seq.register_user(n).await.unwrap();
+        ids.push(UserId(r.user_id));
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_are_ordered_idempotent_and_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let seq = start(
+        dir.path(),
+        ApplyLimits::default(),
+        SequencerConfig::default(),
+    )
+    .await;
+
+    // Registration is idempotent and ids are derived from handles.
+    let first = seq.register_user("alice").await.unwrap();
+    assert!(first.created);
+    let again = seq.register_user(" alice ").await.unwrap();
+    assert_eq!((again.user_id, again.created), (first.user_id, false));
+    assert_eq!(UserId(first.user_id), user_id_for_handle("alice"));
+    let [alice, bob, carol] = users(&seq, &["alice", "bob", "carol"]).await[..] else {
+        unreachable!()
+    };
+
+    // Devices.
+    assert!(
+        seq.add_device(alice, DeviceId(1), [7; 32])
+            .await
+            .unwrap()
+            .changed
+    );
+    assert!(
+        !seq.add_device(alice, DeviceId(1), [7; 32])
+            .await
+            .unwrap()
+            .changed
+    );
+    let e = seq
+        .add_device(user_id_for_handle("nobody"), DeviceId(1), [7; 32])
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::NotFound);
+
+    // A direct chat has one id whoever creates it.
+    let dm = seq.create_direct_chat(alice, bob).await.unwrap();
+    assert!(dm.created);
+    let dm_again = seq.create_direct_chat(bob, alice).await.unwrap();
+    assert_eq!((dm_again.chat_id, dm_again.created), (dm.chat_id, false));
+    let chat = ChatId(dm.chat_id);
+
+    // Dense seqs; a retry returns the original ack and appends nothing.
+    let a1 = seq.send(msg(chat, alice, 1, "m1", "hi bob")).await.unwrap();
+    let b1 = seq.send(msg(chat, bob, 1, "m1", "hi alice")).await.unwrap();
+    assert_eq!((a1.seq, b1.seq), (1, 2));
+    assert!(!a1.duplicate && b1.offset > a1.offset && b1.server_ts_ms >= a1.server_ts_ms);
+    let p = partition_of(chat.0, PARTITIONS);
+    let before = seq.node().last_offset(p).unwrap();
+    let retry = seq.send(msg(chat, alice, 1, "m1", "hi bob")).await.unwrap();
+    assert_eq!(
+        (retry.seq, retry.offset, retry.server_ts_ms),
+        (a1.seq, a1.offset, a1.server_ts_ms)
+    );
+    assert!(retry.duplicate);
+    assert_eq!(
+        seq.node().last_offset(p).unwrap(),
+        before,
+        "a retry must append nothing"
+    );
+    // The same client_msg_id from another device is another message.
+    assert_eq!(
+        seq.send(msg(chat, alice, 2, "m1", "from my laptop"))
+            .await
+            .unwrap()
+            .seq,
+        3
+    );
+
+    // Validation, each with its code.
+    let unknown = ChatId(12345);
+    assert_eq!(
+        code(
+            seq.send(msg(unknown, alice, 1, "x", "?"))
+                .await
+                .unwrap_err()
+        ),
+        RejectCode::NotFound
+    );
+    assert_eq!(
+        code(
+            seq.send(msg(chat, carol, 1, "x", "let me in"))
+                .await
+                .unwrap_err()
+        ),
+        RejectCode::PermissionDenied
+    );
+    assert_eq!(
+        code(seq.send(msg(chat, alice, 1, "x", "")).await.unwrap_err()),
+        RejectCode::InvalidArgument
+    );
+    let big = pb::SendMessage {
+        payload: vec![1; 64 * 1024 + 1],
+        ..msg(chat, alice, 1, "big", "")
+    };
+    let e = seq.send(big).await.unwrap_err();
+    assert!(e.to_string().contains("over the limit"), "{e}");
+    assert_eq!(code(e), RejectCode::InvalidArgument);
+    assert_eq!(
+        code(
+            seq.send(msg(chat, alice, 1, "", "no id"))
+                .await
+                .unwrap_err()
+        ),
+        RejectCode::InvalidArgument
+    );
+
+    // History by seq range through the (chat, seq) → offset index.
+    for i in 4..=25 {
+        assert_eq!(
+            seq.send(msg(chat, bob, 1, &format!("b{i}"), &format!("n{i}")))
+                .await
+                .unwrap()
+                .seq,
+            i
+        );
+    }
+    let page = seq.history(chat, 0, 0, 10).unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(page.last_seq, 25);
+    assert_eq!(page.messages[0].payload, b"hi bob");
+    let mid = seq.history(chat, 10, 15, 100).unwrap();
+    assert_eq!(
+        mid.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![11, 12, 13, 14]
+    );
+    assert!(mid
+        .messages
+        .iter()
+        .all(|m| m.chat_id == chat.0 && m.offset > 0));
+    assert_eq!(
+        code(seq.history(unknown, 0, 0, 10).unwrap_err()),
+        RejectCode::NotFound
+    );
+
+    // Receipts: monotonic watermarks, read implies delivered, never past the last seq.
+    let r = seq
+        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Delivered, 5)
+        .await
+        .unwrap();
+    assert_eq!((r.delivered_up_to, r.read_up_to), (5, 0));
+    let r = seq
+        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Delivered, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.delivered_up_to, r.read_up_to),
+        (5, 0),
+        "regressions are ignored"
+    );
+    let r = seq
+        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Read, 8)
+        .await
+        .unwrap();
+    assert_eq!((r.delivered_up_to, r.read_up_to), (8, 8));
+    let e = seq
+        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Read, 26)
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::InvalidArgument);
+    let e = seq
+        .advance_receipt(chat, carol, DeviceId(1), ReceiptKind::Read, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::PermissionDenied);
+
+    // Restart: state and seqs continue.
+    stop(seq).await;
+    let seq = start(
+        dir.path(),
+        ApplyLimits::default(),
+        SequencerConfig::default(),
+    )
+    .await;
+    assert_eq!(
+        seq.send(msg(chat, alice, 1, "after-restart", "still here"))
+            .await
+            .unwrap()
+            .seq,
+        26
+    );
+    assert!(
+        seq.send(msg(chat, alice, 1, "m1", "hi bob"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    stop(seq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_admins_limits_and_membership_at_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = ApplyLimits {
+        max_group_members: 4,
+        ..ApplyLimits::default()
+    };
+    let seq = start(dir.path(), limits, SequencerConfig::default()).await;
+    let u = users(&seq, &["ann", "ben", "cat", "dan", "eve"]).await;
+    let (ann, ben, cat, dan, eve) = (u[0], u[1], u[2], u[3], u[4]);
+
+    let g = seq
+        .create_group(ann, "req-1", "friends", &[ben, cat])
+        .await
+        .unwrap();
+    assert!(g.created);
+    assert_eq!(ChatId(g.chat_id), group_chat_id(ann, "req-1"));
+    let mut members = vec![ann.0, ben.0, cat.0];
+    members.sort();
+    assert_eq!(g.members, members);
+    // Retrying the creation names the same group.
+    assert!(
+        !seq.create_group(ann, "req-1", "friends", &[ben, cat])
+            .await
+            .unwrap()
+            .created
+    );
+    let chat = ChatId(g.chat_id);
+
+    // Only admins change members; the size limit holds.
+    let e = seq
+        .change_members(chat, ben, &[dan], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::PermissionDenied);
+    seq.change_members(chat, ann, &[dan], &[]).await.unwrap();
+    let e = seq
+        .change_members(chat, ann, &[eve], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::FailedPrecondition);
+    let e = seq
+        .create_group(ann, "too-big", "x", &[ben, cat, dan, eve])
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::InvalidArgument);
+    let dm = seq.create_direct_chat(ann, ben).await.unwrap();
+    let e = seq
+        .change_members(ChatId(dm.chat_id), ann, &[cat], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::FailedPrecondition);
+
+    // Membership is decided at apply, in log order: the same two commands in one Raft entry give
+    // opposite results depending on their order.
+    let remove = pb::Command {
+        kind: Some(pb::command::Kind::ChangeMembers(pb::ChangeMembers {
+            chat_id: chat.0,
+            by_user: ann.0,
+            add: vec![],
+            remove: vec![dan.0],
+        })),
+    };
+    let readd = pb::Command {
+        kind: Some(pb::command::Kind::ChangeMembers(pb::ChangeMembers {
+            chat_id: chat.0,
+            by_user: ann.0,
+            add: vec![dan.0],
+            remove: vec![],
+        })),
+    };
+    let send = |id: &str| pb::Command {
+        kind: Some(pb::command::Kind::SendMessage(msg(
+            chat, dan, 1, id, "am I in?",
+        ))),
+    };
+    let tag = |c: &pb::Command| Dispatch::tagged(CHAT_COMMAND_TAG, &c.encode_to_vec());
+    let p = partition_of(chat.0, PARTITIONS);
+    let out = seq
+        .node()
+        .propose(p, vec![tag(&send("s1")), tag(&remove)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(out.outcomes[0], chat_log::CommandOutcome::Applied { .. }),
+        "{:?}",
+        out.outcomes
+    );
+    let out = seq
+        .node()
+        .propose(p, vec![tag(&readd), tag(&remove), tag(&send("s2"))])
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &out.outcomes[2],
+            chat_log::CommandOutcome::Rejected {
+                code: RejectCode::PermissionDenied,
+                ..
+            }
+        ),
+        "{:?}",
+        out.outcomes
+    );
+    // The removed member cannot send through the sequencer either.
+    assert_eq!(
+        code(seq.send(msg(chat, dan, 1, "s3", "?")).await.unwrap_err()),
+        RejectCode::PermissionDenied
+    );
+    stop(seq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_and_dedup_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = ApplyLimits {
+        dedup_window_ms: 500,
+        ..ApplyLimits::default()
+    };
+    let config = SequencerConfig {
+        sends_per_second: 1,
+        send_burst: 5,
+        ..SequencerConfig::default()
+    };
+    let seq = start(dir.path(), limits, config).await;
+    let u = users(&seq, &["fay", "gus"]).await;
+    let chat = ChatId(seq.create_direct_chat(u[0], u[1]).await.unwrap().chat_id);
+
+    // The burst passes, then the bucket is empty.
+    for i in 0..5 {
+        seq.send(msg(chat, u[0], 1, &format!("r{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    let e = seq.send(msg(chat, u[0], 1, "r5", "x")).await.unwrap_err();
+    assert_eq!(code(e), RejectCode::ResourceExhausted);
+    // Other users have their own bucket.
+    assert_eq!(
+        seq.send(msg(chat, u[1], 1, "g0", "x")).await.unwrap().seq,
+        6
+    );
+
+    // Inside the window a retry is a duplicate; after it, the id is a new message.
+    assert!(
+        seq.send(msg(chat, u[1], 1, "g0", "x"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after = seq.send(msg(chat, u[1], 1, "g0", "x")).await.unwrap();
+    assert!(!after.duplicate);
+    assert_eq!(after.seq, 7);
+    stop(seq).await;
+}

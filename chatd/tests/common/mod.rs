@@ -265,3 +265,26 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A `chat.v1.Sequencer` client carrying the cluster secret.
+pub type SeqClient = chat_proto::chat_v1::sequencer_client::SequencerClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        chat_proto::AttachSecret,
+    >,
+>;
+
+impl Cluster {
+    /// A sequencer client to node `id` (connects lazily: a dead node fails the call, not this).
+    pub fn sequencer(&self, id: u64) -> SeqClient {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.node(id).addr))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(1))
+                .connect_lazy();
+        chat_proto::chat_v1::sequencer_client::SequencerClient::with_interceptor(
+            channel,
+            chat_proto::AttachSecret::new(SECRET).unwrap(),
+        )
+    }
+}

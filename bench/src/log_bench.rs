@@ -1,17 +1,15 @@
 //! The log benchmark: closed-loop writers at batch sizes × writer counts on 1 and 3 nodes, and an
 //! open-loop fixed-rate probe of commit latency.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chat_log::{LogNode, PartitionId, ProposeError, RaftTuning};
-use chatd::config::ServerConfig;
-use chatd::server::{self, Running};
+use chat_log::{PartitionId, ProposeError};
 use hdrhistogram::Histogram;
 
+use crate::cluster::Cluster;
 use crate::fsync;
 
 #[derive(clap::Args)]
@@ -42,96 +40,20 @@ pub struct Args {
     dir: Option<std::path::PathBuf>,
 }
 
-struct Cluster {
-    nodes: Vec<Running>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start(
-        n: u64,
-        partitions: u32,
-        parent: Option<&std::path::Path>,
-    ) -> anyhow::Result<Cluster> {
-        let dir = match parent {
-            Some(p) => tempfile::tempdir_in(p)?,
-            None => tempfile::tempdir()?,
-        };
-        let listeners: Vec<std::net::TcpListener> = (0..n)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-            .collect::<Result<_, _>>()?;
-        let members: BTreeMap<u64, String> = listeners
-            .iter()
-            .enumerate()
-            .map(|(i, l)| Ok((i as u64 + 1, l.local_addr()?.to_string())))
-            .collect::<anyhow::Result<_>>()?;
-        drop(listeners);
-        let mut nodes = Vec::new();
-        for (&id, addr) in &members {
-            let config = ServerConfig {
-                listen: addr.parse()?,
-                log: chat_log::LogNodeConfig {
-                    node_id: id,
-                    data_dir: dir.path().join(format!("n{id}")),
-                    partitions,
-                    members: members.clone(),
-                    cluster_secret: "bench".into(),
-                    bind_ip: None,
-                    raft: RaftTuning::default(),
-                },
-                chat: Default::default(),
-            };
-            nodes.push(
-                server::start(config)
-                    .await
-                    .with_context(|| format!("start node {id}"))?,
-            );
-        }
-        let cluster = Cluster { nodes, _dir: dir };
-        for p in 0..partitions {
-            cluster.nodes[0]
-                .node
-                .wait_for_leader(PartitionId(p), Duration::from_secs(30))
-                .await?;
-        }
-        // The nodes start one after another, so early elections can be split; let leadership
-        // settle, then warm up every partition before anything is measured.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        for p in 0..partitions {
-            for _ in 0..50 {
-                propose(
-                    &cluster,
-                    PartitionId(p),
-                    vec![vec![chat_log::RAW_COMMAND_TAG; 16]],
-                )
-                .await?;
-            }
-        }
-        Ok(cluster)
-    }
-
-    fn leader_of(&self, p: PartitionId) -> Arc<LogNode> {
-        let status = self.nodes[0].node.status();
-        let leader = status.partitions[p.0 as usize].leader_id.unwrap_or(1);
-        self.nodes[leader as usize - 1].node.clone()
-    }
-
-    fn wal_syncs(&self) -> (u64, u64) {
-        self.nodes.iter().fold((0, 0), |(s, w), r| {
-            let stats = r.node.engine().stats();
-            (
-                s + stats.syncs.load(Ordering::Relaxed),
-                w + stats.waiters.load(Ordering::Relaxed),
+/// Let leadership settle after start-up and warm up every partition before measuring.
+async fn warm_up(cluster: &Cluster, partitions: u32) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for p in 0..partitions {
+        for _ in 0..50 {
+            propose(
+                cluster,
+                PartitionId(p),
+                vec![vec![chat_log::RAW_COMMAND_TAG; 16]],
             )
-        })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        for n in self.nodes {
-            n.stop().await?;
+            .await?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Propose one batch to `p`, following leadership changes.
@@ -264,7 +186,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|");
     for &n in &args.nodes {
-        let cluster = Arc::new(Cluster::start(n, args.partitions, args.dir.as_deref()).await?);
+        let cluster = Arc::new(
+            Cluster::start(n, args.partitions, args.dir.as_deref(), Default::default()).await?,
+        );
+        warm_up(&cluster, args.partitions).await?;
         for &writers in &args.writers {
             for &batch in &args.batch {
                 let f = closed_loop(

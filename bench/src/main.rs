@@ -6,8 +6,10 @@
 //! runs an open-loop fixed-rate probe, and measures this machine's fsync floor (small write +
 //! fdatasync) in the same run so the figures can be read against it.
 
+mod cluster;
 mod fsync;
 mod log_bench;
+mod send_bench;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +24,8 @@ struct Cli {
 enum Cmd {
     /// Durable appends/s and commit latency of the bare log, next to the fsync floor.
     Log(log_bench::Args),
+    /// Acknowledged chat sends/s and ack latency through the sequencer.
+    Send(send_bench::Args),
     /// Only the fsync floor: a loop of small write + fdatasync.
     Fsync {
         /// Directory to test (its filesystem is what is measured).
@@ -42,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Cmd::Log(args) => log_bench::run(args).await,
+        Cmd::Send(args) => send_bench::run(args).await,
         Cmd::Fsync { dir, iterations } => {
             let floor = fsync::measure(&dir, iterations)?;
             println!("{floor}");

@@ -139,6 +139,58 @@ async fn bad_internal_and_admin_requests_are_refused_clearly() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
+    // The sequencer service: missing command, unknown chat, wrong secret — each a clear code.
+    let mut seq = cluster.sequencer(1);
+    let err = seq
+        .submit(chat_proto::chat_v1::SubmitRequest {
+            command: None,
+            forwarded: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let send = chat_proto::chat_v1::Command {
+        kind: Some(chat_proto::chat_v1::command::Kind::SendMessage(
+            chat_proto::chat_v1::SendMessage {
+                chat_id: 4242,
+                sender_user: 1,
+                sender_device: 1,
+                client_msg_id: "m".into(),
+                payload: b"hello?".to_vec(),
+                media: vec![],
+            },
+        )),
+    };
+    let err = seq
+        .submit(chat_proto::chat_v1::SubmitRequest {
+            command: Some(send),
+            forwarded: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("chat 4242 does not exist"), "{err}");
+    let err = seq
+        .history(chat_proto::chat_v1::HistoryRequest {
+            chat_id: 4242,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut wrong = chat_proto::chat_v1::sequencer_client::SequencerClient::with_interceptor(
+        channel,
+        AttachSecret::new("not-the-secret").unwrap(),
+    );
+    let err = wrong
+        .history(chat_proto::chat_v1::HistoryRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
     // The node still serves.
     let reply = admin
         .append(AppendRequest {

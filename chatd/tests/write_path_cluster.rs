@@ -1,9 +1,10 @@
 //! The chat write path on three real `chatd` processes: many senders over many chats, sending to
 //! random nodes (which forward to partition leaders) and retrying with the same client_msg_id on
 //! any failure, while the leader of a chat's partition is killed with `kill -9` and restarted.
+//! While it is down the survivors compact every partition, so it catches up through snapshots.
 //! For every chat the seqs must be exactly 1..n with no gap and no duplicate, every acknowledged
-//! send must be in the history exactly once at the seq it was acknowledged with, and every
-//! replica must end byte-identical.
+//! send must be in the history exactly once at the seq it was acknowledged with, a retry through
+//! the restarted node must be recognised, and every replica must end byte-identical.
 
 mod common;
 
@@ -150,7 +151,22 @@ async fn concurrent_sends_with_retries_across_a_killed_leader() {
     alive.lock().unwrap().retain(|&n| n != victim);
     cluster.kill9(victim);
     let killed_at = acks.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Compact every partition on the survivors (the test config keeps no log behind a snapshot),
+    // so the restarted node can only catch up by installing snapshots: chat state, the history
+    // index and the dedup window must all travel inside them.
+    // (Copy the list first: a guard held across the awaits below would block the senders'
+    // worker threads on the mutex.)
+    let survivors = alive.lock().unwrap().clone();
+    for id in survivors {
+        let mut admin = cluster.admin(id).await;
+        for p in 0..PARTITIONS {
+            admin
+                .compact(chat_proto::admin::CompactRequest { partition: p })
+                .await
+                .unwrap_or_else(|e| panic!("compact partition {p} on node {id}: {e}"));
+        }
+    }
     cluster.spawn(victim);
     alive.lock().unwrap().push(victim);
 
@@ -229,6 +245,33 @@ async fn concurrent_sends_with_retries_across_a_killed_leader() {
                 .all(|w| w[0].server_ts_ms <= w[1].server_ts_ms && w[0].offset < w[1].offset));
         }
     }
+
+    assert!(
+        cluster.log_of(victim).contains("installed snapshot"),
+        "node {victim} caught up without installing a snapshot"
+    );
+
+    // Retries reaching the restarted node are still recognised: its dedup window came with the
+    // snapshots.
+    let (chat0, members0) = &chats[0];
+    let retry = command::Kind::SendMessage(pb::SendMessage {
+        chat_id: *chat0,
+        sender_user: members0[0],
+        sender_device: 1,
+        client_msg_id: "c0-s0-m0".into(),
+        payload: b"c0-s0-m0".to_vec(),
+        media: vec![],
+    });
+    let only_victim = Mutex::new(vec![victim]);
+    let (reply, _) = submit_until_applied(&clients, &only_victim, retry, 0).await;
+    let command_reply::Kind::Send(ack) = reply else {
+        panic!("{reply:?}")
+    };
+    assert!(
+        ack.duplicate,
+        "a retry through the restarted node must be recognised: {ack:?}"
+    );
+    assert_eq!(ack.seq, acks[&(*chat0, "c0-s0-m0".to_string())]);
 
     // Replicas are byte-identical.
     for p in 0..PARTITIONS {

@@ -1,8 +1,11 @@
 //! `chat-jepsen`: the correctness suite of the chat backend, after Jepsen.
 //!
-//! Today: [`history`] (operations in Jepsen's JSONL shape) and [`checkers`] (every anomaly the
-//! suite looks for, each proven by self-tests on synthetic histories). The harness that runs
-//! real `chatd` processes under faults and records histories is the next step (issue #6).
+//! - [`history`]: operations in Jepsen's JSONL shape.
+//! - [`checkers`]: every anomaly the suite looks for, each proven by self-tests on synthetic
+//!   histories.
+//! - [`harness`]: real `chatd` processes in a private network namespace, a seeded workload and
+//!   nemesis (kill, pause, partition), the final drain, the report.
 
 pub mod checkers;
+pub mod harness;
 pub mod history;

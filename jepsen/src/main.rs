@@ -1,5 +1,6 @@
-//! `chat-jepsen check --history FILE`: check a recorded history and print the report; exit
-//! status 1 on any anomaly.
+//! `chat-jepsen run …`: a fault-injection run against real chatd processes.
+//! `chat-jepsen check --history FILE`: check a recorded history and print the report.
+//! Exit status 1 on any anomaly, 2 when the run itself could not be done.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Start real chatd processes in a private network namespace, run the workload under
+    /// faults, drain, check, and write a report directory. Exit status 1 on any anomaly.
+    Run(chat_jepsen::harness::RunArgs),
     /// Check a history (JSONL, Jepsen's shape) and print every checker's verdict.
     Check {
         #[arg(long)]
@@ -36,6 +40,13 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
+        Cmd::Run(args) => {
+            if let Some(code) = chat_jepsen::harness::enter_netns()? {
+                std::process::exit(code);
+            }
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(chat_jepsen::harness::run(args))
+        }
         Cmd::Check { history } => {
             let file = std::fs::File::open(&history)
                 .map_err(|e| anyhow::anyhow!("open {}: {e}", history.display()))?;

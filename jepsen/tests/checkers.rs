@@ -259,6 +259,18 @@ fn realtime_order_violations_are_detected() {
         b.drain(node, 2, &[(1, "y"), (2, "x")]);
     }
     assert_eq!(kinds(&b), BTreeSet::from(["realtime-order"]));
+    // A retried send spans from its first attempt: here y's first attempt (which took effect)
+    // began before x was acknowledged, so y's lower seq is fine even though its retry began after.
+    let mut b = Builder::default();
+    b.send_invoke(1, 2, "y");
+    b.send_done(1, 2, "y", OpType::Info, None);
+    b.send(0, 2, "x", 2);
+    b.send_invoke(5, 2, "y");
+    b.send_done(5, 2, "y", OpType::Ok, Some(1));
+    for node in 1..=3 {
+        b.drain(node, 2, &[(1, "y"), (2, "x")]);
+    }
+    assert!(kinds(&b).is_empty(), "{:?}", kinds(&b));
     // Concurrent sends may commit in either order.
     let mut b = Builder::default();
     b.send_invoke(0, 2, "x");

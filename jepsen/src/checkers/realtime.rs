@@ -1,5 +1,8 @@
 //! Real-time order of sends within a chat: if send A was acknowledged before send B was invoked,
 //! A's seq is below B's.
+//!
+//! A send retried with the same client_msg_id is one logical operation from its *first*
+//! invocation (any attempt may be the one that took effect) to its acknowledgement.
 
 use std::collections::BTreeMap;
 
@@ -14,21 +17,34 @@ struct Send<'a> {
 }
 
 pub fn check(h: &History) -> Vec<Anomaly> {
-    let mut by_chat: BTreeMap<u64, Vec<Send>> = BTreeMap::new();
-    for (done, invoke) in h.pairs() {
-        if done.f != F::Send || done.kind != OpType::Ok {
-            continue;
+    // A send's operation begins with its first invocation: any attempt may be the one applied.
+    let mut first_invoked: BTreeMap<(u64, &str), u64> = BTreeMap::new();
+    for op in h
+        .ops
+        .iter()
+        .filter(|o| o.f == F::Send && o.kind == OpType::Invoke)
+    {
+        if let Some(id) = op.value.id.as_deref() {
+            first_invoked.entry((op.value.chat, id)).or_insert(op.time);
         }
-        let (Some(id), Some(seq), Some(invoke)) =
-            (done.value.id.as_deref(), done.value.seq, invoke)
-        else {
+    }
+    let mut by_chat: BTreeMap<u64, Vec<Send>> = BTreeMap::new();
+    for op in h
+        .ops
+        .iter()
+        .filter(|o| o.f == F::Send && o.kind == OpType::Ok)
+    {
+        let (Some(id), Some(seq)) = (op.value.id.as_deref(), op.value.seq) else {
             continue;
         };
-        by_chat.entry(done.value.chat).or_default().push(Send {
+        let Some(&invoked) = first_invoked.get(&(op.value.chat, id)) else {
+            continue;
+        };
+        by_chat.entry(op.value.chat).or_default().push(Send {
             id,
             seq,
-            invoked: invoke.time,
-            completed: done.time,
+            invoked,
+            completed: op.time,
         });
     }
     let mut anomalies = Vec::new();

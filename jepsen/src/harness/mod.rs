@@ -1,0 +1,174 @@
+//! `chat-jepsen run`: real chatd processes, real faults, a recorded history, the checkers.
+//!
+//! The run happens inside a private network namespace the harness makes itself (`unshare -n`
+//! as root, `unshare -rn` otherwise), so partitions never touch the host. Every run ends with
+//! heal → quiesce → a final drain of every chat from every node → check → report.
+
+pub mod nemesis;
+pub mod nodes;
+pub mod workload;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::checkers::check_all;
+use nemesis::Fault;
+use nodes::Nodes;
+use workload::Workload;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Seconds of workload under faults.
+    #[arg(long, default_value_t = 60)]
+    pub time: u64,
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
+    pub nemesis: Vec<Fault>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Concurrent client slots.
+    #[arg(long, default_value_t = 8)]
+    pub clients: u64,
+    #[arg(long, default_value_t = 4)]
+    pub chats: usize,
+    /// The chatd binary [default: next to this executable].
+    #[arg(long)]
+    pub chatd: Option<PathBuf>,
+    /// Where run directories go.
+    #[arg(long, default_value = "target/jepsen")]
+    pub out: PathBuf,
+}
+
+const NETNS_ENV: &str = "CHAT_JEPSEN_NETNS";
+
+/// Re-run this command inside a fresh network namespace unless already in one. Returns the exit
+/// code of the inner run, or None when this process is the inner run.
+pub fn enter_netns() -> anyhow::Result<Option<i32>> {
+    if std::env::var_os(NETNS_ENV).is_some() {
+        let status = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "cannot bring up loopback in the run's network namespace"
+        );
+        return Ok(None);
+    }
+    let uid = std::process::Command::new("id").arg("-u").output()?;
+    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    let mut unshare = std::process::Command::new("unshare");
+    unshare.arg(if root { "-n" } else { "-rn" });
+    unshare
+        .arg(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env(NETNS_ENV, "1");
+    let status = unshare
+        .status()
+        .context("run unshare (util-linux) for a private network namespace")?;
+    Ok(Some(status.code().unwrap_or(2)))
+}
+
+/// One run; true when no anomaly was found.
+pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let chatd = match &args.chatd {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("chatd"),
+    };
+    anyhow::ensure!(
+        chatd.exists(),
+        "no chatd at {} (build it: cargo build -p chatd, or pass --chatd)",
+        chatd.display()
+    );
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let dir = args.out.join(format!("{stamp}-seed{seed}"));
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "run {} (seed {seed}): {} nodes, {} s, nemesis {:?}",
+        dir.display(),
+        args.nodes,
+        args.time,
+        args.nemesis
+    );
+
+    let n = args.nodes;
+    let nodes = Arc::new(Mutex::new(Nodes::new(chatd, &dir, n, 4)?));
+    for id in 1..=n {
+        nodes.lock().unwrap().start(id)?;
+    }
+    let mut w = Workload::new(n)?;
+    w.setup(n, 4, args.chats).await?;
+    let w = Arc::new(w);
+
+    let deadline = Instant::now() + Duration::from_secs(args.time);
+    let clients: Vec<_> = (0..args.clients)
+        .map(|slot| {
+            tokio::spawn(workload::run_client(
+                w.clone(),
+                slot,
+                args.clients,
+                n,
+                seed,
+                deadline,
+            ))
+        })
+        .collect();
+
+    // The nemesis: a fault, a pause, until the deadline.
+    let mut timeline = Vec::new();
+    let mut rng = StdRng::seed_from_u64(seed);
+    while !args.nemesis.is_empty() && Instant::now() + Duration::from_secs(6) < deadline {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
+        let fault = args.nemesis[rng.gen_range(0..args.nemesis.len())];
+        let from = w.start.elapsed();
+        let what = nemesis::strike(fault, &nodes, n, &mut rng).await?;
+        timeline.push(format!(
+            "{:>8.3}s {:>8.3}s {what}",
+            from.as_secs_f64(),
+            w.start.elapsed().as_secs_f64()
+        ));
+    }
+    for c in clients {
+        c.await?;
+    }
+
+    // Heal, quiesce, drain, check.
+    nemesis::heal_network()?;
+    nodes.lock().unwrap().heal()?;
+    workload::drain(&w, n, Duration::from_secs(60)).await?;
+    drop(nodes);
+
+    let history = w.history.lock().unwrap().clone();
+    history.write_jsonl(std::fs::File::create(dir.join("history.jsonl"))?)?;
+    std::fs::write(dir.join("nemesis.txt"), timeline.join("\n") + "\n")?;
+    let report = check_all(&history);
+    let summary = summarize(&history);
+    let text = format!("{summary}\nnemesis:\n{}\n\n{report}\n", timeline.join("\n"));
+    std::fs::File::create(dir.join("report.txt"))?.write_all(text.as_bytes())?;
+    println!("{text}");
+    Ok(report.valid())
+}
+
+fn summarize(h: &crate::history::History) -> String {
+    use crate::history::{OpType, F};
+    let count = |f: F, k: OpType| h.ops.iter().filter(|o| o.f == f && o.kind == k).count();
+    let mut s = format!("{} operations\n", h.ops.len());
+    for (name, f) in [("send", F::Send), ("poll", F::Poll), ("drain", F::Drain)] {
+        s += &format!(
+            "{name:<6} ok {:>6}  fail {:>5}  info {:>5}\n",
+            count(f.clone(), OpType::Ok),
+            count(f.clone(), OpType::Fail),
+            count(f, OpType::Info)
+        );
+    }
+    s
+}

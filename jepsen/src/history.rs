@@ -62,6 +62,16 @@ pub struct Value {
     pub last_seq: Option<u64>,
 }
 
+impl Value {
+    /// A value naming only its chat (invocations of reads, failed reads).
+    pub fn of_chat(chat: u64) -> Value {
+        Value {
+            chat,
+            ..Value::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Op {
     pub index: u64,

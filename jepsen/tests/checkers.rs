@@ -65,16 +65,7 @@ impl Builder {
             resumed_from,
             ..Value::default()
         };
-        self.op(
-            p,
-            OpType::Invoke,
-            F::Poll,
-            Value {
-                chat,
-                ..Value::default()
-            },
-            Some(2),
-        );
+        self.op(p, OpType::Invoke, F::Poll, Value::of_chat(chat), Some(2));
         self.op(p, OpType::Ok, F::Poll, v, Some(2));
     }
 
@@ -88,10 +79,7 @@ impl Builder {
             100 + node,
             OpType::Invoke,
             F::Drain,
-            Value {
-                chat,
-                ..Value::default()
-            },
+            Value::of_chat(chat),
             Some(node),
         );
         self.op(100 + node, OpType::Ok, F::Drain, v, Some(node));
@@ -106,16 +94,7 @@ impl Builder {
             last_seq: Some(last),
             ..Value::default()
         };
-        self.op(
-            p,
-            OpType::Invoke,
-            F::Receipt,
-            Value {
-                chat,
-                ..Value::default()
-            },
-            Some(2),
-        );
+        self.op(p, OpType::Invoke, F::Receipt, Value::of_chat(chat), Some(2));
         self.op(p, OpType::Ok, F::Receipt, v, Some(2));
     }
 }

@@ -269,10 +269,7 @@ pub async fn run_client(
                 process,
                 OpType::Invoke,
                 F::Poll,
-                Value {
-                    chat,
-                    ..Value::default()
-                },
+                Value::of_chat(chat),
                 node,
                 None,
             );
@@ -301,10 +298,7 @@ pub async fn run_client(
                     process,
                     OpType::Fail,
                     F::Poll,
-                    Value {
-                        chat,
-                        ..Value::default()
-                    },
+                    Value::of_chat(chat),
                     node,
                     Some(e.to_string()),
                 ),
@@ -335,10 +329,7 @@ pub async fn drain(w: &Workload, n: u64, timeout: Duration) -> anyhow::Result<()
                 process,
                 OpType::Invoke,
                 F::Drain,
-                Value {
-                    chat,
-                    ..Value::default()
-                },
+                Value::of_chat(chat),
                 node,
                 None,
             );
@@ -378,10 +369,7 @@ pub async fn drain(w: &Workload, n: u64, timeout: Duration) -> anyhow::Result<()
                     process,
                     OpType::Fail,
                     F::Drain,
-                    Value {
-                        chat,
-                        ..Value::default()
-                    },
+                    Value::of_chat(chat),
                     node,
                     Some(e.to_string()),
                 ),

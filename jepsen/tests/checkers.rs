@@ -304,3 +304,30 @@ fn check_command_reports_and_sets_the_exit_status() {
         "{stdout}"
     );
 }
+
+#[test]
+fn timeline_svg_shows_latency_throughput_and_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("timeline.svg");
+    let faults = [chat_jepsen::harness::timeline::Interval {
+        from: 0.2,
+        to: 0.5,
+        what: "kill -9 node 2, restart".into(),
+    }];
+    chat_jepsen::harness::timeline::write_svg(&path, &clean(full_drains).h, &faults).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+    assert!(
+        svg.contains("acknowledged send latency") && svg.contains("acknowledged sends per second")
+    );
+    // Three acknowledged sends are plotted as points; the fault is a shaded rectangle in each chart.
+    assert!(svg.matches("<circle").count() >= 3, "points missing");
+    let shaded = svg.lines().filter(|l| {
+        l.contains("<rect") && l.contains("opacity=\"0.3\"") && !l.contains("width=\"0\"")
+    });
+    assert_eq!(
+        shaded.count(),
+        2,
+        "the fault must be shaded in both charts:\n{svg}"
+    );
+}

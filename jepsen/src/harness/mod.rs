@@ -6,6 +6,7 @@
 
 pub mod nemesis;
 pub mod nodes;
+pub mod timeline;
 pub mod workload;
 
 use std::io::Write;
@@ -129,13 +130,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     while !args.nemesis.is_empty() && Instant::now() + Duration::from_secs(6) < deadline {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
         let fault = args.nemesis[rng.gen_range(0..args.nemesis.len())];
-        let from = w.start.elapsed();
+        let from = w.start.elapsed().as_secs_f64();
         let what = nemesis::strike(fault, &nodes, n, &mut rng).await?;
-        timeline.push(format!(
-            "{:>8.3}s {:>8.3}s {what}",
-            from.as_secs_f64(),
-            w.start.elapsed().as_secs_f64()
-        ));
+        let to = w.start.elapsed().as_secs_f64();
+        timeline.push(timeline::Interval { from, to, what });
     }
     for c in clients {
         c.await?;
@@ -149,10 +147,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
 
     let history = w.history.lock().unwrap().clone();
     history.write_jsonl(std::fs::File::create(dir.join("history.jsonl"))?)?;
-    std::fs::write(dir.join("nemesis.txt"), timeline.join("\n") + "\n")?;
+    let faults: Vec<String> = timeline
+        .iter()
+        .map(|i| format!("{:>8.3}s {:>8.3}s {}", i.from, i.to, i.what))
+        .collect();
+    std::fs::write(dir.join("nemesis.txt"), faults.join("\n") + "\n")?;
+    timeline::write_svg(&dir.join("timeline.svg"), &history, &timeline)?;
     let report = check_all(&history);
     let summary = summarize(&history);
-    let text = format!("{summary}\nnemesis:\n{}\n\n{report}\n", timeline.join("\n"));
+    let text = format!("{summary}\nnemesis:\n{}\n\n{report}\n", faults.join("\n"));
     std::fs::File::create(dir.join("report.txt"))?.write_all(text.as_bytes())?;
     println!("{text}");
     Ok(report.valid())

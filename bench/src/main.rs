@@ -8,6 +8,7 @@
 
 mod cluster;
 mod fsync;
+mod latency;
 mod log_bench;
 mod send_bench;
 
@@ -24,6 +25,8 @@ struct Cli {
 enum Cmd {
     /// Durable appends/s and commit latency of the bare log, next to the fsync floor.
     Log(log_bench::Args),
+    /// Open-loop commit latency against real chatd processes (as deployed).
+    Latency(latency::Args),
     /// Acknowledged chat sends/s and ack latency through the sequencer.
     Send(send_bench::Args),
     /// Only the fsync floor: a loop of small write + fdatasync.
@@ -47,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Log(args) => log_bench::run(args).await,
         Cmd::Send(args) => send_bench::run(args).await,
+        Cmd::Latency(args) => latency::run(args).await,
         Cmd::Fsync { dir, iterations } => {
             let floor = fsync::measure(&dir, iterations)?;
             println!("{floor}");

@@ -11,7 +11,7 @@ use chat_proto::admin::admin_server::AdminServer;
 use chat_sequencer::service::SequencerService;
 use chat_sequencer::{ChatHandler, Sequencer, CHAT_COMMAND_TAG};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
 use crate::config::ServerConfig;
@@ -80,7 +80,9 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .add_service(sequencer_service)
         .add_service(health_service);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        // `serve_with_incoming` ignores the builder's TCP_NODELAY, so set it on the listener's
+        // connections here: without it every small Raft and client reply can wait on Nagle.
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
         async {
             let _ = stop_rx.await;
         },

@@ -197,44 +197,19 @@ impl Sequencer {
         loop {
             let err = match self.node.propose(partition, vec![bytes.clone()]).await {
                 Ok(outcome) => return reply_of(outcome),
-                Err(ProposeError::NotLeader {
-                    leader_id: Some(id),
-                    leader_addr: Some(addr),
-                    ..
-                }) if !forwarded && id != self.node.node_id() => {
-                    match self.forward(&addr, &command, deadline).await {
+                Err(e) => match leader_elsewhere(&e, self.node.node_id()) {
+                    Some(addr) if !forwarded => match self.forward(&addr, &command, deadline).await
+                    {
                         Ok(reply) => return Ok(reply),
-                        Err(status) => match SeqError::from_status(&status) {
-                            e @ SeqError::Unavailable { .. } => e,
-                            other => return Err(other),
-                        },
-                    }
-                }
-                Err(e @ ProposeError::NotLeader { .. }) => {
-                    let ProposeError::NotLeader {
-                        leader_id,
-                        leader_addr,
-                        ..
-                    } = &e
-                    else {
-                        unreachable!()
-                    };
-                    SeqError::Unavailable {
-                        message: e.to_string(),
-                        leader_id: *leader_id,
-                        leader_addr: leader_addr.clone(),
-                    }
-                }
-                Err(e @ ProposeError::Stopped { .. }) => SeqError::Unavailable {
-                    message: e.to_string(),
-                    leader_id: None,
-                    leader_addr: None,
+                        Err(status) => SeqError::from_status(&status),
+                    },
+                    _ => SeqError::from(e),
                 },
-                Err(e @ ProposeError::UnknownPartition(_)) => {
-                    return Err(SeqError::Internal(e.to_string()))
-                }
             };
-            if forwarded || Instant::now() + backoff > deadline {
+            // Only "no leader could take it" is worth retrying; anything else is the answer. A
+            // forwarded command is retried by the node it came from.
+            let retry = matches!(err, SeqError::Unavailable { .. });
+            if !retry || forwarded || Instant::now() + backoff > deadline {
                 return Err(err);
             }
             tokio::time::sleep(backoff).await;
@@ -570,6 +545,41 @@ impl Sequencer {
             messages,
             last_seq: record.last_seq,
         })
+    }
+}
+
+/// The leader's address when another node leads the partition.
+fn leader_elsewhere(e: &ProposeError, me: NodeId) -> Option<String> {
+    match e {
+        ProposeError::NotLeader {
+            leader_id: Some(id),
+            leader_addr: Some(addr),
+            ..
+        } if *id != me => Some(addr.clone()),
+        _ => None,
+    }
+}
+
+impl From<ProposeError> for SeqError {
+    fn from(e: ProposeError) -> SeqError {
+        let message = e.to_string();
+        match e {
+            ProposeError::NotLeader {
+                leader_id,
+                leader_addr,
+                ..
+            } => SeqError::Unavailable {
+                message,
+                leader_id,
+                leader_addr,
+            },
+            ProposeError::Stopped { .. } => SeqError::Unavailable {
+                message,
+                leader_id: None,
+                leader_addr: None,
+            },
+            ProposeError::UnknownPartition(_) => SeqError::Internal(message),
+        }
     }
 }
 

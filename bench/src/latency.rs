@@ -136,12 +136,7 @@ async fn wait_for_leaders(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = client.status(StatusRequest {}).await?.into_inner();
-        let leaders: BTreeMap<u32, u64> = status
-            .partitions
-            .iter()
-            .filter(|p| p.leader_id != 0)
-            .map(|p| (p.partition, p.leader_id))
-            .collect();
+        let leaders = status.leaders();
         if leaders.len() == partitions as usize {
             return Ok(leaders);
         }

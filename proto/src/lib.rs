@@ -83,3 +83,14 @@ pub async fn connect_admin(
             .max_decoding_message_size(64 * 1024 * 1024),
     )
 }
+
+impl admin::StatusReply {
+    /// Partition → leader id, for the partitions whose leader this node knows.
+    pub fn leaders(&self) -> std::collections::BTreeMap<u32, u64> {
+        self.partitions
+            .iter()
+            .filter(|p| p.leader_id != 0)
+            .map(|p| (p.partition, p.leader_id))
+            .collect()
+    }
+}

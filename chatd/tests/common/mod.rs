@@ -167,12 +167,7 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status(via).await;
-            let leaders: BTreeMap<u32, u64> = status
-                .partitions
-                .iter()
-                .filter(|p| p.leader_id != 0)
-                .map(|p| (p.partition, p.leader_id))
-                .collect();
+            let leaders = status.leaders();
             if leaders.len() == self.partitions as usize {
                 return leaders;
             }

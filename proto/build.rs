@@ -9,11 +9,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/log.proto",
         "proto/admin.proto",
         "proto/chat.proto",
+        "proto/gateway.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
+    // The descriptor set feeds the gRPC reflection service (grpcurl and friends).
+    let descriptors =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("chat_descriptor.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        // `chat.v1.Chat/Connect` would clash with the generated `connect` constructor; clients are
+        // built with `new(channel)` instead.
+        .build_transport(false)
         .bytes(".chat.log.v1.LogEvent.payload")
         .compile_protos(&protos, &["proto"])?;
     Ok(())

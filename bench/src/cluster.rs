@@ -52,6 +52,7 @@ impl Cluster {
                     raft: RaftTuning::default(),
                 },
                 chat: chat.clone(),
+                gateway: Default::default(),
             };
             nodes.push(
                 server::start(config)

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use chat_gateway::GatewayConfig;
 use chat_log::{LogNodeConfig, NodeId, RaftTuning};
 use chat_sequencer::{ApplyLimits, SequencerConfig};
 use clap::Parser;
@@ -69,6 +70,42 @@ struct FileConfig {
     raft: RaftTuning,
     #[serde(default)]
     chat: ChatConfig,
+    #[serde(default)]
+    gateway: GatewaySection,
+}
+
+/// The `[gateway]` table: device streams.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Pushes queued per device stream before it catches up from the log instead.
+    pub queue_capacity: usize,
+    /// Close a stream after this long without a frame (devices ping).
+    pub idle_timeout_secs: u64,
+    /// Largest client frame, in bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        let d = GatewayConfig::default();
+        GatewaySection {
+            queue_capacity: d.queue_capacity,
+            idle_timeout_secs: d.idle_timeout.as_secs(),
+            max_frame_bytes: d.max_frame_bytes,
+        }
+    }
+}
+
+impl GatewaySection {
+    pub fn gateway(&self) -> GatewayConfig {
+        GatewayConfig {
+            queue_capacity: self.queue_capacity.max(1),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs.max(1)),
+            max_frame_bytes: self.max_frame_bytes,
+            ..GatewayConfig::default()
+        }
+    }
 }
 
 /// The `[chat]` table: limits of the write path.
@@ -121,6 +158,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub log: LogNodeConfig,
     pub chat: ChatConfig,
+    pub gateway: GatewaySection,
 }
 
 impl ServerConfig {
@@ -190,6 +228,7 @@ impl ServerConfig {
                 raft: file.raft,
             },
             chat: file.chat,
+            gateway: file.gateway,
         })
     }
 }

@@ -1,11 +1,13 @@
 //! Runs a chatd node: opens the log with the node's command handlers (raw records and chat
-//! commands), serves Raft, admin, sequencer and health RPC on one address, forms the cluster, and
-//! shuts down gracefully on SIGTERM / Ctrl-C.
+//! commands), serves on one address the device API (`chat.v1.Chat`, public) and, behind the
+//! cluster secret, Raft, admin and the sequencer's forwarding service, plus gRPC health and
+//! reflection; forms the cluster, and shuts down gracefully on SIGTERM / Ctrl-C.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use chat_gateway::{ChatService, Gateway};
 use chat_log::{Dispatch, LogNode, RawAppend, RAW_COMMAND_TAG};
 use chat_proto::admin::admin_server::AdminServer;
 use chat_sequencer::service::SequencerService;
@@ -20,6 +22,7 @@ use crate::config::ServerConfig;
 pub struct Running {
     pub node: Arc<LogNode>,
     pub sequencer: Arc<Sequencer>,
+    pub gateway: Arc<Gateway>,
     pub local_addr: std::net::SocketAddr,
     stop_tx: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -63,8 +66,19 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
             .map_err(anyhow::Error::msg)?,
     );
 
+    let gateway = Gateway::start(sequencer.clone(), config.gateway.gateway());
+    let chat_service = ChatService::server(gateway.clone());
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServer<AdminService>>().await;
+    health
+        .set_serving::<chat_proto::chat_v1::chat_server::ChatServer<ChatService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the gRPC reflection service")?;
     let admin = AdminServer::new(AdminService::new(node.clone()))
         .max_decoding_message_size(chat_log::network::MAX_MESSAGE_BYTES);
     let admin = tonic::service::interceptor::InterceptedService::new(admin, node.secret_check());
@@ -75,6 +89,11 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         node.secret_check(),
     );
     let router = tonic::transport::Server::builder()
+        // HTTP/2 pings find dead device connections that would otherwise hold a stream open.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(chat_service)
+        .add_service(reflection)
         .add_service(node.raft_service())
         .add_service(admin)
         .add_service(sequencer_service)
@@ -92,6 +111,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     Ok(Running {
         node,
         sequencer,
+        gateway,
         local_addr,
         stop_tx,
         server,

@@ -80,7 +80,11 @@ async fn concurrent_sends_with_retries_across_a_killed_leader() {
         let mut members = Vec::new();
         for s in 0..SENDERS_PER_CHAT {
             let handle = format!("user-{c}-{s}");
-            let kind = command::Kind::RegisterUser(pb::RegisterUser { user_id: 0, handle });
+            let kind = command::Kind::RegisterUser(pb::RegisterUser {
+                user_id: 0,
+                handle,
+                ..Default::default()
+            });
             let (reply, _) = submit_until_applied(&clients, &alive, kind, c + s).await;
             let command_reply::Kind::User(u) = reply else {
                 panic!("{reply:?}")

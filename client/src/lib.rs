@@ -1,7 +1,14 @@
 //! `chat-client`: talking to chatd from outside.
 //!
-//! Today: [`admin`], the admin-API client behind `chatctl` (status, append with leader
-//! following, reads, digests, compaction, checksum verification). The device client library and
-//! the `chat` CLI join when the gateway lands.
+//! - [`device`]: the device client library over the `chat.v1.Chat` API: [`ChatClient`] (one
+//!   connection; unary calls and a raw device stream) and [`Device`] (stays connected: resumes
+//!   from its cursors, resends unacknowledged sends with their ids, pings, acks).
+//! - [`profile`]: the `chat` CLI's local profile (servers, token, cursors).
+//! - [`admin`]: the admin-API client behind `chatctl` (status, append with leader following,
+//!   reads, digests, compaction, checksum verification).
 
 pub mod admin;
+pub mod device;
+pub mod profile;
+
+pub use device::{ChatClient, Device, DeviceEvent, DeviceOptions, DeviceStream};

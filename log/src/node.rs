@@ -340,6 +340,41 @@ impl LogNode {
         Ok(*self.partition(p)?.offsets.borrow())
     }
 
+    /// A read barrier on the leader of `p`: confirm leadership with a quorum, wait until
+    /// everything committed before the call is applied here, and answer the last applied offset.
+    /// A replica that has applied that offset serves reads that see every write acknowledged
+    /// before the barrier (a Raft read index). Fails with `NotLeader` elsewhere.
+    pub async fn read_index(&self, p: PartitionId) -> Result<LogOffset, ProposeError> {
+        let part = self.partition(p)?;
+        part.raft.ensure_linearizable().await.map_err(|e| {
+            let status = partition_status(p, part);
+            match e {
+                openraft::error::RaftError::APIError(_) => ProposeError::NotLeader {
+                    partition: p,
+                    leader_id: status.leader_id,
+                    leader_addr: status.leader_addr,
+                },
+                openraft::error::RaftError::Fatal(f) => ProposeError::Stopped {
+                    partition: p,
+                    message: f.to_string(),
+                },
+            }
+        })?;
+        Ok(*part.offsets.borrow())
+    }
+
+    /// Wait until this replica of `p` has applied `offset`; false on timeout.
+    pub async fn wait_for_offset(
+        &self,
+        p: PartitionId,
+        offset: LogOffset,
+        timeout: Duration,
+    ) -> Result<bool, ProposeError> {
+        let mut offsets = self.partition(p)?.offsets.clone();
+        let reached = tokio::time::timeout(timeout, offsets.wait_for(|o| *o >= offset)).await;
+        Ok(matches!(reached, Ok(Ok(_))))
+    }
+
     /// Follow `p`'s committed events from offset `from`: first what is stored, then each event as
     /// it is applied. The stream ends when the receiver is dropped or on a storage error (which
     /// it yields first).

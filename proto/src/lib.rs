@@ -3,7 +3,9 @@
 //! - [`raft`]: node-to-node Raft RPC, one connection per peer multiplexed by partition id.
 //! - [`log`]: the records the partitioned log stores and serves.
 //! - [`admin`]: the node admin API behind `chatctl`, the benchmark and the tests.
-//! - [`chat_v1`]: chat commands, events and replies, and the sequencer's internal service.
+//! - [`chat_v1`]: chat commands, events and replies, the sequencer's internal service, and the
+//!   client API devices use (`chat.v1.Chat`).
+//! - [`token`]: the device bearer token format.
 //!
 //! Internal and admin RPCs carry the cluster secret in [`CLUSTER_SECRET_HEADER`].
 
@@ -34,6 +36,11 @@ pub mod chat {
         tonic::include_proto!("chat.v1");
     }
 }
+
+pub mod token;
+
+/// Every compiled .proto as a `FileDescriptorSet`, for the gRPC reflection service.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chat_descriptor");
 
 pub use chat::admin::v1 as admin;
 pub use chat::log::v1 as log;

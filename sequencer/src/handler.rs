@@ -78,6 +78,17 @@ fn get<T: serde::de::DeserializeOwned>(
     ctx.get(key)?.map(|b| state::decode(what, &b)).transpose()
 }
 
+/// Make `user` a member of `chat` (the member key and the user's reverse index entry).
+fn put_member(ctx: &mut ApplyContext<'_>, chat: ChatId, user: UserId, record: &MemberRecord) {
+    ctx.put(&state::member_key(chat, user), state::encode(record));
+    ctx.put(&state::user_chat_key(user, chat), Vec::new());
+}
+
+fn delete_member(ctx: &mut ApplyContext<'_>, chat: ChatId, user: UserId) {
+    ctx.delete(&state::member_key(chat, user));
+    ctx.delete(&state::user_chat_key(user, chat));
+}
+
 impl ChatHandler {
     pub fn new(limits: ApplyLimits) -> Self {
         ChatHandler { limits }
@@ -85,20 +96,28 @@ impl ChatHandler {
 
     fn register_user(&self, ctx: &mut ApplyContext<'_>, c: pb::RegisterUser) -> Outcome {
         let user = UserId(c.user_id);
-        let reply = |created| {
+        let first_device = (c.first_device_id != 0).then_some(DeviceId(c.first_device_id));
+        let reply = |created, device_matches| {
             command_reply::Kind::User(pb::UserReply {
                 user_id: user.0,
                 created,
+                device_matches,
             })
         };
         if let Some(existing) = get::<UserRecord>(ctx, "user", &state::user_key(user))? {
-            if existing.handle == c.handle {
-                return applied(None, 0, reply(false));
+            if existing.handle != c.handle {
+                return reject(
+                    RejectCode::AlreadyExists,
+                    format!("user id {user} belongs to another handle"),
+                );
             }
-            return reject(
-                RejectCode::AlreadyExists,
-                format!("user id {user} belongs to another handle"),
-            );
+            // Taken; but a retry of the registration that created it names the same device.
+            let matches = match first_device {
+                Some(d) => get::<DeviceRecord>(ctx, "device", &state::device_key(user, d))?
+                    .is_some_and(|r| !r.revoked && r.token_sha256 == c.first_device_token_sha256),
+                None => false,
+            };
+            return applied(None, 0, reply(false, matches));
         }
         ctx.put(
             &state::user_key(user),
@@ -113,7 +132,23 @@ impl ChatHandler {
                 handle: c.handle,
             }),
         );
-        applied(Some(offset), 1, reply(true))
+        let Some(device) = first_device else {
+            return applied(Some(offset), 1, reply(true, false));
+        };
+        let record = DeviceRecord {
+            token_sha256: c.first_device_token_sha256.clone(),
+            revoked: false,
+        };
+        ctx.put(&state::device_key(user, device), state::encode(&record));
+        emit(
+            ctx,
+            chat_event::Kind::DeviceAdded(pb::DeviceAdded {
+                user_id: user.0,
+                device_id: device.0,
+                token_sha256: c.first_device_token_sha256,
+            }),
+        );
+        applied(Some(offset), 2, reply(true, true))
     }
 
     fn add_device(&self, ctx: &mut ApplyContext<'_>, c: pb::AddDevice) -> Outcome {
@@ -260,10 +295,11 @@ impl ChatHandler {
         ctx.put(&state::chat_key(chat), state::encode(&record));
         for &m in &members {
             let admin = kind == ChatKind::Group && m == creator.0;
-            ctx.put(
-                &state::member_key(chat, UserId(m)),
-                state::encode(&MemberRecord { admin }),
-            );
+            let member = MemberRecord {
+                admin,
+                joined_after: 0,
+            };
+            put_member(ctx, chat, UserId(m), &member);
         }
         let event = pb::ChatCreated {
             chat_id: chat.0,
@@ -332,14 +368,15 @@ impl ChatHandler {
         if added.is_empty() && removed.is_empty() {
             return applied(None, 0, reply(Vec::new()));
         }
+        let member = MemberRecord {
+            admin: false,
+            joined_after: record.last_seq,
+        };
         for &u in &added {
-            ctx.put(
-                &state::member_key(chat, UserId(u)),
-                state::encode(&MemberRecord { admin: false }),
-            );
+            put_member(ctx, chat, UserId(u), &member);
         }
         for &u in &removed {
-            ctx.delete(&state::member_key(chat, UserId(u)));
+            delete_member(ctx, chat, UserId(u));
         }
         record.members = after as u32;
         ctx.put(&state::chat_key(chat), state::encode(&record));
@@ -348,6 +385,7 @@ impl ChatHandler {
             by_user: by.0,
             added,
             removed,
+            last_seq: record.last_seq,
         };
         let offset = emit(ctx, chat_event::Kind::MembersChanged(event));
         applied(Some(offset), 1, reply(Vec::new()))
@@ -480,6 +518,15 @@ impl ChatHandler {
                     "receipt kind must be delivered or read",
                 )
             }
+        }
+        // The device's own cursor moves even when another device already moved the user's marks.
+        let cursor_key = state::device_cursor_key(chat, user, DeviceId(c.device_id));
+        let cursor = match ctx.get(&cursor_key)? {
+            Some(b) => state::decode_u64("device cursor", &b)?,
+            None => 0,
+        };
+        if c.up_to_seq > cursor {
+            ctx.put(&cursor_key, c.up_to_seq.to_be_bytes().to_vec());
         }
         let reply = command_reply::Kind::Receipt(pb::ReceiptReply {
             delivered_up_to: after.delivered,

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_log::{
-    CommandOutcome, Dispatch, LogNode, LogOffset, NodeId, ProposalOutcome, ProposeError, RejectCode,
+    CommandOutcome, Dispatch, LogNode, LogOffset, NodeId, PartitionId, ProposalOutcome,
+    ProposeError, RejectCode,
 };
 use chat_proto::chat_v1::sequencer_client::SequencerClient;
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ChatKind, ReceiptKind};
@@ -101,7 +102,7 @@ impl SeqError {
     }
 
     /// The error a forwarded call answered with, as if it had happened here.
-    fn from_status(status: &Status) -> SeqError {
+    pub fn from_status(status: &Status) -> SeqError {
         let code = match status.code() {
             Code::InvalidArgument => RejectCode::InvalidArgument,
             Code::NotFound => RejectCode::NotFound,
@@ -236,6 +237,11 @@ impl Sequencer {
                         "user_id must be derived from the handle (or 0)",
                     ));
                 }
+                if r.first_device_id != 0 && r.first_device_token_sha256.len() != 32 {
+                    return Err(SeqError::invalid(
+                        "first_device_token_sha256 must be a sha256 digest (32 bytes)",
+                    ));
+                }
                 r.handle = handle.to_string();
                 r.user_id = derived.0;
                 Ok(r.user_id)
@@ -332,12 +338,62 @@ impl Sequencer {
         Ok(client)
     }
 
+    /// Make this node's replica of `p` reflect every write acknowledged before the call (a Raft
+    /// read index, asked of the leader, then a wait for the local apply). Costs a quorum round
+    /// trip: callers use it when a local read missed something that may just not be applied
+    /// here yet (a device registered through another node, say).
+    pub async fn read_barrier(&self, p: PartitionId) -> Result<(), SeqError> {
+        let offset = match self.node.read_index(p).await {
+            Ok(offset) => offset,
+            Err(e) => match leader_elsewhere(&e, self.node.node_id()) {
+                Some(addr) => {
+                    let mut request = tonic::Request::new(pb::ReadIndexRequest { partition: p.0 });
+                    request.set_timeout(self.config.submit_timeout);
+                    let reply = self
+                        .peer(&addr)
+                        .map_err(|s| SeqError::from_status(&s))?
+                        .read_index(request)
+                        .await
+                        .map_err(|s| SeqError::from_status(&s))?;
+                    LogOffset(reply.into_inner().offset)
+                }
+                None => return Err(e.into()),
+            },
+        };
+        if self
+            .node
+            .wait_for_offset(p, offset, self.config.submit_timeout)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(SeqError::Unavailable {
+                message: format!("this node's replica of {p} is behind offset {offset}"),
+                leader_id: None,
+                leader_addr: None,
+            })
+        }
+    }
+
     // ---- Typed helpers over `submit`. ----
 
     pub async fn register_user(&self, handle: &str) -> Result<pb::UserReply, SeqError> {
+        self.register_user_with_device(handle, None).await
+    }
+
+    /// Register `handle` and, if the user is created by this call, its first device (with the
+    /// sha256 of the device's bearer token) in the same apply.
+    pub async fn register_user_with_device(
+        &self,
+        handle: &str,
+        first_device: Option<(DeviceId, [u8; 32])>,
+    ) -> Result<pb::UserReply, SeqError> {
+        let (device, token) = first_device.map_or((0, Vec::new()), |(d, t)| (d.0, t.to_vec()));
         let c = command::Kind::RegisterUser(pb::RegisterUser {
             user_id: 0,
             handle: handle.to_string(),
+            first_device_id: device,
+            first_device_token_sha256: token,
         });
         match self.run(c).await? {
             command_reply::Kind::User(r) => Ok(r),

@@ -4,12 +4,15 @@
 
 use std::sync::Arc;
 
+use chat_log::PartitionId;
 use chat_proto::chat_v1::sequencer_server::{Sequencer as SequencerRpc, SequencerServer};
-use chat_proto::chat_v1::{CommandReply, HistoryReply, HistoryRequest, SubmitRequest};
+use chat_proto::chat_v1::{
+    CommandReply, HistoryReply, HistoryRequest, ReadIndexReply, ReadIndexRequest, SubmitRequest,
+};
 use tonic::{Request, Response, Status};
 
 use crate::ids::ChatId;
-use crate::sequencer::Sequencer;
+use crate::sequencer::{SeqError, Sequencer};
 
 pub struct SequencerService {
     sequencer: Arc<Sequencer>,
@@ -43,5 +46,19 @@ impl SequencerRpc for SequencerService {
             self.sequencer
                 .history(ChatId(r.chat_id), r.after_seq, r.before_seq, r.limit)?;
         Ok(Response::new(reply))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        let p = PartitionId(request.into_inner().partition);
+        let offset = self
+            .sequencer
+            .node()
+            .read_index(p)
+            .await
+            .map_err(SeqError::from)?;
+        Ok(Response::new(ReadIndexReply { offset: offset.0 }))
     }
 }

@@ -11,6 +11,8 @@
 //! | `d` | user, device, client_msg_id | [`DedupRecord`]: the ack of a send, for retries |
 //! | `x` | timestamp, dedup key | (empty) expiry order of the dedup window |
 //! | `r` | chat, user | [`ReceiptRecord`]: delivered/read watermarks |
+//! | `j` | user, chat | (empty) the chats of a user that live in this partition |
+//! | `k` | chat, user, device | the seq delivered to that device (its resume cursor) |
 //!
 //! Integers are big-endian so keys sort numerically.
 
@@ -42,6 +44,11 @@ pub fn chat_key(c: ChatId) -> Vec<u8> {
 
 pub fn member_key(c: ChatId, u: UserId) -> Vec<u8> {
     key(b'm', &[&c.0.to_be_bytes(), &u.0.to_be_bytes()])
+}
+
+/// The prefix of every `member_key` of `c`.
+pub fn members_prefix(c: ChatId) -> Vec<u8> {
+    key(b'm', &[&c.0.to_be_bytes()])
 }
 
 pub fn index_key(c: ChatId, seq: ChatSeq) -> Vec<u8> {
@@ -76,6 +83,29 @@ pub fn receipt_key(c: ChatId, u: UserId) -> Vec<u8> {
     key(b'r', &[&c.0.to_be_bytes(), &u.0.to_be_bytes()])
 }
 
+/// `j ‖ user ‖ chat`: kept beside every member key so a user's chats in a partition are one
+/// prefix scan (the gateway scans every partition on connect).
+pub fn user_chat_key(u: UserId, c: ChatId) -> Vec<u8> {
+    key(b'j', &[&u.0.to_be_bytes(), &c.0.to_be_bytes()])
+}
+
+/// The prefix of every `user_chat_key` of `u`.
+pub fn user_chats_prefix(u: UserId) -> Vec<u8> {
+    key(b'j', &[&u.0.to_be_bytes()])
+}
+
+/// The chat of a `user_chat_key`.
+pub fn parse_user_chat_key(k: &[u8]) -> Option<ChatId> {
+    Some(ChatId(u64::from_be_bytes(k.get(9..17)?.try_into().ok()?)))
+}
+
+pub fn device_cursor_key(c: ChatId, u: UserId, d: DeviceId) -> Vec<u8> {
+    key(
+        b'k',
+        &[&c.0.to_be_bytes(), &u.0.to_be_bytes(), &d.0.to_be_bytes()],
+    )
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     pub handle: String,
@@ -103,6 +133,8 @@ pub struct ChatRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub admin: bool,
+    /// The chat's last seq when the user joined: a member's devices start after it.
+    pub joined_after: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,11 +160,13 @@ pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreE
 }
 
 pub fn decode_offset(bytes: &[u8]) -> Result<u64, StoreError> {
-    let arr: [u8; 8] = bytes.try_into().map_err(|_| {
-        StoreError::decode(
-            "history index entry",
-            format!("{} bytes, want 8", bytes.len()),
-        )
-    })?;
+    decode_u64("history index entry", bytes)
+}
+
+/// A big-endian u64 value (history index entries, device cursors).
+pub fn decode_u64(what: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::decode(what, format!("{} bytes, want 8", bytes.len())))?;
     Ok(u64::from_be_bytes(arr))
 }

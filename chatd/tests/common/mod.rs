@@ -43,6 +43,11 @@ fn free_port() -> u16 {
 impl Cluster {
     /// Write configs for `n` nodes and start them all.
     pub fn start(n: u64, partitions: u32) -> Cluster {
+        Cluster::start_with(n, partitions, "")
+    }
+
+    /// Like [`Cluster::start`], with `extra` TOML tables (e.g. `[gateway]`) in every config.
+    pub fn start_with(n: u64, partitions: u32, extra: &str) -> Cluster {
         let dir = TempDir::new().unwrap();
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -59,7 +64,7 @@ impl Cluster {
                 std::fs::write(
                     &config,
                     format!(
-                        "node_id = {id}\ndata_dir = \"{}\"\npartitions = {partitions}\ncluster_secret = \"{SECRET}\"\n{FAST_RAFT}[peers]\n{peers}",
+                        "node_id = {id}\ndata_dir = \"{}\"\npartitions = {partitions}\ncluster_secret = \"{SECRET}\"\n{FAST_RAFT}{extra}[peers]\n{peers}",
                         data_dir.display()
                     ),
                 )

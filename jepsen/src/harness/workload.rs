@@ -142,6 +142,7 @@ impl Workload {
             let kind = command::Kind::RegisterUser(pb::RegisterUser {
                 user_id: 0,
                 handle: format!("jepsen-user-{u}"),
+                ..Default::default()
             });
             let command_reply::Kind::User(reply) = self.setup_command(kind, n).await? else {
                 anyhow::bail!("register: unexpected reply")

@@ -1,0 +1,385 @@
+//! `chat`: the command-line chat client for people.
+//!
+//! One profile file is one device (see `chat_client::profile`). Typical first steps:
+//!   chat --profile alice.json register alice
+//!   chat --profile bob.json register bob
+//!   chat --profile alice.json send bob "hello"
+//!   chat --profile bob.json tail
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chat_client::profile::Profile;
+use chat_client::{ChatClient, Device, DeviceEvent, DeviceOptions};
+use chat_proto::chat_v1 as pb;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "chat", version, about = "Chat from the command line")]
+struct Cli {
+    /// The profile (one device): token, servers, cursors.
+    #[arg(long, env = "CHAT_PROFILE")]
+    profile: Option<PathBuf>,
+    /// Servers to use (host:port, comma-separated); saved in the profile at register.
+    #[arg(long, env = "CHAT_SERVER", value_delimiter = ',')]
+    server: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an account for HANDLE with this device as its first one.
+    Register {
+        handle: String,
+        #[arg(long, default_value_t = 1)]
+        device: u64,
+    },
+    /// Add another device to this account; writes its profile to NEW_PROFILE.
+    Link {
+        new_profile: PathBuf,
+        #[arg(long)]
+        device: u64,
+    },
+    /// Revoke one of this account's devices.
+    Revoke { device: u64 },
+    /// Send TEXT to a user (by handle: a direct chat) or to a chat (`#<chat id>`).
+    Send { to: String, text: Vec<String> },
+    /// Follow chats live (all of them, or one), resuming from the profile's cursors.
+    Tail {
+        /// Only print this chat (`#<chat id>` or a handle).
+        to: Option<String>,
+        /// Stop after printing N messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Mark printed messages read.
+        #[arg(long)]
+        read: bool,
+    },
+    /// A chat's messages (a handle or `#<chat id>`).
+    History {
+        to: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// This account's chats.
+    Chats,
+    /// Groups: create, add, remove.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Whether users are online (on the node answering).
+    Presence { handles: Vec<String> },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group named NAME with the given members (you are its admin).
+    Create { name: String, members: Vec<String> },
+    /// Add members to a group (`#<chat id>`).
+    Add { chat: String, members: Vec<String> },
+    /// Remove members from a group (`#<chat id>`).
+    Remove { chat: String, members: Vec<String> },
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("chat: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let path = cli.profile.clone().unwrap_or_else(Profile::default_path);
+    if let Command::Register { handle, device } = &cli.command {
+        return register(&path, servers_or_default(cli.server), handle, *device).await;
+    }
+    let mut profile = Profile::load(&path)?;
+    if !cli.server.is_empty() {
+        profile.servers = cli.server;
+    }
+    let mut client = client_for(&profile).await?;
+    match cli.command {
+        Command::Register { .. } => unreachable!("handled above"),
+        Command::Link {
+            new_profile,
+            device,
+        } => {
+            let reply = client.link_device(device).await?;
+            let linked = Profile {
+                device_id: reply.device_id,
+                token: reply.token,
+                cursors: Default::default(),
+                ..profile.clone()
+            };
+            linked.save(&new_profile)?;
+            println!(
+                "linked device {} of {}; its profile is {}",
+                reply.device_id,
+                profile.handle,
+                new_profile.display()
+            );
+        }
+        Command::Revoke { device } => {
+            client.revoke_device(device).await?;
+            println!("revoked device {device} of {}", profile.handle);
+        }
+        Command::Send { to, text } => {
+            if text.is_empty() {
+                bail!("nothing to send");
+            }
+            let chat = resolve_chat(&mut client, &mut profile, &to).await?;
+            profile.save(&path)?;
+            let device = Device::start(device_options(&profile));
+            let ack = tokio::time::timeout(
+                Duration::from_secs(30),
+                device.send(chat, text.join(" ").into_bytes()),
+            )
+            .await
+            .context("no acknowledgement within 30 s")??;
+            println!(
+                "sent to chat #{} as seq {} (offset {})",
+                ack.chat_id, ack.seq, ack.offset
+            );
+        }
+        Command::Tail { to, count, read } => {
+            let only = match to {
+                Some(to) => Some(resolve_chat(&mut client, &mut profile, &to).await?),
+                None => None,
+            };
+            tail(&path, &mut profile, only, count, read).await?;
+        }
+        Command::History { to, limit } => {
+            let chat = resolve_chat(&mut client, &mut profile, &to).await?;
+            let page = client.history(chat, 0, 0, limit.max(1)).await?;
+            // The last `limit` messages: page back from the end.
+            let after = page.last_seq.saturating_sub(u64::from(limit));
+            let page = client.history(chat, after, 0, limit).await?;
+            for m in &page.messages {
+                print_message(&profile, m);
+            }
+            println!("({} of {} messages)", page.messages.len(), page.last_seq);
+        }
+        Command::Chats => {
+            for c in client.list_chats().await? {
+                let names: Vec<String> = c.members.iter().map(|&u| profile.name_of(u)).collect();
+                let kind = if c.kind == pb::ChatKind::Group as i32 {
+                    format!("group {:?}", c.name)
+                } else {
+                    "direct".to_string()
+                };
+                println!(
+                    "#{} {kind} [{}] last seq {}",
+                    c.chat_id,
+                    names.join(", "),
+                    c.last_seq
+                );
+            }
+            profile.save(&path)?;
+        }
+        Command::Group(g) => {
+            let info = match g {
+                GroupCommand::Create { name, members } => {
+                    let request_id = chat_client::device::new_client_msg_id();
+                    client.create_group(&request_id, &name, &members).await?
+                }
+                GroupCommand::Add { chat, members } => {
+                    client
+                        .change_members(chat_id(&chat)?, &members, &[])
+                        .await?
+                }
+                GroupCommand::Remove { chat, members } => {
+                    client
+                        .change_members(chat_id(&chat)?, &[], &members)
+                        .await?
+                }
+            };
+            let names: Vec<String> = info.members.iter().map(|&u| profile.name_of(u)).collect();
+            println!(
+                "group #{} {:?}: {}",
+                info.chat_id,
+                info.name,
+                names.join(", ")
+            );
+        }
+        Command::Presence { handles } => {
+            for p in client.presence(&handles).await? {
+                let state = if p.online {
+                    "online".to_string()
+                } else if p.last_seen_ms > 0 {
+                    format!(
+                        "last seen {} ms ago",
+                        now_ms().saturating_sub(p.last_seen_ms)
+                    )
+                } else {
+                    "offline".to_string()
+                };
+                println!("{}: {state}", p.handle);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn servers_or_default(servers: Vec<String>) -> Vec<String> {
+    if servers.is_empty() {
+        vec!["127.0.0.1:7400".to_string()]
+    } else {
+        servers
+    }
+}
+
+async fn client_for(profile: &Profile) -> anyhow::Result<ChatClient> {
+    let mut last = None;
+    for server in &profile.servers {
+        match ChatClient::connect(server).await {
+            Ok(c) => return Ok(c.with_token(&profile.token)?),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e.into()),
+        None => bail!("the profile names no server"),
+    }
+}
+
+async fn register(
+    path: &Path,
+    servers: Vec<String>,
+    handle: &str,
+    device: u64,
+) -> anyhow::Result<()> {
+    if path.exists() {
+        bail!(
+            "{} already holds a profile; pick another with --profile",
+            path.display()
+        );
+    }
+    let mut client = ChatClient::connect(&servers[0]).await?;
+    let reply = client.register(handle, device).await?;
+    let profile = Profile {
+        servers,
+        handle: handle.to_string(),
+        user_id: reply.user_id,
+        device_id: reply.device_id,
+        token: reply.token,
+        ..Profile::default()
+    };
+    profile.save(path)?;
+    println!(
+        "registered {handle} (user {}), device {}; profile saved to {}",
+        reply.user_id,
+        reply.device_id,
+        path.display()
+    );
+    Ok(())
+}
+
+fn chat_id(s: &str) -> anyhow::Result<u64> {
+    s.trim_start_matches('#')
+        .parse()
+        .with_context(|| format!("{s:?} is not a chat id (#<number>)"))
+}
+
+/// `#<id>` is a chat; anything else is a handle, whose direct chat is created if needed.
+async fn resolve_chat(
+    client: &mut ChatClient,
+    profile: &mut Profile,
+    to: &str,
+) -> anyhow::Result<u64> {
+    if to.starts_with('#') {
+        return chat_id(to);
+    }
+    let info = client.create_direct(to).await?;
+    for &u in &info.members {
+        if u != profile.user_id {
+            profile.contacts.insert(u, to.to_string());
+        }
+    }
+    Ok(info.chat_id)
+}
+
+fn device_options(profile: &Profile) -> DeviceOptions {
+    let mut options = DeviceOptions::new(profile.servers.clone(), &profile.token);
+    options.cursors = profile.cursors.clone();
+    options
+}
+
+async fn tail(
+    path: &Path,
+    profile: &mut Profile,
+    only: Option<u64>,
+    count: Option<usize>,
+    read: bool,
+) -> anyhow::Result<()> {
+    let mut device = Device::start(device_options(profile));
+    let mut printed = 0;
+    let mut save = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let event = tokio::select! {
+            event = device.next_event() => event,
+            _ = save.tick() => {
+                profile.cursors = device.cursors();
+                profile.save(path)?;
+                continue;
+            }
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(event) = event else { break };
+        match event {
+            DeviceEvent::Connected { addr, node_id } => {
+                eprintln!("connected to {addr} (node {node_id})")
+            }
+            DeviceEvent::Synced => eprintln!("-- up to date; following --"),
+            DeviceEvent::Message(m) => {
+                if only.is_some_and(|c| c != m.chat_id) {
+                    continue;
+                }
+                print_message(profile, &m);
+                if read {
+                    device.read(m.chat_id, m.seq).await;
+                }
+                printed += 1;
+                if count.is_some_and(|n| printed >= n) {
+                    break;
+                }
+            }
+            DeviceEvent::Receipt(r) if r.user_id != profile.user_id => eprintln!(
+                "#{} {} has received up to {} and read up to {}",
+                r.chat_id,
+                profile.name_of(r.user_id),
+                r.delivered_up_to,
+                r.read_up_to
+            ),
+            DeviceEvent::Receipt(_) => {}
+            DeviceEvent::ChatUpdate(u) if u.member => eprintln!("joined chat #{}", u.chat_id),
+            DeviceEvent::ChatUpdate(u) => eprintln!("left chat #{}", u.chat_id),
+            DeviceEvent::Error(e) => eprintln!("server refused a frame: {}", e.message),
+            DeviceEvent::Disconnected(status) => {
+                eprintln!("disconnected: {}; reconnecting", status.message())
+            }
+        }
+    }
+    // Let the last acks reach the server before the stream closes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    profile.cursors = device.cursors();
+    profile.save(path)
+}
+
+fn print_message(profile: &Profile, m: &pb::Message) {
+    println!(
+        "#{} {:>4} {}: {}",
+        m.chat_id,
+        m.seq,
+        profile.name_of(m.sender_user),
+        String::from_utf8_lossy(&m.payload)
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

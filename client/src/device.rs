@@ -1,0 +1,572 @@
+//! The device client library: the `chat.v1.Chat` API as a device uses it.
+//!
+//! - [`ChatClient`]: one connection to one node; unary calls (register, link, chats, history,
+//!   presence) and [`ChatClient::open_stream`], a single device stream with no recovery.
+//! - [`Device`]: a device that stays connected: it resumes from the cursors it holds after any
+//!   disconnect (trying each server in turn, with backoff), resends unacknowledged sends with
+//!   their original `client_msg_id` (so a retry never duplicates), pings to keep the stream
+//!   alive, and acknowledges what it receives.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_proto::chat_v1::{self as pb, chat_client::ChatClient as ChatRpc};
+use chat_proto::chat_v1::{client_frame, server_frame};
+use rand::distributions::{Alphanumeric, DistString};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status, Streaming};
+
+/// A fresh token secret: 43 random alphanumerics (~256 bits).
+pub fn generate_secret() -> String {
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 43)
+}
+
+/// A fresh `client_msg_id`.
+pub fn new_client_msg_id() -> String {
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 22)
+}
+
+/// One connection to one chatd node's device API.
+#[derive(Clone)]
+pub struct ChatClient {
+    rpc: ChatRpc<Channel>,
+    token: Option<MetadataValue<Ascii>>,
+}
+
+impl ChatClient {
+    /// Connect to `addr` (host:port).
+    pub async fn connect(addr: &str) -> Result<ChatClient, Status> {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("bad server address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot connect to {addr}: {e}")))?;
+        Ok(ChatClient {
+            rpc: ChatRpc::new(channel).max_decoding_message_size(8 << 20),
+            token: None,
+        })
+    }
+
+    /// Authenticate later calls with `token`.
+    pub fn with_token(mut self, token: &str) -> Result<ChatClient, Status> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::invalid_argument("the token is not printable ASCII"))?;
+        self.token = Some(value);
+        Ok(self)
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        request
+    }
+
+    /// Register `handle` with this device as its first one; the reply carries the token.
+    pub async fn register(
+        &mut self,
+        handle: &str,
+        device_id: u64,
+    ) -> Result<pb::RegisterReply, Status> {
+        let request = pb::RegisterRequest {
+            handle: handle.to_string(),
+            device_id,
+            secret: generate_secret(),
+        };
+        Ok(self.rpc.register(request).await?.into_inner())
+    }
+
+    /// Add device `device_id` to the caller's account; the reply carries its token.
+    pub async fn link_device(&mut self, device_id: u64) -> Result<pb::LinkDeviceReply, Status> {
+        let request = self.request(pb::LinkDeviceRequest {
+            device_id,
+            secret: generate_secret(),
+        });
+        Ok(self.rpc.link_device(request).await?.into_inner())
+    }
+
+    pub async fn revoke_device(&mut self, device_id: u64) -> Result<(), Status> {
+        let request = self.request(pb::RevokeDeviceRequest { device_id });
+        self.rpc.revoke_device(request).await?;
+        Ok(())
+    }
+
+    pub async fn create_direct(&mut self, with_handle: &str) -> Result<pb::ChatInfo, Status> {
+        let request = self.request(pb::CreateDirectRequest {
+            with_handle: with_handle.to_string(),
+        });
+        Ok(self.rpc.create_direct(request).await?.into_inner())
+    }
+
+    /// Create a group; the same `request_id` names the same group on a retry.
+    pub async fn create_group(
+        &mut self,
+        request_id: &str,
+        name: &str,
+        member_handles: &[String],
+    ) -> Result<pb::ChatInfo, Status> {
+        let request = self.request(pb::CreateGroupRequest {
+            request_id: request_id.to_string(),
+            name: name.to_string(),
+            member_handles: member_handles.to_vec(),
+        });
+        Ok(self.rpc.create_group(request).await?.into_inner())
+    }
+
+    pub async fn change_members(
+        &mut self,
+        chat_id: u64,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<pb::ChatInfo, Status> {
+        let request = self.request(pb::ChangeMembersRequest {
+            chat_id,
+            add_handles: add.to_vec(),
+            remove_handles: remove.to_vec(),
+        });
+        Ok(self.rpc.change_members(request).await?.into_inner())
+    }
+
+    pub async fn list_chats(&mut self) -> Result<Vec<pb::ChatInfo>, Status> {
+        let request = self.request(pb::ListChatsRequest {});
+        Ok(self.rpc.list_chats(request).await?.into_inner().chats)
+    }
+
+    /// Messages of `chat_id` with `after_seq < seq < before_seq` (0: unbounded), oldest first.
+    pub async fn history(
+        &mut self,
+        chat_id: u64,
+        after_seq: u64,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<pb::HistoryReply, Status> {
+        let request = self.request(pb::HistoryPageRequest {
+            chat_id,
+            after_seq,
+            before_seq,
+            limit,
+        });
+        Ok(self.rpc.history(request).await?.into_inner())
+    }
+
+    pub async fn presence(&mut self, handles: &[String]) -> Result<Vec<pb::UserPresence>, Status> {
+        let request = self.request(pb::PresenceRequest {
+            handles: handles.to_vec(),
+        });
+        Ok(self.rpc.presence(request).await?.into_inner().users)
+    }
+
+    /// Open a device stream: Hello with `token` and `cursors` (chat → last seq held).
+    pub async fn open_stream(
+        &mut self,
+        token: &str,
+        cursors: &BTreeMap<u64, u64>,
+    ) -> Result<DeviceStream, Status> {
+        let (tx, rx) = mpsc::channel(64);
+        let hello = client_frame::Kind::Hello(pb::Hello {
+            token: token.to_string(),
+            cursors: cursors
+                .iter()
+                .map(|(&chat_id, &seq)| pb::Cursor { chat_id, seq })
+                .collect(),
+        });
+        tx.send(pb::ClientFrame { kind: Some(hello) })
+            .await
+            .expect("receiver held below");
+        let frames = self
+            .rpc
+            .connect(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(DeviceStream { tx, frames })
+    }
+}
+
+/// One open device stream, as the server speaks it. Ends on the first error.
+pub struct DeviceStream {
+    tx: mpsc::Sender<pb::ClientFrame>,
+    frames: Streaming<pb::ServerFrame>,
+}
+
+impl DeviceStream {
+    pub async fn send_frame(&self, kind: client_frame::Kind) -> Result<(), Status> {
+        self.tx
+            .send(pb::ClientFrame { kind: Some(kind) })
+            .await
+            .map_err(|_| Status::unavailable("the stream is closed"))
+    }
+
+    pub async fn send(
+        &self,
+        chat_id: u64,
+        client_msg_id: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), Status> {
+        self.send_frame(client_frame::Kind::Send(pb::SendFrame {
+            client_msg_id: client_msg_id.to_string(),
+            chat_id,
+            payload,
+            media: Vec::new(),
+        }))
+        .await
+    }
+
+    pub async fn ack(&self, chat_id: u64, up_to_seq: u64) -> Result<(), Status> {
+        self.send_frame(client_frame::Kind::Ack(pb::AckFrame { chat_id, up_to_seq }))
+            .await
+    }
+
+    pub async fn read(&self, chat_id: u64, up_to_seq: u64) -> Result<(), Status> {
+        self.send_frame(client_frame::Kind::Read(pb::AckFrame {
+            chat_id,
+            up_to_seq,
+        }))
+        .await
+    }
+
+    /// The next server frame; `None` when the server closed the stream cleanly.
+    pub async fn next(&mut self) -> Option<Result<server_frame::Kind, Status>> {
+        match self.frames.message().await {
+            Ok(Some(pb::ServerFrame { kind: Some(kind) })) => Some(Ok(kind)),
+            Ok(Some(pb::ServerFrame { kind: None })) => {
+                Some(Err(Status::internal("the server sent an empty frame")))
+            }
+            Ok(None) => None,
+            Err(status) => Some(Err(status)),
+        }
+    }
+}
+
+/// What a [`Device`] reports.
+#[derive(Debug, Clone)]
+pub enum DeviceEvent {
+    /// A stream is open to `addr` (served by node `node_id`).
+    Connected {
+        addr: String,
+        node_id: u64,
+    },
+    /// The backlog is delivered; what follows is live.
+    Synced,
+    Message(pb::Message),
+    Receipt(pb::ReceiptFrame),
+    ChatUpdate(pb::ChatUpdate),
+    /// A frame the server refused (the stream stays open).
+    Error(pb::ErrorFrame),
+    /// The stream ended; the device reconnects unless the error is UNAUTHENTICATED.
+    Disconnected(Status),
+}
+
+/// How a [`Device`] connects.
+#[derive(Debug, Clone)]
+pub struct DeviceOptions {
+    /// Servers tried in turn (host:port).
+    pub servers: Vec<String>,
+    pub token: String,
+    /// Last seq held per chat (resumed from).
+    pub cursors: BTreeMap<u64, u64>,
+    /// Acknowledge every message received (delivered marks; the server coalesces them).
+    pub auto_ack: bool,
+    pub ping_every: Duration,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl DeviceOptions {
+    pub fn new(servers: Vec<String>, token: &str) -> DeviceOptions {
+        DeviceOptions {
+            servers,
+            token: token.to_string(),
+            cursors: BTreeMap::new(),
+            auto_ack: true,
+            ping_every: Duration::from_secs(20),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+type SendReply = oneshot::Sender<Result<pb::SendAck, Status>>;
+
+enum Command {
+    Send {
+        frame: pb::SendFrame,
+        reply: SendReply,
+    },
+    Resend(String),
+    Read {
+        chat_id: u64,
+        up_to_seq: u64,
+    },
+}
+
+/// A device that stays connected (see the module docs). Dropping it closes the stream.
+pub struct Device {
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<DeviceEvent>,
+    cursors: Arc<Mutex<BTreeMap<u64, u64>>>,
+}
+
+impl Device {
+    pub fn start(options: DeviceOptions) -> Device {
+        let (commands, command_rx) = mpsc::channel(256);
+        let (event_tx, events) = mpsc::channel(4096);
+        let cursors = Arc::new(Mutex::new(options.cursors.clone()));
+        let actor = Actor {
+            options,
+            commands: command_rx,
+            resend: commands.clone(),
+            events: event_tx,
+            cursors: cursors.clone(),
+            pending: HashMap::new(),
+            attempt: 0,
+        };
+        tokio::spawn(actor.run());
+        Device {
+            commands,
+            events,
+            cursors,
+        }
+    }
+
+    /// Send `payload` to `chat_id`; resolves with the server's ack (retried across reconnects
+    /// with the same `client_msg_id`) or the error it refused the send with.
+    pub async fn send(&self, chat_id: u64, payload: Vec<u8>) -> Result<pb::SendAck, Status> {
+        self.send_with_id(chat_id, &new_client_msg_id(), payload)
+            .await
+    }
+
+    pub async fn send_with_id(
+        &self,
+        chat_id: u64,
+        client_msg_id: &str,
+        payload: Vec<u8>,
+    ) -> Result<pb::SendAck, Status> {
+        let (reply, answer) = oneshot::channel();
+        let frame = pb::SendFrame {
+            client_msg_id: client_msg_id.to_string(),
+            chat_id,
+            payload,
+            media: Vec::new(),
+        };
+        self.commands
+            .send(Command::Send { frame, reply })
+            .await
+            .map_err(|_| Status::cancelled("the device has stopped"))?;
+        answer
+            .await
+            .map_err(|_| Status::cancelled("the device has stopped"))?
+    }
+
+    /// Mark `chat_id` read up to `up_to_seq`.
+    pub async fn read(&self, chat_id: u64, up_to_seq: u64) {
+        let _ = self
+            .commands
+            .send(Command::Read { chat_id, up_to_seq })
+            .await;
+    }
+
+    /// The next event; `None` once the device has stopped (revoked token, or dropped).
+    pub async fn next_event(&mut self) -> Option<DeviceEvent> {
+        self.events.recv().await
+    }
+
+    /// The last seq received per chat (what a reconnect resumes from).
+    pub fn cursors(&self) -> BTreeMap<u64, u64> {
+        self.cursors.lock().expect("cursor lock").clone()
+    }
+}
+
+struct Actor {
+    options: DeviceOptions,
+    commands: mpsc::Receiver<Command>,
+    resend: mpsc::Sender<Command>,
+    events: mpsc::Sender<DeviceEvent>,
+    cursors: Arc<Mutex<BTreeMap<u64, u64>>>,
+    /// Sends not yet answered, by client_msg_id: resent on every new stream.
+    pending: HashMap<String, (pb::SendFrame, SendReply)>,
+    /// Reconnection attempts since the last successful one (for backoff).
+    attempt: u32,
+}
+
+/// Why a stream ended.
+enum Ended {
+    /// The owner dropped the device.
+    Dropped,
+    Failed(Status),
+}
+
+impl Actor {
+    async fn run(mut self) {
+        for addr in self.options.servers.clone().iter().cycle() {
+            match self.session(addr).await {
+                Ended::Dropped => return,
+                Ended::Failed(status) => {
+                    let fatal = status.code() == Code::Unauthenticated;
+                    if self
+                        .events
+                        .send(DeviceEvent::Disconnected(status))
+                        .await
+                        .is_err()
+                        || fatal
+                    {
+                        return;
+                    }
+                }
+            }
+            let backoff = Duration::from_millis(50 * 2u64.pow(self.attempt.min(10)));
+            tokio::time::sleep(backoff.min(self.options.max_backoff)).await;
+            self.attempt += 1;
+            if self.commands.is_closed() {
+                return;
+            }
+        }
+    }
+
+    /// One stream to `addr`, until it ends.
+    async fn session(&mut self, addr: &str) -> Ended {
+        let cursors = self.cursors.lock().expect("cursor lock").clone();
+        let opened = match ChatClient::connect(addr).await {
+            Ok(mut client) => client.open_stream(&self.options.token, &cursors).await,
+            Err(status) => Err(status),
+        };
+        let mut stream = match opened {
+            Ok(stream) => stream,
+            Err(status) => return Ended::Failed(status),
+        };
+        for (frame, _) in self.pending.values() {
+            if let Err(status) = stream
+                .send_frame(client_frame::Kind::Send(frame.clone()))
+                .await
+            {
+                return Ended::Failed(status);
+            }
+        }
+        let mut ping = tokio::time::interval(self.options.ping_every);
+        let mut nonce = 0;
+        loop {
+            tokio::select! {
+                frame = stream.next() => {
+                    let frame = match frame {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(status)) => return Ended::Failed(status),
+                        None => return Ended::Failed(Status::unavailable("the server closed the stream")),
+                    };
+                    if let Err(ended) = self.on_frame(addr, &stream, frame).await {
+                        return ended;
+                    }
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return Ended::Dropped };
+                    if let Err(status) = self.on_command(&stream, command).await {
+                        return Ended::Failed(status);
+                    }
+                }
+                _ = ping.tick() => {
+                    nonce += 1;
+                    let ping = client_frame::Kind::Ping(pb::Ping { nonce });
+                    if let Err(status) = stream.send_frame(ping).await {
+                        return Ended::Failed(status);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn emit(&self, event: DeviceEvent) -> Result<(), Ended> {
+        self.events.send(event).await.map_err(|_| Ended::Dropped)
+    }
+
+    async fn on_frame(
+        &mut self,
+        addr: &str,
+        stream: &DeviceStream,
+        frame: server_frame::Kind,
+    ) -> Result<(), Ended> {
+        match frame {
+            server_frame::Kind::Welcome(w) => {
+                self.attempt = 0;
+                self.emit(DeviceEvent::Connected {
+                    addr: addr.to_string(),
+                    node_id: w.node_id,
+                })
+                .await
+            }
+            server_frame::Kind::SyncComplete(_) => self.emit(DeviceEvent::Synced).await,
+            server_frame::Kind::Message(m) => {
+                let (chat, seq) = (m.chat_id, m.seq);
+                {
+                    let mut cursors = self.cursors.lock().expect("cursor lock");
+                    let cursor = cursors.entry(chat).or_default();
+                    *cursor = (*cursor).max(seq);
+                }
+                self.emit(DeviceEvent::Message(m)).await?;
+                if self.options.auto_ack {
+                    stream.ack(chat, seq).await.map_err(Ended::Failed)?;
+                }
+                Ok(())
+            }
+            server_frame::Kind::SendAck(a) => {
+                if let Some((_, reply)) = self.pending.remove(&a.client_msg_id) {
+                    let ack = a
+                        .ack
+                        .ok_or_else(|| Status::internal("a send ack without its ack"));
+                    let _ = reply.send(ack);
+                }
+                Ok(())
+            }
+            server_frame::Kind::SendError(e) => {
+                let code = Code::from_i32(e.code);
+                if code == Code::Unavailable {
+                    // No leader in time: try again shortly with the same id.
+                    let (resend, id) = (self.resend.clone(), e.client_msg_id);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let _ = resend.send(Command::Resend(id)).await;
+                    });
+                } else if let Some((_, reply)) = self.pending.remove(&e.client_msg_id) {
+                    let _ = reply.send(Err(Status::new(code, e.message)));
+                }
+                Ok(())
+            }
+            server_frame::Kind::Receipt(r) => self.emit(DeviceEvent::Receipt(r)).await,
+            server_frame::Kind::ChatUpdate(u) => {
+                if u.member {
+                    let mut cursors = self.cursors.lock().expect("cursor lock");
+                    let cursor = cursors.entry(u.chat_id).or_default();
+                    *cursor = (*cursor).max(u.after_seq);
+                }
+                self.emit(DeviceEvent::ChatUpdate(u)).await
+            }
+            server_frame::Kind::Error(e) => self.emit(DeviceEvent::Error(e)).await,
+            server_frame::Kind::Pong(_) => Ok(()),
+        }
+    }
+
+    async fn on_command(&mut self, stream: &DeviceStream, command: Command) -> Result<(), Status> {
+        match command {
+            Command::Send { frame, reply } => {
+                let id = frame.client_msg_id.clone();
+                self.pending.insert(id, (frame.clone(), reply));
+                stream.send_frame(client_frame::Kind::Send(frame)).await
+            }
+            Command::Resend(id) => match self.pending.get(&id) {
+                Some((frame, _)) => {
+                    stream
+                        .send_frame(client_frame::Kind::Send(frame.clone()))
+                        .await
+                }
+                None => Ok(()),
+            },
+            Command::Read { chat_id, up_to_seq } => stream.read(chat_id, up_to_seq).await,
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The hub: tails every partition's committed events on this node and offers each one to the
+//! device streams it concerns, without ever waiting on a device.
+//!
+//! One tailer task per partition follows the log from where it stood when the gateway started
+//! (`LogNode::subscribe`); devices that connect later read what came before from the log
+//! themselves (their backlog). For each chat event the hub finds the chat's members (a moka
+//! cache over the member keys, dropped whenever the chat's membership changes — such events
+//! come through the same partition, in order) and `try_send`s a [`Push`] to each connected
+//! session of those users. A full session queue is never waited on: the session is marked
+//! lagged and later re-reads from the log what it missed (see `session.rs`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chat_log::{LogNode, LogOffset, PartitionId};
+use chat_proto::chat_v1::{self as pb, chat_event};
+use chat_sequencer::ids::{ChatId, DeviceId, UserId};
+use chat_sequencer::{StateReader, CHAT_EVENT_KIND};
+use futures::StreamExt;
+use moka::sync::Cache;
+use prost::Message;
+use tokio::sync::{mpsc, Notify};
+
+/// What the hub hands a session.
+#[derive(Debug, Clone)]
+pub enum Push {
+    Message(Arc<pb::Message>),
+    /// The user became a member; messages after `after_seq` are theirs.
+    Joined {
+        chat: ChatId,
+        after_seq: u64,
+    },
+    Left {
+        chat: ChatId,
+    },
+    Receipt(pb::ReceiptAdvanced),
+    Revoked {
+        device: DeviceId,
+    },
+}
+
+/// The hub's side of one connected device stream.
+pub struct SessionHandle {
+    pub id: u64,
+    pub user: UserId,
+    pub device: DeviceId,
+    queue: mpsc::Sender<Push>,
+    lagged: AtomicBool,
+    /// Wakes the session when it has been marked lagged.
+    pub wake: Notify,
+}
+
+impl SessionHandle {
+    /// Queue `push`, or mark the session lagged if its queue is full (or it is closing).
+    fn offer(&self, push: Push) {
+        if self.queue.try_send(push).is_err() && !self.lagged.swap(true, Ordering::AcqRel) {
+            metrics_lagged();
+            self.wake.notify_one();
+        }
+    }
+
+    /// Clear the lagged mark; true if it was set (the session must catch up from the log).
+    pub fn take_lagged(&self) -> bool {
+        self.lagged.swap(false, Ordering::AcqRel)
+    }
+}
+
+fn metrics_lagged() {
+    tracing::debug!("a device stream's queue is full; it will catch up from the log");
+}
+
+/// Live presence and delivery fan-out for the device streams of one node.
+pub struct Hub {
+    reads: StateReader,
+    sessions: RwLock<HashMap<UserId, Vec<Arc<SessionHandle>>>>,
+    members: Cache<ChatId, Arc<Vec<UserId>>>,
+    /// When each user's last stream on this node closed (ms since the epoch).
+    last_seen: Cache<UserId, u64>,
+    next_id: AtomicU64,
+    queue_capacity: usize,
+}
+
+impl Hub {
+    /// Start tailing every partition of `node` from its current end.
+    pub fn start(node: Arc<LogNode>, queue_capacity: usize) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            reads: StateReader::new(node.clone()),
+            sessions: RwLock::default(),
+            members: Cache::builder().max_capacity(100_000).build(),
+            last_seen: Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(30 * 24 * 3600))
+                .build(),
+            next_id: AtomicU64::new(1),
+            queue_capacity,
+        });
+        for p in 0..node.partition_count() {
+            tokio::spawn(tail(hub.clone(), node.clone(), PartitionId(p)));
+        }
+        hub
+    }
+
+    /// Register a device stream; it receives pushes until [`Hub::unregister`].
+    pub fn register(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> (Arc<SessionHandle>, mpsc::Receiver<Push>) {
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let handle = Arc::new(SessionHandle {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user,
+            device,
+            queue: tx,
+            lagged: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        self.sessions
+            .write()
+            .expect("sessions lock")
+            .entry(user)
+            .or_default()
+            .push(handle.clone());
+        (handle, rx)
+    }
+
+    pub fn unregister(&self, handle: &SessionHandle) {
+        let mut sessions = self.sessions.write().expect("sessions lock");
+        if let Some(list) = sessions.get_mut(&handle.user) {
+            list.retain(|s| s.id != handle.id);
+            if list.is_empty() {
+                sessions.remove(&handle.user);
+                self.last_seen.insert(handle.user, now_ms());
+            }
+        }
+    }
+
+    /// Whether `user` has a stream on this node, and when its last one closed.
+    pub fn presence(&self, user: UserId) -> (bool, u64) {
+        let online = self
+            .sessions
+            .read()
+            .expect("sessions lock")
+            .contains_key(&user);
+        (online, self.last_seen.get(&user).unwrap_or(0))
+    }
+
+    /// Connected device streams on this node.
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .read()
+            .expect("sessions lock")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    fn offer_to_users(&self, users: &[UserId], push: &Push) {
+        let sessions = self.sessions.read().expect("sessions lock");
+        for user in users {
+            for s in sessions.get(user).into_iter().flatten() {
+                s.offer(push.clone());
+            }
+        }
+    }
+
+    fn chat_members(&self, chat: ChatId) -> Arc<Vec<UserId>> {
+        self.members.get_with(chat, || {
+            Arc::new(self.reads.members(chat).unwrap_or_else(|e| {
+                tracing::error!(%chat, error = %e, "reading chat members");
+                Vec::new()
+            }))
+        })
+    }
+
+    /// Route one committed chat event.
+    fn dispatch(&self, event: chat_event::Kind) {
+        match event {
+            chat_event::Kind::Message(m) => {
+                let chat = ChatId(m.chat_id);
+                let members = self.chat_members(chat);
+                self.offer_to_users(&members, &Push::Message(Arc::new(m)));
+            }
+            chat_event::Kind::ChatCreated(c) => {
+                let chat = ChatId(c.chat_id);
+                self.members.invalidate(&chat);
+                let users: Vec<UserId> = c.members.iter().map(|&u| UserId(u)).collect();
+                self.offer_to_users(&users, &Push::Joined { chat, after_seq: 0 });
+            }
+            chat_event::Kind::MembersChanged(c) => {
+                let chat = ChatId(c.chat_id);
+                self.members.invalidate(&chat);
+                let added: Vec<UserId> = c.added.iter().map(|&u| UserId(u)).collect();
+                let removed: Vec<UserId> = c.removed.iter().map(|&u| UserId(u)).collect();
+                let after_seq = c.last_seq;
+                self.offer_to_users(&added, &Push::Joined { chat, after_seq });
+                self.offer_to_users(&removed, &Push::Left { chat });
+            }
+            chat_event::Kind::ReceiptAdvanced(r) => {
+                let members = self.chat_members(ChatId(r.chat_id));
+                self.offer_to_users(&members, &Push::Receipt(r));
+            }
+            chat_event::Kind::DeviceRevoked(d) => {
+                let push = Push::Revoked {
+                    device: DeviceId(d.device_id),
+                };
+                self.offer_to_users(&[UserId(d.user_id)], &push);
+            }
+            chat_event::Kind::UserRegistered(_) | chat_event::Kind::DeviceAdded(_) => {}
+        }
+    }
+}
+
+/// Follow partition `p` from its current end and dispatch its chat events, resubscribing after
+/// a storage error. Ends when the node stops (the subscription ends).
+async fn tail(hub: Arc<Hub>, node: Arc<LogNode>, p: PartitionId) {
+    let Ok(mut next) = node.last_offset(p).map(LogOffset::next) else {
+        return;
+    };
+    'subscribe: loop {
+        let Ok(mut events) = node.subscribe(p, next) else {
+            return;
+        };
+        while let Some(item) = events.next().await {
+            let event = match item {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::error!(%p, error = %e, "tailing the log; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue 'subscribe;
+                }
+            };
+            next = LogOffset(event.offset).next();
+            if event.kind != CHAT_EVENT_KIND {
+                continue;
+            }
+            match pb::ChatEvent::decode(event.payload.as_ref()) {
+                Ok(pb::ChatEvent { kind: Some(kind) }) => hub.dispatch(kind),
+                Ok(_) => {}
+                Err(e) => tracing::error!(%p, offset = event.offset, error = %e,
+                    "undecodable chat event; skipped by the hub"),
+            }
+        }
+        return;
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

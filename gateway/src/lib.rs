@@ -1,0 +1,76 @@
+//! `chat-gateway`: what devices talk to — the `chat.v1.Chat` gRPC service.
+//!
+//! - [`service`]: the tonic service: unary RPCs (accounts, chats, history, presence) and
+//!   `Connect`, which hands each stream to a session.
+//! - [`session`]: one device stream: authenticate, backlog per chat from the device's cursors,
+//!   `SyncComplete`, then live frames; sends, acks, reads and pings from the device.
+//! - [`hub`]: tails every partition on this node and offers each event to the sessions it
+//!   concerns without ever waiting on one (a full session queue makes it catch up from the log).
+//! - [`auth`]: device bearer tokens checked against the hashed token in the user's partition.
+//!
+//! Writes go through the node's [`Sequencer`] (which forwards to partition leaders); reads come
+//! from this node's replica through [`StateReader`]. Every node hosts every partition today, so
+//! a gateway sees every event locally; see docs/architecture.md for what changes when it won't.
+
+pub mod auth;
+pub mod hub;
+pub mod service;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_sequencer::{Sequencer, StateReader};
+
+pub use service::ChatService;
+
+/// Gateway limits and timers (the `[gateway]` table of chatd's config).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Pushes queued per device stream before it is switched to catching up from the log.
+    pub queue_capacity: usize,
+    /// A stream with no frame from its device for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a new stream has to send its Hello.
+    pub hello_timeout: Duration,
+    /// How often a stream proposes the delivered/read marks its device sent.
+    pub receipt_flush: Duration,
+    /// Sends of one stream being committed at once; more wait (backpressure on the device).
+    pub max_sends_in_flight: usize,
+    /// Largest client frame accepted (bigger ones end the stream with OUT_OF_RANGE).
+    pub max_frame_bytes: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            queue_capacity: 1024,
+            idle_timeout: Duration::from_secs(90),
+            hello_timeout: Duration::from_secs(10),
+            receipt_flush: Duration::from_millis(100),
+            max_sends_in_flight: 64,
+            max_frame_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The gateway of one node.
+pub struct Gateway {
+    pub sequencer: Arc<Sequencer>,
+    pub reads: StateReader,
+    pub hub: Arc<hub::Hub>,
+    pub config: GatewayConfig,
+}
+
+impl Gateway {
+    /// Start the hub's partition tailers. Call inside the tokio runtime.
+    pub fn start(sequencer: Arc<Sequencer>, config: GatewayConfig) -> Arc<Gateway> {
+        let node = sequencer.node().clone();
+        Arc::new(Gateway {
+            reads: StateReader::new(node.clone()),
+            hub: hub::Hub::start(node, config.queue_capacity),
+            sequencer,
+            config,
+        })
+    }
+}

@@ -1,0 +1,331 @@
+//! The `chat.v1.Chat` tonic service: unary RPCs and the `Connect` stream.
+//!
+//! Unary calls authenticate with `authorization: Bearer <token>` (all but `Register`), act as
+//! that user, and answer gRPC status codes with clear messages: UNAUTHENTICATED, NOT_FOUND (no
+//! such user or chat), PERMISSION_DENIED (not a member / not an admin), INVALID_ARGUMENT,
+//! ALREADY_EXISTS (a taken handle), RESOURCE_EXHAUSTED, UNAVAILABLE (no leader in time).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chat_proto::chat_v1 as pb;
+use chat_proto::chat_v1::chat_server::{Chat, ChatServer};
+use chat_proto::token::DeviceToken;
+use chat_sequencer::ids::{user_id_for_handle, ChatId, DeviceId, UserId};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{authenticate, bearer, secret_digest, Device};
+use crate::{session, Gateway};
+
+/// Frames queued towards one device before its session waits on the transport.
+const OUTBOUND_FRAMES: usize = 64;
+
+pub struct ChatService {
+    gw: Arc<Gateway>,
+}
+
+impl ChatService {
+    /// The service, with the gateway's frame size limit.
+    pub fn server(gw: Arc<Gateway>) -> ChatServer<ChatService> {
+        let limit = gw.config.max_frame_bytes;
+        ChatServer::new(ChatService { gw })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit.max(4 << 20))
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Device, Status> {
+        authenticate(&self.gw.reads, &self.gw.sequencer, bearer(request)?).await
+    }
+
+    /// The user a handle names, which must be registered.
+    async fn existing_user(&self, handle: &str) -> Result<UserId, Status> {
+        let user = user_id_for_handle(handle);
+        if self.user_exists(user).await? {
+            Ok(user)
+        } else {
+            Err(Status::not_found(format!(
+                "no user has the handle {handle:?}"
+            )))
+        }
+    }
+
+    /// Whether `user` is registered, asking the leader if this replica does not know it yet.
+    async fn user_exists(&self, user: UserId) -> Result<bool, Status> {
+        let reads = &self.gw.reads;
+        if reads.user_exists(user).map_err(storage)? {
+            return Ok(true);
+        }
+        self.gw
+            .sequencer
+            .read_barrier(reads.partition(user.0))
+            .await?;
+        reads.user_exists(user).map_err(storage)
+    }
+
+    async fn existing_users(&self, handles: &[String]) -> Result<Vec<UserId>, Status> {
+        let mut users = Vec::with_capacity(handles.len());
+        for h in handles {
+            users.push(self.existing_user(h).await?);
+        }
+        Ok(users)
+    }
+
+    /// Fail unless `user` is a member of `chat` (after a read barrier if this replica says no).
+    async fn require_member(&self, chat: ChatId, user: UserId) -> Result<(), Status> {
+        let reads = &self.gw.reads;
+        if reads.member(chat, user).map_err(storage)?.is_some() {
+            return Ok(());
+        }
+        self.gw
+            .sequencer
+            .read_barrier(reads.partition(chat.0))
+            .await?;
+        if reads.member(chat, user).map_err(storage)?.is_some() {
+            return Ok(());
+        }
+        if reads.chat(chat).map_err(storage)?.is_none() {
+            return Err(Status::not_found(format!("chat {chat} does not exist")));
+        }
+        Err(Status::permission_denied(format!(
+            "user {user} is not a member of chat {chat}"
+        )))
+    }
+
+    /// A chat as this replica knows it.
+    fn chat_info(&self, chat: ChatId) -> Result<pb::ChatInfo, Status> {
+        let reads = &self.gw.reads;
+        let record = reads
+            .chat(chat)
+            .map_err(storage)?
+            .ok_or_else(|| Status::not_found(format!("chat {chat} does not exist")))?;
+        Ok(pb::ChatInfo {
+            chat_id: chat.0,
+            kind: record.kind,
+            name: record.name,
+            members: reads
+                .members(chat)
+                .map_err(storage)?
+                .into_iter()
+                .map(|u| u.0)
+                .collect(),
+            last_seq: record.last_seq,
+        })
+    }
+
+    /// The chat after a write through the leader: this replica may not have applied it yet.
+    async fn chat_info_after_write(&self, chat: ChatId) -> Result<pb::ChatInfo, Status> {
+        self.gw
+            .sequencer
+            .read_barrier(self.gw.reads.partition(chat.0))
+            .await?;
+        self.chat_info(chat)
+    }
+}
+
+fn storage(e: chat_log::StoreError) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// The token a client's (device, secret) make for `user`, checked for shape.
+fn device_token(user: UserId, device_id: u64, secret: String) -> Result<DeviceToken, Status> {
+    format!("{}.{device_id}.{secret}", user.0)
+        .parse::<DeviceToken>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Chat for ChatService {
+    type ConnectStream = FrameStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::ClientFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let (tx, rx) = mpsc::channel(OUTBOUND_FRAMES);
+        tokio::spawn(session::serve(self.gw.clone(), request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterReply>, Status> {
+        let r = request.into_inner();
+        let handle = r.handle.trim().to_string();
+        let token = device_token(user_id_for_handle(&handle), r.device_id, r.secret)?;
+        let device = DeviceId(token.device_id);
+        let reply = self
+            .gw
+            .sequencer
+            .register_user_with_device(&handle, Some((device, secret_digest(&token.secret))))
+            .await?;
+        if !(reply.created || reply.device_matches) {
+            return Err(Status::already_exists(format!(
+                "the handle {handle:?} is taken; link new devices from one of its devices"
+            )));
+        }
+        Ok(Response::new(pb::RegisterReply {
+            user_id: reply.user_id,
+            device_id: device.0,
+            token: token.to_string(),
+        }))
+    }
+
+    async fn link_device(
+        &self,
+        request: Request<pb::LinkDeviceRequest>,
+    ) -> Result<Response<pb::LinkDeviceReply>, Status> {
+        let me = self.caller(&request).await?;
+        let r = request.into_inner();
+        let token = device_token(me.user, r.device_id, r.secret)?;
+        let device = DeviceId(token.device_id);
+        if let Some(existing) = self.gw.reads.device(me.user, device).map_err(storage)? {
+            if existing.token_sha256 != secret_digest(&token.secret) {
+                return Err(Status::already_exists(format!(
+                    "user {} already has a device {device}; pick another id",
+                    me.user
+                )));
+            }
+        }
+        self.gw
+            .sequencer
+            .add_device(me.user, device, secret_digest(&token.secret))
+            .await?;
+        Ok(Response::new(pb::LinkDeviceReply {
+            user_id: me.user.0,
+            device_id: device.0,
+            token: token.to_string(),
+        }))
+    }
+
+    async fn revoke_device(
+        &self,
+        request: Request<pb::RevokeDeviceRequest>,
+    ) -> Result<Response<pb::LinkDeviceReply>, Status> {
+        let me = self.caller(&request).await?;
+        let device = DeviceId(request.into_inner().device_id);
+        self.gw.sequencer.revoke_device(me.user, device).await?;
+        Ok(Response::new(pb::LinkDeviceReply {
+            user_id: me.user.0,
+            device_id: device.0,
+            token: String::new(),
+        }))
+    }
+
+    async fn create_direct(
+        &self,
+        request: Request<pb::CreateDirectRequest>,
+    ) -> Result<Response<pb::ChatInfo>, Status> {
+        let me = self.caller(&request).await?;
+        let other = self
+            .existing_user(&request.into_inner().with_handle)
+            .await?;
+        if other == me.user {
+            return Err(Status::invalid_argument("a direct chat needs another user"));
+        }
+        let reply = self.gw.sequencer.create_direct_chat(me.user, other).await?;
+        let info = self.chat_info_after_write(ChatId(reply.chat_id)).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<pb::CreateGroupRequest>,
+    ) -> Result<Response<pb::ChatInfo>, Status> {
+        let me = self.caller(&request).await?;
+        let r = request.into_inner();
+        if r.request_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "request_id names the group for retries; it cannot be empty",
+            ));
+        }
+        let members = self.existing_users(&r.member_handles).await?;
+        let reply = self
+            .gw
+            .sequencer
+            .create_group(me.user, &r.request_id, &r.name, &members)
+            .await?;
+        let info = self.chat_info_after_write(ChatId(reply.chat_id)).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn change_members(
+        &self,
+        request: Request<pb::ChangeMembersRequest>,
+    ) -> Result<Response<pb::ChatInfo>, Status> {
+        let me = self.caller(&request).await?;
+        let r = request.into_inner();
+        let chat = ChatId(r.chat_id);
+        let add = self.existing_users(&r.add_handles).await?;
+        let remove: Vec<UserId> = r
+            .remove_handles
+            .iter()
+            .map(|h| user_id_for_handle(h))
+            .collect();
+        self.gw
+            .sequencer
+            .change_members(chat, me.user, &add, &remove)
+            .await?;
+        let info = self.chat_info_after_write(chat).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn list_chats(
+        &self,
+        request: Request<pb::ListChatsRequest>,
+    ) -> Result<Response<pb::ListChatsReply>, Status> {
+        let me = self.caller(&request).await?;
+        let chats = self
+            .gw
+            .reads
+            .user_chats(me.user)
+            .map_err(storage)?
+            .into_iter()
+            .map(|c| self.chat_info(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(pb::ListChatsReply { chats }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryPageRequest>,
+    ) -> Result<Response<pb::HistoryReply>, Status> {
+        let me = self.caller(&request).await?;
+        let r = request.into_inner();
+        let chat = ChatId(r.chat_id);
+        self.require_member(chat, me.user).await?;
+        let page = self
+            .gw
+            .sequencer
+            .history(chat, r.after_seq, r.before_seq, r.limit)?;
+        Ok(Response::new(page))
+    }
+
+    async fn presence(
+        &self,
+        request: Request<pb::PresenceRequest>,
+    ) -> Result<Response<pb::PresenceReply>, Status> {
+        self.caller(&request).await?;
+        let users = request
+            .into_inner()
+            .handles
+            .into_iter()
+            .map(|handle| {
+                let user = user_id_for_handle(&handle);
+                let (online, last_seen_ms) = self.gw.hub.presence(user);
+                pb::UserPresence {
+                    handle,
+                    user_id: user.0,
+                    online,
+                    last_seen_ms,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::PresenceReply { users }))
+    }
+}

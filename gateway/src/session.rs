@@ -1,0 +1,441 @@
+//! One device stream (`chat.v1.Chat/Connect`): authenticate, send the backlog, then live.
+//!
+//! The session keeps, per chat, the next seq its device must receive, and only ever emits that
+//! seq. Everything else follows from that one rule:
+//! - the backlog is a catch-up read of each chat from the device's cursor;
+//! - a live message below the cursor is a duplicate (already sent from the backlog) and skipped;
+//! - a live message above it means something was missed (the queue overflowed, or the message
+//!   arrived before the event that told us about the chat), so the gap is read from the log first;
+//! - a lagged session (the hub dropped pushes because its queue was full) re-reads its chat list
+//!   and every chat from its cursor.
+//!
+//! So a device sees each chat in order with no gap and no duplicate, and a slow device costs the
+//! hub nothing: it waits on its own stream, then catches up from the log (the source of truth).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chat_proto::chat_v1::{self as pb, client_frame, server_frame, ReceiptKind};
+use chat_sequencer::ids::ChatId;
+use futures::StreamExt;
+use tokio::sync::{mpsc, Semaphore};
+use tonic::{Status, Streaming};
+
+use crate::auth::{authenticate, Device};
+use crate::hub::{Push, SessionHandle};
+use crate::Gateway;
+
+/// Messages read from the log per catch-up page.
+const CATCH_UP_PAGE: u32 = 256;
+
+pub type Outbound = mpsc::Sender<Result<pb::ServerFrame, Status>>;
+
+/// Serve one stream until the device leaves, the stream fails, or the device is revoked.
+pub async fn serve(gw: Arc<Gateway>, inbound: Streaming<pb::ClientFrame>, out: Outbound) {
+    if let Err(status) = run(gw, inbound, &out).await {
+        tracing::debug!(code = ?status.code(), message = status.message(), "device stream ended");
+        let _ = out.send(Err(status)).await;
+    }
+}
+
+async fn run(
+    gw: Arc<Gateway>,
+    mut inbound: Streaming<pb::ClientFrame>,
+    out: &Outbound,
+) -> Result<(), Status> {
+    let hello = match tokio::time::timeout(gw.config.hello_timeout, inbound.next()).await {
+        Err(_) => return Err(Status::deadline_exceeded("no Hello frame in time")),
+        Ok(None) => return Ok(()),
+        Ok(Some(Err(status))) => return Err(status),
+        Ok(Some(Ok(pb::ClientFrame {
+            kind: Some(client_frame::Kind::Hello(hello)),
+        }))) => hello,
+        Ok(Some(Ok(_))) => return Err(Status::unauthenticated("the first frame must be Hello")),
+    };
+    let me = authenticate(&gw.reads, &gw.sequencer, &hello.token).await?;
+    // Register before reading the backlog, so nothing committed from now on can be missed.
+    let (handle, pushes) = gw.hub.register(me.user, me.device);
+    let mut session = Session {
+        gw,
+        me,
+        handle,
+        out: out.clone(),
+        chats: BTreeMap::new(),
+        pending_receipts: HashMap::new(),
+        needs_recovery: false,
+    };
+    let welcome = server_frame::Kind::Welcome(pb::Welcome {
+        user_id: me.user.0,
+        device_id: me.device.0,
+        node_id: session.gw.sequencer.node().node_id(),
+    });
+    session.emit(welcome).await?;
+    session.sync(&hello.cursors).await?;
+    session.live(inbound, pushes).await
+}
+
+struct Session {
+    gw: Arc<Gateway>,
+    me: Device,
+    handle: Arc<SessionHandle>,
+    out: Outbound,
+    /// The next seq to send, per chat of the user.
+    chats: BTreeMap<ChatId, u64>,
+    /// Delivered/read marks received but not yet proposed (flushed on every tick).
+    pending_receipts: HashMap<(ChatId, ReceiptKind), u64>,
+    needs_recovery: bool,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.gw.hub.unregister(&self.handle);
+        self.flush_receipts();
+    }
+}
+
+fn storage(e: chat_log::StoreError) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn error_frame(code: tonic::Code, message: impl Into<String>) -> server_frame::Kind {
+    server_frame::Kind::Error(pb::ErrorFrame {
+        code: code as i32,
+        message: message.into(),
+    })
+}
+
+impl Session {
+    async fn emit(&self, kind: server_frame::Kind) -> Result<(), Status> {
+        self.out
+            .send(Ok(pb::ServerFrame { kind: Some(kind) }))
+            .await
+            .map_err(|_| Status::cancelled("the device went away"))
+    }
+
+    /// Where a chat starts for this device when it names no cursor: after what it acknowledged,
+    /// and never before the user joined.
+    fn default_cursor(&self, chat: ChatId) -> Result<u64, Status> {
+        let (user, device) = (self.me.user, self.me.device);
+        let acked = self
+            .gw
+            .reads
+            .device_cursor(chat, user, device)
+            .map_err(storage)?;
+        let joined = self
+            .gw
+            .reads
+            .member(chat, user)
+            .map_err(storage)?
+            .map_or(0, |m| m.joined_after);
+        Ok(acked.max(joined))
+    }
+
+    /// The backlog: every chat from its cursor, then SyncComplete.
+    async fn sync(&mut self, cursors: &[pb::Cursor]) -> Result<(), Status> {
+        let given: HashMap<ChatId, u64> =
+            cursors.iter().map(|c| (ChatId(c.chat_id), c.seq)).collect();
+        for chat in self.gw.reads.user_chats(self.me.user).map_err(storage)? {
+            let cursor = match given.get(&chat) {
+                Some(&seq) => seq,
+                None => self.default_cursor(chat)?,
+            };
+            self.chats.insert(chat, cursor + 1);
+        }
+        let chats: Vec<ChatId> = self.chats.keys().copied().collect();
+        for chat in chats {
+            self.catch_up(chat, None).await?;
+        }
+        let cursors = self
+            .chats
+            .iter()
+            .map(|(chat, next)| pb::Cursor {
+                chat_id: chat.0,
+                seq: next - 1,
+            })
+            .collect();
+        self.emit(server_frame::Kind::SyncComplete(pb::SyncComplete {
+            cursors,
+        }))
+        .await
+    }
+
+    /// Send `chat`'s messages from its cursor up to `up_to` (None: all that are applied here).
+    async fn catch_up(&mut self, chat: ChatId, up_to: Option<u64>) -> Result<(), Status> {
+        loop {
+            let Some(&next) = self.chats.get(&chat) else {
+                return Ok(());
+            };
+            if up_to.is_some_and(|u| next > u) {
+                return Ok(());
+            }
+            let before = up_to.map_or(0, |u| u + 1);
+            let page = self
+                .gw
+                .sequencer
+                .history(chat, next - 1, before, CATCH_UP_PAGE)
+                .map_err(Status::from)?;
+            if page.messages.is_empty() {
+                return Ok(());
+            }
+            for m in page.messages {
+                self.deliver(m).await?;
+            }
+        }
+    }
+
+    /// Emit `m` if it is the next seq of its chat.
+    async fn deliver(&mut self, m: pb::Message) -> Result<(), Status> {
+        let chat = ChatId(m.chat_id);
+        match self.chats.get_mut(&chat) {
+            Some(next) if *next == m.seq => *next += 1,
+            _ => return Ok(()),
+        }
+        self.emit(server_frame::Kind::Message(m)).await
+    }
+
+    async fn live(
+        &mut self,
+        mut inbound: Streaming<pb::ClientFrame>,
+        mut pushes: mpsc::Receiver<Push>,
+    ) -> Result<(), Status> {
+        let config = self.gw.config.clone();
+        let sends = Arc::new(Semaphore::new(config.max_sends_in_flight));
+        let mut tick = tokio::time::interval(config.receipt_flush);
+        let mut last_frame = Instant::now();
+        loop {
+            if self.handle.take_lagged() || std::mem::take(&mut self.needs_recovery) {
+                self.recover().await?;
+            }
+            tokio::select! {
+                frame = inbound.next() => match frame {
+                    None => return Ok(()),
+                    Some(Err(status)) => return Err(status),
+                    Some(Ok(frame)) => {
+                        last_frame = Instant::now();
+                        self.on_frame(frame, &sends).await?;
+                    }
+                },
+                push = pushes.recv() => match push {
+                    Some(push) => self.on_push(push).await?,
+                    None => return Ok(()),
+                },
+                _ = self.handle.wake.notified() => {}
+                _ = tick.tick() => {
+                    self.flush_receipts();
+                    if last_frame.elapsed() > config.idle_timeout {
+                        return Err(Status::deadline_exceeded(format!(
+                            "no frame from the device for {:?}; devices ping to stay connected",
+                            config.idle_timeout
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        frame: pb::ClientFrame,
+        sends: &Arc<Semaphore>,
+    ) -> Result<(), Status> {
+        use tonic::Code;
+        match frame.kind {
+            None => {
+                self.emit(error_frame(Code::InvalidArgument, "empty frame"))
+                    .await
+            }
+            Some(client_frame::Kind::Hello(_)) => {
+                self.emit(error_frame(
+                    Code::FailedPrecondition,
+                    "Hello is only the first frame",
+                ))
+                .await
+            }
+            Some(client_frame::Kind::Ping(p)) => {
+                self.emit(server_frame::Kind::Pong(pb::Pong { nonce: p.nonce }))
+                    .await
+            }
+            Some(client_frame::Kind::Ack(a)) => self.on_receipt(a, ReceiptKind::Delivered).await,
+            Some(client_frame::Kind::Read(a)) => self.on_receipt(a, ReceiptKind::Read).await,
+            Some(client_frame::Kind::Send(s)) => {
+                // Bounded per stream: past the limit the device waits (its frames are not read).
+                let permit = sends
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
+                let (gw, me, out) = (self.gw.clone(), self.me, self.out.clone());
+                tokio::spawn(async move {
+                    let frame = send(&gw, me, s).await;
+                    let _ = out.send(Ok(pb::ServerFrame { kind: Some(frame) })).await;
+                    drop(permit);
+                });
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_receipt(&mut self, a: pb::AckFrame, kind: ReceiptKind) -> Result<(), Status> {
+        let chat = ChatId(a.chat_id);
+        if !self.chats.contains_key(&chat) {
+            return self
+                .emit(error_frame(
+                    tonic::Code::PermissionDenied,
+                    format!("chat {chat} is not one of this user's chats"),
+                ))
+                .await;
+        }
+        let mark = self.pending_receipts.entry((chat, kind)).or_default();
+        *mark = (*mark).max(a.up_to_seq);
+        Ok(())
+    }
+
+    /// Propose the pending delivered/read marks (one command per chat and kind, however many
+    /// acks arrived since the last flush).
+    fn flush_receipts(&mut self) {
+        for ((chat, kind), seq) in self.pending_receipts.drain() {
+            let (gw, me, out) = (self.gw.clone(), self.me, self.out.clone());
+            tokio::spawn(async move {
+                let result = gw
+                    .sequencer
+                    .advance_receipt(chat, me.user, me.device, kind, seq)
+                    .await;
+                if let Err(e) = result {
+                    let frame = error_frame(e.code(), e.to_string());
+                    let _ = out.try_send(Ok(pb::ServerFrame { kind: Some(frame) }));
+                }
+            });
+        }
+    }
+
+    async fn on_push(&mut self, push: Push) -> Result<(), Status> {
+        match push {
+            Push::Message(m) => {
+                let (chat, seq) = (ChatId(m.chat_id), m.seq);
+                let Some(&next) = self.chats.get(&chat) else {
+                    return Ok(());
+                };
+                if seq > next {
+                    self.catch_up(chat, Some(seq - 1)).await?;
+                }
+                match self.chats.get(&chat) {
+                    Some(&next) if next == seq => self.deliver(Arc::unwrap_or_clone(m)).await,
+                    Some(&next) if next < seq => {
+                        // The replica had not applied the gap yet; read everything again.
+                        self.needs_recovery = true;
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Push::Joined { chat, after_seq } => {
+                if self.chats.contains_key(&chat) {
+                    return Ok(());
+                }
+                self.join(chat, after_seq).await?;
+                self.catch_up(chat, None).await
+            }
+            Push::Left { chat } => {
+                if self.chats.remove(&chat).is_some() {
+                    self.emit(chat_update(chat, false, 0)).await?;
+                }
+                Ok(())
+            }
+            Push::Receipt(r) => {
+                if !self.chats.contains_key(&ChatId(r.chat_id)) {
+                    return Ok(());
+                }
+                let frame = server_frame::Kind::Receipt(pb::ReceiptFrame {
+                    chat_id: r.chat_id,
+                    user_id: r.user_id,
+                    delivered_up_to: r.delivered_up_to,
+                    read_up_to: r.read_up_to,
+                });
+                self.emit(frame).await
+            }
+            Push::Revoked { device } if device == self.me.device => Err(Status::unauthenticated(
+                format!("device {device} has been revoked"),
+            )),
+            Push::Revoked { .. } => Ok(()),
+        }
+    }
+
+    async fn join(&mut self, chat: ChatId, after_seq: u64) -> Result<(), Status> {
+        self.chats.insert(chat, after_seq + 1);
+        self.emit(chat_update(chat, true, after_seq)).await
+    }
+
+    /// After pushes were dropped: re-check the device, re-read the chat list, catch up every chat.
+    async fn recover(&mut self) -> Result<(), Status> {
+        let (user, device) = (self.me.user, self.me.device);
+        match self.gw.reads.device(user, device).map_err(storage)? {
+            Some(d) if !d.revoked => {}
+            _ => {
+                return Err(Status::unauthenticated(format!(
+                    "device {device} has been revoked"
+                )))
+            }
+        }
+        let current: HashSet<ChatId> = self
+            .gw
+            .reads
+            .user_chats(user)
+            .map_err(storage)?
+            .into_iter()
+            .collect();
+        let left: Vec<ChatId> = self
+            .chats
+            .keys()
+            .filter(|c| !current.contains(c))
+            .copied()
+            .collect();
+        for chat in left {
+            self.chats.remove(&chat);
+            self.emit(chat_update(chat, false, 0)).await?;
+        }
+        for &chat in &current {
+            if !self.chats.contains_key(&chat) {
+                let after = self.default_cursor(chat)?;
+                self.join(chat, after).await?;
+            }
+        }
+        let chats: Vec<ChatId> = self.chats.keys().copied().collect();
+        for chat in chats {
+            self.catch_up(chat, None).await?;
+        }
+        Ok(())
+    }
+}
+
+fn chat_update(chat: ChatId, member: bool, after_seq: u64) -> server_frame::Kind {
+    server_frame::Kind::ChatUpdate(pb::ChatUpdate {
+        chat_id: chat.0,
+        member,
+        after_seq,
+    })
+}
+
+/// Submit one send as the authenticated device; the ack or error frame to answer it with.
+async fn send(gw: &Gateway, me: Device, s: pb::SendFrame) -> server_frame::Kind {
+    let client_msg_id = s.client_msg_id.clone();
+    let message = pb::SendMessage {
+        chat_id: s.chat_id,
+        sender_user: me.user.0,
+        sender_device: me.device.0,
+        client_msg_id: s.client_msg_id,
+        payload: s.payload,
+        media: s.media,
+    };
+    match gw.sequencer.send(message).await {
+        Ok(ack) => server_frame::Kind::SendAck(pb::SendAckFrame {
+            client_msg_id,
+            ack: Some(ack),
+        }),
+        Err(e) => server_frame::Kind::SendError(pb::SendErrorFrame {
+            client_msg_id,
+            code: e.code() as i32,
+            message: e.to_string(),
+        }),
+    }
+}

@@ -56,7 +56,8 @@ impl SessionHandle {
     /// Queue `push`, or mark the session lagged if its queue is full (or it is closing).
     fn offer(&self, push: Push) {
         if self.queue.try_send(push).is_err() && !self.lagged.swap(true, Ordering::AcqRel) {
-            metrics_lagged();
+            tracing::info!(user = %self.user, device = %self.device,
+                "device stream lagged: its queue is full, it will catch up from the log");
             self.wake.notify_one();
         }
     }
@@ -65,10 +66,6 @@ impl SessionHandle {
     pub fn take_lagged(&self) -> bool {
         self.lagged.swap(false, Ordering::AcqRel)
     }
-}
-
-fn metrics_lagged() {
-    tracing::debug!("a device stream's queue is full; it will catch up from the log");
 }
 
 /// Live presence and delivery fan-out for the device streams of one node.

@@ -347,12 +347,14 @@ async fn forged_revoked_non_member_malformed_and_oversize_are_refused() {
         .unwrap();
     let mut frames = Vec::new();
     let expect = |frames: &mut Vec<server_frame::Kind>, what: &str| {
-        let found = frames.iter().position(|f| match (what, f) {
-            ("error", server_frame::Kind::Error(_)) => true,
-            ("send_error", server_frame::Kind::SendError(_)) => true,
-            ("pong", server_frame::Kind::Pong(_)) => true,
-            ("sync", server_frame::Kind::SyncComplete(_)) => true,
-            _ => false,
+        let found = frames.iter().position(|f| {
+            matches!(
+                (what, f),
+                ("error", server_frame::Kind::Error(_))
+                    | ("send_error", server_frame::Kind::SendError(_))
+                    | ("pong", server_frame::Kind::Pong(_))
+                    | ("sync", server_frame::Kind::SyncComplete(_))
+            )
         });
         found.map(|i| frames.remove(i))
     };

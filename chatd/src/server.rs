@@ -74,10 +74,17 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     health
         .set_serving::<chat_proto::chat_v1::chat_server::ChatServer<ChatService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl asks v1 first, many libraries still only speak v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .context("building the gRPC reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .context("building the gRPC reflection service")?;
     let admin = AdminServer::new(AdminService::new(node.clone()))
         .max_decoding_message_size(chat_log::network::MAX_MESSAGE_BYTES);
@@ -93,7 +100,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(chat_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(node.raft_service())
         .add_service(admin)
         .add_service(sequencer_service)

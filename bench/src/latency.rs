@@ -34,7 +34,14 @@ pub struct Args {
     dir: Option<PathBuf>,
 }
 
-struct Procs(Vec<Child>);
+pub struct Procs(Vec<Child>);
+
+impl Procs {
+    /// The process id of node `i` (1-based).
+    pub fn pid(&self, i: u64) -> u32 {
+        self.0[i as usize - 1].id()
+    }
+}
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -58,43 +65,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let floor = fsync::measure(dir.path(), 2000)?;
     println!("{floor}");
 
-    let addrs: Vec<String> = (0..args.nodes)
-        .map(|_| {
-            Ok(format!(
-                "127.0.0.1:{}",
-                std::net::TcpListener::bind("127.0.0.1:0")?
-                    .local_addr()?
-                    .port()
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let peers: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
-    let mut procs = Procs(Vec::new());
-    for i in 1..=args.nodes {
-        let log = std::fs::File::create(dir.path().join(format!("n{i}.log")))?;
-        let child = Command::new(&args.chatd)
-            .args([
-                "--node-id",
-                &i.to_string(),
-                "--peers",
-                &peers.join(","),
-                "--partitions",
-                &args.partitions.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join(format!("n{i}")))
-            .env("CHATD_CLUSTER_SECRET", SECRET)
-            .env("RUST_LOG", "warn,openraft=error")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("start chatd")?;
-        procs.0.push(child);
-    }
+    let (addrs, _procs) =
+        start_processes(&args.chatd, dir.path(), args.nodes, args.partitions, "")?;
 
     // One admin client per node; each partition's writes go to its leader.
     let mut clients = Vec::new();
@@ -178,4 +150,57 @@ async fn open_loop(
         hist.record(t.await??)?;
     }
     Ok((total as f64 / start.elapsed().as_secs_f64(), hist))
+}
+
+/// Start `nodes` chatd processes on free loopback ports with data under `dir`, each with the
+/// TOML `extra` as its config file. Killed when the returned guard drops.
+pub fn start_processes(
+    chatd: &std::path::Path,
+    dir: &std::path::Path,
+    nodes: u64,
+    partitions: u32,
+    extra: &str,
+) -> anyhow::Result<(Vec<String>, Procs)> {
+    let config = dir.join("extra.toml");
+    std::fs::write(&config, extra)?;
+    let addrs: Vec<String> = (0..nodes)
+        .map(|_| {
+            Ok(format!(
+                "127.0.0.1:{}",
+                std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port()
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let peers: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let mut procs = Procs(Vec::new());
+    for i in 1..=nodes {
+        let log = std::fs::File::create(dir.join(format!("n{i}.log")))?;
+        let child = Command::new(chatd)
+            .args([
+                "--node-id",
+                &i.to_string(),
+                "--peers",
+                &peers.join(","),
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join(format!("n{i}")))
+            .env("CHATD_CLUSTER_SECRET", SECRET)
+            .env("RUST_LOG", "warn,openraft=error")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("start chatd")?;
+        procs.0.push(child);
+    }
+    Ok((addrs, procs))
 }

@@ -4,9 +4,12 @@
 //! (in this process, each with its own RocksDB in a temp dir, talking Raft over loopback tonic),
 //! drives the partition leaders with closed-loop writers at several batch sizes and writer counts,
 //! runs an open-loop fixed-rate probe, and measures this machine's fsync floor (small write +
-//! fdatasync) in the same run so the figures can be read against it.
+//! fdatasync) in the same run so the figures can be read against it. `latency` and `delivery`
+//! run real chatd processes: commit latency through the admin API, and device-to-device
+//! delivery latency plus memory per idle device stream through the gateway.
 
 mod cluster;
+mod delivery;
 mod fsync;
 mod latency;
 mod log_bench;
@@ -27,6 +30,8 @@ enum Cmd {
     Log(log_bench::Args),
     /// Open-loop commit latency against real chatd processes (as deployed).
     Latency(latency::Args),
+    /// End-to-end delivery latency device -> device and memory per idle device stream.
+    Delivery(delivery::Args),
     /// Acknowledged chat sends/s and ack latency through the sequencer.
     Send(send_bench::Args),
     /// Only the fsync floor: a loop of small write + fdatasync.
@@ -51,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Log(args) => log_bench::run(args).await,
         Cmd::Send(args) => send_bench::run(args).await,
         Cmd::Latency(args) => latency::run(args).await,
+        Cmd::Delivery(args) => delivery::run(args).await,
         Cmd::Fsync { dir, iterations } => {
             let floor = fsync::measure(&dir, iterations)?;
             println!("{floor}");

@@ -188,19 +188,66 @@ impl ChatClient {
             .connect(ReceiverStream::new(rx))
             .await?
             .into_inner();
-        Ok(DeviceStream { tx, frames })
+        Ok(DeviceStream {
+            tx: FrameSender(tx),
+            frames,
+        })
     }
 }
 
 /// One open device stream, as the server speaks it. Ends on the first error.
 pub struct DeviceStream {
-    tx: mpsc::Sender<pb::ClientFrame>,
+    tx: FrameSender,
     frames: Streaming<pb::ServerFrame>,
 }
 
+/// The sending half of a [`DeviceStream`], for writing from another task while one reads.
+#[derive(Clone)]
+pub struct FrameSender(mpsc::Sender<pb::ClientFrame>);
+
 impl DeviceStream {
+    /// A handle that sends on this stream.
+    pub fn sender(&self) -> FrameSender {
+        self.tx.clone()
+    }
+
     pub async fn send_frame(&self, kind: client_frame::Kind) -> Result<(), Status> {
-        self.tx
+        self.tx.send_frame(kind).await
+    }
+
+    pub async fn send(
+        &self,
+        chat_id: u64,
+        client_msg_id: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), Status> {
+        self.tx.send(chat_id, client_msg_id, payload).await
+    }
+
+    pub async fn ack(&self, chat_id: u64, up_to_seq: u64) -> Result<(), Status> {
+        self.tx.ack(chat_id, up_to_seq).await
+    }
+
+    pub async fn read(&self, chat_id: u64, up_to_seq: u64) -> Result<(), Status> {
+        self.tx.read(chat_id, up_to_seq).await
+    }
+
+    /// The next server frame; `None` when the server closed the stream cleanly.
+    pub async fn next(&mut self) -> Option<Result<server_frame::Kind, Status>> {
+        match self.frames.message().await {
+            Ok(Some(pb::ServerFrame { kind: Some(kind) })) => Some(Ok(kind)),
+            Ok(Some(pb::ServerFrame { kind: None })) => {
+                Some(Err(Status::internal("the server sent an empty frame")))
+            }
+            Ok(None) => None,
+            Err(status) => Some(Err(status)),
+        }
+    }
+}
+
+impl FrameSender {
+    pub async fn send_frame(&self, kind: client_frame::Kind) -> Result<(), Status> {
+        self.0
             .send(pb::ClientFrame { kind: Some(kind) })
             .await
             .map_err(|_| Status::unavailable("the stream is closed"))
@@ -232,18 +279,6 @@ impl DeviceStream {
             up_to_seq,
         }))
         .await
-    }
-
-    /// The next server frame; `None` when the server closed the stream cleanly.
-    pub async fn next(&mut self) -> Option<Result<server_frame::Kind, Status>> {
-        match self.frames.message().await {
-            Ok(Some(pb::ServerFrame { kind: Some(kind) })) => Some(Ok(kind)),
-            Ok(Some(pb::ServerFrame { kind: None })) => {
-                Some(Err(Status::internal("the server sent an empty frame")))
-            }
-            Ok(None) => None,
-            Err(status) => Some(Err(status)),
-        }
     }
 }
 

@@ -11,4 +11,4 @@ pub mod admin;
 pub mod device;
 pub mod profile;
 
-pub use device::{ChatClient, Device, DeviceEvent, DeviceOptions, DeviceStream};
+pub use device::{ChatClient, Device, DeviceEvent, DeviceOptions, DeviceStream, FrameSender};

@@ -1,0 +1,220 @@
+//! End-to-end delivery through the device API, against real `chatd` processes: the time from a
+//! device sending a message to the frame arriving on another device's stream (both streams in
+//! this process, so one clock), at fixed offered loads; and the server memory per idle device
+//! stream (the node's RSS with K idle streams connected, minus before, over K).
+//!
+//! Senders connect to node 1, receivers to node 2 (or 1 on a single node), so in a cluster a
+//! message crosses the forward to its partition leader, Raft, and the receiver node's tail.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_client::{ChatClient, DeviceStream, FrameSender};
+use chat_proto::chat_v1::server_frame;
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+
+use crate::latency::start_processes;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "target/release/chatd")]
+    chatd: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Offered messages per second (all pairs together).
+    #[arg(long, value_delimiter = ',', default_value = "200,1000")]
+    rate: Vec<u64>,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Sender/receiver pairs (one direct chat each).
+    #[arg(long, default_value_t = 50)]
+    pairs: usize,
+    /// Idle streams for the memory figure (0: skip).
+    #[arg(long, default_value_t = 10_000)]
+    idle_streams: usize,
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const CONFIG: &str = "[chat]\nsends_per_second = 1000000\nsend_burst = 1000000\n";
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.chatd.exists(),
+        "no chatd at {} (cargo build --release -p chatd)",
+        args.chatd.display()
+    );
+    let dir = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let (addrs, procs) =
+        start_processes(&args.chatd, dir.path(), args.nodes, args.partitions, CONFIG)?;
+    let send_addr = addrs[0].clone();
+    let recv_addr = addrs[addrs.len().min(2) - 1].clone();
+    let mut registrar = connect_retrying(&send_addr).await?;
+
+    // Pairs: sender i and receiver i share a direct chat.
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    let epoch = Instant::now();
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    for i in 0..args.pairs {
+        let s = registrar.register(&format!("bench-s{i}"), 1).await?;
+        let r = registrar.register(&format!("bench-r{i}"), 1).await?;
+        let mut sc = ChatClient::connect(&send_addr)
+            .await?
+            .with_token(&s.token)?;
+        let chat = sc.create_direct(&format!("bench-r{i}")).await?.chat_id;
+        let sender = sc.open_stream(&s.token, &Default::default()).await?;
+        let receiver = ChatClient::connect(&recv_addr)
+            .await?
+            .open_stream(&r.token, &Default::default())
+            .await?;
+        senders.push((chat, sender));
+        receivers.push(receiver);
+    }
+    for r in receivers {
+        tokio::spawn(receive(r, epoch, hist.clone()));
+    }
+    // Senders' own streams are drained too (they receive their messages and acks): a stream
+    // nobody reads stops taking frames from its device.
+    let senders: Vec<(u64, FrameSender)> = senders
+        .into_iter()
+        .map(|(chat, mut s)| {
+            let tx = s.sender();
+            tokio::spawn(async move { while let Some(Ok(_)) = s.next().await {} });
+            (chat, tx)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    println!(
+        "| nodes | offered msg/s | delivered msg/s | delivery p50 (us) | p99 (us) | p99.9 (us) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for &rate in &args.rate {
+        hist.lock().await.reset();
+        let total = rate * args.seconds;
+        let interval = Duration::from_nanos(1_000_000_000 / rate);
+        let start = Instant::now();
+        for i in 0..total {
+            tokio::time::sleep_until((start + interval * i as u32).into()).await;
+            let (chat, s) = &senders[i as usize % senders.len()];
+            let sent_us = epoch.elapsed().as_micros() as u64;
+            s.send(
+                *chat,
+                &format!("b{rate}-{i}"),
+                sent_us.to_be_bytes().to_vec(),
+            )
+            .await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while hist.lock().await.len() < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let h = hist.lock().await.clone();
+        println!(
+            "| {} | {rate} | {:.0} | {} | {} | {} |",
+            args.nodes,
+            h.len() as f64 / start.elapsed().as_secs_f64(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999)
+        );
+        anyhow::ensure!(h.len() == total, "{} of {total} delivered", h.len());
+    }
+
+    if args.idle_streams > 0 {
+        idle_memory(
+            &recv_addr,
+            procs.pid(addrs.len().min(2) as u64),
+            args.idle_streams,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn connect_retrying(addr: &str) -> anyhow::Result<ChatClient> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match ChatClient::connect(addr).await {
+            Ok(c) => {
+                // Wait until registration works (leaders elected).
+                let mut probe = c.clone();
+                match probe.register("bench-probe", 1).await {
+                    Ok(_) => return Ok(c),
+                    Err(e) if Instant::now() > deadline => return Err(e.into()),
+                    Err(_) => {}
+                }
+            }
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Record the delivery latency of every message frame (payload: the send time in µs).
+async fn receive(mut stream: DeviceStream, epoch: Instant, hist: Arc<Mutex<Histogram<u64>>>) {
+    while let Some(Ok(frame)) = stream.next().await {
+        if let server_frame::Kind::Message(m) = frame {
+            let Ok(bytes) = <[u8; 8]>::try_from(m.payload.as_slice()) else {
+                continue;
+            };
+            let now = epoch.elapsed().as_micros() as u64;
+            let _ = hist
+                .lock()
+                .await
+                .record(now.saturating_sub(u64::from_be_bytes(bytes)));
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+}
+
+/// Open `n` idle device streams (100 per connection, 100 users) and report the node's RSS growth.
+async fn idle_memory(addr: &str, pid: u32, n: usize) -> anyhow::Result<()> {
+    let mut registrar = ChatClient::connect(addr).await?;
+    let mut tokens = Vec::new();
+    for u in 0..100 {
+        tokens.push(registrar.register(&format!("idle-{u}"), 1).await?.token);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kib(pid)?;
+    let mut streams = Vec::with_capacity(n);
+    let mut client = ChatClient::connect(addr).await?;
+    for i in 0..n {
+        if i % 100 == 0 {
+            client = ChatClient::connect(addr).await?;
+        }
+        let mut s = client
+            .open_stream(&tokens[i % tokens.len()], &Default::default())
+            .await?;
+        // Wait for Welcome + SyncComplete so the session is fully set up.
+        for _ in 0..2 {
+            s.next().await.transpose()?;
+        }
+        streams.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(pid)?;
+    println!(
+        "\nidle device streams: {n}; node RSS {before} KiB -> {after} KiB; {:.1} KiB per stream",
+        (after.saturating_sub(before)) as f64 / n as f64
+    );
+    drop(streams);
+    Ok(())
+}

@@ -136,6 +136,9 @@ async fn direct_chat_and_group_of_five_with_two_devices_each() {
         .await
         .unwrap();
     assert_eq!(group.members.len(), 5);
+    let mut handles = group.member_handles.clone();
+    handles.sort();
+    assert_eq!(handles, ["alice", "bob", "carol", "dave", "erin"]);
     let mut devices = Vec::new();
     for u in &mut users {
         let second = u.client.link_device(2).await.unwrap();

@@ -70,6 +70,15 @@ impl Profile {
         std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Remember the handles of a chat's members.
+    pub fn learn(&mut self, members: &[u64], handles: &[String]) {
+        for (&user, handle) in members.iter().zip(handles) {
+            if !handle.is_empty() && user != self.user_id {
+                self.contacts.insert(user, handle.clone());
+            }
+        }
+    }
+
     /// A user's handle if known, else its id.
     pub fn name_of(&self, user_id: u64) -> String {
         if user_id == self.user_id {

@@ -101,17 +101,19 @@ impl ChatService {
             .chat(chat)
             .map_err(storage)?
             .ok_or_else(|| Status::not_found(format!("chat {chat} does not exist")))?;
+        let members = reads.members(chat).map_err(storage)?;
+        let member_handles = members
+            .iter()
+            .map(|&u| Ok(reads.user(u)?.map(|r| r.handle).unwrap_or_default()))
+            .collect::<Result<Vec<_>, chat_log::StoreError>>()
+            .map_err(storage)?;
         Ok(pb::ChatInfo {
             chat_id: chat.0,
             kind: record.kind,
             name: record.name,
-            members: reads
-                .members(chat)
-                .map_err(storage)?
-                .into_iter()
-                .map(|u| u.0)
-                .collect(),
+            members: members.into_iter().map(|u| u.0).collect(),
             last_seq: record.last_seq,
+            member_handles,
         })
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chat_log::{LogNode, PartitionId, StoreError};
 
 use crate::ids::{partition_of, ChatId, DeviceId, UserId};
-use crate::state::{self, ChatRecord, DeviceRecord, MemberRecord};
+use crate::state::{self, ChatRecord, DeviceRecord, MemberRecord, UserRecord};
 
 /// Most members a chat can have is bounded by the apply limits; scans stop well above it.
 const SCAN_LIMIT: usize = 1 << 20;
@@ -56,6 +56,10 @@ impl StateReader {
             .node
             .handler_get(self.partition(user.0), &state::user_key(user))?
             .is_some())
+    }
+
+    pub fn user(&self, user: UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.get(user.0, "user", &state::user_key(user))
     }
 
     pub fn device(

@@ -144,6 +144,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Tail { to, count, read } => {
+            // Learn who is who, so messages print with handles.
+            for c in client.list_chats().await? {
+                profile.learn(&c.members, &c.member_handles);
+            }
             let only = match to {
                 Some(to) => Some(resolve_chat(&mut client, &mut profile, &to).await?),
                 None => None,
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Chats => {
             for c in client.list_chats().await? {
+                profile.learn(&c.members, &c.member_handles);
                 let names: Vec<String> = c.members.iter().map(|&u| profile.name_of(u)).collect();
                 let kind = if c.kind == pb::ChatKind::Group as i32 {
                     format!("group {:?}", c.name)
@@ -195,6 +200,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await?
                 }
             };
+            profile.learn(&info.members, &info.member_handles);
+            profile.save(&path)?;
             let names: Vec<String> = info.members.iter().map(|&u| profile.name_of(u)).collect();
             println!(
                 "group #{} {:?}: {}",
@@ -292,11 +299,7 @@ async fn resolve_chat(
         return chat_id(to);
     }
     let info = client.create_direct(to).await?;
-    for &u in &info.members {
-        if u != profile.user_id {
-            profile.contacts.insert(u, to.to_string());
-        }
-    }
+    profile.learn(&info.members, &info.member_handles);
     Ok(info.chat_id)
 }
 

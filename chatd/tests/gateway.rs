@@ -452,3 +452,43 @@ async fn forged_revoked_non_member_malformed_and_oversize_are_refused() {
         "device 1 still works"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_streams_are_closed_and_pinging_ones_are_not() {
+    let cluster = Cluster::start_with(1, 2, "[gateway]\nidle_timeout_secs = 1\n");
+    let addr = cluster.node(1).addr.clone();
+    cluster.wait_for_leaders(1, WAIT).await;
+    let alice = register(&addr, "alice").await;
+
+    // A device that pings keeps its stream...
+    let mut options = DeviceOptions::new(vec![addr.clone()], &alice.token);
+    options.ping_every = Duration::from_millis(200);
+    let mut pinging = Device::start(options);
+    until_synced(&mut pinging).await;
+
+    // ...one that goes silent is closed with DEADLINE_EXCEEDED.
+    let mut silent = ChatClient::connect(&addr)
+        .await
+        .unwrap()
+        .open_stream(&alice.token, &BTreeMap::new())
+        .await
+        .unwrap();
+    let status = loop {
+        match tokio::time::timeout(WAIT, silent.next()).await.unwrap() {
+            Some(Ok(_)) => {}
+            Some(Err(status)) => break status,
+            None => panic!("closed without a status"),
+        }
+    };
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+    // The pinging device saw no disconnect in all that time.
+    while let Ok(event) =
+        tokio::time::timeout(Duration::from_millis(500), pinging.next_event()).await
+    {
+        assert!(
+            !matches!(event, Some(DeviceEvent::Disconnected(_)) | None),
+            "{event:?}"
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! The `chat` CLI end to end: the real binary against a real node (served in-process on a
+//! loopback port), one profile file per device, as the README walkthrough uses it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chatd::config::{Flags, ServerConfig};
+
+struct Env {
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Env {
+    /// Run `chat --profile <who>.json --server <addr> args…` and return (ok, stdout, stderr).
+    async fn chat(&self, who: &str, args: &[&str]) -> (bool, String, String) {
+        let profile = self.dir.join(format!("{who}.json"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat"));
+        command
+            .arg("--profile")
+            .arg(&profile)
+            .args(["--server", &self.addr])
+            .args(args)
+            .env_remove("CHAT_PROFILE")
+            .env_remove("CHAT_SERVER");
+        let out = tokio::task::spawn_blocking(move || command.output().expect("run chat"))
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+}
+
+fn profile(dir: &Path, who: &str) -> chat_client::profile::Profile {
+    chat_client::profile::Profile::load(&dir.join(format!("{who}.json"))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_send_tail_resume_history_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::resolve(Flags {
+        data_dir: Some(dir.path().join("data")),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        partitions: Some(2),
+        ..Flags::default()
+    })
+    .unwrap();
+    let running = chatd::server::start(config).await.unwrap();
+    for p in 0..2 {
+        running
+            .node
+            .wait_for_leader(chat_log::PartitionId(p), std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let env = Env {
+        addr: running.local_addr.to_string(),
+        dir: dir.path().to_path_buf(),
+    };
+
+    let (ok, out, err) = env.chat("alice", &["register", "alice"]).await;
+    assert!(ok && out.contains("registered alice"), "{out}{err}");
+    let (ok, _, err) = env.chat("bob", &["register", "bob"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = env.chat("mallory", &["register", "alice"]).await;
+    assert!(!ok && err.contains("taken"), "{err}");
+
+    let (ok, out, err) = env.chat("bob", &["send", "alice", "hi", "alice"]).await;
+    assert!(ok && out.contains("as seq 1"), "{out}{err}");
+    let (ok, out, err) = env.chat("alice", &["tail", "--count", "1"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("bob: hi alice"), "{out}");
+    assert_eq!(
+        profile(dir.path(), "alice").cursors.values().max(),
+        Some(&1)
+    );
+
+    // Resume: tail picks up exactly where the profile's cursors stopped.
+    env.chat("bob", &["send", "alice", "second"]).await;
+    env.chat("bob", &["send", "alice", "third"]).await;
+    let (ok, out, err) = env.chat("alice", &["tail", "--count", "2"]).await;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].ends_with("bob: second") && lines[1].ends_with("bob: third"),
+        "{out}"
+    );
+
+    let (ok, out, err) = env.chat("alice", &["history", "bob", "--limit", "2"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("(2 of 3 messages)") && out.contains("third"),
+        "{out}"
+    );
+
+    let (ok, out, err) = env
+        .chat("bob", &["group", "create", "friends", "alice"])
+        .await;
+    assert!(ok && out.contains("\"friends\": bob, alice"), "{out}{err}");
+    let (ok, out, err) = env.chat("alice", &["chats"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("group \"friends\"") && out.contains("direct [bob, alice]"),
+        "{out}"
+    );
+
+    running.stop().await.unwrap();
+}

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use chat_gateway::presence::GatewayPeerService;
 use chat_gateway::{ChatService, Gateway};
 use chat_log::{Dispatch, LogNode, RawAppend, RAW_COMMAND_TAG};
 use chat_proto::admin::admin_server::AdminServer;
@@ -66,7 +67,12 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
             .map_err(anyhow::Error::msg)?,
     );
 
-    let gateway = Gateway::start(sequencer.clone(), config.gateway.gateway());
+    let gateway = Gateway::start(sequencer.clone(), &secret, config.gateway.gateway())
+        .map_err(anyhow::Error::msg)?;
+    let gateway_peer = tonic::service::interceptor::InterceptedService::new(
+        GatewayPeerService::server(gateway.hub.clone()),
+        node.secret_check(),
+    );
     let chat_service = ChatService::server(gateway.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -100,6 +106,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(chat_service)
+        .add_service(gateway_peer)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(node.raft_service())

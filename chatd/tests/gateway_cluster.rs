@@ -83,6 +83,12 @@ async fn devices_on_different_nodes_and_a_killed_gateway_node() {
         );
     }
 
+    // Presence asked of node 1 sees streams held by nodes 2 and 3.
+    let handles = ["bob", "carol", "nobody"].map(String::from);
+    let seen = alice.presence(&handles).await.unwrap();
+    let online: Vec<bool> = seen.iter().map(|p| p.online).collect();
+    assert_eq!(online, vec![true, true, false], "{seen:?}");
+
     // Kill bob's node while alice keeps sending (through node 1, which forwards to whichever
     // node leads the chat's partition, retrying through the election).
     cluster.kill9(2);
@@ -114,6 +120,19 @@ async fn devices_on_different_nodes_and_a_killed_gateway_node() {
     assert_eq!(texts(&bob_rest), texts(&carol_rest));
     assert_eq!(bob_rest[0].payload, b"m21");
     assert_eq!(bob_dev.cursors().get(&chat), Some(&80));
+
+    // Bob leaves: offline everywhere, with a last-seen time from the node that held his stream.
+    drop(bob_dev);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let bob = alice.presence(&handles[..1]).await.unwrap().remove(0);
+        if !bob.online {
+            assert!(bob.last_seen_ms > 0, "{bob:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "bob still online");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The killed node comes back and serves devices again, with the whole chat (cursor 0: a
     // device that names no cursor would resume after what carol's device acknowledged).

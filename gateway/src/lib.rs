@@ -7,6 +7,8 @@
 //! - [`hub`]: tails every partition on this node and offers each event to the sessions it
 //!   concerns without ever waiting on one (a full session queue makes it catch up from the log).
 //! - [`auth`]: device bearer tokens checked against the hashed token in the user's partition.
+//! - [`presence`]: cluster-wide presence (this node's hub plus every peer's, over
+//!   `chat.v1.GatewayPeer`).
 //!
 //! Writes go through the node's [`Sequencer`] (which forwards to partition leaders); reads come
 //! from this node's replica through [`StateReader`]. Every node hosts every partition today, so
@@ -14,6 +16,7 @@
 
 pub mod auth;
 pub mod hub;
+pub mod presence;
 pub mod service;
 pub mod session;
 
@@ -59,18 +62,33 @@ pub struct Gateway {
     pub sequencer: Arc<Sequencer>,
     pub reads: StateReader,
     pub hub: Arc<hub::Hub>,
+    pub presence: presence::ClusterPresence,
     pub config: GatewayConfig,
 }
 
 impl Gateway {
-    /// Start the hub's partition tailers. Call inside the tokio runtime.
-    pub fn start(sequencer: Arc<Sequencer>, config: GatewayConfig) -> Arc<Gateway> {
+    /// Start the hub's partition tailers. Call inside the tokio runtime. `cluster_secret`
+    /// authenticates presence lookups to the other nodes.
+    pub fn start(
+        sequencer: Arc<Sequencer>,
+        cluster_secret: &str,
+        config: GatewayConfig,
+    ) -> Result<Arc<Gateway>, String> {
         let node = sequencer.node().clone();
-        Arc::new(Gateway {
-            reads: StateReader::new(node.clone()),
-            hub: hub::Hub::start(node, config.queue_capacity),
+        let hub = hub::Hub::start(node.clone(), config.queue_capacity);
+        let peers = node
+            .members()
+            .iter()
+            .filter(|(&id, _)| id != node.node_id())
+            .map(|(_, addr)| addr.clone())
+            .collect();
+        let secret = chat_proto::AttachSecret::new(cluster_secret).map_err(|e| e.to_string())?;
+        Ok(Arc::new(Gateway {
+            reads: StateReader::new(node),
+            presence: presence::ClusterPresence::new(hub.clone(), secret, peers),
+            hub,
             sequencer,
             config,
-        })
+        }))
     }
 }

@@ -313,20 +313,21 @@ impl Chat for ChatService {
         request: Request<pb::PresenceRequest>,
     ) -> Result<Response<pb::PresenceReply>, Status> {
         self.caller(&request).await?;
-        let users = request
-            .into_inner()
-            .handles
+        let handles = request.into_inner().handles;
+        let ids: Vec<UserId> = handles.iter().map(|h| user_id_for_handle(h)).collect();
+        let found = self.gw.presence.lookup(&ids).await;
+        let users = handles
             .into_iter()
-            .map(|handle| {
-                let user = user_id_for_handle(&handle);
-                let (online, last_seen_ms) = self.gw.hub.presence(user);
-                pb::UserPresence {
+            .zip(ids)
+            .zip(found)
+            .map(
+                |((handle, user), (online, last_seen_ms))| pb::UserPresence {
                     handle,
                     user_id: user.0,
                     online,
                     last_seen_ms,
-                }
-            })
+                },
+            )
             .collect();
         Ok(Response::new(pb::PresenceReply { users }))
     }

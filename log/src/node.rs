@@ -237,6 +237,11 @@ impl LogNode {
         self.config.node_id
     }
 
+    /// Every configured voter and its address, this node included.
+    pub fn members(&self) -> &BTreeMap<NodeId, String> {
+        &self.config.members
+    }
+
     pub fn partition_count(&self) -> u32 {
         self.config.partitions
     }

@@ -492,3 +492,87 @@ async fn silent_streams_are_closed_and_pinging_ones_are_not() {
         );
     }
 }
+
+/// A gRPC codec that sends frames as given (so a test can send bytes that are not protobuf) and
+/// decodes server frames normally.
+#[derive(Default, Clone)]
+struct RawCodec;
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = chat_proto::chat_v1::ServerFrame;
+    type Encoder = RawEncoder;
+    type Decoder = <tonic_prost::ProstCodec<
+        chat_proto::chat_v1::ClientFrame,
+        chat_proto::chat_v1::ServerFrame,
+    > as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
+            chat_proto::chat_v1::ClientFrame,
+            chat_proto::chat_v1::ServerFrame,
+        >::default())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bytes_that_are_not_a_frame_end_that_stream_only() {
+    let cluster = Cluster::start_with(1, 2, CONFIG);
+    let addr = cluster.node(1).addr.clone();
+    cluster.wait_for_leaders(1, WAIT).await;
+    let alice = register(&addr, "alice").await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    // A length-delimited field claiming 127 bytes that are not there: not a ClientFrame.
+    let garbage = vec![0x0a, 0x7f, 0x01, 0x02];
+    let frames = tokio_stream::iter(vec![garbage]);
+    let path = http::uri::PathAndQuery::from_static("/chat.v1.Chat/Connect");
+    let mut stream = grpc
+        .streaming(tonic::Request::new(frames), path, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match tokio::time::timeout(WAIT, stream.message()).await.unwrap() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("closed without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert!(
+        matches!(status.code(), Code::Internal | Code::InvalidArgument),
+        "{status:?}"
+    );
+    assert!(status.message().contains("decode"), "{status:?}");
+
+    // The node serves on.
+    let mut d = device(std::slice::from_ref(&addr), &alice.token, BTreeMap::new());
+    until_synced(&mut d).await;
+}

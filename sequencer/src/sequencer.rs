@@ -343,7 +343,15 @@ impl Sequencer {
     /// trip: callers use it when a local read missed something that may just not be applied
     /// here yet (a device registered through another node, say).
     pub async fn read_barrier(&self, p: PartitionId) -> Result<(), SeqError> {
-        let offset = match self.node.read_index(p).await {
+        // Without a quorum the leader cannot confirm its term; do not wait for ever.
+        let local = tokio::time::timeout(self.config.submit_timeout, self.node.read_index(p))
+            .await
+            .map_err(|_| SeqError::Unavailable {
+                message: format!("no quorum confirmed the leader of {p} in time"),
+                leader_id: None,
+                leader_addr: None,
+            })?;
+        let offset = match local {
             Ok(offset) => offset,
             Err(e) => match leader_elsewhere(&e, self.node.node_id()) {
                 Some(addr) => {

@@ -1,5 +1,6 @@
-//! The admin gRPC service (`chat.admin.v1.Admin`) over a [`LogNode`]: status, raw appends,
-//! reads, digests, compaction and checksum verification. Used by `chatctl`, the benchmark and the
+//! The admin gRPC service (`chat.admin.v1.Admin`) over a [`LogNode`] and its [`Projector`]:
+//! status, raw appends, reads, digests, compaction, checksum verification, projection status
+//! and rebuilds. Used by `chatctl`, the benchmark and the
 //! tests; guarded by the cluster secret like Raft RPC.
 
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use chat_log::{
     CommandOutcome, Dispatch, LogNode, LogOffset, PartitionId, ProposeError, StoreError,
     RAW_COMMAND_TAG,
 };
+use chat_projector::Projector;
 use chat_proto::admin::admin_server::Admin;
 use chat_proto::admin::*;
 use chat_proto::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
@@ -22,11 +24,12 @@ pub const MAX_READ_EVENTS: u32 = 10_000;
 
 pub struct AdminService {
     node: Arc<LogNode>,
+    projector: Arc<Projector>,
 }
 
 impl AdminService {
-    pub fn new(node: Arc<LogNode>) -> Self {
-        AdminService { node }
+    pub fn new(node: Arc<LogNode>, projector: Arc<Projector>) -> Self {
+        AdminService { node, projector }
     }
 
     fn partition(&self, p: u32) -> Result<PartitionId, Status> {
@@ -214,5 +217,45 @@ impl Admin for AdminService {
             records_checked,
             errors,
         }))
+    }
+
+    async fn projections(
+        &self,
+        _: Request<ProjectionsRequest>,
+    ) -> Result<Response<ProjectionsReply>, Status> {
+        let internal = |e: String| Status::internal(e);
+        let mut projections = Vec::new();
+        for st in self
+            .projector
+            .status()
+            .map_err(|e| internal(e.to_string()))?
+        {
+            let (_, digest) = self
+                .projector
+                .digest(st.partition, st.projection)
+                .map_err(internal)?;
+            projections.push(ProjectionStatus {
+                partition: st.partition.0,
+                name: st.projection.to_string(),
+                checkpoint: st.checkpoint,
+                generation: st.generation,
+                rebuilding: st.rebuilding.is_some(),
+                rebuild_checkpoint: st.rebuilding.unwrap_or_default(),
+                digest: hex::encode(digest),
+            });
+        }
+        Ok(Response::new(ProjectionsReply { projections }))
+    }
+
+    async fn rebuild_projection(
+        &self,
+        request: Request<RebuildProjectionRequest>,
+    ) -> Result<Response<RebuildProjectionReply>, Status> {
+        let r = request.into_inner();
+        let p = self.partition(r.partition)?;
+        self.projector
+            .rebuild(p, &r.name)
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(RebuildProjectionReply {}))
     }
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use chat_gateway::presence::GatewayPeerService;
 use chat_gateway::{ChatService, Gateway};
 use chat_log::{Dispatch, LogNode, RawAppend, RAW_COMMAND_TAG};
+use chat_projector::{ChatsProjection, Projector};
 use chat_proto::admin::admin_server::AdminServer;
 use chat_sequencer::service::SequencerService;
 use chat_sequencer::{ChatHandler, Sequencer, CHAT_COMMAND_TAG};
@@ -24,6 +25,7 @@ pub struct Running {
     pub node: Arc<LogNode>,
     pub sequencer: Arc<Sequencer>,
     pub gateway: Arc<Gateway>,
+    pub projector: Arc<Projector>,
     pub local_addr: std::net::SocketAddr,
     stop_tx: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -67,8 +69,14 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
             .map_err(anyhow::Error::msg)?,
     );
 
-    let gateway = Gateway::start(sequencer.clone(), &secret, config.gateway.gateway())
-        .map_err(anyhow::Error::msg)?;
+    let projector = Projector::start(node.clone(), vec![Arc::new(ChatsProjection)]);
+    let gateway = Gateway::start(
+        sequencer.clone(),
+        projector.clone(),
+        &secret,
+        config.gateway.gateway(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let gateway_peer = tonic::service::interceptor::InterceptedService::new(
         GatewayPeerService::server(gateway.hub.clone()),
         node.secret_check(),
@@ -92,7 +100,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .context("building the gRPC reflection service")?;
-    let admin = AdminServer::new(AdminService::new(node.clone()))
+    let admin = AdminServer::new(AdminService::new(node.clone(), projector.clone()))
         .max_decoding_message_size(chat_log::network::MAX_MESSAGE_BYTES);
     let admin = tonic::service::interceptor::InterceptedService::new(admin, node.secret_check());
 
@@ -127,6 +135,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         node,
         sequencer,
         gateway,
+        projector,
         local_addr,
         stop_tx,
         server,

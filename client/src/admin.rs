@@ -128,6 +128,24 @@ impl Admin {
             .into_inner())
     }
 
+    pub async fn projections(&mut self) -> anyhow::Result<ProjectionsReply> {
+        Ok(self
+            .client
+            .projections(ProjectionsRequest {})
+            .await?
+            .into_inner())
+    }
+
+    pub async fn rebuild_projection(&mut self, partition: u32, name: &str) -> anyhow::Result<()> {
+        self.client
+            .rebuild_projection(RebuildProjectionRequest {
+                partition,
+                name: name.to_string(),
+            })
+            .await?;
+        Ok(())
+    }
+
     pub async fn verify(&mut self) -> anyhow::Result<VerifyReply> {
         Ok(self
             .client

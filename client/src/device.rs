@@ -159,6 +159,12 @@ impl ChatClient {
         Ok(self.rpc.history(request).await?.into_inner())
     }
 
+    /// The caller's chats, most recent activity first, with unread counts and ticks.
+    pub async fn inbox(&mut self) -> Result<Vec<pb::InboxEntry>, Status> {
+        let request = self.request(pb::InboxRequest {});
+        Ok(self.rpc.inbox(request).await?.into_inner().chats)
+    }
+
     pub async fn presence(&mut self, handles: &[String]) -> Result<Vec<pb::UserPresence>, Status> {
         let request = self.request(pb::PresenceRequest {
             handles: handles.to_vec(),
@@ -294,6 +300,8 @@ pub enum DeviceEvent {
     Synced,
     Message(pb::Message),
     Receipt(pb::ReceiptFrame),
+    /// This user's ticks in a chat moved (every other member delivered / read up to).
+    Ticks(pb::TickFrame),
     ChatUpdate(pb::ChatUpdate),
     /// A frame the server refused (the stream stays open).
     Error(pb::ErrorFrame),
@@ -573,6 +581,7 @@ impl Actor {
                 Ok(())
             }
             server_frame::Kind::Receipt(r) => self.emit(DeviceEvent::Receipt(r)).await,
+            server_frame::Kind::Ticks(t) => self.emit(DeviceEvent::Ticks(t)).await,
             server_frame::Kind::ChatUpdate(u) => {
                 if u.member {
                     let mut cursors = self.cursors.lock().expect("cursor lock");

@@ -39,6 +39,8 @@ pub enum Push {
     Revoked {
         device: DeviceId,
     },
+    /// The user's ticks in a chat moved.
+    Ticks(pb::TickFrame),
 }
 
 /// The hub's side of one connected device stream.
@@ -161,6 +163,16 @@ impl Hub {
                 s.offer(push.clone());
             }
         }
+    }
+
+    /// Offer a tick change to `user`'s streams.
+    pub fn push_ticks(&self, user: UserId, chat: ChatId, delivered_up_to: u64, read_up_to: u64) {
+        let push = Push::Ticks(pb::TickFrame {
+            chat_id: chat.0,
+            delivered_up_to,
+            read_up_to,
+        });
+        self.offer_to_users(&[user], &push);
     }
 
     fn chat_members(&self, chat: ChatId) -> Arc<Vec<UserId>> {

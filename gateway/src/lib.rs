@@ -7,6 +7,7 @@
 //! - [`hub`]: tails every partition on this node and offers each event to the sessions it
 //!   concerns without ever waiting on one (a full session queue makes it catch up from the log).
 //! - [`auth`]: device bearer tokens checked against the hashed token in the user's partition.
+//! - ticks: the projector's tick changes (see `chat-projector`) go to the member's streams.
 //! - [`presence`]: cluster-wide presence (this node's hub plus every peer's, over
 //!   `chat.v1.GatewayPeer`).
 //!
@@ -23,6 +24,8 @@ pub mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_projector::{Change, Projector};
+use chat_sequencer::ids::{ChatId, UserId};
 use chat_sequencer::{Sequencer, StateReader};
 
 pub use service::ChatService;
@@ -63,6 +66,7 @@ pub struct Gateway {
     pub reads: StateReader,
     pub hub: Arc<hub::Hub>,
     pub presence: presence::ClusterPresence,
+    pub projector: Arc<Projector>,
     pub config: GatewayConfig,
 }
 
@@ -71,6 +75,7 @@ impl Gateway {
     /// authenticates presence lookups to the other nodes.
     pub fn start(
         sequencer: Arc<Sequencer>,
+        projector: Arc<Projector>,
         cluster_secret: &str,
         config: GatewayConfig,
     ) -> Result<Arc<Gateway>, String> {
@@ -83,12 +88,35 @@ impl Gateway {
             .map(|(_, addr)| addr.clone())
             .collect();
         let secret = chat_proto::AttachSecret::new(cluster_secret).map_err(|e| e.to_string())?;
+        tokio::spawn(push_ticks(hub.clone(), projector.subscribe()));
         Ok(Arc::new(Gateway {
             reads: StateReader::new(node),
             presence: presence::ClusterPresence::new(hub.clone(), secret, peers),
             hub,
             sequencer,
+            projector,
             config,
         }))
+    }
+}
+
+/// Push each member's tick changes, as the projector announces them, to that member's streams.
+/// Ticks are watermarks: a change missed because this task fell behind is superseded by the
+/// next one (and the Inbox RPC always has the current value).
+async fn push_ticks(hub: Arc<hub::Hub>, mut changes: tokio::sync::broadcast::Receiver<Change>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match changes.recv().await {
+            Ok(Change::Ticks {
+                chat,
+                user,
+                delivered_up_to,
+                read_up_to,
+            }) => hub.push_ticks(UserId(user), ChatId(chat), delivered_up_to, read_up_to),
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "tick pushes fell behind the projector")
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }

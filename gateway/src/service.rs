@@ -308,6 +308,48 @@ impl Chat for ChatService {
         Ok(Response::new(page))
     }
 
+    async fn inbox(
+        &self,
+        request: Request<pb::InboxRequest>,
+    ) -> Result<Response<pb::InboxReply>, Status> {
+        let me = self.caller(&request).await?;
+        let store = self.gw.projector.store();
+        let mut entries = Vec::new();
+        for p in 0..self.gw.sequencer.node().partition_count() {
+            let view = store
+                .read(
+                    chat_log::PartitionId(p),
+                    chat_projector::chats::CHATS_PROJECTION_ID,
+                )
+                .map_err(storage)?;
+            entries.extend(chat_projector::chats::inbox_part(&view, me.user.0).map_err(storage)?);
+        }
+        // Most recent activity first; ties by chat id so the order is stable.
+        entries.sort_by(|a, b| {
+            b.summary
+                .last_activity_ms
+                .cmp(&a.summary.last_activity_ms)
+                .then(a.chat.cmp(&b.chat))
+        });
+        let chats = entries
+            .into_iter()
+            .map(|e| pb::InboxEntry {
+                chat_id: e.chat,
+                kind: e.summary.kind,
+                name: e.summary.name,
+                last_seq: e.summary.last_seq,
+                last_activity_ms: e.summary.last_activity_ms,
+                last_sender: e.summary.last_sender,
+                unread: e.unread,
+                delivered_up_to: e.mark.delivered,
+                read_up_to: e.mark.read,
+                ticks_delivered: e.ticks.delivered,
+                ticks_read: e.ticks.read,
+            })
+            .collect();
+        Ok(Response::new(pb::InboxReply { chats }))
+    }
+
     async fn presence(
         &self,
         request: Request<pb::PresenceRequest>,

@@ -354,6 +354,12 @@ impl Session {
                 });
                 self.emit(frame).await
             }
+            Push::Ticks(t) => {
+                if !self.chats.contains_key(&ChatId(t.chat_id)) {
+                    return Ok(());
+                }
+                self.emit(server_frame::Kind::Ticks(t)).await
+            }
             Push::Revoked { device } if device == self.me.device => Err(Status::unauthenticated(
                 format!("device {device} has been revoked"),
             )),

@@ -74,8 +74,19 @@ pub mod cf {
     pub const SNAPSHOTS: &str = "snapshots";
     /// Node-level records (which node and how many partitions this data dir was made for).
     pub const NODE: &str = "node";
+    /// Read models derived from the event log, local to each node (chat-projector):
+    /// `[partition][tag u8][projection u8]…`. Never part of Raft snapshots: rebuilt by replay.
+    pub const PROJECTIONS: &str = "projections";
 
-    pub const ALL: [&str; 6] = [RAFT_LOG, RAFT_META, EVENTS, STATE, SNAPSHOTS, NODE];
+    pub const ALL: [&str; 7] = [
+        RAFT_LOG,
+        RAFT_META,
+        EVENTS,
+        STATE,
+        SNAPSHOTS,
+        NODE,
+        PROJECTIONS,
+    ];
 }
 
 /// Tags of the per-partition keys in [`cf::RAFT_META`].
@@ -171,6 +182,12 @@ pub fn describe_key(cf: &str, key: &[u8]) -> String {
             format!("partition {p} state ns {} key {}", key[4], hex(&key[5..]))
         }
         (cf::SNAPSHOTS, Some(p), _) if key.len() == 4 => format!("partition {p} snapshot"),
+        (cf::PROJECTIONS, Some(p), _) if key.len() >= 6 => format!(
+            "partition {p} projection {} {} key {}",
+            key[5],
+            key[4] as char,
+            hex(&key[6..])
+        ),
         _ => format!("0x{}", hex(key)),
     }
 }

@@ -154,6 +154,11 @@ impl Engine {
         batch.put_cf(self.cf(cf_name), key, codec::frame(value));
     }
 
+    /// Add a delete of every key in `from..to` of a column family to `batch`.
+    pub fn delete_range(&self, batch: &mut WriteBatch, cf_name: &str, from: &[u8], to: &[u8]) {
+        batch.delete_range_cf(self.cf(cf_name), from, to);
+    }
+
     /// Apply a write batch atomically.
     pub fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), StoreError> {
         let mut opts = WriteOptions::default();

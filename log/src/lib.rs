@@ -27,8 +27,10 @@ pub mod types;
 pub use apply::{
     ApplyContext, CommandHandler, Dispatch, RawAppend, RAW_COMMAND_TAG, RAW_EVENT_KIND,
 };
-pub use engine::{Engine, StoreError};
+pub use engine::{Durability, Engine, StoreError};
 pub use node::{LogNode, LogNodeConfig, NodeStatus, PartitionStatus, ProposeError, RaftTuning};
+/// RocksDB write batches, for crates that write next to the log (projections).
+pub use rocksdb::WriteBatch;
 pub use types::{
     CommandOutcome, LogOffset, NodeId, PartitionId, Proposal, ProposalOutcome, RejectCode,
     TypeConfig,

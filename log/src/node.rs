@@ -368,7 +368,8 @@ impl LogNode {
         Ok(*part.offsets.borrow())
     }
 
-    /// Wait until this replica of `p` has applied `offset`; false on timeout.
+    /// Wait until this replica of `p` has applied `offset`; false on timeout, an error once the
+    /// partition has stopped.
     pub async fn wait_for_offset(
         &self,
         p: PartitionId,
@@ -376,8 +377,17 @@ impl LogNode {
         timeout: Duration,
     ) -> Result<bool, ProposeError> {
         let mut offsets = self.partition(p)?.offsets.clone();
-        let reached = tokio::time::timeout(timeout, offsets.wait_for(|o| *o >= offset)).await;
-        Ok(matches!(reached, Ok(Ok(_))))
+        let reached = tokio::time::timeout(timeout, offsets.wait_for(|o| *o >= offset))
+            .await
+            .map(|r| r.map(|_| ()));
+        match reached {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(_)) => Err(ProposeError::Stopped {
+                partition: p,
+                message: "the partition's state machine has stopped".into(),
+            }),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Follow `p`'s committed events from offset `from`: first what is stored, then each event as

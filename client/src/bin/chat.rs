@@ -65,6 +65,8 @@ enum Command {
     },
     /// This account's chats.
     Chats,
+    /// Chats by latest activity, with unread counts and ticks on your last messages.
+    Inbox,
     /// Groups: create, add, remove.
     #[command(subcommand)]
     Group(GroupCommand),
@@ -182,6 +184,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             profile.save(&path)?;
+        }
+        Command::Inbox => {
+            for c in client.inbox().await? {
+                let title = if c.kind == pb::ChatKind::Group as i32 {
+                    c.name.clone()
+                } else {
+                    format!("#{}", c.chat_id)
+                };
+                let ticks = if c.ticks_read >= c.last_seq && c.last_seq > 0 {
+                    "read by all"
+                } else if c.ticks_delivered >= c.last_seq && c.last_seq > 0 {
+                    "delivered to all"
+                } else {
+                    ""
+                };
+                println!(
+                    "#{} {title}: {} unread of {} {ticks}",
+                    c.chat_id, c.unread, c.last_seq
+                );
+            }
         }
         Command::Group(g) => {
             let info = match g {
@@ -356,6 +378,10 @@ async fn tail(
                 r.read_up_to
             ),
             DeviceEvent::Receipt(_) => {}
+            DeviceEvent::Ticks(t) => eprintln!(
+                "#{} your messages: delivered to all up to {}, read by all up to {}",
+                t.chat_id, t.delivered_up_to, t.read_up_to
+            ),
             DeviceEvent::ChatUpdate(u) if u.member => eprintln!("joined chat #{}", u.chat_id),
             DeviceEvent::ChatUpdate(u) => eprintln!("left chat #{}", u.chat_id),
             DeviceEvent::Error(e) => eprintln!("server refused a frame: {}", e.message),

@@ -60,6 +60,18 @@ enum Cmd {
     },
     /// Re-read every stored record on the node and check its crc32. Exit status 1 on any error.
     Verify,
+    /// Where each projection of each partition stands on the node, with digests.
+    Projections,
+    /// Rebuild a projection of a partition (all partitions when absent) by replay, while serving.
+    Rebuild {
+        /// The projection (e.g. `chats`).
+        name: String,
+        #[arg(long, short)]
+        partition: Option<u32>,
+        /// Wait until the rebuilt copies are live, printing progress.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -130,6 +142,55 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "partition {partition}: snapshot at raft index {}",
                 reply.snapshot_index
             );
+        }
+        Cmd::Projections => {
+            for p in admin.projections().await?.projections {
+                let rebuild = if p.rebuilding {
+                    format!("\trebuilding at {}", p.rebuild_checkpoint)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "partition {}	{}	checkpoint {}	generation {}	sha256 {}{rebuild}",
+                    p.partition, p.name, p.checkpoint, p.generation, p.digest
+                );
+            }
+        }
+        Cmd::Rebuild {
+            name,
+            partition,
+            wait,
+        } => {
+            let partitions = match partition {
+                Some(p) => vec![p],
+                None => (0..admin.status().await?.partition_count).collect(),
+            };
+            for &p in &partitions {
+                admin.rebuild_projection(p, &name).await?;
+            }
+            println!("rebuilding {name} of partitions {partitions:?}");
+            if wait {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let all = admin.projections().await?.projections;
+                    let pending: Vec<_> = all
+                        .iter()
+                        .filter(|s| {
+                            s.name == name && s.rebuilding && partitions.contains(&s.partition)
+                        })
+                        .collect();
+                    if pending.is_empty() {
+                        println!("done: the rebuilt copies are live");
+                        break;
+                    }
+                    for s in pending {
+                        eprintln!(
+                            "partition {}: replayed {} of {}",
+                            s.partition, s.rebuild_checkpoint, s.checkpoint
+                        );
+                    }
+                }
+            }
         }
         Cmd::Verify => {
             let reply = admin.verify().await?;

@@ -1,0 +1,329 @@
+//! The `chats` projection (id 1): per chat a summary and every member's watermarks; per user a
+//! row for each chat (in the chat's partition). Inboxes and ticks are read from it.
+//!
+//! | key | value |
+//! |---|---|
+//! | `c ‖ chat` | [`ChatSummary`]: kind, name, last seq, last activity, last sender |
+//! | `w ‖ chat` | [`Marks`]: per member the seq they joined after and their delivered/read marks |
+//! | `u ‖ user ‖ chat` | (empty): the user is a member |
+//!
+//! Inboxes are fan-out-on-read: a message rewrites one small summary, not a row per member;
+//! the unread count is computed when asked (last seq − the user's read mark, never counting what
+//! came before the user joined; a sender's own messages count as read by them). Ticks: for member X, "delivered" is the lowest delivered mark
+//! among the *other* members (every one of them has X's messages up to it), "read" likewise.
+
+use std::collections::BTreeMap;
+
+use chat_log::StoreError;
+use chat_proto::chat_v1::{self as pb, chat_event};
+use chat_proto::log::LogEvent;
+use chat_sequencer::CHAT_EVENT_KIND;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::runner::{Change, Projection};
+use crate::store::{LiveView, Txn};
+
+pub const CHATS_PROJECTION_ID: u8 = 1;
+pub const CHATS_PROJECTION: &str = "chats";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatSummary {
+    pub kind: i32,
+    pub name: String,
+    pub last_seq: u64,
+    /// Server time of the last message (or of the creation).
+    pub last_activity_ms: u64,
+    pub last_sender: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub joined_after: u64,
+    pub delivered: u64,
+    pub read: u64,
+}
+
+/// Every member's marks, by user id.
+pub type Marks = BTreeMap<u64, Mark>;
+
+/// A member's ticks: what every other member has delivered / read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ticks {
+    pub delivered: u64,
+    pub read: u64,
+}
+
+fn summary_key(chat: u64) -> Vec<u8> {
+    [&[b'c'][..], &chat.to_be_bytes()].concat()
+}
+
+fn marks_key(chat: u64) -> Vec<u8> {
+    [&[b'w'][..], &chat.to_be_bytes()].concat()
+}
+
+fn row_key(user: u64, chat: u64) -> Vec<u8> {
+    [&[b'u'][..], &user.to_be_bytes(), &chat.to_be_bytes()].concat()
+}
+
+/// The prefix of a user's rows.
+pub fn rows_prefix(user: u64) -> Vec<u8> {
+    [&[b'u'][..], &user.to_be_bytes()].concat()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::deserialize(bytes).map_err(|e| StoreError::decode(what, e))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("records serialize")
+}
+
+/// Each member's ticks, from the marks (O(members): the two lowest marks of each kind).
+pub fn ticks(marks: &Marks) -> BTreeMap<u64, Ticks> {
+    fn two_lowest(values: impl Iterator<Item = (u64, u64)>) -> [(u64, u64); 2] {
+        let mut low = [(u64::MAX, 0), (u64::MAX, 0)]; // (value, user)
+        for (user, v) in values {
+            if v < low[0].0 {
+                low[1] = low[0];
+                low[0] = (v, user);
+            } else if v < low[1].0 {
+                low[1] = (v, user);
+            }
+        }
+        low
+    }
+    let d = two_lowest(marks.iter().map(|(&u, m)| (u, m.delivered)));
+    let r = two_lowest(marks.iter().map(|(&u, m)| (u, m.read)));
+    let others = |low: &[(u64, u64); 2], user: u64| {
+        let v = if low[0].1 == user { low[1].0 } else { low[0].0 };
+        if v == u64::MAX {
+            0 // nobody else in the chat
+        } else {
+            v
+        }
+    };
+    marks
+        .keys()
+        .map(|&u| {
+            (
+                u,
+                Ticks {
+                    delivered: others(&d, u),
+                    read: others(&r, u),
+                },
+            )
+        })
+        .collect()
+}
+
+pub struct ChatsProjection;
+
+impl ChatsProjection {
+    fn marks(txn: &Txn<'_>, chat: u64) -> Result<Marks, StoreError> {
+        Ok(match txn.get(&marks_key(chat))? {
+            Some(b) => decode("chat marks", &b)?,
+            None => Marks::new(),
+        })
+    }
+
+    /// Store new marks and announce the members whose ticks moved.
+    fn set_marks(
+        txn: &mut Txn<'_>,
+        chat: u64,
+        before: &Marks,
+        after: &Marks,
+        changes: &mut Vec<Change>,
+    ) {
+        let (old, new) = (ticks(before), ticks(after));
+        for (&user, t) in &new {
+            if old.get(&user) != Some(t) {
+                changes.push(Change::Ticks {
+                    chat,
+                    user,
+                    delivered_up_to: t.delivered,
+                    read_up_to: t.read,
+                });
+            }
+        }
+        txn.put(&marks_key(chat), encode(after));
+    }
+}
+
+impl Projection for ChatsProjection {
+    fn id(&self) -> u8 {
+        CHATS_PROJECTION_ID
+    }
+
+    fn name(&self) -> &'static str {
+        CHATS_PROJECTION
+    }
+
+    fn apply(
+        &self,
+        event: &LogEvent,
+        txn: &mut Txn<'_>,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), StoreError> {
+        if event.kind != CHAT_EVENT_KIND {
+            return Ok(());
+        }
+        let Ok(pb::ChatEvent { kind: Some(kind) }) = pb::ChatEvent::decode(event.payload.as_ref())
+        else {
+            return Ok(()); // the log layer already verified the frame; nothing here to project
+        };
+        match kind {
+            chat_event::Kind::ChatCreated(c) => {
+                let summary = ChatSummary {
+                    kind: c.kind,
+                    name: c.name,
+                    last_seq: 0,
+                    last_activity_ms: event.timestamp_ms,
+                    last_sender: 0,
+                };
+                txn.put(&summary_key(c.chat_id), encode(&summary));
+                let marks: Marks = c.members.iter().map(|&u| (u, Mark::default())).collect();
+                for &u in &c.members {
+                    txn.put(&row_key(u, c.chat_id), Vec::new());
+                }
+                Self::set_marks(txn, c.chat_id, &Marks::new(), &marks, changes);
+            }
+            chat_event::Kind::MembersChanged(c) => {
+                let before = Self::marks(txn, c.chat_id)?;
+                let mut after = before.clone();
+                for &u in &c.added {
+                    // Nothing before the join is theirs: it counts as delivered and read.
+                    let mark = Mark {
+                        joined_after: c.last_seq,
+                        delivered: c.last_seq,
+                        read: c.last_seq,
+                    };
+                    after.insert(u, mark);
+                    txn.put(&row_key(u, c.chat_id), Vec::new());
+                }
+                for &u in &c.removed {
+                    after.remove(&u);
+                    txn.delete(&row_key(u, c.chat_id));
+                }
+                Self::set_marks(txn, c.chat_id, &before, &after, changes);
+            }
+            chat_event::Kind::Message(m) => {
+                let key = summary_key(m.chat_id);
+                let mut summary: ChatSummary = match txn.get(&key)? {
+                    Some(b) => decode("chat summary", &b)?,
+                    None => ChatSummary::default(),
+                };
+                summary.last_seq = m.seq;
+                summary.last_activity_ms = m.server_ts_ms;
+                summary.last_sender = m.sender_user;
+                txn.put(&key, encode(&summary));
+                // A sender has delivered and read their own message.
+                let before = Self::marks(txn, m.chat_id)?;
+                let mut after = before.clone();
+                if let Some(mark) = after.get_mut(&m.sender_user) {
+                    mark.delivered = mark.delivered.max(m.seq);
+                    mark.read = mark.read.max(m.seq);
+                }
+                if after != before {
+                    Self::set_marks(txn, m.chat_id, &before, &after, changes);
+                }
+            }
+            chat_event::Kind::ReceiptAdvanced(r) => {
+                let before = Self::marks(txn, r.chat_id)?;
+                let mut after = before.clone();
+                if let Some(mark) = after.get_mut(&r.user_id) {
+                    mark.delivered = mark.delivered.max(r.delivered_up_to);
+                    mark.read = mark.read.max(r.read_up_to);
+                }
+                if after != before {
+                    Self::set_marks(txn, r.chat_id, &before, &after, changes);
+                }
+            }
+            chat_event::Kind::UserRegistered(_)
+            | chat_event::Kind::DeviceAdded(_)
+            | chat_event::Kind::DeviceRevoked(_) => {}
+        }
+        Ok(())
+    }
+}
+
+/// One chat of a user's inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    pub chat: u64,
+    pub summary: ChatSummary,
+    pub mark: Mark,
+    pub unread: u64,
+    pub ticks: Ticks,
+}
+
+/// The chats of `user` that live in the partition `view` reads.
+pub fn inbox_part(view: &LiveView<'_>, user: u64) -> Result<Vec<InboxEntry>, StoreError> {
+    let mut out = Vec::new();
+    for (key, _) in view.scan_prefix(&rows_prefix(user))? {
+        let Some(chat) = key
+            .get(9..17)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+        else {
+            continue;
+        };
+        let summary: ChatSummary = match view.get(&summary_key(chat))? {
+            Some(b) => decode("chat summary", &b)?,
+            None => continue,
+        };
+        let marks: Marks = match view.get(&marks_key(chat))? {
+            Some(b) => decode("chat marks", &b)?,
+            None => Marks::new(),
+        };
+        let mark = marks.get(&user).copied().unwrap_or_default();
+        let seen = mark.read.max(mark.joined_after);
+        out.push(InboxEntry {
+            chat,
+            unread: summary.last_seq.saturating_sub(seen),
+            ticks: ticks(&marks).get(&user).copied().unwrap_or_default(),
+            summary,
+            mark,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_the_lowest_mark_among_the_others() {
+        let m = |d, r| Mark {
+            joined_after: 0,
+            delivered: d,
+            read: r,
+        };
+        let marks: Marks = [(1, m(10, 5)), (2, m(7, 7)), (3, m(9, 2))].into();
+        let t = ticks(&marks);
+        assert_eq!(
+            t[&1],
+            Ticks {
+                delivered: 7,
+                read: 2
+            }
+        );
+        assert_eq!(
+            t[&2],
+            Ticks {
+                delivered: 9,
+                read: 2
+            }
+        );
+        assert_eq!(
+            t[&3],
+            Ticks {
+                delivered: 7,
+                read: 5
+            }
+        );
+        let alone: Marks = [(1, m(3, 3))].into();
+        assert_eq!(ticks(&alone)[&1], Ticks::default());
+    }
+}

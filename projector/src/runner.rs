@@ -1,0 +1,249 @@
+//! Runs every projection over every partition of the node, and rebuilds them on request.
+//!
+//! One task per (partition, projection) follows the partition's event log from the live
+//! checkpoint, a batch of events at a time: it applies the batch to a transaction and commits
+//! output and checkpoint together, then announces the batch's [`Change`]s to subscribers (the
+//! gateway). A rebuild runs in the same task, interleaved with live batches: a second cursor
+//! replays the log from offset 0 into a new generation until it reaches the live checkpoint,
+//! then the new generation becomes live in one write. Readers never see a half-built copy, and
+//! the live copy keeps serving and advancing meanwhile.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_log::{LogNode, LogOffset, PartitionId, StoreError};
+use chat_proto::log::LogEvent;
+use tokio::sync::{broadcast, Notify};
+
+use crate::store::{Cursor, ProjectionStore, Txn};
+
+/// Events applied per batch (one write batch each).
+const BATCH: usize = 1024;
+
+/// What a projection announces when its live copy changes (the gateway pushes these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A member's ticks in a chat moved: every other member has delivered / read up to these
+    /// seqs, so the member's own messages up to them are delivered / read.
+    Ticks {
+        chat: u64,
+        user: u64,
+        delivered_up_to: u64,
+        read_up_to: u64,
+    },
+}
+
+/// A read model derived from a partition's events.
+pub trait Projection: Send + Sync + 'static {
+    /// Stable id: part of every stored key. Never reuse one for a different projection.
+    fn id(&self) -> u8;
+    fn name(&self) -> &'static str;
+    /// Apply one event, deterministically: only the event and the projection's own keys.
+    fn apply(
+        &self,
+        event: &LogEvent,
+        txn: &mut Txn<'_>,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), StoreError>;
+}
+
+/// Where one projection of one partition stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionStatus {
+    pub partition: PartitionId,
+    pub projection: &'static str,
+    pub checkpoint: u64,
+    pub generation: u32,
+    /// The rebuild's checkpoint while one runs.
+    pub rebuilding: Option<u64>,
+}
+
+/// The projections of one node.
+pub struct Projector {
+    node: Arc<LogNode>,
+    store: ProjectionStore,
+    projections: Vec<Arc<dyn Projection>>,
+    changes: broadcast::Sender<Change>,
+    wake: HashMap<(u32, u8), Arc<Notify>>,
+}
+
+impl Projector {
+    /// Start projecting every partition of `node`. Call inside the tokio runtime.
+    pub fn start(node: Arc<LogNode>, projections: Vec<Arc<dyn Projection>>) -> Arc<Projector> {
+        let store = ProjectionStore::new(node.engine().clone());
+        let (changes, _) = broadcast::channel(4096);
+        let mut wake = HashMap::new();
+        for p in 0..node.partition_count() {
+            for proj in &projections {
+                wake.insert((p, proj.id()), Arc::new(Notify::new()));
+            }
+        }
+        let projector = Arc::new(Projector {
+            node,
+            store,
+            projections,
+            changes,
+            wake,
+        });
+        for p in 0..projector.node.partition_count() {
+            for proj in &projector.projections {
+                tokio::spawn(run(projector.clone(), PartitionId(p), proj.clone()));
+            }
+        }
+        projector
+    }
+
+    pub fn store(&self) -> &ProjectionStore {
+        &self.store
+    }
+
+    /// Changes of the live copies from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn projection(&self, name: &str) -> Option<&Arc<dyn Projection>> {
+        self.projections.iter().find(|p| p.name() == name)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.projections.iter().map(|p| p.name()).collect()
+    }
+
+    /// Rebuild projection `name` of partition `p` by replay from offset 0, while serving.
+    pub fn rebuild(&self, p: PartitionId, name: &str) -> Result<(), String> {
+        let proj = self
+            .projection(name)
+            .ok_or_else(|| format!("no projection named {name:?} (have {:?})", self.names()))?;
+        if p.0 >= self.node.partition_count() {
+            return Err(format!("partition {} does not exist", p.0));
+        }
+        self.store
+            .request_rebuild(p, proj.id())
+            .map_err(|e| e.to_string())?;
+        if let Some(w) = self.wake.get(&(p.0, proj.id())) {
+            w.notify_one();
+        }
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<Vec<ProjectionStatus>, StoreError> {
+        let mut out = Vec::new();
+        for p in 0..self.node.partition_count() {
+            let p = PartitionId(p);
+            for proj in &self.projections {
+                let live = self.store.live(p, proj.id())?;
+                out.push(ProjectionStatus {
+                    partition: p,
+                    projection: proj.name(),
+                    checkpoint: live.checkpoint,
+                    generation: live.generation,
+                    rebuilding: self.store.rebuilding(p, proj.id())?.map(|c| c.checkpoint),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// sha256 of the live copy of projection `name` of `p`, with its checkpoint.
+    pub fn digest(&self, p: PartitionId, name: &str) -> Result<(u64, [u8; 32]), String> {
+        let proj = self
+            .projection(name)
+            .ok_or_else(|| format!("no projection named {name:?}"))?;
+        let view = self.store.read(p, proj.id()).map_err(|e| e.to_string())?;
+        Ok((
+            view.cursor.checkpoint,
+            view.digest().map_err(|e| e.to_string())?,
+        ))
+    }
+}
+
+/// Apply up to [`BATCH`] events after `cursor` (and not past `limit`) to `generation`; the new
+/// cursor, or None if there was nothing to apply.
+fn step(
+    projector: &Projector,
+    p: PartitionId,
+    proj: &dyn Projection,
+    cursor: Cursor,
+    limit: Option<u64>,
+    rebuild: bool,
+) -> Result<Option<(Cursor, Vec<Change>)>, StoreError> {
+    let max = match limit {
+        Some(l) if l <= cursor.checkpoint => return Ok(None),
+        Some(l) => ((l - cursor.checkpoint) as usize).min(BATCH),
+        None => BATCH,
+    };
+    let events = projector
+        .node
+        .read_events(p, LogOffset(cursor.checkpoint + 1), max)?;
+    let Some(last) = events.last().map(|e| e.offset) else {
+        return Ok(None);
+    };
+    let mut txn = projector.store.txn(p, proj.id(), cursor.generation);
+    let mut changes = Vec::new();
+    for event in &events {
+        proj.apply(event, &mut txn, &mut changes)?;
+    }
+    let next = Cursor {
+        generation: cursor.generation,
+        checkpoint: last,
+    };
+    projector.store.commit(txn, p, proj.id(), rebuild, next)?;
+    Ok(Some((next, changes)))
+}
+
+/// One (partition, projection) until the node stops.
+async fn run(projector: Arc<Projector>, p: PartitionId, proj: Arc<dyn Projection>) {
+    let wake = projector.wake[&(p.0, proj.id())].clone();
+    loop {
+        match round(&projector, p, proj.as_ref()) {
+            Ok(true) => tokio::task::yield_now().await,
+            Ok(false) => {
+                let Ok(live) = projector.store.live(p, proj.id()) else {
+                    continue;
+                };
+                let next = LogOffset(live.checkpoint + 1);
+                tokio::select! {
+                    r = projector.node.wait_for_offset(p, next, Duration::from_secs(1)) => {
+                        if r.is_err() {
+                            return;
+                        }
+                    }
+                    _ = wake.notified() => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(%p, projection = proj.name(), error = %e, "projection failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// One live batch and, during a rebuild, one rebuild batch. True if anything was applied.
+fn round(projector: &Projector, p: PartitionId, proj: &dyn Projection) -> Result<bool, StoreError> {
+    let mut progressed = false;
+    let live = projector.store.live(p, proj.id())?;
+    let live = match step(projector, p, proj, live, None, false)? {
+        Some((next, changes)) => {
+            for c in changes {
+                let _ = projector.changes.send(c);
+            }
+            progressed = true;
+            next
+        }
+        None => live,
+    };
+    if let Some(shadow) = projector.store.rebuilding(p, proj.id())? {
+        progressed = true;
+        if shadow.checkpoint >= live.checkpoint {
+            projector.store.finish_rebuild(p, proj.id(), shadow)?;
+            tracing::info!(%p, projection = proj.name(), checkpoint = shadow.checkpoint,
+                generation = shadow.generation, "projection rebuilt");
+        } else {
+            step(projector, p, proj, shadow, Some(live.checkpoint), true)?;
+        }
+    }
+    Ok(progressed)
+}

@@ -13,6 +13,7 @@ mod delivery;
 mod fsync;
 mod latency;
 mod log_bench;
+mod rebuild;
 mod send_bench;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Cmd {
     Latency(latency::Args),
     /// End-to-end delivery latency device -> device and memory per idle device stream.
     Delivery(delivery::Args),
+    /// Projection rebuild speed (events replayed per second).
+    Rebuild(rebuild::Args),
     /// Acknowledged chat sends/s and ack latency through the sequencer.
     Send(send_bench::Args),
     /// Only the fsync floor: a loop of small write + fdatasync.
@@ -57,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Send(args) => send_bench::run(args).await,
         Cmd::Latency(args) => latency::run(args).await,
         Cmd::Delivery(args) => delivery::run(args).await,
+        Cmd::Rebuild(args) => rebuild::run(args).await,
         Cmd::Fsync { dir, iterations } => {
             let floor = fsync::measure(&dir, iterations)?;
             println!("{floor}");

@@ -53,6 +53,11 @@ impl Cluster {
                 },
                 chat: chat.clone(),
                 gateway: Default::default(),
+                // Benchmarks measure the write path, not notification logging.
+                notifications: chatd::config::NotificationsSection {
+                    sink: "none".into(),
+                    ..Default::default()
+                },
             };
             nodes.push(
                 server::start(config)

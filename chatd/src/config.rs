@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use chat_gateway::GatewayConfig;
 use chat_log::{LogNodeConfig, NodeId, RaftTuning};
+use chat_projector::{LogSink, PushSink, WebhookConfig, WebhookSink};
 use chat_sequencer::{ApplyLimits, SequencerConfig};
 use clap::Parser;
 use serde::Deserialize;
@@ -72,6 +74,61 @@ struct FileConfig {
     chat: ChatConfig,
     #[serde(default)]
     gateway: GatewaySection,
+    #[serde(default)]
+    notifications: NotificationsSection,
+}
+
+/// The `[notifications]` table: where offline notifications go.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsSection {
+    /// "log" (the default), "webhook" or "none".
+    pub sink: String,
+    /// For the webhook sink: `http://host:port/path`.
+    pub webhook_url: Option<String>,
+    pub max_attempts: u32,
+    pub first_backoff_ms: u64,
+    pub timeout_ms: u64,
+    /// How often pending notifications are collapsed and sent.
+    pub flush_ms: u64,
+}
+
+impl Default for NotificationsSection {
+    fn default() -> Self {
+        NotificationsSection {
+            sink: "log".into(),
+            webhook_url: None,
+            max_attempts: 5,
+            first_backoff_ms: 200,
+            timeout_ms: 2000,
+            flush_ms: 1000,
+        }
+    }
+}
+
+impl NotificationsSection {
+    /// The configured sink (None: notifications off).
+    pub fn sink(&self) -> anyhow::Result<Option<Arc<dyn PushSink>>> {
+        Ok(match self.sink.as_str() {
+            "none" => None,
+            "log" => Some(Arc::new(LogSink)),
+            "webhook" => {
+                let url = self
+                    .webhook_url
+                    .clone()
+                    .context("[notifications] sink = \"webhook\" needs webhook_url")?;
+                let sink = WebhookSink::new(WebhookConfig {
+                    url,
+                    max_attempts: self.max_attempts.max(1),
+                    first_backoff: std::time::Duration::from_millis(self.first_backoff_ms),
+                    timeout: std::time::Duration::from_millis(self.timeout_ms.max(1)),
+                })
+                .map_err(anyhow::Error::msg)?;
+                Some(Arc::new(sink))
+            }
+            other => bail!("[notifications] sink {other:?}: want \"log\", \"webhook\" or \"none\""),
+        })
+    }
 }
 
 /// The `[gateway]` table: device streams.
@@ -159,6 +216,7 @@ pub struct ServerConfig {
     pub log: LogNodeConfig,
     pub chat: ChatConfig,
     pub gateway: GatewaySection,
+    pub notifications: NotificationsSection,
 }
 
 impl ServerConfig {
@@ -229,6 +287,7 @@ impl ServerConfig {
             },
             chat: file.chat,
             gateway: file.gateway,
+            notifications: file.notifications,
         })
     }
 }

@@ -70,11 +70,15 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     );
 
     let projector = Projector::start(node.clone(), vec![Arc::new(ChatsProjection)]);
+    let mut gateway_config = config.gateway.gateway();
+    gateway_config.notify_every =
+        std::time::Duration::from_millis(config.notifications.flush_ms.max(10));
     let gateway = Gateway::start(
         sequencer.clone(),
         projector.clone(),
+        config.notifications.sink()?,
         &secret,
-        config.gateway.gateway(),
+        gateway_config,
     )
     .map_err(anyhow::Error::msg)?;
     let gateway_peer = tonic::service::interceptor::InterceptedService::new(

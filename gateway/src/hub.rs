@@ -70,6 +70,25 @@ impl SessionHandle {
     }
 }
 
+/// Which devices of a user have a stream open, and when its last stream closed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Presence {
+    pub last_seen_ms: u64,
+    pub devices: std::collections::BTreeSet<u64>,
+}
+
+impl Presence {
+    pub fn online(&self) -> bool {
+        !self.devices.is_empty()
+    }
+
+    /// Merge another node's answer.
+    pub fn merge(&mut self, other: Presence) {
+        self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
+        self.devices.extend(other.devices);
+    }
+}
+
 /// Live presence and delivery fan-out for the device streams of one node.
 pub struct Hub {
     reads: StateReader,
@@ -79,6 +98,7 @@ pub struct Hub {
     last_seen: Cache<UserId, u64>,
     next_id: AtomicU64,
     queue_capacity: usize,
+    notifier: std::sync::OnceLock<mpsc::Sender<Arc<pb::Message>>>,
 }
 
 impl Hub {
@@ -94,6 +114,7 @@ impl Hub {
                 .build(),
             next_id: AtomicU64::new(1),
             queue_capacity,
+            notifier: std::sync::OnceLock::new(),
         });
         for p in 0..node.partition_count() {
             tokio::spawn(tail(hub.clone(), node.clone(), PartitionId(p)));
@@ -137,13 +158,23 @@ impl Hub {
     }
 
     /// Whether `user` has a stream on this node, and when its last one closed.
-    pub fn presence(&self, user: UserId) -> (bool, u64) {
-        let online = self
+    pub fn presence(&self, user: UserId) -> Presence {
+        let devices = self
             .sessions
             .read()
             .expect("sessions lock")
-            .contains_key(&user);
-        (online, self.last_seen.get(&user).unwrap_or(0))
+            .get(&user)
+            .map(|list| list.iter().map(|s| s.device.0).collect())
+            .unwrap_or_default();
+        Presence {
+            last_seen_ms: self.last_seen.get(&user).unwrap_or(0),
+            devices,
+        }
+    }
+
+    /// Hand message events to the offline notifier from now on.
+    pub fn set_notifier(&self, notifier: mpsc::Sender<Arc<pb::Message>>) {
+        let _ = self.notifier.set(notifier);
     }
 
     /// Connected device streams on this node.
@@ -175,7 +206,8 @@ impl Hub {
         self.offer_to_users(&[user], &push);
     }
 
-    fn chat_members(&self, chat: ChatId) -> Arc<Vec<UserId>> {
+    /// The members of `chat` (cached; dropped on membership events).
+    pub fn chat_members(&self, chat: ChatId) -> Arc<Vec<UserId>> {
         self.members.get_with(chat, || {
             Arc::new(self.reads.members(chat).unwrap_or_else(|e| {
                 tracing::error!(%chat, error = %e, "reading chat members");
@@ -190,7 +222,13 @@ impl Hub {
             chat_event::Kind::Message(m) => {
                 let chat = ChatId(m.chat_id);
                 let members = self.chat_members(chat);
-                self.offer_to_users(&members, &Push::Message(Arc::new(m)));
+                let m = Arc::new(m);
+                self.offer_to_users(&members, &Push::Message(m.clone()));
+                if let Some(notifier) = self.notifier.get() {
+                    if notifier.try_send(m).is_err() {
+                        tracing::warn!(%chat, "offline notifier is behind; a notification is dropped");
+                    }
+                }
             }
             chat_event::Kind::ChatCreated(c) => {
                 let chat = ChatId(c.chat_id);

@@ -8,6 +8,7 @@
 //!   concerns without ever waiting on one (a full session queue makes it catch up from the log).
 //! - [`auth`]: device bearer tokens checked against the hashed token in the user's partition.
 //! - ticks: the projector's tick changes (see `chat-projector`) go to the member's streams.
+//! - [`notifier`]: collapsed notifications for member devices with no stream, to a push sink.
 //! - [`presence`]: cluster-wide presence (this node's hub plus every peer's, over
 //!   `chat.v1.GatewayPeer`).
 //!
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod hub;
+pub mod notifier;
 pub mod presence;
 pub mod service;
 pub mod session;
@@ -24,7 +26,7 @@ pub mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_projector::{Change, Projector};
+use chat_projector::{Change, Projector, PushSink};
 use chat_sequencer::ids::{ChatId, UserId};
 use chat_sequencer::{Sequencer, StateReader};
 
@@ -45,6 +47,8 @@ pub struct GatewayConfig {
     pub max_sends_in_flight: usize,
     /// Largest client frame accepted (bigger ones end the stream with OUT_OF_RANGE).
     pub max_frame_bytes: usize,
+    /// How often offline notifications are collapsed and handed to the sink.
+    pub notify_every: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +60,7 @@ impl Default for GatewayConfig {
             receipt_flush: Duration::from_millis(100),
             max_sends_in_flight: 64,
             max_frame_bytes: 1024 * 1024,
+            notify_every: Duration::from_secs(1),
         }
     }
 }
@@ -65,17 +70,19 @@ pub struct Gateway {
     pub sequencer: Arc<Sequencer>,
     pub reads: StateReader,
     pub hub: Arc<hub::Hub>,
-    pub presence: presence::ClusterPresence,
+    pub presence: Arc<presence::ClusterPresence>,
     pub projector: Arc<Projector>,
     pub config: GatewayConfig,
 }
 
 impl Gateway {
-    /// Start the hub's partition tailers. Call inside the tokio runtime. `cluster_secret`
-    /// authenticates presence lookups to the other nodes.
+    /// Start the hub's partition tailers (and the offline notifier when there is a `sink`).
+    /// Call inside the tokio runtime. `cluster_secret` authenticates presence lookups to the
+    /// other nodes.
     pub fn start(
         sequencer: Arc<Sequencer>,
         projector: Arc<Projector>,
+        sink: Option<Arc<dyn PushSink>>,
         cluster_secret: &str,
         config: GatewayConfig,
     ) -> Result<Arc<Gateway>, String> {
@@ -89,9 +96,19 @@ impl Gateway {
             .collect();
         let secret = chat_proto::AttachSecret::new(cluster_secret).map_err(|e| e.to_string())?;
         tokio::spawn(push_ticks(hub.clone(), projector.subscribe()));
+        let presence = Arc::new(presence::ClusterPresence::new(hub.clone(), secret, peers));
+        if let Some(sink) = sink {
+            notifier::start(
+                node.clone(),
+                hub.clone(),
+                presence.clone(),
+                sink,
+                config.notify_every,
+            );
+        }
         Ok(Arc::new(Gateway {
             reads: StateReader::new(node),
-            presence: presence::ClusterPresence::new(hub.clone(), secret, peers),
+            presence,
             hub,
             sequencer,
             projector,

@@ -17,7 +17,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Presence};
 
 /// How long a lookup waits for a peer.
 const PEER_TIMEOUT: Duration = Duration::from_millis(500);
@@ -58,9 +58,9 @@ impl ClusterPresence {
         Some(client)
     }
 
-    /// (online, last seen ms) of each user, merged over this node and every peer that answers.
-    pub async fn lookup(&self, users: &[UserId]) -> Vec<(bool, u64)> {
-        let mut merged: Vec<(bool, u64)> = users.iter().map(|&u| self.hub.presence(u)).collect();
+    /// Each user's presence, merged over this node and every peer that answers.
+    pub async fn lookup(&self, users: &[UserId]) -> Vec<Presence> {
+        let mut merged: Vec<Presence> = users.iter().map(|&u| self.hub.presence(u)).collect();
         let request = pb::LocalPresenceRequest {
             user_ids: users.iter().map(|u| u.0).collect(),
         };
@@ -83,8 +83,10 @@ impl ClusterPresence {
         });
         for answer in futures::future::join_all(asks).await.into_iter().flatten() {
             for (slot, theirs) in merged.iter_mut().zip(answer) {
-                slot.0 |= theirs.online;
-                slot.1 = slot.1.max(theirs.last_seen_ms);
+                slot.merge(Presence {
+                    last_seen_ms: theirs.last_seen_ms,
+                    devices: theirs.online_devices.into_iter().collect(),
+                });
             }
         }
         merged
@@ -114,12 +116,13 @@ impl GatewayPeer for GatewayPeerService {
             .into_iter()
             .take(10_000)
             .map(|u| {
-                let (online, last_seen_ms) = self.hub.presence(UserId(u));
+                let p = self.hub.presence(UserId(u));
                 pb::UserPresence {
                     handle: String::new(),
                     user_id: u,
-                    online,
-                    last_seen_ms,
+                    online: p.online(),
+                    last_seen_ms: p.last_seen_ms,
+                    online_devices: p.devices.into_iter().collect(),
                 }
             })
             .collect();

@@ -362,14 +362,13 @@ impl Chat for ChatService {
             .into_iter()
             .zip(ids)
             .zip(found)
-            .map(
-                |((handle, user), (online, last_seen_ms))| pb::UserPresence {
-                    handle,
-                    user_id: user.0,
-                    online,
-                    last_seen_ms,
-                },
-            )
+            .map(|((handle, user), p)| pb::UserPresence {
+                handle,
+                user_id: user.0,
+                online: p.online(),
+                last_seen_ms: p.last_seen_ms,
+                online_devices: p.devices.into_iter().collect(),
+            })
             .collect();
         Ok(Response::new(pb::PresenceReply { users }))
     }

@@ -237,6 +237,14 @@ impl LogNode {
         self.config.node_id
     }
 
+    /// Whether this node currently leads `p` (as its Raft metrics say; may be stale by an
+    /// election).
+    pub fn is_leader(&self, p: PartitionId) -> bool {
+        self.partition(p)
+            .map(|part| part.raft.metrics().borrow().current_leader == Some(self.config.node_id))
+            .unwrap_or(false)
+    }
+
     /// Every configured voter and its address, this node included.
     pub fn members(&self) -> &BTreeMap<NodeId, String> {
         &self.config.members

@@ -4,6 +4,7 @@
 //!   checkpoint in one write batch, generations for rebuilds, consistent reads and digests.
 //! - [`runner`]: the [`Projection`] trait and the [`Projector`] that runs every projection over
 //!   every partition, rebuilds them by replay while serving, and announces [`Change`]s.
+//! - [`notify`]: offline notifications and their sinks (log, webhook).
 //! - [`chats`]: the `chats` projection: chat summaries, members' marks, users' chat rows; the
 //!   inbox and the ticks are read from it.
 //!
@@ -11,8 +12,10 @@
 //! projections are never replicated or snapshotted, only rebuilt by replay.
 
 pub mod chats;
+pub mod notify;
 pub mod runner;
 pub mod store;
 
 pub use chats::{ChatsProjection, InboxEntry, CHATS_PROJECTION};
+pub use notify::{LogSink, Notification, PushSink, WebhookConfig, WebhookSink};
 pub use runner::{Change, Projection, ProjectionStatus, Projector};

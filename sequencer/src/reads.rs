@@ -70,6 +70,24 @@ impl StateReader {
         self.get(user.0, "device", &state::device_key(user, device))
     }
 
+    /// Every device of `user` with its record (revoked ones included).
+    pub fn devices(&self, user: UserId) -> Result<Vec<(DeviceId, DeviceRecord)>, StoreError> {
+        let prefix = state::devices_prefix(user);
+        let end = prefix_end(&prefix);
+        self.node
+            .handler_scan(self.partition(user.0), &prefix, &end, SCAN_LIMIT)?
+            .into_iter()
+            .map(|(k, v)| {
+                let device = k
+                    .get(9..17)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StoreError::decode("device key", "too short"))?;
+                Ok((DeviceId(device), state::decode("device", &v)?))
+            })
+            .collect()
+    }
+
     pub fn chat(&self, chat: ChatId) -> Result<Option<ChatRecord>, StoreError> {
         self.get(chat.0, "chat", &state::chat_key(chat))
     }

@@ -38,6 +38,11 @@ pub fn device_key(u: UserId, d: DeviceId) -> Vec<u8> {
     key(b'v', &[&u.0.to_be_bytes(), &d.0.to_be_bytes()])
 }
 
+/// The prefix of every `device_key` of `u`.
+pub fn devices_prefix(u: UserId) -> Vec<u8> {
+    key(b'v', &[&u.0.to_be_bytes()])
+}
+
 pub fn chat_key(c: ChatId) -> Vec<u8> {
     key(b'c', &[&c.0.to_be_bytes()])
 }

@@ -58,6 +58,7 @@ impl Cluster {
                     sink: "none".into(),
                     ..Default::default()
                 },
+                retention: Default::default(),
             };
             nodes.push(
                 server::start(config)

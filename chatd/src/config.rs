@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use chat_gateway::GatewayConfig;
 use chat_log::{LogNodeConfig, NodeId, RaftTuning};
-use chat_projector::{LogSink, PushSink, WebhookConfig, WebhookSink};
+use chat_projector::{LogSink, PushSink, RetentionConfig, WebhookConfig, WebhookSink};
 use chat_sequencer::{ApplyLimits, SequencerConfig};
 use clap::Parser;
 use serde::Deserialize;
@@ -76,6 +76,41 @@ struct FileConfig {
     gateway: GatewaySection,
     #[serde(default)]
     notifications: NotificationsSection,
+    #[serde(default)]
+    retention: RetentionSection,
+}
+
+/// The `[retention]` table: how long messages stay on the server.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Messages older than this are expired (payload removed).
+    pub expire_after_secs: u64,
+    /// Also expire messages every device of every member has acknowledged.
+    pub delete_when_delivered: bool,
+    /// How often each partition's leader sweeps it.
+    pub sweep_ms: u64,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        let d = RetentionConfig::default();
+        RetentionSection {
+            expire_after_secs: d.expire_after.as_secs(),
+            delete_when_delivered: d.delete_when_delivered,
+            sweep_ms: d.sweep_every.as_millis() as u64,
+        }
+    }
+}
+
+impl RetentionSection {
+    pub fn retention(&self) -> RetentionConfig {
+        RetentionConfig {
+            expire_after: std::time::Duration::from_secs(self.expire_after_secs),
+            delete_when_delivered: self.delete_when_delivered,
+            sweep_every: std::time::Duration::from_millis(self.sweep_ms.max(10)),
+        }
+    }
 }
 
 /// The `[notifications]` table: where offline notifications go.
@@ -217,6 +252,7 @@ pub struct ServerConfig {
     pub chat: ChatConfig,
     pub gateway: GatewaySection,
     pub notifications: NotificationsSection,
+    pub retention: RetentionSection,
 }
 
 impl ServerConfig {
@@ -288,6 +324,7 @@ impl ServerConfig {
             chat: file.chat,
             gateway: file.gateway,
             notifications: file.notifications,
+            retention: file.retention,
         })
     }
 }

@@ -255,7 +255,9 @@ impl Hub {
                 };
                 self.offer_to_users(&[UserId(d.user_id)], &push);
             }
-            chat_event::Kind::UserRegistered(_) | chat_event::Kind::DeviceAdded(_) => {}
+            chat_event::Kind::UserRegistered(_)
+            | chat_event::Kind::DeviceAdded(_)
+            | chat_event::Kind::MessagesExpired(_) => {}
         }
     }
 }

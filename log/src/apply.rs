@@ -11,6 +11,9 @@
 
 use std::collections::BTreeMap;
 
+use chat_proto::log::LogEvent;
+use prost::Message;
+
 use crate::codec::{cf, state_key, StateNs};
 use crate::engine::{Engine, StoreError};
 use crate::types::{CommandOutcome, LogOffset, PartitionId};
@@ -42,6 +45,8 @@ pub struct ApplyContext<'a> {
     /// Events emitted so far in this batch: (offset, raft index, timestamp, payload).
     pub(crate) events: &'a mut Vec<PendingEvent>,
     pub(crate) last_offset: &'a mut LogOffset,
+    /// New payloads for events already stored (retention): offset → payload.
+    pub(crate) rewrites: &'a mut BTreeMap<LogOffset, Vec<u8>>,
 }
 
 /// An event emitted while applying, written with the rest of the batch.
@@ -128,6 +133,45 @@ impl ApplyContext<'_> {
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .take(limit)
             .collect())
+    }
+
+    /// Read an event of this partition as it stands in this batch (pending events and
+    /// rewrites included).
+    pub fn read_event(&self, offset: LogOffset) -> Result<Option<LogEvent>, StoreError> {
+        let mut event = match self.events.iter().find(|e| e.offset == offset) {
+            Some(e) => Some(LogEvent {
+                offset: e.offset.0,
+                raft_index: e.raft_index,
+                timestamp_ms: e.timestamp_ms,
+                payload: e.payload.clone().into(),
+                kind: e.kind,
+            }),
+            None => match self
+                .engine
+                .get(cf::EVENTS, &crate::codec::event_key(self.partition, offset))?
+            {
+                Some(bytes) => Some(LogEvent::decode(bytes.as_slice()).map_err(|e| {
+                    StoreError::decode(format!("partition {} offset {offset}", self.partition), e)
+                })?),
+                None => None,
+            },
+        };
+        if let (Some(e), Some(payload)) = (event.as_mut(), self.rewrites.get(&offset)) {
+            e.payload = payload.clone().into();
+        }
+        Ok(event)
+    }
+
+    /// Replace the payload of an event already in the log (its offset, kind, Raft index and
+    /// timestamp stay). Only for removing data (retention): the log stays dense, every replica
+    /// rewrites the same event at the same point of the log, so replicas stay identical; readers
+    /// that already consumed the event are not told.
+    pub fn rewrite_event(&mut self, offset: LogOffset, payload: Vec<u8>) {
+        if let Some(pending) = self.events.iter_mut().find(|e| e.offset == offset) {
+            pending.payload = payload;
+        } else {
+            self.rewrites.insert(offset, payload);
+        }
     }
 
     /// Append a raw event to the partition's event log; returns its offset.

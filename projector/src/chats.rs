@@ -241,7 +241,8 @@ impl Projection for ChatsProjection {
             }
             chat_event::Kind::UserRegistered(_)
             | chat_event::Kind::DeviceAdded(_)
-            | chat_event::Kind::DeviceRevoked(_) => {}
+            | chat_event::Kind::DeviceRevoked(_)
+            | chat_event::Kind::MessagesExpired(_) => {}
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! - [`runner`]: the [`Projection`] trait and the [`Projector`] that runs every projection over
 //!   every partition, rebuilds them by replay while serving, and announces [`Change`]s.
 //! - [`notify`]: offline notifications and their sinks (log, webhook).
+//! - [`retention`]: the sweeper that expires old (or fully delivered) messages through the log.
 //! - [`chats`]: the `chats` projection: chat summaries, members' marks, users' chat rows; the
 //!   inbox and the ticks are read from it.
 //!
@@ -13,9 +14,11 @@
 
 pub mod chats;
 pub mod notify;
+pub mod retention;
 pub mod runner;
 pub mod store;
 
 pub use chats::{ChatsProjection, InboxEntry, CHATS_PROJECTION};
 pub use notify::{LogSink, Notification, PushSink, WebhookConfig, WebhookSink};
+pub use retention::RetentionConfig;
 pub use runner::{Change, Projection, ProjectionStatus, Projector};

@@ -40,6 +40,9 @@ impl Default for ApplyLimits {
     }
 }
 
+/// Most messages one ExpireMessages command expires (bounds the work of one apply).
+pub const MAX_EXPIRE_PER_COMMAND: u64 = 10_000;
+
 /// Expired dedup entries removed per applied send (keeps up with one insert per send).
 const EXPIRE_PER_SEND: usize = 8;
 
@@ -290,6 +293,7 @@ impl ChatHandler {
             creator: creator.0,
             members: members.len() as u32,
             last_seq: 0,
+            expired_up_to: 0,
             last_ts_ms: 0,
         };
         ctx.put(&state::chat_key(chat), state::encode(&record));
@@ -433,6 +437,7 @@ impl ChatHandler {
             server_ts_ms: ts,
             payload: c.payload,
             media: c.media,
+            expired: false,
         };
         let emitted = emit(ctx, chat_event::Kind::Message(message));
         debug_assert_eq!(emitted, offset);
@@ -480,6 +485,61 @@ impl ChatHandler {
             ctx.delete(&key);
         }
         Ok(())
+    }
+
+    /// Retention: strip the payload and media of messages up to `up_to_seq` (at most
+    /// [`MAX_EXPIRE_PER_COMMAND`] per command), rewriting their events in place.
+    fn expire_messages(&self, ctx: &mut ApplyContext<'_>, c: pb::ExpireMessages) -> Outcome {
+        let chat = ChatId(c.chat_id);
+        let Some(mut record) = get::<ChatRecord>(ctx, "chat", &state::chat_key(chat))? else {
+            return reject(RejectCode::NotFound, format!("chat {chat} does not exist"));
+        };
+        let target = c.up_to_seq.min(record.last_seq);
+        let reply = |up_to| {
+            command_reply::Kind::Expire(pb::ExpireReply {
+                expired_up_to: up_to,
+            })
+        };
+        if target <= record.expired_up_to {
+            return applied(None, 0, reply(record.expired_up_to));
+        }
+        let to = target.min(record.expired_up_to + MAX_EXPIRE_PER_COMMAND);
+        for seq in record.expired_up_to + 1..=to {
+            let Some(offset) = ctx.get(&state::index_key(chat, ChatSeq(seq)))? else {
+                continue;
+            };
+            let offset = LogOffset(state::decode_offset(&offset)?);
+            let Some(event) = ctx.read_event(offset)? else {
+                continue;
+            };
+            let Ok(pb::ChatEvent {
+                kind: Some(chat_event::Kind::Message(mut m)),
+            }) = pb::ChatEvent::decode(event.payload.as_ref())
+            else {
+                return Err(StoreError::decode(
+                    format!("chat {chat} seq {seq} at offset {offset}"),
+                    "not a message event",
+                ));
+            };
+            m.payload.clear();
+            m.media.clear();
+            m.expired = true;
+            let bytes = pb::ChatEvent {
+                kind: Some(chat_event::Kind::Message(m)),
+            }
+            .encode_to_vec();
+            ctx.rewrite_event(offset, bytes);
+        }
+        record.expired_up_to = to;
+        ctx.put(&state::chat_key(chat), state::encode(&record));
+        let offset = emit(
+            ctx,
+            chat_event::Kind::MessagesExpired(pb::MessagesExpired {
+                chat_id: chat.0,
+                up_to_seq: to,
+            }),
+        );
+        applied(Some(offset), 1, reply(to))
     }
 
     fn advance_receipt(&self, ctx: &mut ApplyContext<'_>, c: pb::AdvanceReceipt) -> Outcome {
@@ -565,6 +625,7 @@ impl CommandHandler for ChatHandler {
             Some(command::Kind::RevokeDevice(c)) => self.revoke_device(ctx, c),
             Some(command::Kind::CreateChat(c)) => self.create_chat(ctx, c),
             Some(command::Kind::ChangeMembers(c)) => self.change_members(ctx, c),
+            Some(command::Kind::ExpireMessages(c)) => self.expire_messages(ctx, c),
             Some(command::Kind::SendMessage(c)) => self.send_message(ctx, c),
             Some(command::Kind::AdvanceReceipt(c)) => self.advance_receipt(ctx, c),
             None => reject(RejectCode::InvalidArgument, "empty chat command"),

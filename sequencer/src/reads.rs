@@ -96,6 +96,24 @@ impl StateReader {
         self.get(chat.0, "member", &state::member_key(chat, user))
     }
 
+    /// Every chat whose home is partition `p`, with its record.
+    pub fn chats_in(&self, p: PartitionId) -> Result<Vec<(ChatId, ChatRecord)>, StoreError> {
+        let prefix = [b'c'];
+        let end = prefix_end(&prefix);
+        self.node
+            .handler_scan(p, &prefix, &end, SCAN_LIMIT)?
+            .into_iter()
+            .map(|(k, v)| {
+                let chat = k
+                    .get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StoreError::decode("chat key", "too short"))?;
+                Ok((ChatId(chat), state::decode("chat", &v)?))
+            })
+            .collect()
+    }
+
     /// The members of `chat`, in user id order.
     pub fn members(&self, chat: ChatId) -> Result<Vec<UserId>, StoreError> {
         let keys = self.scan_prefix(self.partition(chat.0), &state::members_prefix(chat))?;

@@ -269,6 +269,7 @@ impl Sequencer {
             }
             Some(command::Kind::ChangeMembers(ch)) => Ok(ch.chat_id),
             Some(command::Kind::AdvanceReceipt(r)) => Ok(r.chat_id),
+            Some(command::Kind::ExpireMessages(e)) => Ok(e.chat_id),
             Some(command::Kind::SendMessage(m)) => {
                 if m.payload.is_empty() {
                     return Err(SeqError::invalid("a message needs a payload"));
@@ -536,6 +537,22 @@ impl Sequencer {
         });
         match self.run(c).await? {
             command_reply::Kind::Receipt(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Retention: expire `chat`'s messages up to `up_to_seq` (the reply says how far it got).
+    pub async fn expire_messages(
+        &self,
+        chat: ChatId,
+        up_to_seq: u64,
+    ) -> Result<pb::ExpireReply, SeqError> {
+        let c = command::Kind::ExpireMessages(pb::ExpireMessages {
+            chat_id: chat.0,
+            up_to_seq,
+        });
+        match self.run(c).await? {
+            command_reply::Kind::Expire(r) => Ok(r),
             other => Err(unexpected(other)),
         }
     }

@@ -130,6 +130,8 @@ pub struct ChatRecord {
     pub creator: u64,
     pub members: u32,
     pub last_seq: u64,
+    /// Messages up to this seq have been expired by retention.
+    pub expired_up_to: u64,
     /// Timestamp of the last message: message timestamps never go backwards within a chat, even
     /// across leaders whose clocks disagree.
     pub last_ts_ms: u64,

@@ -174,6 +174,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
 
         let mut overlay = BTreeMap::new();
         let mut events = Vec::new();
+        let mut rewrites = BTreeMap::new();
         let mut last_offset = self.last_offset;
         let mut applied = self.applied;
         let mut membership = self.membership.clone();
@@ -197,6 +198,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                             overlay: &mut overlay,
                             events: &mut events,
                             last_offset: &mut last_offset,
+                            rewrites: &mut rewrites,
                         };
                         let result = self.handler.apply(&mut ctx, command);
                         outcome
@@ -228,6 +230,28 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             let key = codec::event_key(p, event.offset);
             self.engine
                 .put_framed(&mut batch, cf::EVENTS, &key, &encode_event(event));
+        }
+        for (offset, payload) in rewrites {
+            let key = codec::event_key(p, offset);
+            let stored = self
+                .engine
+                .get(cf::EVENTS, &key)
+                .map_err(|e| self.apply_error(last_applied, e))?;
+            let Some(stored) = stored else { continue };
+            let mut event =
+                <LogEvent as prost::Message>::decode(stored.as_slice()).map_err(|e| {
+                    self.apply_error(
+                        last_applied,
+                        StoreError::decode(codec::describe_key(cf::EVENTS, &key), e),
+                    )
+                })?;
+            event.payload = payload.into();
+            self.engine.put_framed(
+                &mut batch,
+                cf::EVENTS,
+                &key,
+                &prost::Message::encode_to_vec(&event),
+            );
         }
         let state = AppliedState {
             applied,

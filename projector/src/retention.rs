@@ -1,0 +1,138 @@
+//! Retention: messages do not stay on the server for ever.
+//!
+//! - **Expiry window** (default 30 days): a message older than the window is expired whether or
+//!   not every device got it — the server stops holding it for devices that never came back.
+//! - **Delete when delivered** (optional, off by default): a message is expired as soon as every
+//!   device of every member has acknowledged it, as WhatsApp keeps no delivered messages.
+//!
+//! Expiring removes a message's payload and media; it keeps its seq, offset, sender and time
+//! and is marked `expired`, so seqs are never reused, streams stay gap-free and history reads
+//! say what was expired. The decision of *how far* to expire is taken by a sweeper on the
+//! partition's leader (it reads clocks and device cursors); the expiry itself is an
+//! `ExpireMessages` command through Raft, applied identically on every replica.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chat_log::PartitionId;
+use chat_sequencer::ids::{ChatId, UserId};
+use chat_sequencer::state::ChatRecord;
+use chat_sequencer::{Sequencer, StateReader};
+
+/// Messages examined per chat per sweep for the time window.
+const SCAN_PER_SWEEP: u32 = 1000;
+
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// Messages older than this are expired.
+    pub expire_after: Duration,
+    /// Also expire what every device of every member has acknowledged.
+    pub delete_when_delivered: bool,
+    /// How often the leader of each partition sweeps it.
+    pub sweep_every: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            expire_after: Duration::from_secs(30 * 24 * 3600),
+            delete_when_delivered: false,
+            sweep_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Start the sweeper of this node (it acts on the partitions this node leads).
+pub fn start(sequencer: Arc<Sequencer>, config: RetentionConfig) {
+    tokio::spawn(async move {
+        let reads = StateReader::new(sequencer.node().clone());
+        let mut tick = tokio::time::interval(config.sweep_every);
+        loop {
+            tick.tick().await;
+            for p in 0..sequencer.node().partition_count() {
+                let p = PartitionId(p);
+                if !sequencer.node().is_leader(p) {
+                    continue;
+                }
+                if let Err(e) = sweep(&sequencer, &reads, &config, p).await {
+                    tracing::warn!(%p, error = %e, "retention sweep");
+                }
+            }
+        }
+    });
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+async fn sweep(
+    sequencer: &Sequencer,
+    reads: &StateReader,
+    config: &RetentionConfig,
+    p: PartitionId,
+) -> Result<(), String> {
+    let cutoff = now_ms().saturating_sub(config.expire_after.as_millis() as u64);
+    for (chat, record) in reads.chats_in(p).map_err(|e| e.to_string())? {
+        if record.last_seq <= record.expired_up_to {
+            continue;
+        }
+        let mut cut = time_cut(sequencer, chat, &record, cutoff)?;
+        if config.delete_when_delivered {
+            cut = cut.max(delivered_cut(reads, chat)?);
+        }
+        let cut = cut.min(record.last_seq);
+        if cut > record.expired_up_to {
+            let reply = sequencer
+                .expire_messages(chat, cut)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::debug!(%chat, up_to = reply.expired_up_to, "messages expired");
+        }
+    }
+    Ok(())
+}
+
+/// The last seq (after what is already expired) whose message is older than `cutoff`.
+fn time_cut(
+    sequencer: &Sequencer,
+    chat: ChatId,
+    record: &ChatRecord,
+    cutoff: u64,
+) -> Result<u64, String> {
+    let page = sequencer
+        .history(chat, record.expired_up_to, 0, SCAN_PER_SWEEP)
+        .map_err(|e| e.to_string())?;
+    Ok(page
+        .messages
+        .iter()
+        .take_while(|m| m.server_ts_ms < cutoff)
+        .map(|m| m.seq)
+        .last()
+        .unwrap_or(record.expired_up_to))
+}
+
+/// The seq every device of every member has acknowledged (members with no device do not hold
+/// expiry back, but a chat with no device at all expires nothing this way; nothing before a
+/// member joined is theirs to acknowledge).
+fn delivered_cut(reads: &StateReader, chat: ChatId) -> Result<u64, String> {
+    let err = |e: chat_log::StoreError| e.to_string();
+    let mut cut = u64::MAX;
+    for user in reads.members(chat).map_err(err)? {
+        let joined = reads
+            .member(chat, user)
+            .map_err(err)?
+            .map_or(0, |m| m.joined_after);
+        for (device, record) in reads.devices(UserId(user.0)).map_err(err)? {
+            if record.revoked {
+                continue;
+            }
+            let acked = reads.device_cursor(chat, user, device).map_err(err)?;
+            cut = cut.min(acked.max(joined));
+        }
+    }
+    Ok(if cut == u64::MAX { 0 } else { cut })
+}

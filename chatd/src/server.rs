@@ -71,6 +71,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
 
     let projector = Projector::start(node.clone(), vec![Arc::new(ChatsProjection)]);
     chat_projector::retention::start(sequencer.clone(), config.retention.retention());
+    chat_projector::followups::start(sequencer.clone(), std::time::Duration::from_millis(100));
     let mut gateway_config = config.gateway.gateway();
     gateway_config.notify_every =
         std::time::Duration::from_millis(config.notifications.flush_ms.max(10));

@@ -345,3 +345,123 @@ async fn rebuild_while_serving_and_a_kill_mid_projection_give_identical_projecti
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("no projection named"), "{err:?}");
 }
+
+/// How many `ChatListChanged` events for (user, chat) are in partition `p` of node 1.
+async fn chat_list_events(cluster: &Cluster, p: u32, user: u64, chat: u64) -> Vec<(u32, u64)> {
+    use chat_proto::chat_v1::{chat_event, ChatEvent};
+    use tonic_prost::prost::Message as _;
+    let events = cluster.read_all(1, p).await;
+    events
+        .iter()
+        .filter_map(
+            |e| match ChatEvent::decode(e.payload.as_ref()).ok()?.kind? {
+                chat_event::Kind::ChatListChanged(c) if c.user_id == user && c.chat_id == chat => {
+                    Some((c.source_partition, c.source_offset))
+                }
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follow_ups_put_each_chat_in_each_members_list_exactly_once() {
+    use chat_proto::chat_v1::{self as pb, command, command_reply};
+    use chat_sequencer::ids::partition_of;
+
+    const P: u32 = 8;
+    let cluster = Cluster::start_with(1, P, CONFIG);
+    let addr = cluster.node(1).addr.clone();
+    cluster.wait_for_leaders(1, WAIT).await;
+    let (mut alice, _) = register(&addr, "alice").await;
+    let mut members = Vec::new();
+    for h in ["bob", "carol", "dave", "erin", "frank"] {
+        let (client, token) = register(&addr, h).await;
+        let user: u64 = token.split('.').next().unwrap().parse().unwrap();
+        members.push((h.to_string(), client, user));
+    }
+    let handles: Vec<String> = members.iter().map(|(h, ..)| h.clone()).collect();
+    let group = alice
+        .create_group("fu", "follow-ups", &handles)
+        .await
+        .unwrap()
+        .chat_id;
+
+    // Every member's inbox (their chat list lives in their own partition) gets the group, once.
+    for (h, client, _) in &mut members {
+        let inbox = inbox_until(client, h, |i| i.iter().any(|e| e.chat_id == group)).await;
+        assert_eq!(inbox.iter().filter(|e| e.chat_id == group).count(), 1);
+    }
+
+    // Redeliver bob's follow-up as its sender would after a leader change: no second effect.
+    let bob = members[0].2;
+    let bob_partition = partition_of(bob, P).0;
+    let events = chat_list_events(&cluster, bob_partition, bob, group).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (source_partition, source_offset) = events[0];
+    let mut seq = cluster.sequencer(1);
+    let redeliver = |offset: u64, joined: bool| pb::SubmitRequest {
+        command: Some(pb::Command {
+            kind: Some(command::Kind::ApplyFollowUps(pb::ApplyFollowUps {
+                source_partition,
+                source_offset: offset,
+                entries: vec![pb::FollowUp {
+                    user_id: bob,
+                    chat_id: group,
+                    joined,
+                }],
+            })),
+        }),
+        forwarded: false,
+    };
+    for request in [
+        redeliver(source_offset, true),
+        redeliver(source_offset - 1, false),
+    ] {
+        let reply = seq.submit(request).await.unwrap().into_inner();
+        assert_eq!(
+            reply.kind,
+            Some(command_reply::Kind::FollowUp(pb::FollowUpReply {
+                applied: false
+            })),
+            "a redelivered (or older) follow-up must be ignored"
+        );
+    }
+    assert_eq!(
+        chat_list_events(&cluster, bob_partition, bob, group)
+            .await
+            .len(),
+        1
+    );
+    let inbox = members[0].1.inbox().await.unwrap();
+    assert_eq!(inbox.iter().filter(|e| e.chat_id == group).count(), 1);
+
+    // A removed member's list follows too.
+    alice
+        .change_members(group, &[], &["carol".to_string()])
+        .await
+        .unwrap();
+    inbox_until(&mut members[1].1, "carol removed", |i| {
+        i.iter().all(|e| e.chat_id != group)
+    })
+    .await;
+    // Follow-ups from a mismatched batch are refused before proposing.
+    let other = members
+        .iter()
+        .map(|(_, _, u)| *u)
+        .find(|u| partition_of(*u, P).0 != bob_partition);
+    if let Some(other) = other {
+        let mut request = redeliver(source_offset + 1_000, true);
+        if let Some(command::Kind::ApplyFollowUps(f)) =
+            request.command.as_mut().and_then(|c| c.kind.as_mut())
+        {
+            f.entries.push(pb::FollowUp {
+                user_id: other,
+                chat_id: group,
+                joined: true,
+            });
+        }
+        let err = seq.submit(request).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    }
+}

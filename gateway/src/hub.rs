@@ -257,7 +257,8 @@ impl Hub {
             }
             chat_event::Kind::UserRegistered(_)
             | chat_event::Kind::DeviceAdded(_)
-            | chat_event::Kind::MessagesExpired(_) => {}
+            | chat_event::Kind::MessagesExpired(_)
+            | chat_event::Kind::ChatListChanged(_) => {}
         }
     }
 }

@@ -313,16 +313,27 @@ impl Chat for ChatService {
         request: Request<pb::InboxRequest>,
     ) -> Result<Response<pb::InboxReply>, Status> {
         let me = self.caller(&request).await?;
+        // The user's chat list lives in the user's partition (kept by follow-ups); each chat's
+        // summary and marks in the chat's partition's projection.
+        let mut by_partition: std::collections::BTreeMap<_, Vec<ChatId>> = Default::default();
+        for chat in self.gw.reads.chat_list(me.user).map_err(storage)? {
+            by_partition
+                .entry(self.gw.reads.partition(chat.0))
+                .or_default()
+                .push(chat);
+        }
         let store = self.gw.projector.store();
         let mut entries = Vec::new();
-        for p in 0..self.gw.sequencer.node().partition_count() {
+        for (p, chats) in by_partition {
             let view = store
-                .read(
-                    chat_log::PartitionId(p),
-                    chat_projector::chats::CHATS_PROJECTION_ID,
-                )
+                .read(p, chat_projector::chats::CHATS_PROJECTION_ID)
                 .map_err(storage)?;
-            entries.extend(chat_projector::chats::inbox_part(&view, me.user.0).map_err(storage)?);
+            for chat in chats {
+                entries.extend(
+                    chat_projector::chats::inbox_entry(&view, me.user.0, chat.0)
+                        .map_err(storage)?,
+                );
+            }
         }
         // Most recent activity first; ties by chat id so the order is stable.
         entries.sort_by(|a, b| {

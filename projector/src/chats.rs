@@ -1,11 +1,10 @@
-//! The `chats` projection (id 1): per chat a summary and every member's watermarks; per user a
-//! row for each chat (in the chat's partition). Inboxes and ticks are read from it.
+//! The `chats` projection (id 1): per chat a summary and every member's watermarks. Inboxes
+//! (with the user's chat list from the user's partition) and ticks are read from it.
 //!
 //! | key | value |
 //! |---|---|
 //! | `c ‖ chat` | [`ChatSummary`]: kind, name, last seq, last activity, last sender |
 //! | `w ‖ chat` | [`Marks`]: per member the seq they joined after and their delivered/read marks |
-//! | `u ‖ user ‖ chat` | (empty): the user is a member |
 //!
 //! Inboxes are fan-out-on-read: a message rewrites one small summary, not a row per member;
 //! the unread count is computed when asked (last seq − the user's read mark, never counting what
@@ -60,15 +59,6 @@ fn summary_key(chat: u64) -> Vec<u8> {
 
 fn marks_key(chat: u64) -> Vec<u8> {
     [&[b'w'][..], &chat.to_be_bytes()].concat()
-}
-
-fn row_key(user: u64, chat: u64) -> Vec<u8> {
-    [&[b'u'][..], &user.to_be_bytes(), &chat.to_be_bytes()].concat()
-}
-
-/// The prefix of a user's rows.
-pub fn rows_prefix(user: u64) -> Vec<u8> {
-    [&[b'u'][..], &user.to_be_bytes()].concat()
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -183,9 +173,6 @@ impl Projection for ChatsProjection {
                 };
                 txn.put(&summary_key(c.chat_id), encode(&summary));
                 let marks: Marks = c.members.iter().map(|&u| (u, Mark::default())).collect();
-                for &u in &c.members {
-                    txn.put(&row_key(u, c.chat_id), Vec::new());
-                }
                 Self::set_marks(txn, c.chat_id, &Marks::new(), &marks, changes);
             }
             chat_event::Kind::MembersChanged(c) => {
@@ -199,11 +186,9 @@ impl Projection for ChatsProjection {
                         read: c.last_seq,
                     };
                     after.insert(u, mark);
-                    txn.put(&row_key(u, c.chat_id), Vec::new());
                 }
                 for &u in &c.removed {
                     after.remove(&u);
-                    txn.delete(&row_key(u, c.chat_id));
                 }
                 Self::set_marks(txn, c.chat_id, &before, &after, changes);
             }
@@ -242,7 +227,8 @@ impl Projection for ChatsProjection {
             chat_event::Kind::UserRegistered(_)
             | chat_event::Kind::DeviceAdded(_)
             | chat_event::Kind::DeviceRevoked(_)
-            | chat_event::Kind::MessagesExpired(_) => {}
+            | chat_event::Kind::MessagesExpired(_)
+            | chat_event::Kind::ChatListChanged(_) => {}
         }
         Ok(())
     }
@@ -258,36 +244,31 @@ pub struct InboxEntry {
     pub ticks: Ticks,
 }
 
-/// The chats of `user` that live in the partition `view` reads.
-pub fn inbox_part(view: &LiveView<'_>, user: u64) -> Result<Vec<InboxEntry>, StoreError> {
-    let mut out = Vec::new();
-    for (key, _) in view.scan_prefix(&rows_prefix(user))? {
-        let Some(chat) = key
-            .get(9..17)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-        else {
-            continue;
-        };
-        let summary: ChatSummary = match view.get(&summary_key(chat))? {
-            Some(b) => decode("chat summary", &b)?,
-            None => continue,
-        };
-        let marks: Marks = match view.get(&marks_key(chat))? {
-            Some(b) => decode("chat marks", &b)?,
-            None => Marks::new(),
-        };
-        let mark = marks.get(&user).copied().unwrap_or_default();
-        let seen = mark.read.max(mark.joined_after);
-        out.push(InboxEntry {
-            chat,
-            unread: summary.last_seq.saturating_sub(seen),
-            ticks: ticks(&marks).get(&user).copied().unwrap_or_default(),
-            summary,
-            mark,
-        });
-    }
-    Ok(out)
+/// `user`'s inbox entry for `chat`, from the partition `view` reads (the chat's).
+pub fn inbox_entry(
+    view: &LiveView<'_>,
+    user: u64,
+    chat: u64,
+) -> Result<Option<InboxEntry>, StoreError> {
+    let summary: ChatSummary = match view.get(&summary_key(chat))? {
+        Some(b) => decode("chat summary", &b)?,
+        None => return Ok(None),
+    };
+    let marks: Marks = match view.get(&marks_key(chat))? {
+        Some(b) => decode("chat marks", &b)?,
+        None => Marks::new(),
+    };
+    let Some(mark) = marks.get(&user).copied() else {
+        return Ok(None); // not (or no longer) a member
+    };
+    let seen = mark.read.max(mark.joined_after);
+    Ok(Some(InboxEntry {
+        chat,
+        unread: summary.last_seq.saturating_sub(seen),
+        ticks: ticks(&marks).get(&user).copied().unwrap_or_default(),
+        summary,
+        mark,
+    }))
 }
 
 #[cfg(test)]

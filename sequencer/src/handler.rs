@@ -542,6 +542,65 @@ impl ChatHandler {
         applied(Some(offset), 1, reply(to))
     }
 
+    /// Apply a membership follow-up to users' chat lists, once per (source partition, offset).
+    fn apply_follow_ups(&self, ctx: &mut ApplyContext<'_>, c: pb::ApplyFollowUps) -> Outcome {
+        let mark_key = state::follow_up_mark_key(c.source_partition);
+        let mark = match ctx.get(&mark_key)? {
+            Some(b) => state::decode_u64("follow-up mark", &b)?,
+            None => 0,
+        };
+        let reply = |applied| command_reply::Kind::FollowUp(pb::FollowUpReply { applied });
+        if c.source_offset <= mark {
+            return applied(None, 0, reply(false)); // a redelivery
+        }
+        ctx.put(&mark_key, c.source_offset.to_be_bytes().to_vec());
+        let mut first = None;
+        let mut events = 0;
+        for e in c.entries {
+            let key = state::chat_list_key(UserId(e.user_id), ChatId(e.chat_id));
+            let present = ctx.get(&key)?.is_some();
+            if present == e.joined {
+                continue; // already so (e.g. created and re-added)
+            }
+            if e.joined {
+                ctx.put(&key, Vec::new());
+            } else {
+                ctx.delete(&key);
+            }
+            let offset = emit(
+                ctx,
+                chat_event::Kind::ChatListChanged(pb::ChatListChanged {
+                    user_id: e.user_id,
+                    chat_id: e.chat_id,
+                    joined: e.joined,
+                    source_partition: c.source_partition,
+                    source_offset: c.source_offset,
+                }),
+            );
+            first.get_or_insert(offset);
+            events += 1;
+        }
+        applied(first, events, reply(true))
+    }
+
+    /// Record how far this partition's follow-ups have been applied (monotonic).
+    fn follow_ups_sent(&self, ctx: &mut ApplyContext<'_>, c: pb::FollowUpsSent) -> Outcome {
+        let current = match ctx.get(state::FOLLOW_UPS_SENT_KEY)? {
+            Some(b) => state::decode_u64("follow-ups sent", &b)?,
+            None => 0,
+        };
+        if c.up_to_offset > current {
+            ctx.put(
+                state::FOLLOW_UPS_SENT_KEY,
+                c.up_to_offset.to_be_bytes().to_vec(),
+            );
+        }
+        let reply = command_reply::Kind::FollowUp(pb::FollowUpReply {
+            applied: c.up_to_offset > current,
+        });
+        applied(None, 0, reply)
+    }
+
     fn advance_receipt(&self, ctx: &mut ApplyContext<'_>, c: pb::AdvanceReceipt) -> Outcome {
         let (chat, user) = (ChatId(c.chat_id), UserId(c.user_id));
         let Some(record) = get::<ChatRecord>(ctx, "chat", &state::chat_key(chat))? else {
@@ -626,6 +685,8 @@ impl CommandHandler for ChatHandler {
             Some(command::Kind::CreateChat(c)) => self.create_chat(ctx, c),
             Some(command::Kind::ChangeMembers(c)) => self.change_members(ctx, c),
             Some(command::Kind::ExpireMessages(c)) => self.expire_messages(ctx, c),
+            Some(command::Kind::ApplyFollowUps(c)) => self.apply_follow_ups(ctx, c),
+            Some(command::Kind::FollowUpsSent(c)) => self.follow_ups_sent(ctx, c),
             Some(command::Kind::SendMessage(c)) => self.send_message(ctx, c),
             Some(command::Kind::AdvanceReceipt(c)) => self.advance_receipt(ctx, c),
             None => reject(RejectCode::InvalidArgument, "empty chat command"),

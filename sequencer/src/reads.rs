@@ -137,6 +137,27 @@ impl StateReader {
         Ok(chats)
     }
 
+    /// The user's chat list as kept in the user's own partition by follow-ups (it trails the
+    /// chats' partitions by the follow-up delay).
+    pub fn chat_list(&self, user: UserId) -> Result<Vec<ChatId>, StoreError> {
+        let prefix = state::chat_list_prefix(user);
+        let end = prefix_end(&prefix);
+        Ok(self
+            .node
+            .handler_scan(self.partition(user.0), &prefix, &end, SCAN_LIMIT)?
+            .into_iter()
+            .filter_map(|(k, _)| state::parse_user_chat_key(&k))
+            .collect())
+    }
+
+    /// How far partition `p`'s follow-ups are recorded as applied.
+    pub fn follow_ups_sent(&self, p: PartitionId) -> Result<u64, StoreError> {
+        match self.node.handler_get(p, state::FOLLOW_UPS_SENT_KEY)? {
+            Some(b) => state::decode_u64("follow-ups sent", &b),
+            None => Ok(0),
+        }
+    }
+
     /// The last seq acknowledged as delivered by `device` in `chat` (0: none).
     pub fn device_cursor(
         &self,

@@ -190,8 +190,7 @@ impl Sequencer {
         mut command: pb::Command,
         forwarded: bool,
     ) -> Result<pb::CommandReply, SeqError> {
-        let key = self.prepare(&mut command, forwarded)?;
-        let partition = partition_of(key, self.node.partition_count());
+        let partition = self.prepare(&mut command, forwarded)?;
         let bytes = Dispatch::tagged(CHAT_COMMAND_TAG, &command.encode_to_vec());
         let deadline = Instant::now() + self.config.submit_timeout;
         let mut backoff = Duration::from_millis(20);
@@ -218,8 +217,8 @@ impl Sequencer {
         }
     }
 
-    /// Check a command, fill in derived ids, and return its routing key.
-    fn prepare(&self, command: &mut pb::Command, forwarded: bool) -> Result<u64, SeqError> {
+    /// Check a command, fill in derived ids, and return the partition it goes to.
+    fn prepare(&self, command: &mut pb::Command, forwarded: bool) -> Result<PartitionId, SeqError> {
         let c = &self.config;
         match command.kind.as_mut() {
             None => Err(SeqError::invalid("empty command")),
@@ -244,7 +243,7 @@ impl Sequencer {
                 }
                 r.handle = handle.to_string();
                 r.user_id = derived.0;
-                Ok(r.user_id)
+                Ok(self.route(r.user_id))
             }
             Some(command::Kind::AddDevice(d)) => {
                 if d.token_sha256.len() != 32 {
@@ -252,9 +251,9 @@ impl Sequencer {
                         "token_sha256 must be a sha256 digest (32 bytes)",
                     ));
                 }
-                Ok(d.user_id)
+                Ok(self.route(d.user_id))
             }
-            Some(command::Kind::RevokeDevice(d)) => Ok(d.user_id),
+            Some(command::Kind::RevokeDevice(d)) => Ok(self.route(d.user_id)),
             Some(command::Kind::CreateChat(ch)) => {
                 if ch.kind == ChatKind::Direct as i32 && ch.chat_id == 0 {
                     let other = ch.members.first().copied().unwrap_or_default();
@@ -265,11 +264,33 @@ impl Sequencer {
                         "a group's chat_id must be given (derived from creator and request id)",
                     ));
                 }
-                Ok(ch.chat_id)
+                Ok(self.route(ch.chat_id))
             }
-            Some(command::Kind::ChangeMembers(ch)) => Ok(ch.chat_id),
-            Some(command::Kind::AdvanceReceipt(r)) => Ok(r.chat_id),
-            Some(command::Kind::ExpireMessages(e)) => Ok(e.chat_id),
+            Some(command::Kind::ChangeMembers(ch)) => Ok(self.route(ch.chat_id)),
+            Some(command::Kind::AdvanceReceipt(r)) => Ok(self.route(r.chat_id)),
+            Some(command::Kind::ExpireMessages(e)) => Ok(self.route(e.chat_id)),
+            Some(command::Kind::ApplyFollowUps(f)) => {
+                let first = f
+                    .entries
+                    .first()
+                    .ok_or_else(|| SeqError::invalid("a follow-up needs at least one entry"))?;
+                let target = self.route(first.user_id);
+                if f.entries.iter().any(|e| self.route(e.user_id) != target) {
+                    return Err(SeqError::invalid(
+                        "every entry of a follow-up must route to the same partition",
+                    ));
+                }
+                Ok(target)
+            }
+            Some(command::Kind::FollowUpsSent(f)) => {
+                if f.partition >= self.node.partition_count() {
+                    return Err(SeqError::invalid(format!(
+                        "partition {} does not exist",
+                        f.partition
+                    )));
+                }
+                Ok(PartitionId(f.partition))
+            }
             Some(command::Kind::SendMessage(m)) => {
                 if m.payload.is_empty() {
                     return Err(SeqError::invalid("a message needs a payload"));
@@ -297,9 +318,14 @@ impl Sequencer {
                         ),
                     });
                 }
-                Ok(m.chat_id)
+                Ok(self.route(m.chat_id))
             }
         }
+    }
+
+    /// The partition that owns an id.
+    fn route(&self, id: u64) -> PartitionId {
+        partition_of(id, self.node.partition_count())
     }
 
     async fn forward(

@@ -12,6 +12,9 @@
 //! | `x` | timestamp, dedup key | (empty) expiry order of the dedup window |
 //! | `r` | chat, user | [`ReceiptRecord`]: delivered/read watermarks |
 //! | `j` | user, chat | (empty) the chats of a user that live in this partition |
+//! | `J` | user, chat | (empty) the user's chat list, in the user's partition (follow-ups) |
+//! | `F` | source partition | last source offset whose follow-ups were applied here |
+//! | `P` | | this partition's follow-ups are applied up to this offset |
 //! | `k` | chat, user, device | the seq delivered to that device (its resume cursor) |
 //!
 //! Integers are big-endian so keys sort numerically.
@@ -99,10 +102,27 @@ pub fn user_chats_prefix(u: UserId) -> Vec<u8> {
     key(b'j', &[&u.0.to_be_bytes()])
 }
 
-/// The chat of a `user_chat_key`.
+/// The chat of a `user_chat_key` or a `chat_list_key` (same layout).
 pub fn parse_user_chat_key(k: &[u8]) -> Option<ChatId> {
     Some(ChatId(u64::from_be_bytes(k.get(9..17)?.try_into().ok()?)))
 }
+
+/// `J ‖ user ‖ chat`: the user's chat list, kept in the user's partition by follow-ups.
+pub fn chat_list_key(u: UserId, c: ChatId) -> Vec<u8> {
+    key(b'J', &[&u.0.to_be_bytes(), &c.0.to_be_bytes()])
+}
+
+pub fn chat_list_prefix(u: UserId) -> Vec<u8> {
+    key(b'J', &[&u.0.to_be_bytes()])
+}
+
+/// `F ‖ source partition`: the last source offset applied from that partition.
+pub fn follow_up_mark_key(source: u32) -> Vec<u8> {
+    key(b'F', &[&source.to_be_bytes()])
+}
+
+/// `P`: this partition's follow-ups are applied up to this offset.
+pub const FOLLOW_UPS_SENT_KEY: &[u8] = b"P";
 
 pub fn device_cursor_key(c: ChatId, u: UserId, d: DeviceId) -> Vec<u8> {
     key(

@@ -8,7 +8,7 @@
 //! - `poll`: a batch a reader's device stream delivered: `{chat, messages: [{seq, id}], resumed_from}`
 //!   (`resumed_from` is set on the first batch after (re)connecting with a cursor).
 //! - `drain`: the final read of a whole chat from one node, after heal and quiesce:
-//!   `{chat, messages: [{seq, id}]}`.
+//!   `{chat, messages: [{seq, id, ts}]}`.
 //! - `receipt`: watermarks a reader observed: `{chat, user, delivered, read, last_seq}`.
 
 use std::io::{BufRead, Write};
@@ -39,6 +39,9 @@ pub struct Seen {
     pub seq: u64,
     /// The sender's client_msg_id (unique per workload).
     pub id: String,
+    /// The leader-assigned server time (set by drains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

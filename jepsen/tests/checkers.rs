@@ -15,7 +15,11 @@ struct Builder {
 
 fn seen(msgs: &[(u64, &str)]) -> Vec<Seen> {
     msgs.iter()
-        .map(|&(seq, id)| Seen { seq, id: id.into() })
+        .map(|&(seq, id)| Seen {
+            seq,
+            id: id.into(),
+            ts: Some(1000 * seq),
+        })
         .collect()
 }
 
@@ -135,7 +139,7 @@ fn a_clean_history_passes_every_checker() {
     let report = check_all(&b.h);
     assert!(report.valid(), "{report}");
     assert!(
-        report.to_string().ends_with("checks: 6 passed, 0 failed"),
+        report.to_string().ends_with("checks: 7 passed, 0 failed"),
         "{report}"
     );
 }
@@ -291,7 +295,7 @@ fn check_command_reports_and_sets_the_exit_status() {
     let out = run(&clean(full_drains), "clean.jsonl");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("checks: 6 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("checks: 7 passed, 0 failed"), "{stdout}");
 
     let broken = clean(|b| b.drain(1, 1, &[(1, "a"), (3, "c"), (4, "t")]));
     let out = run(&broken, "broken.jsonl");
@@ -300,7 +304,7 @@ fn check_command_reports_and_sets_the_exit_status() {
     assert!(
         stdout.contains("gap:")
             && stdout.contains("lost:")
-            && stdout.contains("checks: 5 passed, 1 failed"),
+            && stdout.contains("checks: 6 passed, 1 failed"),
         "{stdout}"
     );
 }
@@ -330,4 +334,32 @@ fn timeline_svg_shows_latency_throughput_and_faults() {
         2,
         "the fault must be shaded in both charts:\n{svg}"
     );
+}
+
+#[test]
+fn timestamp_regressions_are_detected() {
+    let b = clean(|b| {
+        full_drains(b);
+        let mut msgs = seen(&[(1, "a"), (2, "b"), (3, "c"), (4, "t")]);
+        msgs[2].ts = Some(1500); // seq 3 before seq 2's 2000 ms
+        b.op(
+            1_000_004,
+            OpType::Invoke,
+            F::Drain,
+            Value::of_chat(1),
+            Some(1),
+        );
+        b.op(
+            1_000_004,
+            OpType::Ok,
+            F::Drain,
+            Value {
+                chat: 1,
+                messages: msgs,
+                ..Value::default()
+            },
+            Some(1),
+        );
+    });
+    assert_eq!(kinds(&b), BTreeSet::from(["timestamp-regression"]));
 }

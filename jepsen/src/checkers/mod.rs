@@ -9,6 +9,7 @@
 //! | [`streams`] | `poll-skip`, `nonmonotonic-poll` (a device stream skipping or going back), `bad-resume` (resume after k not starting at k+1) |
 //! | [`realtime`] | `realtime-order` (send A acknowledged before send B was invoked, same chat, yet seq A > seq B) |
 //! | [`receipts`] | `receipt-regression`, `receipt-order` (read > delivered), `receipt-beyond-last` (past the chat's last seq) |
+//! | [`timestamps`] | `timestamp-regression` (a later seq with an earlier server time, e.g. under clock skew) |
 
 pub mod durability;
 pub mod phantoms;
@@ -16,6 +17,7 @@ pub mod realtime;
 pub mod receipts;
 pub mod seqs;
 pub mod streams;
+pub mod timestamps;
 
 use std::fmt;
 
@@ -122,6 +124,10 @@ pub fn check_all(h: &History) -> Report {
             CheckResult {
                 checker: "receipts",
                 anomalies: receipts::check(h),
+            },
+            CheckResult {
+                checker: "timestamps",
+                anomalies: timestamps::check(h),
             },
         ],
     }

@@ -6,6 +6,7 @@
 
 pub mod nemesis;
 pub mod nodes;
+pub mod readers;
 pub mod timeline;
 pub mod workload;
 
@@ -39,6 +40,9 @@ pub struct RunArgs {
     pub clients: u64,
     #[arg(long, default_value_t = 4)]
     pub chats: usize,
+    /// Devices following every chat on device streams (reconnecting and resuming at random).
+    #[arg(long, default_value_t = 2)]
+    pub readers: usize,
     /// The chatd binary [default: next to this executable].
     #[arg(long)]
     pub chatd: Option<PathBuf>,
@@ -102,12 +106,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     );
 
     let n = args.nodes;
-    let nodes = Arc::new(Mutex::new(Nodes::new(chatd, &dir, n, 4)?));
+    let mut nodes = Nodes::new(chatd, &dir, n, 4)?;
+    nodes.fake_clocks = args.nemesis.contains(&Fault::Clock);
+    anyhow::ensure!(
+        !nodes.fake_clocks || std::path::Path::new(nodes::LIBFAKETIME).exists(),
+        "the clock nemesis needs libfaketime at {} (apt-get install faketime)",
+        nodes::LIBFAKETIME
+    );
+    let nodes = Arc::new(Mutex::new(nodes));
     for id in 1..=n {
         nodes.lock().unwrap().start(id)?;
     }
     let mut w = Workload::new(n)?;
-    w.setup(n, 4, args.chats).await?;
+    let mut reader_devices = Vec::new();
+    for r in 0..args.readers {
+        reader_devices.push(readers::register(r, n).await?);
+    }
+    let reader_users: Vec<u64> = reader_devices.iter().map(|r| r.user).collect();
+    w.setup(n, 4, args.chats, &reader_users).await?;
     let w = Arc::new(w);
 
     let deadline = Instant::now() + Duration::from_secs(args.time);
@@ -124,6 +140,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         })
         .collect();
 
+    let reader_tasks: Vec<_> = reader_devices
+        .into_iter()
+        .enumerate()
+        .map(|(r, device)| tokio::spawn(readers::run(w.clone(), r, device, n, seed, deadline)))
+        .collect();
+
     // The nemesis: a fault, a pause, until the deadline.
     let mut timeline = Vec::new();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -137,6 +159,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     }
     for c in clients {
         c.await?;
+    }
+    for r in reader_tasks {
+        r.await?;
     }
 
     // Heal, quiesce, drain, check.
@@ -165,9 +190,14 @@ fn summarize(h: &crate::history::History) -> String {
     use crate::history::{OpType, F};
     let count = |f: F, k: OpType| h.ops.iter().filter(|o| o.f == f && o.kind == k).count();
     let mut s = format!("{} operations\n", h.ops.len());
-    for (name, f) in [("send", F::Send), ("poll", F::Poll), ("drain", F::Drain)] {
+    for (name, f) in [
+        ("send", F::Send),
+        ("poll", F::Poll),
+        ("drain", F::Drain),
+        ("receipt", F::Receipt),
+    ] {
         s += &format!(
-            "{name:<6} ok {:>6}  fail {:>5}  info {:>5}\n",
+            "{name:<8} ok {:>6}  fail {:>5}  info {:>5}\n",
             count(f.clone(), OpType::Ok),
             count(f.clone(), OpType::Fail),
             count(f, OpType::Info)

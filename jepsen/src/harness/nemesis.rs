@@ -1,21 +1,33 @@
-//! Faults: SIGKILL and restart on the same data dir, SIGSTOP/SIGCONT pauses, and network
-//! partitions as nftables drop rules between node addresses (inside the run's private network
-//! namespace, so nothing touches the host).
+//! Faults, following Jepsen's fault model, all inside the run's private network namespace:
+//!
+//! - `kill`: SIGKILL and restart on the same data dir — one node, the leader of a partition, or
+//!   every node at once;
+//! - `pause`: SIGSTOP … SIGCONT — one node or the leader of a partition;
+//! - `partition`: nftables drop rules between node addresses — isolate one node, isolate a
+//!   partition's leader, a one-way cut (a node that can send but not hear), a bridge (two halves
+//!   that only one node connects), and on 5+ nodes a majorities ring;
+//! - `clock`: the realtime clock of one node shifted with libfaketime (monotonic time is not
+//!   touched): a bump (one jump, held, then back) or a strobe (flipping back and forth);
+//! - `compact`: a snapshot + Raft-log purge of a partition on a node, under load.
 
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
+use chat_proto::admin::{CompactRequest, StatusRequest};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::nodes::{ip, Nodes};
+use super::nodes::{admin, ip, Nodes};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
     Kill,
     Pause,
     Partition,
+    Clock,
+    Compact,
 }
 
 fn nft(script: &str) -> anyhow::Result<()> {
@@ -31,21 +43,28 @@ fn nft(script: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drop every packet between `isolated` and the other nodes, both ways.
-pub fn isolate(isolated: u64, n: u64) -> anyhow::Result<()> {
+/// Drop packets from `from` to `to` (one way).
+fn drop_link(from: u64, to: u64) -> anyhow::Result<()> {
+    nft(&format!(
+        "add rule inet jepsen out ip saddr {} ip daddr {} drop",
+        ip(from),
+        ip(to)
+    ))
+}
+
+fn table() -> anyhow::Result<()> {
     nft("add table inet jepsen")?;
-    nft("add chain inet jepsen out { type filter hook output priority 0; }")?;
-    for other in (1..=n).filter(|&o| o != isolated) {
-        nft(&format!(
-            "add rule inet jepsen out ip saddr {} ip daddr {} drop",
-            ip(isolated),
-            ip(other)
-        ))?;
-        nft(&format!(
-            "add rule inet jepsen out ip saddr {} ip daddr {} drop",
-            ip(other),
-            ip(isolated)
-        ))?;
+    nft("add chain inet jepsen out { type filter hook output priority 0; }")
+}
+
+/// Cut every link between the two groups, both ways.
+fn cut(a: &[u64], b: &[u64]) -> anyhow::Result<()> {
+    table()?;
+    for &x in a {
+        for &y in b {
+            drop_link(x, y)?;
+            drop_link(y, x)?;
+        }
     }
     Ok(())
 }
@@ -56,6 +75,27 @@ pub fn heal_network() -> anyhow::Result<()> {
     nft("flush ruleset")
 }
 
+/// The node leading a random partition, as a running node reports it.
+async fn some_leader(nodes: &std::sync::Mutex<Nodes>, n: u64, rng: &mut StdRng) -> Option<u64> {
+    let candidates: Vec<u64> = {
+        let nodes = nodes.lock().unwrap();
+        (1..=n)
+            .filter(|&i| nodes.is_running(i) && !nodes.nodes[i as usize - 1].paused)
+            .collect()
+    };
+    let ask = *candidates.choose(rng)?;
+    let mut client = admin(ask).ok()?;
+    let mut request = tonic::Request::new(StatusRequest {});
+    request.set_timeout(Duration::from_secs(1));
+    let status = client.status(request).await.ok()?.into_inner();
+    let leaders: Vec<u64> = status.leaders().into_values().collect();
+    leaders.choose(rng).copied()
+}
+
+async fn hold(rng: &mut StdRng, ms: std::ops::Range<u64>) {
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(ms))).await;
+}
+
 /// One fault, applied and then undone; returns a description for the report.
 pub async fn strike(
     fault: Fault,
@@ -63,25 +103,129 @@ pub async fn strike(
     n: u64,
     rng: &mut StdRng,
 ) -> anyhow::Result<String> {
-    let target = rng.gen_range(1..=n);
+    let all: Vec<u64> = (1..=n).collect();
+    let random = rng.gen_range(1..=n);
     match fault {
         Fault::Kill => {
-            nodes.lock().unwrap().kill(target)?;
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..4000))).await;
-            nodes.lock().unwrap().start(target)?;
-            Ok(format!("kill -9 node {target}, restart"))
+            let choice = rng.gen_range(0..10);
+            let (targets, what) = if choice < 2 {
+                (all.clone(), "every node".to_string())
+            } else if choice < 6 {
+                match some_leader(nodes, n, rng).await {
+                    Some(l) => (vec![l], format!("leader node {l}")),
+                    None => (vec![random], format!("node {random}")),
+                }
+            } else {
+                (vec![random], format!("node {random}"))
+            };
+            for &t in &targets {
+                nodes.lock().unwrap().kill(t)?;
+            }
+            hold(rng, 1000..4000).await;
+            for &t in &targets {
+                nodes.lock().unwrap().start(t)?;
+            }
+            Ok(format!("kill -9 {what}, restart"))
         }
         Fault::Pause => {
+            let target = if rng.gen_bool(0.5) {
+                some_leader(nodes, n, rng).await.unwrap_or(random)
+            } else {
+                random
+            };
             nodes.lock().unwrap().pause(target)?;
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..4000))).await;
+            hold(rng, 1000..4000).await;
             nodes.lock().unwrap().resume(target)?;
             Ok(format!("pause node {target}"))
         }
         Fault::Partition => {
-            isolate(target, n)?;
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(2000..5000))).await;
+            let what = match rng.gen_range(0..4) {
+                0 => {
+                    let others: Vec<u64> = all.iter().copied().filter(|&o| o != random).collect();
+                    cut(&[random], &others)?;
+                    format!("isolate node {random}")
+                }
+                1 => {
+                    let leader = some_leader(nodes, n, rng).await.unwrap_or(random);
+                    let others: Vec<u64> = all.iter().copied().filter(|&o| o != leader).collect();
+                    cut(&[leader], &others)?;
+                    format!("isolate leader node {leader}")
+                }
+                2 => {
+                    // Node `random` sends but hears nothing.
+                    table()?;
+                    for o in all.iter().copied().filter(|&o| o != random) {
+                        drop_link(o, random)?;
+                    }
+                    format!("one-way: nothing reaches node {random}")
+                }
+                _ if n >= 5 && rng.gen_bool(0.5) => {
+                    // Majorities ring: each node sees only its two neighbours on each side.
+                    let mut ring = all.clone();
+                    ring.shuffle(rng);
+                    table()?;
+                    let len = ring.len();
+                    for i in 0..len {
+                        for j in 0..len {
+                            let d = (i + len - j) % len;
+                            if d > 2 && d < len - 2 {
+                                drop_link(ring[i], ring[j])?;
+                            }
+                        }
+                    }
+                    format!("majorities ring {ring:?}")
+                }
+                _ => {
+                    // Bridge: two halves, only `random` talks to both.
+                    let mut others: Vec<u64> =
+                        all.iter().copied().filter(|&o| o != random).collect();
+                    others.shuffle(rng);
+                    let (a, b) = others.split_at(others.len() / 2);
+                    cut(a, b)?;
+                    format!("bridge: {a:?} | node {random} | {b:?}")
+                }
+            };
+            hold(rng, 2000..5000).await;
             heal_network()?;
-            Ok(format!("isolate node {target}"))
+            Ok(what)
+        }
+        Fault::Clock => {
+            let secs = rng.gen_range(2..60) as i64 * if rng.gen_bool(0.5) { 1 } else { -1 };
+            let offset = format!("{secs:+}s");
+            if rng.gen_bool(0.5) {
+                nodes.lock().unwrap().set_clock(random, &offset)?;
+                hold(rng, 2000..5000).await;
+                nodes.lock().unwrap().set_clock(random, "+0")?;
+                Ok(format!("clock bump {offset} on node {random}"))
+            } else {
+                for i in 0..rng.gen_range(3..7) {
+                    let now = if i % 2 == 0 { offset.as_str() } else { "+0" };
+                    nodes.lock().unwrap().set_clock(random, now)?;
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                }
+                nodes.lock().unwrap().set_clock(random, "+0")?;
+                Ok(format!("clock strobe 0/{offset} on node {random}"))
+            }
+        }
+        Fault::Compact => {
+            let p = rng.gen_range(0..4u32);
+            let running = nodes.lock().unwrap().is_running(random);
+            if !running {
+                return Ok(format!("compact: node {random} is down"));
+            }
+            let mut client = admin(random)?;
+            let mut request = tonic::Request::new(CompactRequest { partition: p });
+            request.set_timeout(Duration::from_secs(10));
+            match client.compact(request).await {
+                Ok(r) => Ok(format!(
+                    "compact partition {p} on node {random} (snapshot at {})",
+                    r.into_inner().snapshot_index
+                )),
+                Err(e) => Ok(format!(
+                    "compact partition {p} on node {random}: {}",
+                    e.message()
+                )),
+            }
         }
     }
 }

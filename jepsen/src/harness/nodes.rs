@@ -17,10 +17,39 @@ pub fn addr(node: u64) -> String {
     format!("{}:{PORT}", ip(node))
 }
 
+/// Clients connect from this address, so node-to-node faults never cut clients off.
+pub const CLIENT_IP: [u8; 4] = [127, 0, 0, 100];
+
+/// A channel to node `node` from the clients' address.
+pub fn channel(node: u64) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", addr(node)))?
+            .connect_timeout(std::time::Duration::from_millis(500))
+            .local_address(Some(CLIENT_IP.into()))
+            .connect_lazy(),
+    )
+}
+
+/// An admin client of node `node` (from the clients' address).
+pub fn admin(node: u64) -> anyhow::Result<chat_proto::AdminClient> {
+    Ok(
+        chat_proto::admin::admin_client::AdminClient::with_interceptor(
+            channel(node)?,
+            chat_proto::AttachSecret::new(SECRET)?,
+        ),
+    )
+}
+
+/// libfaketime, which shifts a process's realtime clock (CLOCK_REALTIME only: monotonic time,
+/// which Raft timers use, stays true).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
 pub struct Node {
     pub id: u64,
     config: PathBuf,
     log: PathBuf,
+    /// The node's clock offset for libfaketime ("+0", "+25s", "-3s"), re-read every second.
+    pub clock: PathBuf,
     child: Option<Child>,
     pub paused: bool,
 }
@@ -28,6 +57,8 @@ pub struct Node {
 pub struct Nodes {
     chatd: PathBuf,
     pub nodes: Vec<Node>,
+    /// Start processes under libfaketime (for the clock nemesis).
+    pub fake_clocks: bool,
 }
 
 impl Nodes {
@@ -51,15 +82,22 @@ impl Nodes {
                     data.display()
                 ),
             )?;
+            let clock = dir.join(format!("n{id}.clock"));
+            std::fs::write(&clock, "+0\n")?;
             nodes.push(Node {
                 id,
                 config,
                 log: dir.join(format!("n{id}.log")),
+                clock,
                 child: None,
                 paused: false,
             });
         }
-        Ok(Nodes { chatd, nodes })
+        Ok(Nodes {
+            chatd,
+            nodes,
+            fake_clocks: false,
+        })
     }
 
     fn node(&mut self, id: u64) -> &mut Node {
@@ -68,15 +106,25 @@ impl Nodes {
 
     pub fn start(&mut self, id: u64) -> anyhow::Result<()> {
         let chatd = self.chatd.clone();
+        let fake_clocks = self.fake_clocks;
         let node = self.node(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&node.log)?;
-        let child = Command::new(&chatd)
+        let mut command = Command::new(&chatd);
+        command
             .arg("--config")
             .arg(&node.config)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env("RUST_LOG", "info,openraft=warn");
+        if fake_clocks {
+            command
+                .env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", &node.clock)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = command
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .spawn()
@@ -124,6 +172,13 @@ impl Nodes {
         Ok(())
     }
 
+    /// Shift node `id`'s realtime clock by `offset` ("+0", "+25s", "-3s"); takes effect within
+    /// a second.
+    pub fn set_clock(&self, id: u64, offset: &str) -> anyhow::Result<()> {
+        std::fs::write(&self.nodes[id as usize - 1].clock, format!("{offset}\n"))?;
+        Ok(())
+    }
+
     /// Every node running and not paused.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         for id in 1..=self.nodes.len() as u64 {
@@ -132,6 +187,7 @@ impl Nodes {
             } else if self.nodes[id as usize - 1].paused {
                 self.resume(id)?;
             }
+            self.set_clock(id, "+0")?;
         }
         Ok(())
     }

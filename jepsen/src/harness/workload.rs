@@ -1,6 +1,7 @@
 //! The chat workload: client slots send messages with unique ids to random nodes — retrying the
-//! same `client_msg_id` after any ambiguous failure — and poll chats from their cursors; at the
-//! end every chat is drained from every node. Every operation goes into the history.
+//! same `client_msg_id` after any ambiguous failure — and poll chats from their cursors (device
+//! stream readers are in `readers.rs`); at the end every chat is drained from every node. Every
+//! operation goes into the history.
 //!
 //! An ambiguous failure (timeout, unavailable) is recorded as `info` and, as in Jepsen, its
 //! process is retired: the slot continues as a new process (the retry is a new invocation).
@@ -15,16 +16,14 @@ use chat_proto::AttachSecret;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
-use super::nodes::{addr, SECRET};
+use super::nodes::{channel, SECRET};
 use crate::history::{History, Op, OpType, Seen, Value, F};
 
 pub type Client = SequencerClient<InterceptedService<Channel, AttachSecret>>;
 
-/// Clients connect from this address, so node-to-node faults never cut clients off.
-const CLIENT_IP: [u8; 4] = [127, 0, 0, 100];
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Shared state of a run's clients.
@@ -40,12 +39,8 @@ impl Workload {
     pub fn new(n: u64) -> anyhow::Result<Workload> {
         let clients = (1..=n)
             .map(|id| {
-                let channel = Endpoint::from_shared(format!("http://{}", addr(id)))?
-                    .connect_timeout(Duration::from_millis(500))
-                    .local_address(Some(CLIENT_IP.into()))
-                    .connect_lazy();
                 Ok(SequencerClient::with_interceptor(
-                    channel,
+                    channel(id)?,
                     AttachSecret::new(SECRET)?,
                 ))
             })
@@ -59,7 +54,7 @@ impl Workload {
         })
     }
 
-    fn record(
+    pub fn record(
         &self,
         process: u64,
         kind: OpType,
@@ -136,8 +131,15 @@ impl Workload {
         unreachable!()
     }
 
-    /// Register `users` users and create `chats` groups that all of them are in.
-    pub async fn setup(&mut self, n: u64, users: usize, chats: usize) -> anyhow::Result<()> {
+    /// Register `users` users and create `chats` groups that all of them (and the `readers`,
+    /// registered already) are in.
+    pub async fn setup(
+        &mut self,
+        n: u64,
+        users: usize,
+        chats: usize,
+        readers: &[u64],
+    ) -> anyhow::Result<()> {
         for u in 0..users {
             let kind = command::Kind::RegisterUser(pb::RegisterUser {
                 user_id: 0,
@@ -159,7 +161,7 @@ impl Workload {
                 kind: pb::ChatKind::Group as i32,
                 name: format!("jepsen {c}"),
                 creator: self.users[0],
-                members: self.users[1..].to_vec(),
+                members: self.users[1..].iter().chain(readers).copied().collect(),
             });
             self.setup_command(kind, n).await?;
             self.chats.push(chat.0);
@@ -287,6 +289,7 @@ pub async fn run_client(
                             .map(|m| Seen {
                                 seq: m.seq,
                                 id: m.client_msg_id,
+                                ts: None,
                             })
                             .collect(),
                         resumed_from: Some(cursor),
@@ -349,6 +352,7 @@ pub async fn drain(w: &Workload, n: u64, timeout: Duration) -> anyhow::Result<()
                     Ok(h) => messages.extend(h.messages.into_iter().map(|m| Seen {
                         seq: m.seq,
                         id: m.client_msg_id,
+                        ts: Some(m.server_ts_ms),
                     })),
                     Err(e) => break Err(e),
                 }

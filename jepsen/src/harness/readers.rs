@@ -1,0 +1,208 @@
+//! Device-stream readers: devices that follow every chat over `chat.v1.Chat/Connect`, from a
+//! random node, for a random while, then disconnect and connect again (to another random node):
+//! usually resuming from the cursors they hold, sometimes naming none ("everything I am owed",
+//! which resumes from what the server recorded as delivered — possibly behind what the device
+//! saw, so that is a new process for the checkers). They acknowledge and read at random.
+//!
+//! Each delivered message is a `poll` operation (`resumed_from` on a chat's first message after
+//! a resume); each receipt frame a `receipt` operation, under a process per connection (a new
+//! connection may land on a node whose replica is behind the last one).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_proto::chat_v1::chat_client::ChatClient;
+use chat_proto::chat_v1::{self as pb, client_frame, server_frame};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::nodes::channel;
+use super::workload::Workload;
+use crate::history::{OpType, Seen, Value, F};
+
+/// A reader's device: its handle and bearer token.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pub user: u64,
+    pub token: String,
+}
+
+/// Register reader `r` through the device API of some node (retrying through faults).
+pub async fn register(r: usize, n: u64) -> anyhow::Result<Reader> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let secret: String = format!("jepsenreader{r}secret{:020}", rand::random::<u64>());
+    for attempt in 0u64.. {
+        let mut client = ChatClient::new(channel(attempt % n + 1)?);
+        let request = pb::RegisterRequest {
+            handle: format!("jepsen-reader-{r}"),
+            device_id: 1,
+            secret: secret.clone(),
+        };
+        match client.register(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                return Ok(Reader {
+                    user: reply.user_id,
+                    token: reply.token,
+                });
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => anyhow::bail!("registering reader {r}: {e}"),
+        }
+    }
+    unreachable!()
+}
+
+/// Reader `r` until `deadline`.
+pub async fn run(w: Arc<Workload>, r: usize, reader: Reader, n: u64, seed: u64, deadline: Instant) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (0x5eed_0000 + r as u64));
+    let base = 2_000_000 + r as u64 * 10_000;
+    let mut process = base;
+    let mut connection = 0u64;
+    let mut cursors: BTreeMap<u64, u64> = w.chats.iter().map(|&c| (c, 0)).collect();
+    while Instant::now() < deadline {
+        let node = rng.gen_range(1..=n);
+        let resume = rng.gen_bool(0.8);
+        if !resume {
+            process += 1; // resuming from the server's record: a new observer
+        }
+        connection += 1;
+        let until =
+            (Instant::now() + Duration::from_millis(rng.gen_range(500..5000))).min(deadline);
+        let receipts_process = 4_000_000 + r as u64 * 10_000 + connection;
+        let session = Session {
+            w: &w,
+            node,
+            process,
+            receipts_process,
+            resume,
+        };
+        session.follow(&reader, &mut cursors, until, &mut rng).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..200))).await;
+    }
+}
+
+struct Session<'a> {
+    w: &'a Workload,
+    node: u64,
+    process: u64,
+    receipts_process: u64,
+    resume: bool,
+}
+
+impl Session<'_> {
+    fn ok(&self, process: u64, f: F, value: Value) {
+        self.w.record(
+            process,
+            OpType::Invoke,
+            f.clone(),
+            Value::of_chat(value.chat),
+            self.node,
+            None,
+        );
+        self.w
+            .record(process, OpType::Ok, f, value, self.node, None);
+    }
+
+    /// One connection until `until` or the stream fails.
+    async fn follow(
+        &self,
+        reader: &Reader,
+        cursors: &mut BTreeMap<u64, u64>,
+        until: Instant,
+        rng: &mut StdRng,
+    ) {
+        let Ok(ch) = channel(self.node) else { return };
+        let mut client = ChatClient::new(ch);
+        let (tx, rx) = mpsc::channel(64);
+        let hello = pb::Hello {
+            token: reader.token.clone(),
+            cursors: if self.resume {
+                cursors
+                    .iter()
+                    .map(|(&chat_id, &seq)| pb::Cursor { chat_id, seq })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        };
+        let _ = tx
+            .send(pb::ClientFrame {
+                kind: Some(client_frame::Kind::Hello(hello)),
+            })
+            .await;
+        let connect = client.connect(ReceiverStream::new(rx));
+        let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
+            return;
+        };
+        let mut frames = response.into_inner();
+        // Chats whose first message on this connection has not come yet, with the cursor the
+        // connection resumed from.
+        let mut first: HashMap<u64, u64> = if self.resume {
+            cursors.iter().map(|(&c, &s)| (c, s)).collect()
+        } else {
+            HashMap::new()
+        };
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let frame = match tokio::time::timeout(left, frames.message()).await {
+                Ok(Ok(Some(pb::ServerFrame { kind: Some(kind) }))) => kind,
+                _ => return, // ended, failed or timed out: reconnect
+            };
+            match frame {
+                server_frame::Kind::Message(m) => {
+                    let chat = m.chat_id;
+                    let value = Value {
+                        chat,
+                        messages: vec![Seen {
+                            seq: m.seq,
+                            id: m.client_msg_id.clone(),
+                            ts: None,
+                        }],
+                        resumed_from: first.remove(&chat),
+                        ..Value::default()
+                    };
+                    self.ok(self.process, F::Poll, value);
+                    let cursor = cursors.entry(chat).or_default();
+                    *cursor = (*cursor).max(m.seq);
+                    let kind = if rng.gen_bool(0.05) {
+                        Some(client_frame::Kind::Ack(pb::AckFrame {
+                            chat_id: chat,
+                            up_to_seq: m.seq,
+                        }))
+                    } else if rng.gen_bool(0.02) {
+                        Some(client_frame::Kind::Read(pb::AckFrame {
+                            chat_id: chat,
+                            up_to_seq: rng.gen_range(1..=m.seq),
+                        }))
+                    } else {
+                        None
+                    };
+                    if let Some(kind) = kind {
+                        let _ = tx.try_send(pb::ClientFrame { kind: Some(kind) });
+                    }
+                }
+                server_frame::Kind::Receipt(rf) => {
+                    let value = Value {
+                        chat: rf.chat_id,
+                        user: Some(rf.user_id),
+                        delivered: Some(rf.delivered_up_to),
+                        read: Some(rf.read_up_to),
+                        ..Value::default()
+                    };
+                    self.ok(self.receipts_process, F::Receipt, value);
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -96,7 +96,12 @@ impl Gateway {
             .collect();
         let secret = chat_proto::AttachSecret::new(cluster_secret).map_err(|e| e.to_string())?;
         tokio::spawn(push_ticks(hub.clone(), projector.subscribe()));
-        let presence = Arc::new(presence::ClusterPresence::new(hub.clone(), secret, peers));
+        let presence = Arc::new(presence::ClusterPresence::new(
+            hub.clone(),
+            secret,
+            peers,
+            node.bind_ip(),
+        ));
         if let Some(sink) = sink {
             notifier::start(
                 node.clone(),

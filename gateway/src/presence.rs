@@ -30,15 +30,23 @@ pub struct ClusterPresence {
     secret: AttachSecret,
     /// Peer addresses (this node excluded).
     peers: Vec<String>,
+    /// Source address of connections to peers (the node's `bind_ip`).
+    bind_ip: Option<std::net::IpAddr>,
     clients: Mutex<HashMap<String, PeerClient>>,
 }
 
 impl ClusterPresence {
-    pub fn new(hub: Arc<Hub>, secret: AttachSecret, peers: Vec<String>) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        secret: AttachSecret,
+        peers: Vec<String>,
+        bind_ip: Option<std::net::IpAddr>,
+    ) -> Self {
         ClusterPresence {
             hub,
             secret,
             peers,
+            bind_ip,
             clients: Mutex::default(),
         }
     }
@@ -52,6 +60,7 @@ impl ClusterPresence {
             .ok()?
             .connect_timeout(PEER_TIMEOUT)
             .tcp_nodelay(true)
+            .local_address(self.bind_ip)
             .connect_lazy();
         let client = GatewayPeerClient::with_interceptor(channel, self.secret.clone());
         clients.insert(addr.to_string(), client.clone());

@@ -245,6 +245,13 @@ impl LogNode {
             .unwrap_or(false)
     }
 
+    /// The source address for connections to other nodes (None: the OS chooses). Every
+    /// node-to-node connection (Raft, forwarding, presence) uses it, so faults between node
+    /// addresses cut all of them.
+    pub fn bind_ip(&self) -> Option<IpAddr> {
+        self.config.bind_ip
+    }
+
     /// Every configured voter and its address, this node included.
     pub fn members(&self) -> &BTreeMap<NodeId, String> {
         &self.config.members

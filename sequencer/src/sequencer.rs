@@ -359,6 +359,7 @@ impl Sequencer {
             .map_err(|e| Status::internal(format!("bad leader address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            .local_address(self.node.bind_ip())
             .connect_lazy();
         let client = SequencerClient::with_interceptor(channel, self.secret.clone());
         peers.insert(addr.to_string(), client.clone());

@@ -6,6 +6,7 @@
 
 pub mod nemesis;
 pub mod nodes;
+pub mod proxy;
 pub mod readers;
 pub mod timeline;
 pub mod workload;
@@ -114,6 +115,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         nodes::LIBFAKETIME
     );
     let nodes = Arc::new(Mutex::new(nodes));
+    // Every node-to-node link goes through the harness's proxy (delay/loss faults).
+    let links = Arc::new(proxy::Links::default());
+    for id in 1..=n {
+        proxy::start(id, links.clone()).await?;
+    }
     for id in 1..=n {
         nodes.lock().unwrap().start(id)?;
     }
@@ -153,7 +159,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
         let fault = args.nemesis[rng.gen_range(0..args.nemesis.len())];
         let from = w.start.elapsed().as_secs_f64();
-        let what = nemesis::strike(fault, &nodes, n, &mut rng).await?;
+        let what = nemesis::strike(fault, &nodes, &links, n, &mut rng).await?;
         let to = w.start.elapsed().as_secs_f64();
         timeline.push(timeline::Interval { from, to, what });
     }
@@ -166,6 +172,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
 
     // Heal, quiesce, drain, check.
     nemesis::heal_network()?;
+    links.clear();
     nodes.lock().unwrap().heal()?;
     workload::drain(&w, n, Duration::from_secs(60)).await?;
     drop(nodes);

@@ -8,7 +8,9 @@
 //!   that only one node connects), and on 5+ nodes a majorities ring;
 //! - `clock`: the realtime clock of one node shifted with libfaketime (monotonic time is not
 //!   touched): a bump (one jump, held, then back) or a strobe (flipping back and forth);
-//! - `compact`: a snapshot + Raft-log purge of a partition on a node, under load.
+//! - `compact`: a snapshot + Raft-log purge of a partition on a node, under load;
+//! - `slow`: delay (with jitter) and loss on the links of one node or on one link, through the
+//!   harness's per-link proxy (`proxy.rs`), since this kernel has no netem.
 
 use std::process::Command;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::nodes::{admin, ip, Nodes};
+use super::proxy::{LinkFault, Links};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
@@ -28,6 +31,7 @@ pub enum Fault {
     Partition,
     Clock,
     Compact,
+    Slow,
 }
 
 fn nft(script: &str) -> anyhow::Result<()> {
@@ -100,6 +104,7 @@ async fn hold(rng: &mut StdRng, ms: std::ops::Range<u64>) {
 pub async fn strike(
     fault: Fault,
     nodes: &std::sync::Mutex<Nodes>,
+    links: &Links,
     n: u64,
     rng: &mut StdRng,
 ) -> anyhow::Result<String> {
@@ -206,6 +211,37 @@ pub async fn strike(
                 nodes.lock().unwrap().set_clock(random, "+0")?;
                 Ok(format!("clock strobe 0/{offset} on node {random}"))
             }
+        }
+        Fault::Slow => {
+            let fault = LinkFault {
+                delay: Duration::from_millis(rng.gen_range(20..300)),
+                jitter: Duration::from_millis(rng.gen_range(0..100)),
+                loss: [0.0, 0.02, 0.1][rng.gen_range(0..3)],
+            };
+            let what = if rng.gen_bool(0.5) {
+                for o in all.iter().copied().filter(|&o| o != random) {
+                    links.set(random, o, fault);
+                    links.set(o, random, fault);
+                }
+                format!("slow links of node {random}")
+            } else {
+                let other = all
+                    .iter()
+                    .copied()
+                    .filter(|&o| o != random)
+                    .collect::<Vec<_>>()
+                    .choose(rng)
+                    .copied()
+                    .unwrap_or(random);
+                links.set(random, other, fault);
+                format!("slow link {random}->{other}")
+            };
+            hold(rng, 2000..6000).await;
+            links.clear();
+            Ok(format!(
+                "{what}: delay {:?} jitter {:?} loss {}",
+                fault.delay, fault.jitter, fault.loss
+            ))
         }
         Fault::Compact => {
             let p = rng.gen_range(0..4u32);

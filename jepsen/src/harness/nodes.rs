@@ -1,5 +1,7 @@
-//! The chatd processes of a run: node i listens on 127.0.0.i:7400 and binds its outgoing Raft
-//! connections to 127.0.0.i, so network faults can tell every link apart.
+//! The chatd processes of a run: node i is known to its peers as 127.0.0.i:7400 (the harness's
+//! link proxy, see `proxy.rs`), really listens on 127.0.0.i:7401, and binds its outgoing Raft
+//! connections to 127.0.0.i, so network faults can tell every link apart. Clients talk to
+//! 127.0.0.i:7401 directly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,14 +22,17 @@ pub fn addr(node: u64) -> String {
 /// Clients connect from this address, so node-to-node faults never cut clients off.
 pub const CLIENT_IP: [u8; 4] = [127, 0, 0, 100];
 
-/// A channel to node `node` from the clients' address.
+/// A channel to node `node` from the clients' address (straight to the node, not through the
+/// link proxy).
 pub fn channel(node: u64) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", addr(node)))?
-            .connect_timeout(std::time::Duration::from_millis(500))
-            .local_address(Some(CLIENT_IP.into()))
-            .connect_lazy(),
-    )
+    Ok(tonic::transport::Endpoint::from_shared(format!(
+        "http://{}:{}",
+        ip(node),
+        super::proxy::NODE_PORT
+    ))?
+    .connect_timeout(std::time::Duration::from_millis(500))
+    .local_address(Some(CLIENT_IP.into()))
+    .connect_lazy())
 }
 
 /// An admin client of node `node` (from the clients' address).
@@ -74,10 +79,11 @@ impl Nodes {
             std::fs::write(
                 &config,
                 format!(
-                    "node_id = {id}\nlisten = \"{}\"\nbind_ip = \"{}\"\ndata_dir = \"{}\"\npartitions = {partitions}\ncluster_secret = \"{SECRET}\"\n\
+                    "node_id = {id}\nlisten = \"{}:{}\"\nbind_ip = \"{}\"\ndata_dir = \"{}\"\npartitions = {partitions}\ncluster_secret = \"{SECRET}\"\n\
                      [raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_after_logs = 200\nlogs_kept_after_snapshot = 50\n\
                      [chat]\nsends_per_second = 100000\nsend_burst = 100000\n[peers]\n{peers}",
-                    addr(id),
+                    ip(id),
+                    super::proxy::NODE_PORT,
                     ip(id),
                     data.display()
                 ),

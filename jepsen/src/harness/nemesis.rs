@@ -73,6 +73,21 @@ fn cut(a: &[u64], b: &[u64]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The directed links a majorities ring drops: every pair that is not adjacent on the ring.
+pub fn ring_cuts(ring: &[u64]) -> Vec<(u64, u64)> {
+    let len = ring.len();
+    let mut cuts = Vec::new();
+    for i in 0..len {
+        for j in 0..len {
+            let d = (i + len - j) % len;
+            if d > 1 && d < len - 1 {
+                cuts.push((ring[i], ring[j]));
+            }
+        }
+    }
+    cuts
+}
+
 pub fn heal_network() -> anyhow::Result<()> {
     // Deleting a table that does not exist is an error; flushing the whole ruleset of our private
     // namespace is not.
@@ -165,18 +180,13 @@ pub async fn strike(
                     format!("one-way: nothing reaches node {random}")
                 }
                 _ if n >= 5 && rng.gen_bool(0.5) => {
-                    // Majorities ring: each node sees only its two neighbours on each side.
+                    // Majorities ring: each node sees only its neighbour on each side (itself and
+                    // two others: a majority of 5, but a different one for every node).
                     let mut ring = all.clone();
                     ring.shuffle(rng);
                     table()?;
-                    let len = ring.len();
-                    for i in 0..len {
-                        for j in 0..len {
-                            let d = (i + len - j) % len;
-                            if d > 2 && d < len - 2 {
-                                drop_link(ring[i], ring[j])?;
-                            }
-                        }
+                    for (from, to) in ring_cuts(&ring) {
+                        drop_link(from, to)?;
                     }
                     format!("majorities ring {ring:?}")
                 }
@@ -261,6 +271,31 @@ pub async fn strike(
                     "compact partition {p} on node {random}: {}",
                     e.message()
                 )),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ring_cuts;
+
+    #[test]
+    fn a_majorities_ring_leaves_each_node_a_different_majority() {
+        let ring = [3, 1, 4, 5, 2];
+        let cuts = ring_cuts(&ring);
+        for (i, &node) in ring.iter().enumerate() {
+            let cut_from: Vec<u64> = cuts.iter().filter(|c| c.0 == node).map(|c| c.1).collect();
+            assert_eq!(
+                cut_from.len(),
+                2,
+                "node {node} must reach itself and 2 others"
+            );
+            let (left, right) = (ring[(i + 4) % 5], ring[(i + 1) % 5]);
+            assert!(!cut_from.contains(&left) && !cut_from.contains(&right));
+            // Symmetric: whatever node cannot send to, cannot send to node.
+            for &other in &cut_from {
+                assert!(cuts.contains(&(other, node)));
             }
         }
     }

@@ -20,21 +20,20 @@ pub fn check(h: &History) -> Vec<Anomaly> {
         let may_have_happened = done.kind != OpType::Fail;
         *sends.entry((value.chat, id)).or_insert(false) |= may_have_happened;
     }
-    // Sends still open at the end (never completed) may have happened too.
-    for op in h
-        .ops
-        .iter()
-        .filter(|o| o.kind == OpType::Invoke && o.f == F::Send)
-    {
+    // Sends still open at the end (never completed) may have happened too. One pass: an
+    // invoke stays open until its process completes an operation.
+    let mut open: std::collections::HashMap<u64, &crate::history::Op> =
+        std::collections::HashMap::new();
+    for op in &h.ops {
+        if op.kind == OpType::Invoke {
+            open.insert(op.process, op);
+        } else {
+            open.remove(&op.process);
+        }
+    }
+    for op in open.values().filter(|o| o.f == F::Send) {
         if let Some(id) = op.value.id.as_deref() {
-            sends.entry((op.value.chat, id)).or_insert(false);
-            if !h
-                .ops
-                .iter()
-                .any(|d| d.index > op.index && d.process == op.process && d.kind != OpType::Invoke)
-            {
-                sends.insert((op.value.chat, id), true);
-            }
+            sends.insert((op.value.chat, id), true);
         }
     }
     let mut anomalies = Vec::new();

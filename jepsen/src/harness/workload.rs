@@ -170,15 +170,23 @@ impl Workload {
     }
 }
 
-fn ambiguous(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::Internal
-    )
+/// Whether a failed call may still have taken effect. Transport failures always may, whatever
+/// code tonic gives them (an HTTP/2 GOAWAY arrives as RESOURCE_EXHAUSTED, say); only a status
+/// the server itself answered with is a definite verdict.
+fn ambiguous(e: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    let transport = e
+        .source()
+        .is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some());
+    transport
+        || matches!(
+            e.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Internal
+        )
 }
 
 /// One client slot until `deadline`.
@@ -237,7 +245,7 @@ pub async fn run_client(
                         );
                         break;
                     }
-                    Err(e) if ambiguous(e.code()) => {
+                    Err(e) if ambiguous(&e) => {
                         w.record(
                             process,
                             OpType::Info,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use chat_proto::log::LogEvent;
 use prost::Message;
 
-use crate::codec::{cf, state_key, StateNs};
+use crate::codec::{cf, prefix_successor, state_key, StateNs};
 use crate::engine::{Engine, StoreError};
 use crate::types::{CommandOutcome, LogOffset, PartitionId};
 
@@ -195,18 +195,6 @@ impl ApplyContext<'_> {
     }
 }
 
-/// The smallest key greater than every key starting with `prefix` (None: there is none).
-fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 /// The bare-log handler: each command is stored as one event, unchanged.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RawAppend;
@@ -276,18 +264,5 @@ impl CommandHandler for Dispatch {
                 message: format!("no handler for command tag {tag}"),
             }),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_successor;
-
-    #[test]
-    fn prefix_successor_bounds_the_prefix() {
-        assert_eq!(prefix_successor(b"x/"), Some(b"x0".to_vec()));
-        assert_eq!(prefix_successor(&[1, 0xff]), Some(vec![2]));
-        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
-        assert_eq!(prefix_successor(b""), None);
     }
 }

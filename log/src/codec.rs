@@ -121,6 +121,25 @@ impl From<StateNs> for u8 {
     }
 }
 
+/// The smallest key greater than every key starting with `prefix` (None: there is none, the
+/// prefix is empty or all 0xff).
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// [`prefix_successor`] as an exclusive scan bound; for a prefix with no successor, a key
+/// above every key of the prefix's length.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    prefix_successor(prefix).unwrap_or_else(|| vec![u8::MAX; prefix.len() + 1])
+}
+
 /// The first key of a partition in any column family; the partition's keys are in
 /// `partition_start(p)..partition_start(p + 1)`.
 pub fn partition_start(p: PartitionId) -> Vec<u8> {
@@ -199,6 +218,16 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_successor_bounds_the_prefix() {
+        assert_eq!(prefix_successor(b"x/"), Some(b"x0".to_vec()));
+        assert_eq!(prefix_successor(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
+        assert_eq!(prefix_successor(b""), None);
+        assert_eq!(prefix_end(b"m\x01\xff"), b"m\x02");
+        assert_eq!(prefix_end(&[0xff]), vec![0xff, 0xff]);
+    }
 
     #[test]
     fn frame_round_trips() {

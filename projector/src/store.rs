@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chat_log::codec::cf;
+use chat_log::codec::{cf, prefix_end};
 use chat_log::{Durability, Engine, PartitionId, StoreError, WriteBatch};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -45,18 +45,6 @@ fn data_prefix(p: PartitionId, projection: u8, generation: u32) -> Vec<u8> {
     let mut k = meta_key(p, DATA, projection);
     k.extend_from_slice(&generation.to_be_bytes());
     k
-}
-
-/// The smallest key after every key starting with `prefix` (prefixes here never end in 0xff…).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![u8::MAX; prefix.len() + 1]
 }
 
 fn decode_cursor(bytes: &[u8]) -> Result<Cursor, StoreError> {

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use chat_log::apply::StateEntries;
+use chat_log::codec::prefix_end;
 use chat_log::{LogNode, PartitionId, StoreError};
 
 use crate::ids::{partition_of, ChatId, DeviceId, UserId};
@@ -40,15 +42,28 @@ impl StateReader {
             .transpose()
     }
 
-    /// Every handler key of `p` that starts with `prefix`.
-    fn scan_prefix(&self, p: PartitionId, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        let end = prefix_end(prefix);
-        Ok(self
-            .node
-            .handler_scan(p, prefix, &end, SCAN_LIMIT)?
+    /// Every handler entry of `p` whose key starts with `prefix`.
+    fn scan_prefix(&self, p: PartitionId, prefix: &[u8]) -> Result<StateEntries, StoreError> {
+        self.node
+            .handler_scan(p, prefix, &prefix_end(prefix), SCAN_LIMIT)
+    }
+
+    /// `scan_prefix`, with each entry's id at `id_at` of its key and its decoded record.
+    fn scan_records<T: serde::de::DeserializeOwned>(
+        &self,
+        p: PartitionId,
+        prefix: &[u8],
+        id_at: usize,
+        what: &str,
+    ) -> Result<Vec<(u64, T)>, StoreError> {
+        self.scan_prefix(p, prefix)?
             .into_iter()
-            .map(|(k, _)| k)
-            .collect())
+            .map(|(k, v)| {
+                let id = state::u64_at(&k, id_at)
+                    .ok_or_else(|| StoreError::decode(format!("{what} key"), "too short"))?;
+                Ok((id, state::decode(what, &v)?))
+            })
+            .collect()
     }
 
     pub fn user_exists(&self, user: UserId) -> Result<bool, StoreError> {
@@ -72,20 +87,12 @@ impl StateReader {
 
     /// Every device of `user` with its record (revoked ones included).
     pub fn devices(&self, user: UserId) -> Result<Vec<(DeviceId, DeviceRecord)>, StoreError> {
-        let prefix = state::devices_prefix(user);
-        let end = prefix_end(&prefix);
-        self.node
-            .handler_scan(self.partition(user.0), &prefix, &end, SCAN_LIMIT)?
+        let p = self.partition(user.0);
+        Ok(self
+            .scan_records(p, &state::devices_prefix(user), 9, "device")?
             .into_iter()
-            .map(|(k, v)| {
-                let device = k
-                    .get(9..17)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| StoreError::decode("device key", "too short"))?;
-                Ok((DeviceId(device), state::decode("device", &v)?))
-            })
-            .collect()
+            .map(|(d, r)| (DeviceId(d), r))
+            .collect())
     }
 
     pub fn chat(&self, chat: ChatId) -> Result<Option<ChatRecord>, StoreError> {
@@ -98,28 +105,19 @@ impl StateReader {
 
     /// Every chat whose home is partition `p`, with its record.
     pub fn chats_in(&self, p: PartitionId) -> Result<Vec<(ChatId, ChatRecord)>, StoreError> {
-        let prefix = [b'c'];
-        let end = prefix_end(&prefix);
-        self.node
-            .handler_scan(p, &prefix, &end, SCAN_LIMIT)?
+        Ok(self
+            .scan_records(p, state::CHATS_PREFIX, 1, "chat")?
             .into_iter()
-            .map(|(k, v)| {
-                let chat = k
-                    .get(1..9)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| StoreError::decode("chat key", "too short"))?;
-                Ok((ChatId(chat), state::decode("chat", &v)?))
-            })
-            .collect()
+            .map(|(c, r)| (ChatId(c), r))
+            .collect())
     }
 
     /// The members of `chat`, in user id order.
     pub fn members(&self, chat: ChatId) -> Result<Vec<UserId>, StoreError> {
-        let keys = self.scan_prefix(self.partition(chat.0), &state::members_prefix(chat))?;
-        Ok(keys
+        let entries = self.scan_prefix(self.partition(chat.0), &state::members_prefix(chat))?;
+        Ok(entries
             .iter()
-            .filter_map(|k| Some(UserId(u64::from_be_bytes(k.get(9..17)?.try_into().ok()?))))
+            .filter_map(|(k, _)| state::u64_at(k, 9).map(UserId))
             .collect())
     }
 
@@ -129,7 +127,7 @@ impl StateReader {
         let prefix = state::user_chats_prefix(user);
         let mut chats = Vec::new();
         for p in 0..self.node.partition_count() {
-            for key in self.scan_prefix(PartitionId(p), &prefix)? {
+            for (key, _) in self.scan_prefix(PartitionId(p), &prefix)? {
                 chats.extend(state::parse_user_chat_key(&key));
             }
         }
@@ -140,11 +138,9 @@ impl StateReader {
     /// The user's chat list as kept in the user's own partition by follow-ups (it trails the
     /// chats' partitions by the follow-up delay).
     pub fn chat_list(&self, user: UserId) -> Result<Vec<ChatId>, StoreError> {
-        let prefix = state::chat_list_prefix(user);
-        let end = prefix_end(&prefix);
+        let p = self.partition(user.0);
         Ok(self
-            .node
-            .handler_scan(self.partition(user.0), &prefix, &end, SCAN_LIMIT)?
+            .scan_prefix(p, &state::chat_list_prefix(user))?
             .into_iter()
             .filter_map(|(k, _)| state::parse_user_chat_key(&k))
             .collect())
@@ -172,28 +168,5 @@ impl StateReader {
             Some(b) => state::decode_u64("device cursor", &b),
             None => Ok(0),
         }
-    }
-}
-
-/// The smallest key greater than every key that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![u8::MAX; prefix.len() + 1]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn prefix_end_carries() {
-        assert_eq!(prefix_end(b"m\x01"), b"m\x02");
-        assert_eq!(prefix_end(b"m\x01\xff"), b"m\x02");
     }
 }

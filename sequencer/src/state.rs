@@ -46,8 +46,11 @@ pub fn devices_prefix(u: UserId) -> Vec<u8> {
     key(b'v', &[&u.0.to_be_bytes()])
 }
 
+/// The prefix of every `chat_key`.
+pub const CHATS_PREFIX: &[u8] = b"c";
+
 pub fn chat_key(c: ChatId) -> Vec<u8> {
-    key(b'c', &[&c.0.to_be_bytes()])
+    key(CHATS_PREFIX[0], &[&c.0.to_be_bytes()])
 }
 
 pub fn member_key(c: ChatId, u: UserId) -> Vec<u8> {
@@ -102,9 +105,16 @@ pub fn user_chats_prefix(u: UserId) -> Vec<u8> {
     key(b'j', &[&u.0.to_be_bytes()])
 }
 
+/// The big-endian u64 at `start` of a key (ids inside the keys above).
+pub fn u64_at(key: &[u8], start: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(
+        key.get(start..start + 8)?.try_into().ok()?,
+    ))
+}
+
 /// The chat of a `user_chat_key` or a `chat_list_key` (same layout).
 pub fn parse_user_chat_key(k: &[u8]) -> Option<ChatId> {
-    Some(ChatId(u64::from_be_bytes(k.get(9..17)?.try_into().ok()?)))
+    u64_at(k, 9).map(ChatId)
 }
 
 /// `J ‖ user ‖ chat`: the user's chat list, kept in the user's partition by follow-ups.

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use chat_log::StoreError;
 use chat_proto::chat_v1::{self as pb, chat_event};
 use chat_proto::log::LogEvent;
+use chat_sequencer::state::{decode, encode};
 use chat_sequencer::CHAT_EVENT_KIND;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -59,14 +60,6 @@ fn summary_key(chat: u64) -> Vec<u8> {
 
 fn marks_key(chat: u64) -> Vec<u8> {
     [&[b'w'][..], &chat.to_be_bytes()].concat()
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    bincode::deserialize(bytes).map_err(|e| StoreError::decode(what, e))
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serialize(value).expect("records serialize")
 }
 
 /// Each member's ticks, from the marks (O(members): the two lowest marks of each kind).

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use chat_log::codec::{cf, prefix_end};
 use chat_log::{Durability, Engine, PartitionId, StoreError, WriteBatch};
+use chat_sequencer::state::{decode, encode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -47,14 +48,6 @@ fn data_prefix(p: PartitionId, projection: u8, generation: u32) -> Vec<u8> {
     k
 }
 
-fn decode_cursor(bytes: &[u8]) -> Result<Cursor, StoreError> {
-    bincode::deserialize(bytes).map_err(|e| StoreError::decode("projection cursor", e))
-}
-
-fn encode_cursor(c: &Cursor) -> Vec<u8> {
-    bincode::serialize(c).expect("cursors serialize")
-}
-
 /// The projections of one node.
 #[derive(Clone)]
 pub struct ProjectionStore {
@@ -74,7 +67,7 @@ impl ProjectionStore {
     ) -> Result<Option<Cursor>, StoreError> {
         self.engine
             .get(cf::PROJECTIONS, &meta_key(p, tag, projection))?
-            .map(|b| decode_cursor(&b))
+            .map(|b| decode::<Cursor>("projection cursor", &b))
             .transpose()
     }
 
@@ -122,7 +115,7 @@ impl ProjectionStore {
             &mut batch,
             cf::PROJECTIONS,
             &meta_key(p, tag, projection),
-            &encode_cursor(&cursor),
+            &encode(&cursor),
         );
         self.engine.write(batch, Durability::Buffered)
     }
@@ -143,7 +136,7 @@ impl ProjectionStore {
             &mut batch,
             cf::PROJECTIONS,
             &meta_key(p, REBUILD, projection),
-            &encode_cursor(&shadow),
+            &encode(&shadow),
         );
         self.engine.write(batch, Durability::Sync)?;
         Ok(shadow)
@@ -163,7 +156,7 @@ impl ProjectionStore {
             &mut batch,
             cf::PROJECTIONS,
             &meta_key(p, LIVE, projection),
-            &encode_cursor(&shadow),
+            &encode(&shadow),
         );
         batch.delete_cf(
             self.engine.cf(cf::PROJECTIONS),
@@ -184,7 +177,7 @@ impl ProjectionStore {
                 cf::PROJECTIONS,
                 &meta_key(p, LIVE, projection),
             )?
-            .map(|b| decode_cursor(&b))
+            .map(|b| decode::<Cursor>("projection cursor", &b))
             .transpose()?
             .unwrap_or_default();
         Ok(LiveView {

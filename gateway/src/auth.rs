@@ -2,15 +2,16 @@
 //! device record in the user's partition (which stores only sha256(secret)).
 //!
 //! The record is read from this node's replica. A device registered or linked through another
-//! node may not be applied here yet, so a miss is retried once after a read barrier (a Raft read
-//! index from the partition's leader) before the token is refused.
+//! node may not be applied here yet, so a miss is retried once after a read barrier
+//! ([`Gateway::read_fresh`]) before the token is refused.
 
 use chat_proto::token::DeviceToken;
 use chat_sequencer::ids::{DeviceId, UserId};
-use chat_sequencer::{Sequencer, StateReader};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::Status;
+
+use crate::Gateway;
 
 /// An authenticated device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,24 +40,14 @@ pub fn bearer<T>(request: &tonic::Request<T>) -> Result<&str, Status> {
 }
 
 /// Check `token` and return the device it names.
-pub async fn authenticate(
-    reads: &StateReader,
-    sequencer: &Sequencer,
-    token: &str,
-) -> Result<Device, Status> {
+pub async fn authenticate(gw: &Gateway, token: &str) -> Result<Device, Status> {
     let token: DeviceToken = token
         .parse()
         .map_err(|e: chat_proto::token::TokenError| Status::unauthenticated(e.to_string()))?;
     let (user, device) = (UserId(token.user_id), DeviceId(token.device_id));
-    let storage = |e: chat_log::StoreError| Status::internal(e.to_string());
-    let mut record = reads.device(user, device).map_err(storage)?;
-    if record.is_none() {
-        sequencer
-            .read_barrier(reads.partition(user.0))
-            .await
-            .map_err(Status::from)?;
-        record = reads.device(user, device).map_err(storage)?;
-    }
+    let record = gw
+        .read_fresh(gw.reads.partition(user.0), || gw.reads.device(user, device))
+        .await?;
     let Some(record) = record else {
         return Err(Status::unauthenticated(format!(
             "user {user} has no device {device}"

@@ -26,9 +26,11 @@ pub mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_log::{PartitionId, StoreError};
 use chat_projector::{Change, Projector, PushSink};
 use chat_sequencer::ids::{ChatId, UserId};
 use chat_sequencer::{Sequencer, StateReader};
+use tonic::Status;
 
 pub use service::ChatService;
 
@@ -120,6 +122,28 @@ impl Gateway {
             config,
         }))
     }
+}
+
+impl Gateway {
+    /// Read something from this node's replica; if it is not there, it may only not be applied
+    /// here yet, so read again after a read barrier on partition `p` (a Raft read index from the
+    /// leader). Costs a quorum round trip only on a miss.
+    pub async fn read_fresh<T>(
+        &self,
+        p: PartitionId,
+        read: impl Fn() -> Result<Option<T>, StoreError>,
+    ) -> Result<Option<T>, Status> {
+        if let Some(found) = read().map_err(storage)? {
+            return Ok(Some(found));
+        }
+        self.sequencer.read_barrier(p).await?;
+        read().map_err(storage)
+    }
+}
+
+/// A storage error as the gRPC status devices get.
+pub fn storage(e: StoreError) -> Status {
+    Status::internal(e.to_string())
 }
 
 /// Push each member's tick changes, as the projector announces them, to that member's streams.

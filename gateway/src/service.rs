@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{authenticate, bearer, secret_digest, Device};
-use crate::{session, Gateway};
+use crate::{session, storage, Gateway};
 
 /// Frames queued towards one device before its session waits on the transport.
 const OUTBOUND_FRAMES: usize = 64;
@@ -37,7 +37,7 @@ impl ChatService {
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<Device, Status> {
-        authenticate(&self.gw.reads, &self.gw.sequencer, bearer(request)?).await
+        authenticate(&self.gw, bearer(request)?).await
     }
 
     /// The user a handle names, which must be registered.
@@ -55,14 +55,13 @@ impl ChatService {
     /// Whether `user` is registered, asking the leader if this replica does not know it yet.
     async fn user_exists(&self, user: UserId) -> Result<bool, Status> {
         let reads = &self.gw.reads;
-        if reads.user_exists(user).map_err(storage)? {
-            return Ok(true);
-        }
-        self.gw
-            .sequencer
-            .read_barrier(reads.partition(user.0))
+        let found = self
+            .gw
+            .read_fresh(reads.partition(user.0), || {
+                Ok(reads.user_exists(user)?.then_some(()))
+            })
             .await?;
-        reads.user_exists(user).map_err(storage)
+        Ok(found.is_some())
     }
 
     async fn existing_users(&self, handles: &[String]) -> Result<Vec<UserId>, Status> {
@@ -76,14 +75,11 @@ impl ChatService {
     /// Fail unless `user` is a member of `chat` (after a read barrier if this replica says no).
     async fn require_member(&self, chat: ChatId, user: UserId) -> Result<(), Status> {
         let reads = &self.gw.reads;
-        if reads.member(chat, user).map_err(storage)?.is_some() {
-            return Ok(());
-        }
-        self.gw
-            .sequencer
-            .read_barrier(reads.partition(chat.0))
+        let member = self
+            .gw
+            .read_fresh(reads.partition(chat.0), || reads.member(chat, user))
             .await?;
-        if reads.member(chat, user).map_err(storage)?.is_some() {
+        if member.is_some() {
             return Ok(());
         }
         if reads.chat(chat).map_err(storage)?.is_none() {
@@ -125,10 +121,6 @@ impl ChatService {
             .await?;
         self.chat_info(chat)
     }
-}
-
-fn storage(e: chat_log::StoreError) -> Status {
-    Status::internal(e.to_string())
 }
 
 /// The token a client's (device, secret) make for `user`, checked for shape.

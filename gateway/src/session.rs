@@ -24,7 +24,7 @@ use tonic::{Status, Streaming};
 
 use crate::auth::{authenticate, Device};
 use crate::hub::{Push, SessionHandle};
-use crate::Gateway;
+use crate::{storage, Gateway};
 
 /// Messages read from the log per catch-up page.
 const CATCH_UP_PAGE: u32 = 256;
@@ -53,7 +53,7 @@ async fn run(
         }))) => hello,
         Ok(Some(Ok(_))) => return Err(Status::unauthenticated("the first frame must be Hello")),
     };
-    let me = authenticate(&gw.reads, &gw.sequencer, &hello.token).await?;
+    let me = authenticate(&gw, &hello.token).await?;
     // Register before reading the backlog, so nothing committed from now on can be missed.
     let (handle, pushes) = gw.hub.register(me.user, me.device);
     let mut session = Session {
@@ -92,10 +92,6 @@ impl Drop for Session {
         self.gw.hub.unregister(&self.handle);
         self.flush_receipts();
     }
-}
-
-fn storage(e: chat_log::StoreError) -> Status {
-    Status::internal(e.to_string())
 }
 
 fn error_frame(code: tonic::Code, message: impl Into<String>) -> server_frame::Kind {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chat_client::{ChatClient, Device, DeviceEvent, DeviceOptions, DeviceStream};
 use chat_proto::chat_v1::{client_frame, server_frame};
-use common::Cluster;
+use common::{until_synced, Cluster};
 use tonic::Code;
 
 /// Generous send rate (tests send bursts) and a small push queue (so the slow-consumer path is
@@ -28,13 +28,12 @@ struct User {
 }
 
 async fn register(addr: &str, handle: &str) -> User {
-    let mut client = ChatClient::connect(addr).await.unwrap();
-    let reply = client.register(handle, 1).await.unwrap();
+    let (client, token) = common::register(addr, handle).await;
     User {
         handle: handle.to_string(),
-        client: client.with_token(&reply.token).unwrap(),
-        token: reply.token,
-        user_id: reply.user_id,
+        client,
+        user_id: token.split('.').next().unwrap().parse().unwrap(),
+        token,
     }
 }
 
@@ -42,21 +41,6 @@ fn device(addrs: &[String], token: &str, cursors: BTreeMap<u64, u64>) -> Device 
     let mut options = DeviceOptions::new(addrs.to_vec(), token);
     options.cursors = cursors;
     Device::start(options)
-}
-
-/// Events until the device reports Synced; the messages among them.
-async fn until_synced(device: &mut Device) -> Vec<chat_proto::chat_v1::Message> {
-    let mut messages = Vec::new();
-    loop {
-        match tokio::time::timeout(WAIT, device.next_event()).await {
-            Ok(Some(DeviceEvent::Synced)) => return messages,
-            Ok(Some(DeviceEvent::Message(m))) => messages.push(m),
-            Ok(Some(DeviceEvent::Disconnected(s))) => panic!("disconnected: {s:?}"),
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("device stopped"),
-            Err(_) => panic!("no SyncComplete within {WAIT:?}"),
-        }
-    }
 }
 
 /// The next `n` messages the device receives.
@@ -98,8 +82,8 @@ async fn direct_chat_and_group_of_five_with_two_devices_each() {
     assert_eq!(chat.chat_id, same.chat_id);
     let mut a = device(&addrs, &alice.token, BTreeMap::new());
     let mut b = device(&addrs, &bob.token, BTreeMap::new());
-    assert!(until_synced(&mut a).await.is_empty());
-    assert!(until_synced(&mut b).await.is_empty());
+    assert!(until_synced(&mut a, WAIT).await.is_empty());
+    assert!(until_synced(&mut b, WAIT).await.is_empty());
     for i in 1..=3 {
         let ack = a
             .send(chat.chat_id, format!("hi {i}").into_bytes())
@@ -146,7 +130,7 @@ async fn direct_chat_and_group_of_five_with_two_devices_each() {
         devices.push(device(&addrs, &second.token, BTreeMap::new()));
     }
     for d in &mut devices {
-        until_synced(d).await;
+        until_synced(d, WAIT).await;
     }
     let mut sends = Vec::new();
     for (i, d) in devices.iter().enumerate().step_by(2) {
@@ -189,7 +173,7 @@ async fn offline_device_resumes_with_exactly_what_it_missed() {
             .unwrap();
     }
     let mut b = device(&addrs, &bob.token, BTreeMap::new());
-    assert_eq!(seqs(&until_synced(&mut b).await), vec![1, 2, 3, 4, 5]);
+    assert_eq!(seqs(&until_synced(&mut b, WAIT).await), vec![1, 2, 3, 4, 5]);
     let cursors = b.cursors();
     assert_eq!(cursors.get(&chat), Some(&5));
     drop(b);
@@ -201,7 +185,7 @@ async fn offline_device_resumes_with_exactly_what_it_missed() {
     }
     // Resuming from its cursors: exactly the 100 it missed, in order, then SyncComplete.
     let mut b = device(&addrs, &bob.token, cursors);
-    let backlog = until_synced(&mut b).await;
+    let backlog = until_synced(&mut b, WAIT).await;
     assert_eq!(seqs(&backlog), (6..=105).collect::<Vec<_>>());
     assert_eq!(text(&backlog[0]), "while away 1");
 
@@ -215,7 +199,7 @@ async fn offline_device_resumes_with_exactly_what_it_missed() {
     let linked = bob_client.link_device(7).await.unwrap();
     let mut fresh = device(&addrs, &linked.token, BTreeMap::new());
     assert_eq!(
-        seqs(&until_synced(&mut fresh).await),
+        seqs(&until_synced(&mut fresh, WAIT).await),
         (1..=105).collect::<Vec<_>>()
     );
     // And its history is readable page by page.
@@ -243,7 +227,7 @@ async fn a_slow_consumer_does_not_delay_others_and_later_gets_everything() {
         .await
         .unwrap();
     let mut fast = device(&addrs, &bob.token, BTreeMap::new());
-    until_synced(&mut fast).await;
+    until_synced(&mut fast, WAIT).await;
     let a = device(&addrs, &alice.token, BTreeMap::new());
 
     // Far more than the slow stream's queue (16), its outbound buffer and the HTTP/2 window.
@@ -432,7 +416,7 @@ async fn forged_revoked_non_member_malformed_and_oversize_are_refused() {
     // Revoking a device closes its open stream and refuses its token from then on.
     let second = bob.client.link_device(2).await.unwrap();
     let mut d2 = device(&addrs, &second.token, BTreeMap::new());
-    until_synced(&mut d2).await;
+    until_synced(&mut d2, WAIT).await;
     bob.client.revoke_device(2).await.unwrap();
     let status = loop {
         match tokio::time::timeout(WAIT, d2.next_event()).await.unwrap() {
@@ -464,7 +448,7 @@ async fn silent_streams_are_closed_and_pinging_ones_are_not() {
     let mut options = DeviceOptions::new(vec![addr.clone()], &alice.token);
     options.ping_every = Duration::from_millis(200);
     let mut pinging = Device::start(options);
-    until_synced(&mut pinging).await;
+    until_synced(&mut pinging, WAIT).await;
 
     // ...one that goes silent is closed with DEADLINE_EXCEEDED.
     let mut silent = ChatClient::connect(&addr)
@@ -574,5 +558,5 @@ async fn bytes_that_are_not_a_frame_end_that_stream_only() {
 
     // The node serves on.
     let mut d = device(std::slice::from_ref(&addr), &alice.token, BTreeMap::new());
-    until_synced(&mut d).await;
+    until_synced(&mut d, WAIT).await;
 }

@@ -8,18 +8,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chat_client::{ChatClient, Device, DeviceEvent, DeviceOptions};
+use chat_client::{Device, DeviceEvent, DeviceOptions};
 use chat_proto::chat_v1::Message;
-use common::Cluster;
+use common::{register, Cluster};
 
 const CONFIG: &str = "[chat]\nsends_per_second = 100000\nsend_burst = 100000\n";
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn register(addr: &str, handle: &str) -> (ChatClient, String) {
-    let mut client = ChatClient::connect(addr).await.unwrap();
-    let token = client.register(handle, 1).await.unwrap().token;
-    (client.with_token(&token).unwrap(), token)
-}
 
 /// A device whose servers start at `first` and go round the others.
 fn device_on(addrs: &[String], first: usize, token: &str) -> Device {

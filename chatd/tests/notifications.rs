@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use chat_client::{ChatClient, Device, DeviceEvent, DeviceOptions};
-use common::Cluster;
+use chat_client::{Device, DeviceOptions};
+use common::{register, until_synced, Cluster};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -48,23 +48,6 @@ async fn webhook_server() -> (String, Arc<Receiver>) {
     (format!("http://{addr}/push"), receiver)
 }
 
-async fn register(addr: &str, handle: &str) -> (ChatClient, String) {
-    let mut client = ChatClient::connect(addr).await.unwrap();
-    let token = client.register(handle, 1).await.unwrap().token;
-    (client.with_token(&token).unwrap(), token)
-}
-
-async fn synced(d: &mut Device) {
-    loop {
-        match tokio::time::timeout(WAIT, d.next_event()).await.unwrap() {
-            Some(DeviceEvent::Synced) => return,
-            Some(DeviceEvent::Disconnected(s)) => panic!("{s:?}"),
-            Some(_) => {}
-            None => panic!("device stopped"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn offline_devices_get_collapsed_notifications_through_a_retried_webhook() {
     let (url, receiver) = webhook_server().await;
@@ -81,7 +64,7 @@ async fn offline_devices_get_collapsed_notifications_through_a_retried_webhook()
     // Bob's device 2 is connected; his device 1 is not.
     let second = bob.link_device(2).await.unwrap();
     let mut online = Device::start(DeviceOptions::new(vec![addr.clone()], &second.token));
-    synced(&mut online).await;
+    until_synced(&mut online, WAIT).await;
 
     let a = Device::start(DeviceOptions::new(vec![addr.clone()], &alice_token));
     for i in 0..3 {

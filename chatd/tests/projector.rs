@@ -11,30 +11,13 @@ use std::time::{Duration, Instant};
 use chat_client::{ChatClient, Device, DeviceEvent, DeviceOptions};
 use chat_proto::admin::ProjectionStatus;
 use chat_proto::chat_v1::{InboxEntry, TickFrame};
-use common::Cluster;
+use common::{register, until_synced, Cluster};
 
 const CONFIG: &str = "[chat]\nsends_per_second = 1000000\nsend_burst = 1000000\n";
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn register(addr: &str, handle: &str) -> (ChatClient, String) {
-    let mut client = ChatClient::connect(addr).await.unwrap();
-    let token = client.register(handle, 1).await.unwrap().token;
-    (client.with_token(&token).unwrap(), token)
-}
-
 fn device(addr: &str, token: &str) -> Device {
     Device::start(DeviceOptions::new(vec![addr.to_string()], token))
-}
-
-async fn synced(d: &mut Device) {
-    loop {
-        match tokio::time::timeout(WAIT, d.next_event()).await.unwrap() {
-            Some(DeviceEvent::Synced) => return,
-            Some(DeviceEvent::Disconnected(s)) => panic!("{s:?}"),
-            Some(_) => {}
-            None => panic!("device stopped"),
-        }
-    }
 }
 
 /// Poll `client`'s inbox until `pred` holds.
@@ -113,7 +96,7 @@ async fn inbox_unread_and_order_and_group_ticks() {
     // Alice reads the direct chat with bob (through a stream): unread drops, and a new message
     // moves that chat to the top.
     let mut a = device(&addr, &alice_token);
-    synced(&mut a).await;
+    until_synced(&mut a, WAIT).await;
     a.read(ab, 3).await;
     inbox_until(&mut alice, "read", |i| entry(i, ab).unread == 0).await;
     b.send(ab, b"again".to_vec()).await.unwrap();
@@ -142,7 +125,7 @@ async fn inbox_unread_and_order_and_group_ticks() {
     };
     // Bob's stream delivers everything: still one member (carol) short.
     let mut bob_dev = device(&addr, &bob_token);
-    synced(&mut bob_dev).await;
+    until_synced(&mut bob_dev, WAIT).await;
     inbox_until(&mut bob, "bob's delivered mark", |i| {
         entry(i, group).delivered_up_to == 3
     })
@@ -155,7 +138,7 @@ async fn inbox_unread_and_order_and_group_ticks() {
     );
     // Carol's stream delivers too: both of alice's messages are now delivered to everyone.
     let mut carol_dev = device(&addr, &carol_token);
-    synced(&mut carol_dev).await;
+    until_synced(&mut carol_dev, WAIT).await;
     let a = ticks_until(
         a,
         TickFrame {

@@ -10,15 +10,9 @@ use std::time::{Duration, Instant};
 
 use chat_client::{ChatClient, DeviceStream};
 use chat_proto::chat_v1::{server_frame, Message};
-use common::Cluster;
+use common::{register, Cluster};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn register(addr: &str, handle: &str) -> (ChatClient, String) {
-    let mut client = ChatClient::connect(addr).await.unwrap();
-    let token = client.register(handle, 1).await.unwrap().token;
-    (client.with_token(&token).unwrap(), token)
-}
 
 /// A raw stream, past its SyncComplete, with the backlog it was sent.
 async fn stream(addr: &str, token: &str) -> (DeviceStream, Vec<Message>) {

@@ -288,3 +288,31 @@ impl Cluster {
         )
     }
 }
+
+/// Register `handle` through the device API with its first device (id 1): a client that
+/// authenticates as that device, and the device's bearer token.
+pub async fn register(addr: &str, handle: &str) -> (chat_client::ChatClient, String) {
+    let mut client = chat_client::ChatClient::connect(addr).await.unwrap();
+    let token = client.register(handle, 1).await.unwrap().token;
+    (client.with_token(&token).unwrap(), token)
+}
+
+/// The events of `device` until its SyncComplete (each within `wait`); the backlog messages
+/// among them. Panics if the device disconnects or stops first.
+pub async fn until_synced(
+    device: &mut chat_client::Device,
+    wait: Duration,
+) -> Vec<chat_proto::chat_v1::Message> {
+    use chat_client::DeviceEvent;
+    let mut messages = Vec::new();
+    loop {
+        match tokio::time::timeout(wait, device.next_event()).await {
+            Ok(Some(DeviceEvent::Synced)) => return messages,
+            Ok(Some(DeviceEvent::Message(m))) => messages.push(m),
+            Ok(Some(DeviceEvent::Disconnected(s))) => panic!("disconnected: {s:?}"),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("device stopped"),
+            Err(_) => panic!("no SyncComplete within {wait:?}"),
+        }
+    }
+}

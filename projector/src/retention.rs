@@ -19,8 +19,9 @@ use chat_sequencer::ids::{ChatId, UserId};
 use chat_sequencer::state::ChatRecord;
 use chat_sequencer::{Sequencer, StateReader};
 
-/// Messages examined per chat per sweep for the time window.
+/// Messages examined per chat per sweep for the time window, and per read.
 const SCAN_PER_SWEEP: u32 = 1000;
+const PAGE: u32 = 64;
 
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
@@ -103,16 +104,26 @@ fn time_cut(
     record: &ChatRecord,
     cutoff: u64,
 ) -> Result<u64, String> {
-    let page = sequencer
-        .history(chat, record.expired_up_to, 0, SCAN_PER_SWEEP)
-        .map_err(|e| e.to_string())?;
-    Ok(page
-        .messages
-        .iter()
-        .take_while(|m| m.server_ts_ms < cutoff)
-        .map(|m| m.seq)
-        .last()
-        .unwrap_or(record.expired_up_to))
+    // Read in small pages and stop at the first message inside the window: a busy chat whose
+    // oldest unexpired message is recent costs one short read per sweep, not SCAN_PER_SWEEP.
+    let mut cut = record.expired_up_to;
+    while cut - record.expired_up_to < u64::from(SCAN_PER_SWEEP) {
+        let page = sequencer
+            .history(chat, cut, 0, PAGE)
+            .map_err(|e| e.to_string())?;
+        let full = page.messages.len() == PAGE as usize;
+        for m in page.messages {
+            if m.server_ts_ms >= cutoff || m.seq - record.expired_up_to > u64::from(SCAN_PER_SWEEP)
+            {
+                return Ok(cut);
+            }
+            cut = m.seq;
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(cut)
 }
 
 /// The seq every device of every member has acknowledged (members with no device do not hold

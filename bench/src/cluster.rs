@@ -42,6 +42,7 @@ impl Cluster {
         for (&id, addr) in &members {
             let config = ServerConfig {
                 listen: addr.parse()?,
+                metrics_listen: None,
                 log: chat_log::LogNodeConfig {
                     node_id: id,
                     data_dir: dir.path().join(format!("n{id}")),
@@ -50,6 +51,7 @@ impl Cluster {
                     cluster_secret: "bench".into(),
                     bind_ip: None,
                     raft: RaftTuning::default(),
+                    disk: Default::default(),
                 },
                 chat: chat.clone(),
                 gateway: Default::default(),

@@ -64,6 +64,7 @@ pub fn propose_status(e: ProposeError) -> Status {
             status
         }
         ProposeError::Stopped { .. } => Status::unavailable(e.to_string()),
+        ProposeError::DiskFull { .. } => Status::resource_exhausted(e.to_string()),
     }
 }
 
@@ -92,10 +93,20 @@ impl Admin for AdminService {
                 voters: p.voters,
             })
             .collect();
+        let disk = status.disk;
         Ok(Response::new(StatusReply {
             node_id: status.node_id,
             partition_count: self.node.partition_count(),
             partitions,
+            disk: Some(DiskStatus {
+                state: disk.state.as_str().to_string(),
+                free_bytes: disk.free_bytes,
+                reserve_bytes: disk.reserve_bytes,
+                ballast_bytes: disk.ballast_bytes,
+                ballast_held: disk.ballast_held,
+                refused_writes: disk.refused_writes,
+                no_space_errors: disk.no_space_errors,
+            }),
         }))
     }
 

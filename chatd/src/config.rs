@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use chat_gateway::GatewayConfig;
-use chat_log::{LogNodeConfig, NodeId, RaftTuning};
+use chat_log::{DiskConfig, LogNodeConfig, NodeId, RaftTuning};
 use chat_projector::{LogSink, PushSink, RetentionConfig, WebhookConfig, WebhookSink};
 use chat_sequencer::{ApplyLimits, SequencerConfig};
 use clap::Parser;
@@ -54,6 +54,9 @@ pub struct Flags {
     /// Source IP for outgoing Raft connections (lets fault injection tell links apart).
     #[arg(long)]
     pub bind_ip: Option<IpAddr>,
+    /// Serve Prometheus metrics over HTTP at this address (`/metrics`) [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The TOML file's shape.
@@ -66,6 +69,7 @@ struct FileConfig {
     partitions: Option<u32>,
     cluster_secret: Option<String>,
     bind_ip: Option<IpAddr>,
+    metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     peers: BTreeMap<String, String>,
     #[serde(default)]
@@ -78,6 +82,8 @@ struct FileConfig {
     notifications: NotificationsSection,
     #[serde(default)]
     retention: RetentionSection,
+    #[serde(default)]
+    storage: DiskConfig,
 }
 
 /// The `[retention]` table: how long messages stay on the server.
@@ -248,6 +254,8 @@ impl ChatConfig {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Where Prometheus scrapes `/metrics` (None: no exporter).
+    pub metrics_listen: Option<SocketAddr>,
     pub log: LogNodeConfig,
     pub chat: ChatConfig,
     pub gateway: GatewaySection,
@@ -312,6 +320,7 @@ impl ServerConfig {
         };
         Ok(ServerConfig {
             listen,
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             log: LogNodeConfig {
                 node_id,
                 data_dir,
@@ -320,6 +329,7 @@ impl ServerConfig {
                 cluster_secret,
                 bind_ip: flags.bind_ip.or(file.bind_ip),
                 raft: file.raft,
+                disk: file.storage,
             },
             chat: file.chat,
             gateway: file.gateway,

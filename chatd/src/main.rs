@@ -17,6 +17,12 @@ async fn main() -> std::process::ExitCode {
         .init();
     let result = async {
         let config = ServerConfig::resolve(Flags::parse())?;
+        if let Some(addr) = config.metrics_listen {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .map_err(|e| anyhow::anyhow!("metrics exporter on {addr}: {e}"))?;
+        }
         chatd::server::run(config, chatd::server::shutdown_signal()).await
     }
     .await;

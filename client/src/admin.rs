@@ -158,6 +158,19 @@ impl Admin {
 /// The status of a node as a table, one row per partition.
 pub fn format_status(s: &StatusReply) -> String {
     let mut out = format!("node {} — {} partitions\n", s.node_id, s.partition_count);
+    if let Some(d) = &s.disk {
+        const MIB: u64 = 1024 * 1024;
+        out.push_str(&format!(
+            "disk {}: {} MiB free, reserve {} MiB, ballast {} MiB {}; {} writes refused, {} ENOSPC\n",
+            d.state,
+            d.free_bytes / MIB,
+            d.reserve_bytes / MIB,
+            d.ballast_bytes / MIB,
+            if d.ballast_held { "held" } else { "released" },
+            d.refused_writes,
+            d.no_space_errors,
+        ));
+    }
     out.push_str("partition  role       term  leader            last_index  applied  last_offset  snapshot  purged  voters\n");
     for p in &s.partitions {
         let leader = match p.leader_id {

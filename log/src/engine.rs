@@ -7,11 +7,16 @@
 //! each waiter its data is durable. Concurrent appends of all partitions on the node therefore
 //! share one fsync. Because RocksDB has a single WAL per instance that is replayed as a prefix,
 //! anything written before a completed sync is durable too, whatever its write options were.
+//!
+//! Running out of disk space is survived, not fatal (see [`crate::disk`]): a write or sync that
+//! fails with ENOSPC changed nothing, so [`Engine::write_waiting`] and the syncer wait for space
+//! and try again instead of handing openraft a storage error, which would stop the Raft group.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, WriteBatch,
@@ -19,16 +24,38 @@ use rocksdb::{
 };
 
 use crate::codec::{self, cf, CorruptRecord};
+use crate::disk::DiskGuard;
+
+/// How often a write that met ENOSPC is tried again.
+const NO_SPACE_RETRY: Duration = Duration::from_millis(250);
 
 /// Errors of the storage engine.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("rocksdb: {0}")]
-    Rocks(#[from] rocksdb::Error),
+    Rocks(rocksdb::Error),
+    /// The disk is full; the write made no change and may be tried again once space is freed.
+    #[error("no space left on the data disk: {0}")]
+    NoSpace(String),
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),
     #[error("cannot decode {what}: {detail}")]
     Decode { what: String, detail: String },
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        if is_no_space(e.as_ref()) {
+            StoreError::NoSpace(e.into_string())
+        } else {
+            StoreError::Rocks(e)
+        }
+    }
+}
+
+/// Whether a RocksDB status message is ENOSPC (`Status::NoSpace`, or an IO error from the OS).
+fn is_no_space(message: &str) -> bool {
+    message.contains("No space left on device")
 }
 
 impl StoreError {
@@ -71,11 +98,12 @@ pub struct Engine {
     sync_tx: Mutex<Option<mpsc::Sender<SyncWaiter>>>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<SyncStats>,
+    disk: Arc<DiskGuard>,
 }
 
 impl Engine {
-    /// Open (or create) the node's database under `path`.
-    pub fn open(path: &Path) -> Result<Arc<Engine>, StoreError> {
+    /// Open (or create) the node's database under `path`, on the disk `disk` watches.
+    pub fn open(path: &Path, disk: Arc<DiskGuard>) -> Result<Arc<Engine>, StoreError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -93,10 +121,14 @@ impl Engine {
 
         let (sync_tx, sync_rx) = mpsc::channel::<SyncWaiter>();
         let stats = Arc::new(SyncStats::default());
-        let (thread_db, thread_stats) = (db.clone(), stats.clone());
+        let syncer = Syncer {
+            db: db.clone(),
+            stats: stats.clone(),
+            disk: disk.clone(),
+        };
         let syncer = std::thread::Builder::new()
             .name("wal-sync".into())
-            .spawn(move || run_syncer(thread_db, sync_rx, thread_stats))
+            .spawn(move || syncer.run(sync_rx))
             .map_err(|e| StoreError::decode("wal-sync thread", e))?;
 
         Ok(Arc::new(Engine {
@@ -105,6 +137,7 @@ impl Engine {
             sync_tx: Mutex::new(Some(sync_tx)),
             syncer: Mutex::new(Some(syncer)),
             stats,
+            disk,
         }))
     }
 
@@ -118,6 +151,11 @@ impl Engine {
 
     pub fn stats(&self) -> &SyncStats {
         &self.stats
+    }
+
+    /// The free-space watch of the disk this database is on.
+    pub fn disk(&self) -> &Arc<DiskGuard> {
+        &self.disk
     }
 
     /// A column family handle. Every name of [`cf::ALL`] exists once the engine is open.
@@ -159,12 +197,41 @@ impl Engine {
         batch.delete_range_cf(self.cf(cf_name), from, to);
     }
 
-    /// Apply a write batch atomically.
+    /// Apply a write batch atomically. Fails with [`StoreError::NoSpace`] when the disk is full.
     pub fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), StoreError> {
         let mut opts = WriteOptions::default();
         opts.set_sync(durability == Durability::Sync);
-        self.db.write_opt(batch, &opts)?;
-        Ok(())
+        match self.db.write_opt(batch, &opts).map_err(StoreError::from) {
+            Ok(()) => {
+                self.disk.on_write_ok();
+                Ok(())
+            }
+            Err(StoreError::NoSpace(detail)) => {
+                self.disk.on_no_space(&detail);
+                Err(StoreError::NoSpace(detail))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Engine::write`], but a full disk is waited out: the write is tried again until space is
+    /// freed and RocksDB has resumed. For writes that must not fail for lack of space, such as
+    /// Raft's own (openraft stops a group on any storage error).
+    pub async fn write_waiting(
+        &self,
+        batch: WriteBatch,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        // RocksDB consumes the batch even when the write fails, so keep the bytes for a retry
+        // (one copy of the batch; small beside RocksDB's own copies into WAL and memtable).
+        let bytes = batch.data().to_vec();
+        let mut result = self.write(batch, durability);
+        while let Err(StoreError::NoSpace(_)) = result {
+            tokio::time::sleep(NO_SPACE_RETRY).await;
+            self.disk.refresh();
+            result = self.write(WriteBatch::from_data(&bytes), durability);
+        }
+        result
     }
 
     /// Call `waiter` once everything written so far is durable (group commit).
@@ -245,20 +312,53 @@ impl Drop for Engine {
     }
 }
 
-/// The group-commit loop: wait for one waiter, take every other one already queued, sync the
-/// WAL once, complete them all.
-fn run_syncer(db: Arc<DB>, rx: mpsc::Receiver<SyncWaiter>, stats: Arc<SyncStats>) {
-    let mut group = Vec::new();
-    while let Ok(first) = rx.recv() {
-        group.push(first);
-        group.extend(rx.try_iter());
-        let result = db.flush_wal(true).map_err(|e| e.into_string());
-        stats.syncs.fetch_add(1, Ordering::Relaxed);
-        stats
-            .waiters
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
-        for waiter in group.drain(..) {
-            waiter(result.clone().map_err(io::Error::other));
+/// The group-commit thread.
+struct Syncer {
+    db: Arc<DB>,
+    stats: Arc<SyncStats>,
+    disk: Arc<DiskGuard>,
+}
+
+impl Syncer {
+    /// Wait for one waiter, take every other one already queued, sync the WAL once, complete
+    /// them all. A sync that fails for lack of space is tried again (waiters stay pending) until
+    /// it succeeds or the engine closes: RocksDB resumes by itself once space is freed, and on
+    /// resuming it flushes its memtables, so what the failed sync did not make durable is.
+    fn run(self, rx: mpsc::Receiver<SyncWaiter>) {
+        let mut group = Vec::new();
+        while let Ok(first) = rx.recv() {
+            group.push(first);
+            group.extend(rx.try_iter());
+            let result = loop {
+                match self.db.flush_wal(true).map_err(StoreError::from) {
+                    Ok(()) => {
+                        self.disk.on_write_ok();
+                        break Ok(());
+                    }
+                    Err(StoreError::NoSpace(detail)) => {
+                        self.disk.on_no_space(&detail);
+                        // Waiters that arrive meanwhile join this group's retry.
+                        std::thread::sleep(NO_SPACE_RETRY);
+                        self.disk.refresh();
+                        match rx.try_recv() {
+                            Ok(w) => group.push(w),
+                            Err(mpsc::TryRecvError::Empty) => {}
+                            Err(mpsc::TryRecvError::Disconnected) => {
+                                break Err(format!("closing with the disk full: {detail}"))
+                            }
+                        }
+                        group.extend(rx.try_iter());
+                    }
+                    Err(e) => break Err(e.to_string()),
+                }
+            };
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .waiters
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            for waiter in group.drain(..) {
+                waiter(result.clone().map_err(io::Error::other));
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`types`]: ids, offsets, proposals and outcomes, the openraft type config.
 //! - [`codec`]: crc32 framing and key layouts of the column families.
 //! - [`engine`]: RocksDB and group commit.
+//! - [`disk`]: free space on the data disk: reserve, ballast, waiting out ENOSPC.
 //! - [`store`]: openraft's log-storage and state-machine traits on the engine.
 //! - [`apply`]: the command-handler contract.
 //! - `batcher`: coalesces concurrent proposals to a partition into one Raft entry.
@@ -18,6 +19,7 @@
 pub mod apply;
 mod batcher;
 pub mod codec;
+pub mod disk;
 pub mod engine;
 pub mod network;
 pub mod node;
@@ -27,6 +29,7 @@ pub mod types;
 pub use apply::{
     ApplyContext, CommandHandler, Dispatch, RawAppend, RAW_COMMAND_TAG, RAW_EVENT_KIND,
 };
+pub use disk::{DiskConfig, DiskFull, DiskState, DiskStatus};
 pub use engine::{Durability, Engine, StoreError};
 pub use node::{LogNode, LogNodeConfig, NodeStatus, PartitionStatus, ProposeError, RaftTuning};
 /// RocksDB write batches, for crates that write next to the log (projections).

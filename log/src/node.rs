@@ -26,6 +26,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::apply::{CommandHandler, StateEntries};
 use crate::batcher::Batcher;
 use crate::codec::{self, cf};
+use crate::disk::{DiskConfig, DiskFull, DiskGuard, DiskState, DiskStatus};
 use crate::engine::{Engine, StoreError};
 use crate::network::{NetworkFactory, PeerChannels, RaftServer, SecretCheck, MAX_MESSAGE_BYTES};
 use crate::store::{PartitionLogStore, PartitionStateMachine};
@@ -70,6 +71,8 @@ pub struct LogNodeConfig {
     /// Source address for outgoing Raft connections (None: let the OS choose).
     pub bind_ip: Option<IpAddr>,
     pub raft: RaftTuning,
+    /// Free-space reserve and ballast of the data disk.
+    pub disk: DiskConfig,
 }
 
 /// Why a proposal was not applied.
@@ -88,6 +91,9 @@ pub enum ProposeError {
         partition: PartitionId,
         message: String,
     },
+    /// This node leads the partition but its disk is (nearly) full.
+    #[error("node {node}: {full}")]
+    DiskFull { node: NodeId, full: DiskFull },
 }
 
 fn leader_hint(id: Option<NodeId>, addr: &Option<String>) -> String {
@@ -118,6 +124,51 @@ pub struct PartitionStatus {
 pub struct NodeStatus {
     pub node_id: NodeId,
     pub partitions: Vec<PartitionStatus>,
+    pub disk: DiskStatus,
+}
+
+/// Once a second: re-read free space, and while the disk is below its reserve, step away from
+/// leading. A leader that cannot take client writes should not keep its partitions: it stops
+/// sending heartbeats and standing for election, so once the followers' leader lease runs out one
+/// of them (with a disk that can write) is elected. When space is back, both are enabled again.
+/// A partition with no other voter keeps its leader (and refuses writes until space is freed).
+///
+/// A thread of its own, not a tokio task: when the disk fills, RocksDB may stall writes on the
+/// runtime's worker threads, and this watch is what releases the ballast that ends the stall.
+fn watch_disk(node: std::sync::Weak<LogNode>) {
+    let mut stepped_away = false;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(node) = node.upgrade() else { return };
+        let disk = node.engine.disk();
+        disk.refresh();
+        disk.publish_metrics();
+        let low = disk.state() != DiskState::Ok;
+        if low == stepped_away {
+            continue;
+        }
+        stepped_away = low;
+        for part in &node.partitions {
+            let voters = part
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .count();
+            if voters < 2 {
+                continue;
+            }
+            part.raft.runtime_config().heartbeat(!low);
+            part.raft.runtime_config().elect(!low);
+        }
+        if low {
+            tracing::warn!(disk = ?disk.status(), "disk below its reserve: refusing client writes and handing leaderships to other nodes");
+        } else {
+            tracing::info!(disk = ?disk.status(), "disk has room again: taking client writes and standing for election");
+        }
+    }
 }
 
 /// What a data dir was created as; a node refuses to start as something else.
@@ -163,7 +214,9 @@ impl LogNode {
         let db_path = config.data_dir.join("db");
         std::fs::create_dir_all(&db_path)
             .with_context(|| format!("create {}", db_path.display()))?;
-        let engine = Engine::open(&db_path)
+        let disk = DiskGuard::open(&config.data_dir, config.disk.clone())
+            .with_context(|| format!("read free space of {}", config.data_dir.display()))?;
+        let engine = Engine::open(&db_path, Arc::new(disk))
             .with_context(|| format!("open RocksDB at {}", db_path.display()))?;
         check_node_record(&engine, &config)?;
 
@@ -188,12 +241,18 @@ impl LogNode {
         }
         let rafts: Arc<[Raft<TypeConfig>]> = partitions.iter().map(|p| p.raft.clone()).collect();
         tracing::info!(node = config.node_id, partitions = config.partitions, data_dir = %config.data_dir.display(), "log node open");
-        Ok(Arc::new(LogNode {
+        let node = Arc::new(LogNode {
             config,
             engine,
             partitions,
             rafts,
-        }))
+        });
+        let weak = Arc::downgrade(&node);
+        std::thread::Builder::new()
+            .name("disk-watch".into())
+            .spawn(move || watch_disk(weak))
+            .context("start the disk-watch thread")?;
+        Ok(node)
     }
 
     /// Form the cluster on first start: every partition gets the configured members. A partition
@@ -287,12 +346,25 @@ impl LogNode {
     /// Replicate `commands` (in this order, contiguously) and return each one's outcome once
     /// they are committed by a quorum (durably on each counted voter) and applied here.
     /// Concurrent proposals to a partition share Raft entries (see [`crate::batcher`]).
+    ///
+    /// A leader whose disk is below its reserve refuses with [`ProposeError::DiskFull`]; other
+    /// nodes answer `NotLeader` as usual, so a proposal is judged by the disk that takes it first.
     pub async fn propose(
         &self,
         p: PartitionId,
         commands: Vec<Vec<u8>>,
     ) -> Result<ProposalOutcome, ProposeError> {
-        self.partition(p)?.batcher.propose(commands).await
+        let part = self.partition(p)?;
+        if self.is_leader(p) {
+            self.engine
+                .disk()
+                .admit()
+                .map_err(|full| ProposeError::DiskFull {
+                    node: self.config.node_id,
+                    full,
+                })?;
+        }
+        part.batcher.propose(commands).await
     }
 
     /// Read up to `limit` events of `p` starting at offset `from` from this node's replica.
@@ -457,6 +529,7 @@ impl LogNode {
         NodeStatus {
             node_id: self.config.node_id,
             partitions,
+            disk: self.engine.disk().status(),
         }
     }
 

@@ -125,6 +125,7 @@ async fn offsets_reads_subscriptions_and_restart() {
         cluster_secret: "s".into(),
         bind_ip: None,
         raft: RaftTuning::default(),
+        disk: Default::default(),
     };
     let err = match chat_log::LogNode::open(config, std::sync::Arc::new(RawAppend)).await {
         Ok(_) => panic!("a partition-count change must be refused"),

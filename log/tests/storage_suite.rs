@@ -20,7 +20,16 @@ impl StoreBuilder<TypeConfig, PartitionLogStore, PartitionStateMachine, TempDir>
         let dir = TempDir::new().expect("temp dir");
         let io =
             |e: chat_log::StoreError| StorageError::from(StorageIOError::write(AnyError::new(&e)));
-        let engine = Engine::open(dir.path()).map_err(io)?;
+        // No reserve and no ballast: the suite is about Raft storage, not free space.
+        let disk = chat_log::disk::DiskGuard::open(
+            dir.path(),
+            chat_log::DiskConfig {
+                reserve_mib: 0,
+                ballast_mib: 0,
+            },
+        )
+        .map_err(|e| StorageError::from(StorageIOError::write(AnyError::new(&e))))?;
+        let engine = Engine::open(dir.path(), std::sync::Arc::new(disk)).map_err(io)?;
         let partition = PartitionId(5);
         let log = PartitionLogStore::new(engine.clone(), partition);
         let (sm, _offsets) =

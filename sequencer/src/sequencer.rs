@@ -627,6 +627,7 @@ impl Sequencer {
             }),
         );
         let mut messages = Vec::new();
+        let mut page_bytes = 0;
         for (_, offset) in self
             .node
             .handler_scan(p, &from, &to, limit as usize)
@@ -641,7 +642,15 @@ impl Sequencer {
                     SeqError::Internal(format!("history index points at missing offset {offset}"))
                 })?;
             match pb::ChatEvent::decode(event.payload.as_ref()).map(|e| e.kind) {
-                Ok(Some(chat_event::Kind::Message(m))) => messages.push(m),
+                Ok(Some(chat_event::Kind::Message(m))) => {
+                    // A page of big messages stops short (the client asks again from its last
+                    // seq) rather than overflow the 4 MiB gRPC message limit.
+                    page_bytes += m.encoded_len();
+                    if page_bytes > MAX_HISTORY_PAGE_BYTES && !messages.is_empty() {
+                        break;
+                    }
+                    messages.push(m);
+                }
                 other => {
                     return Err(SeqError::Internal(format!(
                         "offset {offset} is not a message: {other:?}"
@@ -655,6 +664,9 @@ impl Sequencer {
         })
     }
 }
+
+/// Most bytes of messages in one history page: well under gRPC's default 4 MiB message limit.
+const MAX_HISTORY_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// The leader's address when another node leads the partition.
 fn leader_elsewhere(e: &ProposeError, me: NodeId) -> Option<String> {
@@ -685,6 +697,10 @@ impl From<ProposeError> for SeqError {
                 message,
                 leader_id: None,
                 leader_addr: None,
+            },
+            ProposeError::DiskFull { .. } => SeqError::Rejected {
+                code: RejectCode::ResourceExhausted,
+                message,
             },
             ProposeError::UnknownPartition(_) => SeqError::Internal(message),
         }

@@ -32,7 +32,7 @@ pub struct Cluster {
     pub partitions: u32,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -46,8 +46,20 @@ impl Cluster {
         Cluster::start_with(n, partitions, "")
     }
 
-    /// Like [`Cluster::start`], with `extra` TOML tables (e.g. `[gateway]`) in every config.
+    /// Like [`Cluster::start`], with `extra` TOML in every config: top-level keys first, then
+    /// tables (e.g. `[gateway]`); `{id}` stands for the node's id.
     pub fn start_with(n: u64, partitions: u32, extra: &str) -> Cluster {
+        Cluster::start_on(n, partitions, extra, &BTreeMap::new())
+    }
+
+    /// Like [`Cluster::start_with`], with some nodes' data dirs elsewhere (node id → dir), e.g.
+    /// on a small filesystem.
+    pub fn start_on(
+        n: u64,
+        partitions: u32,
+        extra: &str,
+        data_dirs: &BTreeMap<u64, PathBuf>,
+    ) -> Cluster {
         let dir = TempDir::new().unwrap();
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -59,12 +71,21 @@ impl Cluster {
             .collect();
         let nodes = (1..=n)
             .map(|id| {
-                let data_dir = dir.path().join(format!("n{id}"));
+                let data_dir = data_dirs
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| dir.path().join(format!("n{id}")));
                 let config = dir.path().join(format!("n{id}.toml"));
+                // Keys of `extra` before its first table go to the top level.
+                let extra = extra.replace("{id}", &id.to_string());
+                let (top, tables) = match extra.find('[') {
+                    Some(i) => extra.split_at(i),
+                    None => (extra.as_str(), ""),
+                };
                 std::fs::write(
                     &config,
                     format!(
-                        "node_id = {id}\ndata_dir = \"{}\"\npartitions = {partitions}\ncluster_secret = \"{SECRET}\"\n{FAST_RAFT}{extra}[peers]\n{peers}",
+                        "node_id = {id}\ndata_dir = \"{}\"\npartitions = {partitions}\ncluster_secret = \"{SECRET}\"\n{top}{FAST_RAFT}{tables}[peers]\n{peers}",
                         data_dir.display()
                     ),
                 )

@@ -156,7 +156,8 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         let batch = self.meta_batch(MetaTag::Vote, vote);
         self.engine
-            .write(batch, Durability::Sync)
+            .write_waiting(batch, Durability::Sync)
+            .await
             .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
@@ -169,7 +170,8 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
         // Buffered: losing it only means re-applying committed entries found in the log.
         let batch = self.meta_batch(MetaTag::Committed, &committed);
         self.engine
-            .write(batch, Durability::Buffered)
+            .write_waiting(batch, Durability::Buffered)
+            .await
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
@@ -191,7 +193,8 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
                 .put_framed(&mut batch, cf::RAFT_LOG, &key, &encode(&entry));
         }
         self.engine
-            .write(batch, Durability::Buffered)
+            .write_waiting(batch, Durability::Buffered)
+            .await
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         self.engine
             .sync_then(move |result| callback.log_io_completed(result));
@@ -207,7 +210,8 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
             &codec::partition_end(self.partition)[..],
         );
         self.engine
-            .write(batch, Durability::Sync)
+            .write_waiting(batch, Durability::Sync)
+            .await
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
@@ -219,7 +223,8 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
         let to = codec::log_key(self.partition, log_id.index + 1);
         batch.delete_range_cf(self.engine.cf(cf::RAFT_LOG), &from[..], &to[..]);
         self.engine
-            .write(batch, Durability::Buffered)
+            .write_waiting(batch, Durability::Buffered)
+            .await
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }

@@ -260,7 +260,8 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         };
         put_applied_state(&self.engine, &mut batch, p, &state);
         self.engine
-            .write(batch, Durability::Buffered)
+            .write_waiting(batch, Durability::Buffered)
+            .await
             .map_err(|e| self.apply_error(last_applied, e))?;
 
         self.applied = state.applied;
@@ -332,7 +333,8 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             &encode(&manifest),
         );
         self.engine
-            .write(batch, Durability::Sync)
+            .write_waiting(batch, Durability::Sync)
+            .await
             .map_err(snapshot_error)?;
 
         tracing::info!(partition = %p, last_log_id = ?meta.last_log_id, last_offset = %content.last_offset, "installed snapshot");
@@ -416,7 +418,8 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
                 &encode(&manifest),
             );
             self.engine
-                .write(batch, Durability::Buffered)
+                .write_waiting(batch, Durability::Buffered)
+                .await
                 .map_err(build_error)?;
         }
         tracing::info!(partition = %p, last_log_id = ?manifest.meta.last_log_id, last_offset = %manifest.last_offset, "built snapshot");

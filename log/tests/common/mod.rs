@@ -17,6 +17,7 @@ pub async fn single_node(dir: &Path, partitions: u32) -> Arc<LogNode> {
         cluster_secret: "s".into(),
         bind_ip: None,
         raft: RaftTuning::default(),
+        disk: Default::default(),
     };
     let node = LogNode::open(config, Arc::new(RawAppend)).await.unwrap();
     node.initialize().await.unwrap();

@@ -140,6 +140,9 @@ fn watch_disk(node: std::sync::Weak<LogNode>) {
     loop {
         std::thread::sleep(Duration::from_secs(1));
         let Some(node) = node.upgrade() else { return };
+        if node.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let disk = node.engine.disk();
         disk.refresh();
         disk.publish_metrics();
@@ -192,6 +195,8 @@ pub struct LogNode {
     engine: Arc<Engine>,
     partitions: Vec<Partition>,
     rafts: Arc<[Raft<TypeConfig>]>,
+    /// Set by [`LogNode::shutdown`]; ends the disk watch.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl LogNode {
@@ -246,6 +251,7 @@ impl LogNode {
             engine,
             partitions,
             rafts,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&node);
         std::thread::Builder::new()
@@ -582,6 +588,8 @@ impl LogNode {
 
     /// Stop every Raft group. Storage is closed when the last handle to the node is dropped.
     pub async fn shutdown(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for (i, part) in self.partitions.iter().enumerate() {
             if let Err(e) = part.raft.shutdown().await {
                 tracing::warn!(partition = i, error = %e, "raft shutdown");

@@ -165,6 +165,8 @@ impl DiskGuard {
         let free = guard.measure()?;
         if free < guard.reserve_bytes() {
             guard.release_ballast("starting with less than the reserve free");
+        } else if guard.ballast_bytes() == 0 {
+            guard.release_ballast("the ballast is switched off (ballast_mib = 0)");
         }
         guard.ballast_held.store(
             std::fs::metadata(guard.ballast_path()).is_ok_and(|m| m.len() >= guard.ballast_bytes()),

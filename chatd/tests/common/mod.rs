@@ -179,13 +179,19 @@ impl Cluster {
         }
     }
 
+    /// Node `id`'s status, retrying while it (re)starts; panics with its log after 20 s.
     pub async fn status(&self, id: u64) -> StatusReply {
-        self.admin(id)
-            .await
-            .status(StatusRequest {})
-            .await
-            .unwrap()
-            .into_inner()
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.admin(id).await.status(StatusRequest {}).await {
+                Ok(reply) => return reply.into_inner(),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("status of node {id}: {e}\n{}", self.log_of(id)),
+            }
+        }
     }
 
     /// Wait until every partition has a leader that node `via` knows of; returns partition → leader.

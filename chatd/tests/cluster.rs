@@ -69,12 +69,20 @@ async fn leader_kill_restart_and_identical_replicas() {
         new_leader, victim,
         "partition 0 must have elected a surviving leader"
     );
-    let survivor_status = cluster.status(alive[0]).await;
-    assert!(
-        survivor_status.partitions[0].purged_index > 0,
-        "partition 0's log should have been purged behind a snapshot: {:?}",
-        survivor_status.partitions[0]
-    );
+    // openraft purges behind a snapshot in the background, after building it.
+    let deadline = Instant::now() + T;
+    loop {
+        let survivor_status = cluster.status(alive[0]).await;
+        if survivor_status.partitions[0].purged_index > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition 0's log should have been purged behind a snapshot: {:?}",
+            survivor_status.partitions[0]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Restart the killed node on its data dir: it catches up on every partition.
     cluster.spawn(victim);

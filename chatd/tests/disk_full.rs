@@ -207,6 +207,25 @@ async fn disk(cluster: &Cluster, id: u64) -> DiskStatus {
     cluster.status(id).await.disk.expect("status carries disk")
 }
 
+/// Node `id`'s disk status once `ready` holds (it reads free space once a second); panics with
+/// `what` and the last status after `WAIT`.
+async fn disk_when(
+    cluster: &Cluster,
+    id: u64,
+    what: &str,
+    ready: impl Fn(&DiskStatus) -> bool,
+) -> DiskStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let d = disk(cluster, id).await;
+        if ready(&d) {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "{what}: {d:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The node's Prometheus page, fetched as a scraper would (plain HTTP/1.0 GET).
 fn scrape(addr: &str) -> String {
     use std::io::Read;
@@ -321,14 +340,10 @@ async fn one_node_refuses_writes_on_a_full_disk_keeps_serving_and_recovers_by_it
     assert_all_acked_kept(&acked, &got, &["a-"]);
     // (Recovery frees what RocksDB had preallocated for its old WAL; fill that too.)
     small.fill_up("filler3");
-    let deadline = Instant::now() + WAIT;
-    while disk(&cluster, 1).await.state == "ok" {
-        assert!(
-            Instant::now() < deadline,
-            "the node never noticed the full disk"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    disk_when(&cluster, 1, "the node never noticed the full disk", |d| {
+        d.state != "ok"
+    })
+    .await;
     let err = device
         .send_with_id(chat, "refused-while-full", b"x".to_vec())
         .await
@@ -391,15 +406,10 @@ async fn a_disk_filled_from_outside_is_waited_out_not_fatal() {
         // RocksDB may have freed files since (a flush retires WALs); take that too. Below its
         // flush headroom the node releases its ballast within a second.
         small.fill_up("filler3");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let d = disk(&cluster, 1).await;
-            if d.state != "ok" && !d.ballast_held {
-                break;
-            }
-            assert!(Instant::now() < deadline, "ballast never released: {d:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        disk_when(&cluster, 1, "ballast never released", |d| {
+            d.state != "ok" && !d.ballast_held
+        })
+        .await;
         assert!(cluster.log_of(1).contains("released the emergency ballast"));
         assert_eq!(health(&addr).await, 1, "SERVING");
         let prefixes = ["e-", "f-", "resumed"];
@@ -532,18 +542,10 @@ async fn a_full_node_of_three_hands_off_its_leaderships_and_catches_up_later() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // The node reads free space once a second; within a few it has its ballast back.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let d = disk(&cluster, 3).await;
-        if (d.state.as_str(), d.ballast_held) == ("ok", true) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 3 stays short of space: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    disk_when(&cluster, 3, "node 3 stays short of space", |d| {
+        (d.state.as_str(), d.ballast_held) == ("ok", true)
+    })
+    .await;
 
     let mut got = BTreeMap::new();
     let mut reader = ChatClient::connect(&addrs[2])

@@ -506,8 +506,12 @@ async fn a_full_node_of_three_hands_off_its_leaderships_and_catches_up_later() {
         acked.lock().unwrap().insert(id, ack.seq);
     }
 
-    // Node 3 full to the last block, killed and restarted there: it comes up and serves reads.
+    // Node 3 down to its last megabytes with its ballast already spent: it holds its Raft writes
+    // (keeping that space for RocksDB) instead of replicating into the last block, and killed
+    // and restarted there, it comes up and serves reads.
     small.fill_leaving("filler2", 8 * MIB);
+    disk_when(&cluster, 3, "node 3 kept its ballast", |d| !d.ballast_held).await;
+    small.fill_leaving("filler3", 8 * MIB);
     for j in 0..100 {
         let id = format!("f-{j}");
         let sent = device.send_with_id(chats[j % chats.len()], &id, random_payload(16 * 1024));
@@ -517,6 +521,10 @@ async fn a_full_node_of_three_hands_off_its_leaderships_and_catches_up_later() {
             .unwrap_or_else(|s| panic!("send {id} with node 3 full: {s:?}"));
         acked.lock().unwrap().insert(id, ack.seq);
     }
+    disk_when(&cluster, 3, "node 3 never held its writes", |d| {
+        d.state == "full"
+    })
+    .await;
     cluster.kill9(3);
     cluster.spawn(3);
     cluster.wait_for_leaders(3, WAIT).await;
@@ -524,7 +532,7 @@ async fn a_full_node_of_three_hands_off_its_leaderships_and_catches_up_later() {
     assert!(d.state != "ok", "{d:?}");
 
     // Space back: node 3 catches up and its replicas equal the others'.
-    for filler in ["filler2", "filler"] {
+    for filler in ["filler3", "filler2", "filler"] {
         small.remove(filler);
     }
     let deadline = Instant::now() + Duration::from_secs(120);

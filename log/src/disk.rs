@@ -15,6 +15,11 @@
 //!   stay refused while the ballast is released, so its space is kept for Raft, recovery and a
 //!   restart; it is made again, and writes taken again, once free space is back above the reserve
 //!   plus the ballast.
+//! - **Holding growth.** With the ballast gone and free space down to RocksDB's flush headroom,
+//!   writes that grow the database (Raft appends, applies, snapshot installs) wait
+//!   ([`DiskGuard::holds_growth`], `Engine::write_growing`): that last space is kept for RocksDB's
+//!   flushes and for reopening the database after a crash. A follower falls behind instead of
+//!   replicating into the last block and then being unable to restart.
 //! - **Waiting, not failing.** A RocksDB write that fails with ENOSPC made no change; the engine
 //!   waits for space and retries it (`Engine::write_waiting`), and the group-commit syncer retries
 //!   its sync, so openraft never sees a storage error (which would stop the Raft group for good).
@@ -78,7 +83,8 @@ pub enum DiskState {
     /// Less than the reserve is free, or the ballast is released and there is no room to make it
     /// again: client writes are refused, Raft goes on.
     Low,
-    /// RocksDB met ENOSPC and has not written since: writes wait for space.
+    /// RocksDB met ENOSPC and has not written since, or growth is held at RocksDB's headroom:
+    /// writes wait for space.
     Full,
 }
 
@@ -140,6 +146,8 @@ pub struct DiskGuard {
     config: DiskConfig,
     free: AtomicU64,
     no_space: AtomicBool,
+    /// Growing writes are held at RocksDB's headroom (see [`DiskGuard::holds_growth`]).
+    holding: AtomicBool,
     ballast_held: AtomicBool,
     refused: AtomicU64,
     no_space_errors: AtomicU64,
@@ -157,6 +165,7 @@ impl DiskGuard {
             config,
             free: AtomicU64::new(0),
             no_space: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
             ballast_held: AtomicBool::new(false),
             refused: AtomicU64::new(0),
             no_space_errors: AtomicU64::new(0),
@@ -266,8 +275,36 @@ impl DiskGuard {
         }
     }
 
+    /// Whether a write that grows the database must wait for space now: the ballast is gone
+    /// (released or switched off) and less than RocksDB's flush headroom is free. That space is
+    /// what RocksDB needs to flush memtables and, after a crash, to replay its WAL and open, so
+    /// Raft appends, applies and snapshot installs stop short of it; deletes (log purges) and
+    /// small metadata writes (votes) are not held. Cheap while the disk is fine: a `statvfs` is
+    /// made only when the state is not ok.
+    pub fn holds_growth(&self) -> bool {
+        if self.state() == DiskState::Ok {
+            return false;
+        }
+        let free = match self.measure() {
+            Ok(free) => free,
+            Err(_) => return false,
+        };
+        let hold = !self.ballast_held() && free < ROCKSDB_HEADROOM_BYTES;
+        if hold != self.holding.swap(hold, Ordering::Relaxed) {
+            if hold {
+                tracing::error!(free_mib = free / MIB, dir = %self.data_dir.display(), "disk down to RocksDB's headroom: Raft appends and applies wait for space (the node falls behind until space is freed)");
+            } else {
+                tracing::warn!(
+                    free_mib = free / MIB,
+                    "space back above RocksDB's headroom: Raft appends and applies go on"
+                );
+            }
+        }
+        hold
+    }
+
     pub fn state(&self) -> DiskState {
-        if self.no_space.load(Ordering::Relaxed) {
+        if self.no_space.load(Ordering::Relaxed) || self.holding.load(Ordering::Relaxed) {
             DiskState::Full
         } else if self.free.load(Ordering::Relaxed) < self.reserve_bytes()
             || (self.ballast_bytes() > 0 && !self.ballast_held())

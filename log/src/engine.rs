@@ -104,7 +104,12 @@ pub struct Engine {
 impl Engine {
     /// Open (or create) the node's database under `path`, on the disk `disk` watches.
     pub fn open(path: &Path, disk: Arc<DiskGuard>) -> Result<Arc<Engine>, StoreError> {
-        let mut opts = Options::default();
+        // Reopening after a crash replays the WAL into memtables without writing new SST files:
+        // a node killed on a full disk needs no free space beyond a new MANIFEST and WAL to come
+        // back (the memtables are flushed later, once there is room). The crate has no setter
+        // for this DB option, so it goes through RocksDB's options-string parser.
+        let mut opts =
+            Options::default().get_options_from_string("avoid_flush_during_recovery=true")?;
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // Verify RocksDB's own block checksums on every read as well as our record frames.
@@ -234,6 +239,20 @@ impl Engine {
         result
     }
 
+    /// [`Engine::write_waiting`] for a write that grows the database: while the disk is down to
+    /// RocksDB's headroom with the ballast gone ([`DiskGuard::holds_growth`]) it waits before
+    /// writing, so the last space stays for RocksDB's flushes and for reopening after a crash.
+    pub async fn write_growing(
+        &self,
+        batch: WriteBatch,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        while self.disk.holds_growth() {
+            tokio::time::sleep(NO_SPACE_RETRY).await;
+        }
+        self.write_waiting(batch, durability).await
+    }
+
     /// Call `waiter` once everything written so far is durable (group commit).
     pub fn sync_then(&self, waiter: impl FnOnce(io::Result<()>) + Send + 'static) {
         let waiter: SyncWaiter = Box::new(waiter);
@@ -360,5 +379,49 @@ impl Syncer {
                 waiter(result.clone().map_err(io::Error::other));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::DiskConfig;
+
+    fn sst_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("sst".as_ref()))
+            .count()
+    }
+
+    /// A node restarted on a full disk must open without room for new SST files.
+    #[test]
+    fn reopening_replays_the_wal_without_flushing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DiskConfig {
+            reserve_mib: 0,
+            ballast_mib: 0,
+        };
+        let open = || {
+            let disk = Arc::new(DiskGuard::open(dir.path(), config.clone()).unwrap());
+            Engine::open(dir.path(), disk).unwrap()
+        };
+        let engine = open();
+        let mut batch = WriteBatch::default();
+        engine.put_framed(&mut batch, cf::STATE, b"key", b"value");
+        engine.write(batch, Durability::Sync).unwrap();
+        drop(engine);
+        assert_eq!(
+            sst_files(dir.path()),
+            0,
+            "nothing flushed before the restart"
+        );
+
+        let engine = open();
+        assert_eq!(sst_files(dir.path()), 0, "recovery wrote no SST");
+        assert_eq!(
+            engine.get(cf::STATE, b"key").unwrap().as_deref(),
+            Some(&b"value"[..])
+        );
     }
 }

@@ -197,6 +197,10 @@ fn step(
 async fn run(projector: Arc<Projector>, p: PartitionId, proj: Arc<dyn Projection>) {
     let wake = projector.wake[&(p.0, proj.id())].clone();
     loop {
+        if projector.store.holds_growth() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
         match round(&projector, p, proj.as_ref()) {
             Ok(true) => tokio::task::yield_now().await,
             Ok(false) => {

@@ -71,6 +71,12 @@ impl ProjectionStore {
             .transpose()
     }
 
+    /// Whether the disk is down to RocksDB's headroom: projections are derived and wait, like
+    /// Raft's own growing writes, rather than eat the space kept for flushes and recovery.
+    pub fn holds_growth(&self) -> bool {
+        self.engine.disk().holds_growth()
+    }
+
     /// The live copy's cursor (generation 0 at offset 0 before anything was applied).
     pub fn live(&self, p: PartitionId, projection: u8) -> Result<Cursor, StoreError> {
         Ok(self.cursor(p, LIVE, projection)?.unwrap_or_default())

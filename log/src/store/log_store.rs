@@ -193,7 +193,7 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
                 .put_framed(&mut batch, cf::RAFT_LOG, &key, &encode(&entry));
         }
         self.engine
-            .write_waiting(batch, Durability::Buffered)
+            .write_growing(batch, Durability::Buffered)
             .await
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         self.engine

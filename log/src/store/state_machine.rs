@@ -260,7 +260,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         };
         put_applied_state(&self.engine, &mut batch, p, &state);
         self.engine
-            .write_waiting(batch, Durability::Buffered)
+            .write_growing(batch, Durability::Buffered)
             .await
             .map_err(|e| self.apply_error(last_applied, e))?;
 
@@ -333,7 +333,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             &encode(&manifest),
         );
         self.engine
-            .write_waiting(batch, Durability::Sync)
+            .write_growing(batch, Durability::Sync)
             .await
             .map_err(snapshot_error)?;
 
@@ -418,7 +418,7 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
                 &encode(&manifest),
             );
             self.engine
-                .write_waiting(batch, Durability::Buffered)
+                .write_growing(batch, Durability::Buffered)
                 .await
                 .map_err(build_error)?;
         }

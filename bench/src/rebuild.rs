@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use chat_log::PartitionId;
+use chat_model::ids::{ChatId, DeviceId, UserId};
 use chat_proto::chat_v1 as pb;
-use chat_sequencer::ids::{ChatId, DeviceId, UserId};
 use chatd::config::ChatConfig;
 
 use crate::cluster::Cluster;

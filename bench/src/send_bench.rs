@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chat_model::ids::UserId;
 use chat_proto::chat_v1 as pb;
-use chat_sequencer::ids::UserId;
 use chatd::config::ChatConfig;
 use hdrhistogram::Histogram;
 

@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use chat_gateway::notify::{LogSink, PushSink, WebhookConfig, WebhookSink};
 use chat_gateway::GatewayConfig;
 use chat_log::{DiskConfig, LogNodeConfig, NodeId, RaftTuning};
-use chat_projector::{LogSink, PushSink, RetentionConfig, WebhookConfig, WebhookSink};
-use chat_sequencer::{ApplyLimits, SequencerConfig};
+use chat_model::ApplyLimits;
+use chat_sequencer::workers::retention::RetentionConfig;
+use chat_sequencer::SequencerConfig;
 use clap::Parser;
 use serde::Deserialize;
 
@@ -28,7 +30,7 @@ const SECRET_FILE: &str = "cluster_secret";
     about = "The chat server: a Raft-replicated, partitioned event log"
 )]
 pub struct Flags {
-    /// TOML config file (keys as the long flags, with underscores, plus [peers] and [raft]).
+    /// TOML config file (keys as the long flags, with underscores, plus `[peers]` and `[raft]`).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// This node's id (a positive integer, unique in the cluster).
@@ -48,7 +50,7 @@ pub struct Flags {
     #[arg(long)]
     pub partitions: Option<u32>,
     /// Shared secret every internal and admin RPC must carry. Required for a multi-node cluster;
-    /// a single node generates one into <data-dir>/cluster_secret.
+    /// a single node generates one into `<data-dir>/cluster_secret`.
     #[arg(long, env = "CHATD_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
     /// Source IP for outgoing Raft connections (lets fault injection tell links apart).

@@ -10,10 +10,11 @@ use anyhow::Context;
 use chat_gateway::presence::GatewayPeerService;
 use chat_gateway::{ChatService, Gateway};
 use chat_log::{Dispatch, LogNode, RawAppend, RAW_COMMAND_TAG};
+use chat_model::{ChatHandler, CHAT_COMMAND_TAG};
 use chat_projector::{ChatsProjection, Projector};
 use chat_proto::admin::admin_server::AdminServer;
 use chat_sequencer::service::SequencerService;
-use chat_sequencer::{ChatHandler, Sequencer, CHAT_COMMAND_TAG};
+use chat_sequencer::Sequencer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
@@ -70,8 +71,11 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     );
 
     let projector = Projector::start(node.clone(), vec![Arc::new(ChatsProjection)]);
-    chat_projector::retention::start(sequencer.clone(), config.retention.retention());
-    chat_projector::followups::start(sequencer.clone(), std::time::Duration::from_millis(100));
+    chat_sequencer::workers::retention::start(sequencer.clone(), config.retention.retention());
+    chat_sequencer::workers::followups::start(
+        sequencer.clone(),
+        std::time::Duration::from_millis(100),
+    );
     let mut gateway_config = config.gateway.gateway();
     gateway_config.notify_every =
         std::time::Duration::from_millis(config.notifications.flush_ms.max(10));

@@ -349,8 +349,8 @@ async fn chat_list_events(cluster: &Cluster, p: u32, user: u64, chat: u64) -> Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follow_ups_put_each_chat_in_each_members_list_exactly_once() {
+    use chat_model::ids::partition_of;
     use chat_proto::chat_v1::{self as pb, command, command_reply};
-    use chat_sequencer::ids::partition_of;
 
     const P: u32 = 8;
     let cluster = Cluster::start_with(1, P, CONFIG);

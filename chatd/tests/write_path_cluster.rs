@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chat_model::ids::{group_chat_id, partition_of, UserId};
 use chat_proto::chat_v1::{self as pb, command, command_reply};
-use chat_sequencer::ids::{group_chat_id, partition_of, UserId};
 use common::{Cluster, SeqClient};
 use tonic::Code;
 

@@ -5,8 +5,8 @@
 //! node may not be applied here yet, so a miss is retried once after a read barrier
 //! ([`Gateway::read_fresh`]) before the token is refused.
 
+use chat_model::ids::{DeviceId, UserId};
 use chat_proto::token::DeviceToken;
-use chat_sequencer::ids::{DeviceId, UserId};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::Status;

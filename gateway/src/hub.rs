@@ -15,9 +15,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chat_log::{LogNode, LogOffset, PartitionId};
+use chat_model::ids::{ChatId, DeviceId, UserId};
+use chat_model::{StateReader, CHAT_EVENT_KIND};
 use chat_proto::chat_v1::{self as pb, chat_event};
-use chat_sequencer::ids::{ChatId, DeviceId, UserId};
-use chat_sequencer::{StateReader, CHAT_EVENT_KIND};
 use futures::StreamExt;
 use moka::sync::Cache;
 use prost::Message;

@@ -8,7 +8,8 @@
 //!   concerns without ever waiting on one (a full session queue makes it catch up from the log).
 //! - [`auth`]: device bearer tokens checked against the hashed token in the user's partition.
 //! - ticks: the projector's tick changes (see `chat-projector`) go to the member's streams.
-//! - [`notifier`]: collapsed notifications for member devices with no stream, to a push sink.
+//! - [`notify`]: collapsed notifications for member devices with no stream, and the push sinks
+//!   they go to (log, webhook).
 //! - [`presence`]: cluster-wide presence (this node's hub plus every peer's, over
 //!   `chat.v1.GatewayPeer`).
 //!
@@ -18,7 +19,7 @@
 
 pub mod auth;
 pub mod hub;
-pub mod notifier;
+pub mod notify;
 pub mod presence;
 pub mod service;
 pub mod session;
@@ -26,10 +27,12 @@ pub mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::notify::PushSink;
 use chat_log::{PartitionId, StoreError};
-use chat_projector::{Change, Projector, PushSink};
-use chat_sequencer::ids::{ChatId, UserId};
-use chat_sequencer::{Sequencer, StateReader};
+use chat_model::ids::{ChatId, UserId};
+use chat_model::StateReader;
+use chat_projector::{Change, Projector};
+use chat_sequencer::Sequencer;
 use tonic::Status;
 
 pub use service::ChatService;
@@ -105,7 +108,7 @@ impl Gateway {
             node.bind_ip(),
         ));
         if let Some(sink) = sink {
-            notifier::start(
+            notify::start(
                 node.clone(),
                 hub.clone(),
                 presence.clone(),

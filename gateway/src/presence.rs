@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chat_model::ids::UserId;
 use chat_proto::chat_v1::gateway_peer_client::GatewayPeerClient;
 use chat_proto::chat_v1::gateway_peer_server::{GatewayPeer, GatewayPeerServer};
 use chat_proto::chat_v1::{self as pb};
 use chat_proto::AttachSecret;
-use chat_sequencer::ids::UserId;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};

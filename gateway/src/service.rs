@@ -8,10 +8,10 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use chat_model::ids::{user_id_for_handle, ChatId, DeviceId, UserId};
 use chat_proto::chat_v1 as pb;
 use chat_proto::chat_v1::chat_server::{Chat, ChatServer};
 use chat_proto::token::DeviceToken;
-use chat_sequencer::ids::{user_id_for_handle, ChatId, DeviceId, UserId};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use chat_model::ids::ChatId;
 use chat_proto::chat_v1::{self as pb, client_frame, server_frame, ReceiptKind};
-use chat_sequencer::ids::ChatId;
 use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tonic::{Status, Streaming};

@@ -14,10 +14,10 @@
 use std::collections::BTreeMap;
 
 use chat_log::StoreError;
+use chat_model::state::{decode, encode};
+use chat_model::CHAT_EVENT_KIND;
 use chat_proto::chat_v1::{self as pb, chat_event};
 use chat_proto::log::LogEvent;
-use chat_sequencer::state::{decode, encode};
-use chat_sequencer::CHAT_EVENT_KIND;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 

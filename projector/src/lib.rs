@@ -4,9 +4,6 @@
 //!   checkpoint in one write batch, generations for rebuilds, consistent reads and digests.
 //! - [`runner`]: the [`Projection`] trait and the [`Projector`] that runs every projection over
 //!   every partition, rebuilds them by replay while serving, and announces [`Change`]s.
-//! - [`followups`]: cross-partition follow-ups (members' chat lists in their own partitions).
-//! - [`notify`]: offline notifications and their sinks (log, webhook).
-//! - [`retention`]: the sweeper that expires old (or fully delivered) messages through the log.
 //! - [`chats`]: the `chats` projection: chat summaries, members' marks, users' chat rows; the
 //!   inbox and the ticks are read from it.
 //!
@@ -14,13 +11,8 @@
 //! projections are never replicated or snapshotted, only rebuilt by replay.
 
 pub mod chats;
-pub mod followups;
-pub mod notify;
-pub mod retention;
 pub mod runner;
 pub mod store;
 
 pub use chats::{ChatsProjection, InboxEntry, CHATS_PROJECTION};
-pub use notify::{LogSink, Notification, PushSink, WebhookConfig, WebhookSink};
-pub use retention::RetentionConfig;
 pub use runner::{Change, Projection, ProjectionStatus, Projector};

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use chat_log::codec::{cf, prefix_end};
 use chat_log::{Durability, Engine, PartitionId, StoreError, WriteBatch};
-use chat_sequencer::state::{decode, encode};
+use chat_model::state::{decode, encode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

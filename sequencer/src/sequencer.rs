@@ -26,11 +26,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::handler::CHAT_COMMAND_TAG;
-use crate::ids::{
+use chat_model::handler::CHAT_COMMAND_TAG;
+use chat_model::ids::{
     direct_chat_id, group_chat_id, partition_of, user_id_for_handle, ChatId, DeviceId, UserId,
 };
-use crate::state;
+use chat_model::state;
 
 /// Limits checked before proposing (they need not agree across nodes).
 #[derive(Debug, Clone)]
@@ -617,10 +617,10 @@ impl Sequencer {
             0 => 50,
             n => n.min(self.config.max_history_page),
         };
-        let from = state::index_key(chat, crate::ids::ChatSeq(after_seq.saturating_add(1)));
+        let from = state::index_key(chat, chat_model::ids::ChatSeq(after_seq.saturating_add(1)));
         let to = state::index_key(
             chat,
-            crate::ids::ChatSeq(if before_seq == 0 {
+            chat_model::ids::ChatSeq(if before_seq == 0 {
                 u64::MAX
             } else {
                 before_seq

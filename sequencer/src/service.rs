@@ -11,8 +11,8 @@ use chat_proto::chat_v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::ids::ChatId;
 use crate::sequencer::{SeqError, Sequencer};
+use chat_model::ids::ChatId;
 
 pub struct SequencerService {
     sequencer: Arc<Sequencer>,

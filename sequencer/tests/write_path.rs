@@ -7,13 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_log::{Dispatch, LogNode, LogNodeConfig, PartitionId, RaftTuning, RejectCode};
+use chat_model::ids::{group_chat_id, partition_of, user_id_for_handle, ChatId, DeviceId, UserId};
+use chat_model::{ApplyLimits, ChatHandler, CHAT_COMMAND_TAG};
 use chat_proto::chat_v1::{self as pb, ReceiptKind};
-use chat_sequencer::ids::{
-    group_chat_id, partition_of, user_id_for_handle, ChatId, DeviceId, UserId,
-};
-use chat_sequencer::{
-    ApplyLimits, ChatHandler, SeqError, Sequencer, SequencerConfig, CHAT_COMMAND_TAG,
-};
+use chat_sequencer::{SeqError, Sequencer, SequencerConfig};
 use prost::Message;
 
 const PARTITIONS: u32 = 4;

@@ -12,7 +12,7 @@ struct Cli {
     /// The node to talk to (host:port).
     #[arg(long, global = true, default_value = "127.0.0.1:7400")]
     addr: String,
-    /// Cluster secret; when absent it is read from <data-dir>/cluster_secret.
+    /// Cluster secret; when absent it is read from `<data-dir>/cluster_secret`.
     #[arg(
         long,
         global = true,

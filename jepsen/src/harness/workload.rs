@@ -152,8 +152,8 @@ impl Workload {
             self.users.push(reply.user_id);
         }
         for c in 0..chats {
-            let chat = chat_sequencer::ids::group_chat_id(
-                chat_sequencer::ids::UserId(self.users[0]),
+            let chat = chat_model::ids::group_chat_id(
+                chat_model::ids::UserId(self.users[0]),
                 &format!("jepsen-{c}"),
             );
             let kind = command::Kind::CreateChat(pb::CreateChat {

@@ -1,7 +1,7 @@
 //! Typed reads of the chat state from this node's replica: who a device is, which chats a user
 //! is in, who is in a chat, where a device's cursor stands. The gateway serves devices from
 //! these; they may lag the leader by what is not yet applied here (see
-//! [`crate::Sequencer::read_barrier`] for the cases where that matters).
+//! `chat_sequencer::Sequencer::read_barrier` for the cases where that matters).
 
 use std::sync::Arc;
 

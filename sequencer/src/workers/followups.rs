@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_log::{LogOffset, PartitionId};
+use chat_model::ids::partition_of;
+use chat_model::{StateReader, CHAT_EVENT_KIND};
 use chat_proto::chat_v1::{self as pb, chat_event, command};
-use chat_sequencer::ids::partition_of;
-use chat_sequencer::{Sequencer, StateReader, CHAT_EVENT_KIND};
+
+use crate::Sequencer;
 use prost::Message;
 
 /// Events read per round and partition.

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chat_log::PartitionId;
-use chat_sequencer::ids::{ChatId, UserId};
-use chat_sequencer::state::ChatRecord;
-use chat_sequencer::{Sequencer, StateReader};
+use chat_model::ids::{ChatId, UserId};
+use chat_model::state::ChatRecord;
+use chat_model::StateReader;
+
+use crate::Sequencer;
 
 /// Messages examined per chat per sweep for the time window, and per read.
 const SCAN_PER_SWEEP: u32 = 1000;

@@ -15,11 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_log::LogNode;
-use chat_projector::{Notification, PushSink};
+use chat_model::ids::{ChatId, UserId};
+use chat_model::StateReader;
 use chat_proto::chat_v1 as pb;
-use chat_sequencer::ids::{ChatId, UserId};
-use chat_sequencer::StateReader;
 use tokio::sync::mpsc;
+
+pub mod sink;
+
+pub use sink::{LogSink, Notification, PushSink, WebhookConfig, WebhookSink};
 
 use crate::hub::Hub;
 use crate::presence::ClusterPresence;

@@ -1,0 +1,19 @@
+//! `chat-model`: what the chat domain *is*, independent of how commands reach the log.
+//!
+//! - [`ids`]: user, device and chat ids, per-chat seqs, their derivation, and routing to
+//!   partitions.
+//! - [`state`]: the chat layer's keys and records in partition state.
+//! - [`handler`]: [`ChatHandler`], applying chat commands deterministically on every replica.
+//! - [`reads`]: [`StateReader`], typed reads of chat state from this node's replica.
+//!
+//! The write path (validation, rate limits, routing, proposing or forwarding) is `chat-sequencer`;
+//! read models are `chat-projector`. Both build on this crate, as do the gateway, the bench and
+//! the fault-injection suite, which only need ids.
+
+pub mod handler;
+pub mod ids;
+pub mod reads;
+pub mod state;
+
+pub use handler::{ApplyLimits, ChatHandler, CHAT_COMMAND_TAG, CHAT_EVENT_KIND};
+pub use reads::StateReader;

@@ -61,9 +61,7 @@ async fn propose(cluster: &Cluster, p: PartitionId, batch: Vec<Vec<u8>>) -> anyh
     loop {
         match cluster.leader_of(p).propose(p, batch.clone()).await {
             Ok(_) => return Ok(()),
-            Err(ProposeError::NotLeader { .. }) => {
-                tokio::time::sleep(Duration::from_millis(10)).await
-            }
+            Err(ProposeError::NotLeader(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
             Err(e) => return Err(e.into()),
         }
     }

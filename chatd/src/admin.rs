@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_log::{
-    CommandOutcome, Dispatch, LogNode, LogOffset, PartitionId, ProposeError, StoreError,
-    RAW_COMMAND_TAG,
+    CommandOutcome, Dispatch, LogNode, LogOffset, PartitionId, StoreError, RAW_COMMAND_TAG,
 };
 use chat_projector::Projector;
 use chat_proto::admin::admin_server::Admin;
 use chat_proto::admin::*;
-use chat_proto::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
 use tonic::{Request, Response, Status};
 
 /// Most records one Append may carry, and the largest record.
@@ -41,30 +39,6 @@ impl AdminService {
                 self.node.partition_count()
             )))
         }
-    }
-}
-
-/// Map a proposal failure onto a gRPC status; "not leader" carries the leader in metadata so a
-/// client can retry there.
-pub fn propose_status(e: ProposeError) -> Status {
-    match &e {
-        ProposeError::UnknownPartition(_) => Status::not_found(e.to_string()),
-        ProposeError::NotLeader {
-            leader_id,
-            leader_addr,
-            ..
-        } => {
-            let mut status = Status::unavailable(e.to_string());
-            if let Some(id) = leader_id {
-                status.metadata_mut().insert(LEADER_ID_HEADER, (*id).into());
-            }
-            if let Some(addr) = leader_addr.as_ref().and_then(|a| a.parse().ok()) {
-                status.metadata_mut().insert(LEADER_ADDR_HEADER, addr);
-            }
-            status
-        }
-        ProposeError::Stopped { .. } => Status::unavailable(e.to_string()),
-        ProposeError::DiskFull { .. } => Status::resource_exhausted(e.to_string()),
     }
 }
 
@@ -141,11 +115,7 @@ impl Admin for AdminService {
             .iter()
             .map(|r| Dispatch::tagged(RAW_COMMAND_TAG, r))
             .collect();
-        let outcome = self
-            .node
-            .propose(p, commands)
-            .await
-            .map_err(propose_status)?;
+        let outcome = self.node.propose(p, commands).await.map_err(Status::from)?;
         let offsets = outcome
             .outcomes
             .iter()
@@ -177,7 +147,7 @@ impl Admin for AdminService {
             .node
             .read_events(p, LogOffset(req.from_offset), limit as usize)
             .map_err(store_status)?;
-        let last_offset = self.node.last_offset(p).map_err(propose_status)?.0;
+        let last_offset = self.node.last_offset(p).map_err(Status::from)?.0;
         Ok(Response::new(ReadEventsReply {
             events,
             last_offset,

@@ -8,6 +8,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use chat_proto::admin::AppendRequest;
+use chat_proto::LeaderHint;
 use common::Cluster;
 
 const PARTITIONS: u32 = 8;
@@ -40,6 +42,27 @@ async fn leader_kill_restart_and_identical_replicas() {
             "partition {p}"
         );
     }
+
+    // A follower answers an append with UNAVAILABLE and the leader in the standard error
+    // details, which is what clients retry with.
+    let follower = *all.iter().find(|&&n| n != leaders[&0]).unwrap();
+    let refused = cluster
+        .admin(follower)
+        .await
+        .append(AppendRequest {
+            partition: 0,
+            records: records("to-a-follower", 1),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let hint = LeaderHint::from_status(&refused).expect("a leader hint in the error details");
+    assert_eq!(hint.partition, 0);
+    assert_eq!(hint.leader_id, Some(leaders[&0]));
+    assert_eq!(
+        hint.leader_addr.as_deref(),
+        Some(cluster.node(leaders[&0]).addr.as_str())
+    );
 
     // Kill -9 the leader of partition 0.
     let victim = leaders[&0];

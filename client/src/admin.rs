@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chat_proto::admin::*;
-use chat_proto::{connect_admin, AdminClient, LEADER_ADDR_HEADER};
+use chat_proto::{connect_admin, AdminClient, LeaderHint};
 use tonic::Code;
 
 /// Where the secret comes from, in order: an explicit value, then `<data_dir>/cluster_secret`
@@ -80,12 +80,10 @@ impl Admin {
             match client.append(req).await {
                 Ok(reply) => return Ok((reply.into_inner(), target)),
                 Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
-                    if let Some(leader) = status
-                        .metadata()
-                        .get(LEADER_ADDR_HEADER)
-                        .and_then(|v| v.to_str().ok())
+                    if let Some(leader) =
+                        LeaderHint::from_status(&status).and_then(|h| h.leader_addr)
                     {
-                        target = leader.to_string();
+                        target = leader;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }

@@ -13,7 +13,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::node::ProposeError;
+use crate::error::ProposeError;
 use crate::types::{PartitionId, Proposal, ProposalOutcome, TypeConfig};
 
 /// Most commands one Raft entry carries.
@@ -131,11 +131,11 @@ fn propose_error(
     e: &RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>,
 ) -> ProposeError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => ProposeError::NotLeader {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => ProposeError::not_leader(
             partition,
-            leader_id: fwd.leader_id,
-            leader_addr: fwd.leader_node.as_ref().map(|n| n.addr.clone()),
-        },
+            fwd.leader_id,
+            fwd.leader_node.as_ref().map(|n| n.addr.clone()),
+        ),
         other => ProposeError::Stopped {
             partition,
             message: other.to_string(),

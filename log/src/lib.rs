@@ -12,6 +12,7 @@
 //! - [`disk`]: free space on the data disk: reserve, ballast, waiting out ENOSPC.
 //! - [`store`]: openraft's log-storage and state-machine traits on the engine.
 //! - [`apply`]: the command-handler contract.
+//! - `error`: [`ProposeError`] and its gRPC status (with a leader hint).
 //! - `batcher`: coalesces concurrent proposals to a partition into one Raft entry.
 //! - [`network`]: Raft RPC over tonic (client and server) and the cluster secret.
 //! - [`node`]: a node hosting every partition.
@@ -21,6 +22,7 @@ mod batcher;
 pub mod codec;
 pub mod disk;
 pub mod engine;
+mod error;
 pub mod network;
 pub mod node;
 pub mod store;
@@ -31,7 +33,8 @@ pub use apply::{
 };
 pub use disk::{DiskConfig, DiskFull, DiskState, DiskStatus};
 pub use engine::{Durability, Engine, StoreError};
-pub use node::{LogNode, LogNodeConfig, NodeStatus, PartitionStatus, ProposeError, RaftTuning};
+pub use error::ProposeError;
+pub use node::{LogNode, LogNodeConfig, NodeStatus, PartitionStatus, RaftTuning};
 /// RocksDB write batches, for crates that write next to the log (projections).
 pub use rocksdb::WriteBatch;
 pub use types::{

@@ -26,8 +26,9 @@ use tonic::service::interceptor::InterceptedService;
 use crate::apply::{CommandHandler, StateEntries};
 use crate::batcher::Batcher;
 use crate::codec::{self, cf};
-use crate::disk::{DiskConfig, DiskFull, DiskGuard, DiskState, DiskStatus};
+use crate::disk::{DiskConfig, DiskGuard, DiskState, DiskStatus};
 use crate::engine::{Engine, StoreError};
+use crate::error::ProposeError;
 use crate::network::{NetworkFactory, PeerChannels, RaftServer, SecretCheck, MAX_MESSAGE_BYTES};
 use crate::store::{PartitionLogStore, PartitionStateMachine};
 use crate::types::{LogOffset, NodeId, PartitionId, ProposalOutcome, TypeConfig};
@@ -73,35 +74,6 @@ pub struct LogNodeConfig {
     pub raft: RaftTuning,
     /// Free-space reserve and ballast of the data disk.
     pub disk: DiskConfig,
-}
-
-/// Why a proposal was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ProposeError {
-    #[error("partition {0} does not exist")]
-    UnknownPartition(PartitionId),
-    #[error("this node is not the leader of partition {}{}", partition.0, leader_hint(*leader_id, leader_addr))]
-    NotLeader {
-        partition: PartitionId,
-        leader_id: Option<NodeId>,
-        leader_addr: Option<String>,
-    },
-    #[error("partition {} has stopped: {message}", partition.0)]
-    Stopped {
-        partition: PartitionId,
-        message: String,
-    },
-    /// This node leads the partition but its disk is (nearly) full.
-    #[error("node {node}: {full}")]
-    DiskFull { node: NodeId, full: DiskFull },
-}
-
-fn leader_hint(id: Option<NodeId>, addr: &Option<String>) -> String {
-    match (id, addr) {
-        (Some(id), Some(addr)) => format!("; the leader is node {id} at {addr}"),
-        (Some(id), None) => format!("; the leader is node {id}"),
-        _ => "; no leader is known yet (election in progress)".into(),
-    }
 }
 
 /// Status of one partition replica on this node.
@@ -447,11 +419,9 @@ impl LogNode {
         part.raft.ensure_linearizable().await.map_err(|e| {
             let status = partition_status(p, part);
             match e {
-                openraft::error::RaftError::APIError(_) => ProposeError::NotLeader {
-                    partition: p,
-                    leader_id: status.leader_id,
-                    leader_addr: status.leader_addr,
-                },
+                openraft::error::RaftError::APIError(_) => {
+                    ProposeError::not_leader(p, status.leader_id, status.leader_addr)
+                }
                 openraft::error::RaftError::Fatal(f) => ProposeError::Stopped {
                     partition: p,
                     message: f.to_string(),

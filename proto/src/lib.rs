@@ -6,14 +6,12 @@
 //! - [`chat_v1`]: chat commands, events and replies, the sequencer's internal service, and the
 //!   client API devices use (`chat.v1.Chat`).
 //! - [`token`]: the device bearer token format.
+//! - [`leader`]: [`LeaderHint`], where a partition's leader is, on a "not the leader" answer.
 //!
 //! Internal and admin RPCs carry the cluster secret in [`CLUSTER_SECRET_HEADER`].
 
 /// Metadata header that carries the cluster secret on internal and admin RPCs.
 pub const CLUSTER_SECRET_HEADER: &str = "x-cluster-secret";
-/// Metadata headers naming a partition's leader on an UNAVAILABLE "not leader" answer.
-pub const LEADER_ID_HEADER: &str = "x-leader-id";
-pub const LEADER_ADDR_HEADER: &str = "x-leader-addr";
 
 /// Generated code, nested as the proto packages are so cross-package references resolve.
 pub mod chat {
@@ -37,7 +35,10 @@ pub mod chat {
     }
 }
 
+pub mod leader;
 pub mod token;
+
+pub use leader::LeaderHint;
 
 /// Every compiled .proto as a `FileDescriptorSet`, for the gRPC reflection service.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chat_descriptor");

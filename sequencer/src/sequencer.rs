@@ -19,7 +19,7 @@ use chat_log::{
 };
 use chat_proto::chat_v1::sequencer_client::SequencerClient;
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ChatKind, ReceiptKind};
-use chat_proto::AttachSecret;
+use chat_proto::{AttachSecret, LeaderHint};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::Message;
 use tonic::service::interceptor::InterceptedService;
@@ -67,12 +67,11 @@ pub enum SeqError {
     /// Refused, before proposing or deterministically at apply.
     #[error("{message}")]
     Rejected { code: RejectCode, message: String },
-    /// No leader could take it before the deadline; `leader` is the last one known.
+    /// No leader could take it before the deadline; `hint` is the last leader known.
     #[error("{message}")]
     Unavailable {
         message: String,
-        leader_id: Option<NodeId>,
-        leader_addr: Option<String>,
+        hint: Option<LeaderHint>,
     },
     #[error("internal error: {0}")]
     Internal(String),
@@ -113,8 +112,7 @@ impl SeqError {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
                 return SeqError::Unavailable {
                     message: status.message().to_string(),
-                    leader_id: None,
-                    leader_addr: None,
+                    hint: LeaderHint::from_status(status),
                 }
             }
             _ => return SeqError::Internal(status.message().to_string()),
@@ -128,25 +126,12 @@ impl SeqError {
 
 impl From<SeqError> for Status {
     fn from(e: SeqError) -> Status {
-        let mut status = Status::new(e.code(), e.to_string());
-        if let SeqError::Unavailable {
-            leader_id,
-            leader_addr,
-            ..
-        } = &e
-        {
-            if let Some(id) = leader_id {
-                status
-                    .metadata_mut()
-                    .insert(chat_proto::LEADER_ID_HEADER, (*id).into());
-            }
-            if let Some(addr) = leader_addr.as_ref().and_then(|a| a.parse().ok()) {
-                status
-                    .metadata_mut()
-                    .insert(chat_proto::LEADER_ADDR_HEADER, addr);
-            }
+        match &e {
+            SeqError::Unavailable {
+                hint: Some(hint), ..
+            } => hint.to_status(e.code(), e.to_string()),
+            _ => Status::new(e.code(), e.to_string()),
         }
-        status
     }
 }
 
@@ -376,8 +361,7 @@ impl Sequencer {
             .await
             .map_err(|_| SeqError::Unavailable {
                 message: format!("no quorum confirmed the leader of {p} in time"),
-                leader_id: None,
-                leader_addr: None,
+                hint: None,
             })?;
         let offset = match local {
             Ok(offset) => offset,
@@ -405,8 +389,7 @@ impl Sequencer {
         } else {
             Err(SeqError::Unavailable {
                 message: format!("this node's replica of {p} is behind offset {offset}"),
-                leader_id: None,
-                leader_addr: None,
+                hint: None,
             })
         }
     }
@@ -671,11 +654,11 @@ const MAX_HISTORY_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// The leader's address when another node leads the partition.
 fn leader_elsewhere(e: &ProposeError, me: NodeId) -> Option<String> {
     match e {
-        ProposeError::NotLeader {
+        ProposeError::NotLeader(LeaderHint {
             leader_id: Some(id),
             leader_addr: Some(addr),
             ..
-        } if *id != me => Some(addr.clone()),
+        }) if *id != me => Some(addr.clone()),
         _ => None,
     }
 }
@@ -684,19 +667,13 @@ impl From<ProposeError> for SeqError {
     fn from(e: ProposeError) -> SeqError {
         let message = e.to_string();
         match e {
-            ProposeError::NotLeader {
-                leader_id,
-                leader_addr,
-                ..
-            } => SeqError::Unavailable {
+            ProposeError::NotLeader(hint) => SeqError::Unavailable {
                 message,
-                leader_id,
-                leader_addr,
+                hint: Some(hint),
             },
             ProposeError::Stopped { .. } => SeqError::Unavailable {
                 message,
-                leader_id: None,
-                leader_addr: None,
+                hint: None,
             },
             ProposeError::DiskFull { .. } => SeqError::Rejected {
                 code: RejectCode::ResourceExhausted,

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_proto::admin::*;
-use chat_proto::{connect_admin, AdminClient, LEADER_ID_HEADER};
+use chat_proto::{connect_admin, AdminClient, LeaderHint};
 use tempfile::TempDir;
 
 pub const SECRET: &str = "test-cluster-secret";
@@ -236,10 +236,8 @@ impl Cluster {
                 Ok(reply) => return reply.into_inner(),
                 Err(status) => {
                     last_err = status.to_string();
-                    let hint = status
-                        .metadata()
-                        .get(LEADER_ID_HEADER)
-                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    let hint = LeaderHint::from_status(&status)
+                        .and_then(|h| h.leader_id)
                         .filter(|id| alive.contains(id));
                     target = hint.unwrap_or_else(|| {
                         alive[(alive.iter().position(|&a| a == target).unwrap() + 1) % alive.len()]

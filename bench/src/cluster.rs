@@ -2,7 +2,6 @@
 //! dir, serving Raft (and the rest of chatd) over loopback tonic.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,11 +87,8 @@ impl Cluster {
     /// WAL syncs and sync waiters so far, summed over the nodes.
     pub fn wal_syncs(&self) -> (u64, u64) {
         self.nodes.iter().fold((0, 0), |(s, w), r| {
-            let stats = r.node.engine().stats();
-            (
-                s + stats.syncs.load(Ordering::Relaxed),
-                w + stats.waiters.load(Ordering::Relaxed),
-            )
+            let stats = r.node.sync_stats();
+            (s + stats.syncs, w + stats.waiters)
         })
     }
 

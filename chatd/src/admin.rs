@@ -189,11 +189,12 @@ impl Admin for AdminService {
         &self,
         _: Request<VerifyRequest>,
     ) -> Result<Response<VerifyReply>, Status> {
-        let engine = self.node.engine().clone();
-        let (records_checked, errors) = tokio::task::spawn_blocking(move || engine.verify_all())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(store_status)?;
+        let node = self.node.clone();
+        let (records_checked, errors) =
+            tokio::task::spawn_blocking(move || node.verify_checksums())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(store_status)?;
         Ok(Response::new(VerifyReply {
             records_checked,
             errors,

@@ -111,7 +111,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .build_v1alpha()
         .context("building the gRPC reflection service")?;
     let admin = AdminServer::new(AdminService::new(node.clone(), projector.clone()))
-        .max_decoding_message_size(chat_log::network::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(chat_log::MAX_MESSAGE_BYTES);
     let admin = tonic::service::interceptor::InterceptedService::new(admin, node.secret_check());
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::Status;
 
-use crate::Gateway;
+use crate::gateway::Gateway;
 
 /// An authenticated device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -18,7 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{authenticate, bearer, secret_digest, Device};
-use crate::{session, storage, Gateway};
+use crate::gateway::{storage, Gateway};
+use crate::session;
 
 /// Frames queued towards one device before its session waits on the transport.
 const OUTBOUND_FRAMES: usize = 64;

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tonic::{Status, Streaming};
 
 use crate::auth::{authenticate, Device};
+use crate::gateway::{storage, Gateway};
 use crate::hub::{Push, SessionHandle};
-use crate::{storage, Gateway};
 
 /// Messages read from the log per catch-up page.
 const CATCH_UP_PAGE: u32 = 256;

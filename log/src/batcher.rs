@@ -14,7 +14,8 @@ use openraft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::ProposeError;
-use crate::types::{PartitionId, Proposal, ProposalOutcome, TypeConfig};
+use crate::store::TypeConfig;
+use crate::types::{PartitionId, Proposal, ProposalOutcome};
 
 /// Most commands one Raft entry carries.
 const MAX_BATCH_COMMANDS: usize = 4096;

@@ -74,8 +74,9 @@ pub mod cf {
     pub const SNAPSHOTS: &str = "snapshots";
     /// Node-level records (which node and how many partitions this data dir was made for).
     pub const NODE: &str = "node";
-    /// Read models derived from the event log, local to each node (chat-projector):
-    /// `[partition][tag u8][projection u8]…`. Never part of Raft snapshots: rebuilt by replay.
+    /// Data derived from the event log, local to each node (`derived.rs`; the name is from
+    /// when only projections lived here): `[partition][namespace u8][key]`. Never part of Raft
+    /// snapshots: rebuilt by replay.
     pub const PROJECTIONS: &str = "projections";
 
     pub const ALL: [&str; 7] = [
@@ -201,12 +202,9 @@ pub fn describe_key(cf: &str, key: &[u8]) -> String {
             format!("partition {p} state ns {} key {}", key[4], hex(&key[5..]))
         }
         (cf::SNAPSHOTS, Some(p), _) if key.len() == 4 => format!("partition {p} snapshot"),
-        (cf::PROJECTIONS, Some(p), _) if key.len() >= 6 => format!(
-            "partition {p} projection {} {} key {}",
-            key[5],
-            key[4] as char,
-            hex(&key[6..])
-        ),
+        (cf::PROJECTIONS, Some(p), _) if key.len() >= 5 => {
+            format!("partition {p} derived ns {} key {}", key[4], hex(&key[5..]))
+        }
         _ => format!("0x{}", hex(key)),
     }
 }

@@ -16,7 +16,8 @@
 //!   restart; it is made again, and writes taken again, once free space is back above the reserve
 //!   plus the ballast.
 //! - **Holding growth.** With the ballast gone and free space down to RocksDB's flush headroom,
-//!   writes that grow the database (Raft appends, applies, snapshot installs) wait
+//!   writes that grow the database (a follower's Raft appends and applies, snapshot installs,
+//!   projections) wait
 //!   ([`DiskGuard::holds_growth`], `Engine::write_growing`): that last space is kept for RocksDB's
 //!   flushes and for reopening the database after a crash. A follower falls behind instead of
 //!   replicating into the last block and then being unable to restart.

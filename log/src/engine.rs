@@ -13,7 +13,7 @@
 //! and try again instead of handing openraft a storage error, which would stop the Raft group.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -93,7 +93,6 @@ pub struct SyncStats {
 /// One node's RocksDB and its group-commit syncer.
 pub struct Engine {
     db: Arc<DB>,
-    path: PathBuf,
     /// `None` once the engine is being dropped.
     sync_tx: Mutex<Option<mpsc::Sender<SyncWaiter>>>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -138,7 +137,6 @@ impl Engine {
 
         Ok(Arc::new(Engine {
             db,
-            path: path.to_path_buf(),
             sync_tx: Mutex::new(Some(sync_tx)),
             syncer: Mutex::new(Some(syncer)),
             stats,
@@ -146,12 +144,13 @@ impl Engine {
         }))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn db(&self) -> &DB {
         &self.db
+    }
+
+    /// A point-in-time view for [`Engine::get_at`] and [`Engine::scan_at`].
+    pub fn snapshot(&self) -> DbSnapshot<'_> {
+        self.db.snapshot()
     }
 
     pub fn stats(&self) -> &SyncStats {
@@ -195,6 +194,11 @@ impl Engine {
     /// Frame `value` and add it to `batch`.
     pub fn put_framed(&self, batch: &mut WriteBatch, cf_name: &str, key: &[u8], value: &[u8]) {
         batch.put_cf(self.cf(cf_name), key, codec::frame(value));
+    }
+
+    /// Add a delete of `key` to `batch`.
+    pub fn delete(&self, batch: &mut WriteBatch, cf_name: &str, key: &[u8]) {
+        batch.delete_cf(self.cf(cf_name), key);
     }
 
     /// Add a delete of every key in `from..to` of a column family to `batch`.
@@ -242,12 +246,15 @@ impl Engine {
     /// [`Engine::write_waiting`] for a write that grows the database: while the disk is down to
     /// RocksDB's headroom with the ballast gone ([`DiskGuard::holds_growth`]) it waits before
     /// writing, so the last space stays for RocksDB's flushes and for reopening after a crash.
+    /// A partition leader's own writes pass (`leader`): they are the bounded few in flight when
+    /// client writes stopped at the reserve, and clients wait on them.
     pub async fn write_growing(
         &self,
         batch: WriteBatch,
         durability: Durability,
+        leader: bool,
     ) -> Result<(), StoreError> {
-        while self.disk.holds_growth() {
+        while !leader && self.disk.holds_growth() {
             tokio::time::sleep(NO_SPACE_RETRY).await;
         }
         self.write_waiting(batch, durability).await

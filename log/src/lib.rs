@@ -2,15 +2,19 @@
 //!
 //! A node hosts P partitions; each is one openraft group whose committed entries are applied by a
 //! [`CommandHandler`] into a per-partition event log at dense [`LogOffset`]s. All partitions of a
-//! node share one RocksDB ([`engine`]) and one tonic connection per peer ([`network`]).
-//! [`LogNode`] is the API the layers above use: propose, read, subscribe, status.
+//! node share one RocksDB (`engine`) and one tonic connection per peer ([`network`]).
+//! [`LogNode`] is the API the layers above use: propose, read, subscribe, status; and
+//! [`DerivedStore`] is where they keep data derived from the log. The storage itself (codec,
+//! engine, Raft stores, disk watch) is private: nothing above sees RocksDB or a key layout.
 //!
 //! Module map:
-//! - [`types`]: ids, offsets, proposals and outcomes, the openraft type config.
-//! - [`codec`]: crc32 framing and key layouts of the column families.
-//! - [`engine`]: RocksDB and group commit.
-//! - [`disk`]: free space on the data disk: reserve, ballast, waiting out ENOSPC.
-//! - [`store`]: openraft's log-storage and state-machine traits on the engine.
+//! - [`types`]: ids, offsets, proposals and outcomes.
+//! - `codec`: crc32 framing and key layouts of the column families.
+//! - `engine`: RocksDB and group commit.
+//! - [`derived`]: [`DerivedStore`], the seam for data derived from the log (read models).
+//! - `disk`: free space on the data disk: reserve, ballast, waiting out ENOSPC.
+//! - `store`: openraft's type config, and its log-storage and state-machine traits on the
+//!   engine.
 //! - [`apply`]: the command-handler contract.
 //! - `error`: [`ProposeError`] and its gRPC status (with a leader hint).
 //! - `batcher`: coalesces concurrent proposals to a partition into one Raft entry.
@@ -19,25 +23,32 @@
 
 pub mod apply;
 mod batcher;
-pub mod codec;
-pub mod disk;
-pub mod engine;
+mod codec;
+pub mod derived;
+mod disk;
+mod engine;
 mod error;
 pub mod network;
 pub mod node;
-pub mod store;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 
 pub use apply::{
-    ApplyContext, CommandHandler, Dispatch, RawAppend, RAW_COMMAND_TAG, RAW_EVENT_KIND,
+    ApplyContext, CommandHandler, Dispatch, RawAppend, StateEntries, RAW_COMMAND_TAG,
+    RAW_EVENT_KIND,
 };
+pub use codec::CorruptRecord;
+pub use derived::{DerivedBatch, DerivedStore, DerivedView, Namespace};
 pub use disk::{DiskConfig, DiskFull, DiskState, DiskStatus};
-pub use engine::{Durability, Engine, StoreError};
+pub use engine::{Durability, StoreError};
 pub use error::ProposeError;
-pub use node::{LogNode, LogNodeConfig, NodeStatus, PartitionStatus, RaftTuning};
-/// RocksDB write batches, for crates that write next to the log (projections).
-pub use rocksdb::WriteBatch;
+pub use network::MAX_MESSAGE_BYTES;
+pub use node::{
+    LogNode, LogNodeConfig, NodeStatus, PartitionStatus, RaftTuning, StorageClosed, SyncCounts,
+};
+pub use store::TypeConfig;
 pub use types::{
     CommandOutcome, LogOffset, NodeId, PartitionId, Proposal, ProposalOutcome, RejectCode,
-    TypeConfig,
 };

@@ -26,12 +26,14 @@ use tonic::service::interceptor::InterceptedService;
 use crate::apply::{CommandHandler, StateEntries};
 use crate::batcher::Batcher;
 use crate::codec::{self, cf};
+use crate::derived::DerivedStore;
 use crate::disk::{DiskConfig, DiskGuard, DiskState, DiskStatus};
 use crate::engine::{Engine, StoreError};
 use crate::error::ProposeError;
 use crate::network::{NetworkFactory, PeerChannels, RaftServer, SecretCheck, MAX_MESSAGE_BYTES};
-use crate::store::{PartitionLogStore, PartitionStateMachine};
-use crate::types::{LogOffset, NodeId, PartitionId, ProposalOutcome, TypeConfig};
+use crate::store::TypeConfig;
+use crate::store::{Leading, PartitionLogStore, PartitionStateMachine};
+use crate::types::{LogOffset, NodeId, PartitionId, ProposalOutcome};
 
 /// Raft timing and log-compaction knobs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,6 +78,34 @@ pub struct LogNodeConfig {
     pub disk: DiskConfig,
 }
 
+/// Group-commit counters: WAL syncs, and the waiters they completed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    pub syncs: u64,
+    pub waiters: u64,
+}
+
+/// Whether a node's database is closed; see [`LogNode::storage_closed`].
+pub struct StorageClosed(std::sync::Weak<Engine>);
+
+impl StorageClosed {
+    pub fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+
+    /// Wait until the database is closed; false if it still is not after `timeout`.
+    pub async fn wait(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_closed() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
 /// Status of one partition replica on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionStatus {
@@ -97,6 +127,20 @@ pub struct NodeStatus {
     pub node_id: NodeId,
     pub partitions: Vec<PartitionStatus>,
     pub disk: DiskStatus,
+}
+
+/// Keep `leading` equal to whether this node leads the partition whose metrics these are, until
+/// the Raft group stops.
+async fn track_leading(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, openraft::BasicNode>>,
+    leading: Leading,
+) {
+    loop {
+        leading.set(metrics.borrow_and_update().state == ServerState::Leader);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Once a second: re-read free space, and while the disk is below its reserve, step away from
@@ -165,6 +209,7 @@ struct Partition {
 pub struct LogNode {
     config: LogNodeConfig,
     engine: Arc<Engine>,
+    derived: DerivedStore,
     partitions: Vec<Partition>,
     rafts: Arc<[Raft<TypeConfig>]>,
     /// Set by [`LogNode::shutdown`]; ends the disk watch.
@@ -196,19 +241,23 @@ impl LogNode {
         let engine = Engine::open(&db_path, Arc::new(disk))
             .with_context(|| format!("open RocksDB at {}", db_path.display()))?;
         check_node_record(&engine, &config)?;
+        let derived = DerivedStore::open(engine.clone()).context("open the derived data")?;
 
         let peers = PeerChannels::new(&config.cluster_secret, config.bind_ip)
             .map_err(anyhow::Error::msg)?;
         let raft_config = Arc::new(raft_config(&config.raft)?);
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for p in (0..config.partitions).map(PartitionId) {
-            let log = PartitionLogStore::new(engine.clone(), p);
-            let (sm, offsets) = PartitionStateMachine::open(engine.clone(), p, handler.clone())
-                .with_context(|| format!("open state machine of {p}"))?;
+            let leading = Leading::default();
+            let log = PartitionLogStore::new(engine.clone(), p, leading.clone());
+            let (sm, offsets) =
+                PartitionStateMachine::open(engine.clone(), p, handler.clone(), leading.clone())
+                    .with_context(|| format!("open state machine of {p}"))?;
             let network = NetworkFactory::new(p, peers.clone());
             let raft = Raft::new(config.node_id, raft_config.clone(), network, log, sm)
                 .await
                 .with_context(|| format!("start Raft of {p}"))?;
+            tokio::spawn(track_leading(raft.metrics(), leading));
             let batcher = Batcher::spawn(p, raft.clone());
             partitions.push(Partition {
                 raft,
@@ -221,6 +270,7 @@ impl LogNode {
         let node = Arc::new(LogNode {
             config,
             engine,
+            derived,
             partitions,
             rafts,
             stopped: std::sync::atomic::AtomicBool::new(false),
@@ -298,8 +348,30 @@ impl LogNode {
         self.config.partitions
     }
 
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
+    /// Read every stored record and check its crc32 (blocking; run it off the runtime): how
+    /// many were checked, and one line per damaged record naming its column family and key.
+    pub fn verify_checksums(&self) -> Result<(u64, Vec<String>), StoreError> {
+        self.engine.verify_all()
+    }
+
+    /// WAL syncs and the waiters they completed since the node opened (group-commit stats).
+    pub fn sync_stats(&self) -> SyncCounts {
+        let stats = self.engine.stats();
+        SyncCounts {
+            syncs: stats.syncs.load(std::sync::atomic::Ordering::Relaxed),
+            waiters: stats.waiters.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// A handle that tells when this node's database has been closed, i.e. every handle to
+    /// it dropped after [`LogNode::shutdown`] (RocksDB's lock released, the dir reopenable).
+    pub fn storage_closed(&self) -> StorageClosed {
+        StorageClosed(Arc::downgrade(&self.engine))
+    }
+
+    /// Where layers above keep data derived from the log (read models).
+    pub fn derived(&self) -> DerivedStore {
+        self.derived.clone()
     }
 
     /// The tonic service peers call for Raft RPC, behind the cluster-secret check.
@@ -384,6 +456,17 @@ impl LogNode {
             cf::STATE,
             &codec::state_key(p, codec::StateNs::Handler, key),
         )
+    }
+
+    /// Read up to `limit` of a command handler's state entries of `p` whose keys start with
+    /// `prefix`, from this node's replica.
+    pub fn handler_scan_prefix(
+        &self,
+        p: PartitionId,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<StateEntries, StoreError> {
+        self.handler_scan(p, prefix, &codec::prefix_end(prefix), limit)
     }
 
     /// Read up to `limit` of a command handler's state entries of `p` with keys in `from..to`,

@@ -94,13 +94,3 @@ pub struct ProposalOutcome {
     pub raft_index: u64,
     pub outcomes: Vec<CommandOutcome>,
 }
-
-openraft::declare_raft_types!(
-    /// The openraft configuration of every partition group.
-    pub TypeConfig:
-        D = Proposal,
-        R = ProposalOutcome,
-        NodeId = NodeId,
-        Node = Node,
-        SnapshotData = crate::store::SnapshotData,
-);

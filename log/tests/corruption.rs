@@ -3,9 +3,8 @@
 
 mod common;
 
-use chat_log::codec::{self, cf};
+use chat_log::testing::corrupt_event;
 use chat_log::{LogOffset, PartitionId, StoreError};
-use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_byte_is_a_checksum_error_with_its_key() {
@@ -17,18 +16,7 @@ async fn flipped_byte_is_a_checksum_error_with_its_key() {
     common::close(node).await;
 
     // Flip one byte of the stored event at offset 3, behind the log's back.
-    {
-        let cfs = cf::ALL
-            .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
-        let db = DB::open_cf_descriptors(&Options::default(), dir.path().join("db"), cfs).unwrap();
-        let events = db.cf_handle(cf::EVENTS).unwrap();
-        let key = codec::event_key(p, LogOffset(3));
-        let mut value = db.get_cf(events, key).unwrap().expect("event 3 is stored");
-        let last = value.len() - 1;
-        value[last] ^= 0x20;
-        db.put_cf(events, key, value).unwrap();
-    }
+    corrupt_event(dir.path(), p, LogOffset(3));
 
     let node = common::single_node(dir.path(), 2).await;
     // Offsets before the damage still read fine.
@@ -44,7 +32,7 @@ async fn flipped_byte_is_a_checksum_error_with_its_key() {
         other => panic!("expected a checksum error, got {other:?}"),
     }
     assert!(matches!(node.digest(p), Err(StoreError::Corrupt(_))));
-    let (checked, errors) = node.engine().verify_all().unwrap();
+    let (checked, errors) = node.verify_checksums().unwrap();
     assert!(checked > 10);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("partition 1 offset 3"), "{errors:?}");

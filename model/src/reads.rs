@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use chat_log::apply::StateEntries;
-use chat_log::codec::prefix_end;
-use chat_log::{LogNode, PartitionId, StoreError};
+use chat_log::{LogNode, PartitionId, StateEntries, StoreError};
 
 use crate::ids::{partition_of, ChatId, DeviceId, UserId};
 use crate::state::{self, ChatRecord, DeviceRecord, MemberRecord, UserRecord};
@@ -44,8 +42,7 @@ impl StateReader {
 
     /// Every handler entry of `p` whose key starts with `prefix`.
     fn scan_prefix(&self, p: PartitionId, prefix: &[u8]) -> Result<StateEntries, StoreError> {
-        self.node
-            .handler_scan(p, prefix, &prefix_end(prefix), SCAN_LIMIT)
+        self.node.handler_scan_prefix(p, prefix, SCAN_LIMIT)
     }
 
     /// `scan_prefix`, with each entry's id at `id_at` of its key and its decoded record.

@@ -22,9 +22,9 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{Change, Projection};
-use crate::store::{LiveView, Txn};
+use crate::store::{LiveView, ProjectionId, Txn};
 
-pub const CHATS_PROJECTION_ID: u8 = 1;
+pub const CHATS_PROJECTION_ID: ProjectionId = ProjectionId(1);
 pub const CHATS_PROJECTION: &str = "chats";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,7 +134,7 @@ impl ChatsProjection {
 }
 
 impl Projection for ChatsProjection {
-    fn id(&self) -> u8 {
+    fn id(&self) -> ProjectionId {
         CHATS_PROJECTION_ID
     }
 

@@ -16,7 +16,7 @@ use chat_log::{LogNode, LogOffset, PartitionId, StoreError};
 use chat_proto::log::LogEvent;
 use tokio::sync::{broadcast, Notify};
 
-use crate::store::{Cursor, ProjectionStore, Txn};
+use crate::store::{Cursor, ProjectionId, ProjectionStore, Txn};
 
 /// Events applied per batch (one write batch each).
 const BATCH: usize = 1024;
@@ -36,8 +36,9 @@ pub enum Change {
 
 /// A read model derived from a partition's events.
 pub trait Projection: Send + Sync + 'static {
-    /// Stable id: part of every stored key. Never reuse one for a different projection.
-    fn id(&self) -> u8;
+    /// Stable id: the projection's namespace in the derived data. Never reuse one for a
+    /// different projection.
+    fn id(&self) -> ProjectionId;
     fn name(&self) -> &'static str;
     /// Apply one event, deterministically: only the event and the projection's own keys.
     fn apply(
@@ -65,13 +66,13 @@ pub struct Projector {
     store: ProjectionStore,
     projections: Vec<Arc<dyn Projection>>,
     changes: broadcast::Sender<Change>,
-    wake: HashMap<(u32, u8), Arc<Notify>>,
+    wake: HashMap<(u32, ProjectionId), Arc<Notify>>,
 }
 
 impl Projector {
     /// Start projecting every partition of `node`. Call inside the tokio runtime.
     pub fn start(node: Arc<LogNode>, projections: Vec<Arc<dyn Projection>>) -> Arc<Projector> {
-        let store = ProjectionStore::new(node.engine().clone());
+        let store = ProjectionStore::new(node.derived());
         let (changes, _) = broadcast::channel(4096);
         let mut wake = HashMap::new();
         for p in 0..node.partition_count() {
@@ -189,7 +190,7 @@ fn step(
         generation: cursor.generation,
         checkpoint: last,
     };
-    projector.store.commit(txn, p, proj.id(), rebuild, next)?;
+    projector.store.commit(txn, rebuild, next)?;
     Ok(Some((next, changes)))
 }
 

@@ -1,31 +1,40 @@
-//! Where projections live: the node's `projections` column family (crc-framed like every stored
-//! value), per partition and projection:
+//! Where projections live: each projection is one namespace of the node's derived data
+//! ([`chat_log::DerivedStore`]), per partition:
 //!
-//! | key | value |
+//! | key (inside the namespace) | value |
 //! |---|---|
-//! | `[p]['L'][projection]` | the live [`Cursor`]: generation and checkpoint (last offset applied) |
-//! | `[p]['R'][projection]` | the cursor of a rebuild in progress, if any |
-//! | `[p]['D'][projection][generation u32][key]` | the projection's own keys |
+//! | `L` | the live [`Cursor`]: generation and checkpoint (last offset applied) |
+//! | `R` | the cursor of a rebuild in progress, if any |
+//! | `D[generation u32][key]` | the projection's own keys |
 //!
-//! A projection's output and its new checkpoint are written in one RocksDB write batch
+//! A projection's output and its new checkpoint are written in one atomic batch
 //! ([`ProjectionStore::commit`]), so after a crash a projection resumes exactly after the last
 //! event whose output survived: no event is applied twice or skipped, by construction. A rebuild
 //! writes a new generation beside the live one and swaps the live cursor to it in one batch
-//! ([`ProjectionStore::finish_rebuild`]); readers read cursor and data from one RocksDB snapshot,
-//! so they see either the old or the new generation, never a mix.
+//! ([`ProjectionStore::finish_rebuild`]); readers read cursor and data from one point-in-time
+//! view, so they see either the old or the new generation, never a mix.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use chat_log::codec::{cf, prefix_end};
-use chat_log::{Durability, Engine, PartitionId, StoreError, WriteBatch};
+use chat_log::{DerivedStore, DerivedView, Durability, Namespace, PartitionId, StoreError};
 use chat_model::state::{decode, encode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-const LIVE: u8 = b'L';
-const REBUILD: u8 = b'R';
+const LIVE: &[u8] = b"L";
+const REBUILD: &[u8] = b"R";
 const DATA: u8 = b'D';
+
+/// Which projection: its namespace in the node's derived data. Fixed per projection for the
+/// life of a data dir (changing it orphans the old data and rebuilds).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProjectionId(pub u8);
+
+impl From<ProjectionId> for Namespace {
+    fn from(id: ProjectionId) -> Namespace {
+        Namespace(id.0)
+    }
+}
 
 /// How far a copy of a projection has got.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,115 +45,100 @@ pub struct Cursor {
     pub checkpoint: u64,
 }
 
-fn meta_key(p: PartitionId, tag: u8, projection: u8) -> Vec<u8> {
-    let mut k = p.0.to_be_bytes().to_vec();
-    k.extend_from_slice(&[tag, projection]);
+fn data_prefix(generation: u32) -> Vec<u8> {
+    let mut k = vec![DATA];
+    k.extend_from_slice(&generation.to_be_bytes());
     k
 }
 
-fn data_prefix(p: PartitionId, projection: u8, generation: u32) -> Vec<u8> {
-    let mut k = meta_key(p, DATA, projection);
-    k.extend_from_slice(&generation.to_be_bytes());
-    k
+fn decode_cursor(bytes: Option<Vec<u8>>) -> Result<Option<Cursor>, StoreError> {
+    bytes
+        .map(|b| decode::<Cursor>("projection cursor", &b))
+        .transpose()
 }
 
 /// The projections of one node.
 #[derive(Clone)]
 pub struct ProjectionStore {
-    engine: Arc<Engine>,
+    derived: DerivedStore,
 }
 
 impl ProjectionStore {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        ProjectionStore { engine }
+    pub fn new(derived: DerivedStore) -> Self {
+        ProjectionStore { derived }
     }
 
     fn cursor(
         &self,
         p: PartitionId,
-        tag: u8,
-        projection: u8,
+        projection: ProjectionId,
+        which: &[u8],
     ) -> Result<Option<Cursor>, StoreError> {
-        self.engine
-            .get(cf::PROJECTIONS, &meta_key(p, tag, projection))?
-            .map(|b| decode::<Cursor>("projection cursor", &b))
-            .transpose()
+        decode_cursor(self.derived.get(p, projection.into(), which)?)
     }
 
     /// Whether the disk is down to RocksDB's headroom: projections are derived and wait, like
     /// Raft's own growing writes, rather than eat the space kept for flushes and recovery.
     pub fn holds_growth(&self) -> bool {
-        self.engine.disk().holds_growth()
+        self.derived.holds_growth()
     }
 
     /// The live copy's cursor (generation 0 at offset 0 before anything was applied).
-    pub fn live(&self, p: PartitionId, projection: u8) -> Result<Cursor, StoreError> {
-        Ok(self.cursor(p, LIVE, projection)?.unwrap_or_default())
+    pub fn live(&self, p: PartitionId, projection: ProjectionId) -> Result<Cursor, StoreError> {
+        Ok(self.cursor(p, projection, LIVE)?.unwrap_or_default())
     }
 
     /// The cursor of a rebuild in progress.
-    pub fn rebuilding(&self, p: PartitionId, projection: u8) -> Result<Option<Cursor>, StoreError> {
-        self.cursor(p, REBUILD, projection)
+    pub fn rebuilding(
+        &self,
+        p: PartitionId,
+        projection: ProjectionId,
+    ) -> Result<Option<Cursor>, StoreError> {
+        self.cursor(p, projection, REBUILD)
     }
 
     /// A transaction writing `generation` of a projection.
-    pub fn txn(&self, p: PartitionId, projection: u8, generation: u32) -> Txn<'_> {
+    pub fn txn(&self, p: PartitionId, projection: ProjectionId, generation: u32) -> Txn<'_> {
         Txn {
             store: self,
-            prefix: data_prefix(p, projection, generation),
+            partition: p,
+            projection,
+            prefix: data_prefix(generation),
             pending: BTreeMap::new(),
         }
     }
 
     /// Write a transaction's output and the cursor it reached, atomically. Buffered: durable
     /// with the node's next WAL sync (a crash loses output and cursor together).
-    pub fn commit(
-        &self,
-        txn: Txn<'_>,
-        p: PartitionId,
-        projection: u8,
-        rebuild: bool,
-        cursor: Cursor,
-    ) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
+    pub fn commit(&self, txn: Txn<'_>, rebuild: bool, cursor: Cursor) -> Result<(), StoreError> {
+        let mut batch = self.derived.batch(txn.partition, txn.projection.into());
         for (key, value) in txn.pending {
             let full = [txn.prefix.as_slice(), &key].concat();
             match value {
-                Some(v) => self
-                    .engine
-                    .put_framed(&mut batch, cf::PROJECTIONS, &full, &v),
-                None => batch.delete_cf(self.engine.cf(cf::PROJECTIONS), &full),
+                Some(v) => batch.put(&full, v),
+                None => batch.delete(&full),
             }
         }
-        let tag = if rebuild { REBUILD } else { LIVE };
-        self.engine.put_framed(
-            &mut batch,
-            cf::PROJECTIONS,
-            &meta_key(p, tag, projection),
-            &encode(&cursor),
-        );
-        self.engine.write(batch, Durability::Buffered)
+        batch.put(if rebuild { REBUILD } else { LIVE }, encode(&cursor));
+        self.derived.commit(batch, Durability::Buffered)
     }
 
     /// Start a rebuild: a fresh generation from offset 0, beside the live one.
-    pub fn request_rebuild(&self, p: PartitionId, projection: u8) -> Result<Cursor, StoreError> {
+    pub fn request_rebuild(
+        &self,
+        p: PartitionId,
+        projection: ProjectionId,
+    ) -> Result<Cursor, StoreError> {
         let live = self.live(p, projection)?;
         let shadow = Cursor {
             generation: live.generation.wrapping_add(1),
             checkpoint: 0,
         };
-        let mut batch = WriteBatch::default();
-        let prefix = data_prefix(p, projection, shadow.generation);
+        let mut batch = self.derived.batch(p, projection.into());
         // Anything left by an earlier, abandoned rebuild of that generation.
-        self.engine
-            .delete_range(&mut batch, cf::PROJECTIONS, &prefix, &prefix_end(&prefix));
-        self.engine.put_framed(
-            &mut batch,
-            cf::PROJECTIONS,
-            &meta_key(p, REBUILD, projection),
-            &encode(&shadow),
-        );
-        self.engine.write(batch, Durability::Sync)?;
+        batch.delete_prefix(&data_prefix(shadow.generation));
+        batch.put(REBUILD, encode(&shadow));
+        self.derived.commit(batch, Durability::Sync)?;
         Ok(shadow)
     }
 
@@ -152,45 +146,29 @@ impl ProjectionStore {
     pub fn finish_rebuild(
         &self,
         p: PartitionId,
-        projection: u8,
+        projection: ProjectionId,
         shadow: Cursor,
     ) -> Result<(), StoreError> {
         let live = self.live(p, projection)?;
-        let old = data_prefix(p, projection, live.generation);
-        let mut batch = WriteBatch::default();
-        self.engine.put_framed(
-            &mut batch,
-            cf::PROJECTIONS,
-            &meta_key(p, LIVE, projection),
-            &encode(&shadow),
-        );
-        batch.delete_cf(
-            self.engine.cf(cf::PROJECTIONS),
-            meta_key(p, REBUILD, projection),
-        );
-        self.engine
-            .delete_range(&mut batch, cf::PROJECTIONS, &old, &prefix_end(&old));
-        self.engine.write(batch, Durability::Sync)
+        let mut batch = self.derived.batch(p, projection.into());
+        batch.put(LIVE, encode(&shadow));
+        batch.delete(REBUILD);
+        batch.delete_prefix(&data_prefix(live.generation));
+        self.derived.commit(batch, Durability::Sync)
     }
 
-    /// Read the live copy consistently (cursor and data from one RocksDB snapshot).
-    pub fn read(&self, p: PartitionId, projection: u8) -> Result<LiveView<'_>, StoreError> {
-        let snapshot = self.engine.db().snapshot();
-        let cursor = self
-            .engine
-            .get_at(
-                Some(&snapshot),
-                cf::PROJECTIONS,
-                &meta_key(p, LIVE, projection),
-            )?
-            .map(|b| decode::<Cursor>("projection cursor", &b))
-            .transpose()?
-            .unwrap_or_default();
+    /// Read the live copy consistently (cursor and data from one point-in-time view).
+    pub fn read(
+        &self,
+        p: PartitionId,
+        projection: ProjectionId,
+    ) -> Result<LiveView<'_>, StoreError> {
+        let view = self.derived.view(p, projection.into());
+        let cursor = decode_cursor(view.get(LIVE)?)?.unwrap_or_default();
         Ok(LiveView {
-            engine: &self.engine,
-            prefix: data_prefix(p, projection, cursor.generation),
+            prefix: data_prefix(cursor.generation),
             cursor,
-            snapshot,
+            view,
         })
     }
 }
@@ -200,32 +178,26 @@ pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A consistent read-only view of a projection's live copy.
 pub struct LiveView<'a> {
-    engine: &'a Engine,
     prefix: Vec<u8>,
     pub cursor: Cursor,
-    snapshot: chat_log::engine::DbSnapshot<'a>,
+    view: DerivedView<'a>,
 }
 
 impl LiveView<'_> {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let full = [self.prefix.as_slice(), key].concat();
-        self.engine
-            .get_at(Some(&self.snapshot), cf::PROJECTIONS, &full)
+        self.view.get(&[self.prefix.as_slice(), key].concat())
     }
 
     /// Every (key, value) whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
-        let from = [self.prefix.as_slice(), prefix].concat();
         let skip = self.prefix.len();
-        self.engine
-            .scan_at(
-                Some(&self.snapshot),
-                cf::PROJECTIONS,
-                &from,
-                prefix_end(&from),
-            )
-            .map(|item| item.map(|(k, v)| (k[skip..].to_vec(), v)))
-            .collect()
+        let entries = self
+            .view
+            .scan_prefix(&[self.prefix.as_slice(), prefix].concat())?;
+        Ok(entries
+            .into_iter()
+            .map(|(k, v)| (k[skip..].to_vec(), v))
+            .collect())
     }
 
     /// sha256 over every (key, value) of this copy in key order (the generation is not part of
@@ -246,6 +218,8 @@ impl LiveView<'_> {
 /// earlier writes.
 pub struct Txn<'a> {
     store: &'a ProjectionStore,
+    partition: PartitionId,
+    projection: ProjectionId,
     prefix: Vec<u8>,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
@@ -256,7 +230,9 @@ impl Txn<'_> {
             return Ok(v.clone());
         }
         let full = [self.prefix.as_slice(), key].concat();
-        self.store.engine.get(cf::PROJECTIONS, &full)
+        self.store
+            .derived
+            .get(self.partition, self.projection.into(), &full)
     }
 
     pub fn put(&mut self, key: &[u8], value: Vec<u8>) {

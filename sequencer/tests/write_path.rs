@@ -41,11 +41,12 @@ async fn stop(seq: Sequencer) {
     let node = seq.node().clone();
     drop(seq);
     node.shutdown().await;
-    let engine = Arc::downgrade(node.engine());
+    let closed = node.storage_closed();
     drop(node);
-    while engine.strong_count() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        closed.wait(Duration::from_secs(30)).await,
+        "the database is still open after shutdown"
+    );
 }
 
 fn msg(chat: ChatId, user: UserId, device: u64, id: &str, body: &str) -> pb::SendMessage {

@@ -23,7 +23,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::auth::{secret_header, with_secret};
 use super::MAX_MESSAGE_BYTES;
-use crate::types::{Node, NodeId, PartitionId, TypeConfig};
+use crate::store::TypeConfig;
+use crate::types::{Node, NodeId, PartitionId};
 
 /// The shared tonic channels to every peer node, one per (node, address).
 #[derive(Clone)]

@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::types::{NodeId, PartitionId, TypeConfig};
+use crate::store::TypeConfig;
+use crate::types::{NodeId, PartitionId};
 
 /// Serves Raft RPC for every partition of a node.
 #[derive(Clone)]

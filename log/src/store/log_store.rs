@@ -15,7 +15,8 @@ use rocksdb::WriteBatch;
 use super::{decode, encode, storage_error};
 use crate::codec::{self, cf, MetaTag};
 use crate::engine::{Durability, Engine, StoreError};
-use crate::types::{NodeId, PartitionId, TypeConfig};
+use crate::store::{Leading, TypeConfig};
+use crate::types::{NodeId, PartitionId};
 
 /// The Raft log store of one partition. Cheap to clone; clones are the log readers openraft's
 /// replication tasks use.
@@ -23,13 +24,18 @@ use crate::types::{NodeId, PartitionId, TypeConfig};
 pub struct PartitionLogStore {
     engine: Arc<Engine>,
     partition: PartitionId,
+    leading: Leading,
 }
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
 impl PartitionLogStore {
-    pub fn new(engine: Arc<Engine>, partition: PartitionId) -> Self {
-        PartitionLogStore { engine, partition }
+    pub fn new(engine: Arc<Engine>, partition: PartitionId, leading: Leading) -> Self {
+        PartitionLogStore {
+            engine,
+            partition,
+            leading,
+        }
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -193,7 +199,7 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
                 .put_framed(&mut batch, cf::RAFT_LOG, &key, &encode(&entry));
         }
         self.engine
-            .write_growing(batch, Durability::Buffered)
+            .write_growing(batch, Durability::Buffered, self.leading.get())
             .await
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         self.engine

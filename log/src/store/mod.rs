@@ -5,9 +5,11 @@
 mod log_store;
 mod snapshot;
 mod state_machine;
+#[cfg(test)]
+mod suite_tests;
 
 pub use log_store::PartitionLogStore;
-pub use snapshot::{SnapshotContent, SnapshotData};
+pub use snapshot::SnapshotData;
 pub use state_machine::PartitionStateMachine;
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
@@ -35,3 +37,32 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 ) -> Result<T, StoreError> {
     bincode::deserialize(bytes).map_err(|e| StoreError::decode(what, e))
 }
+
+/// Whether this node currently leads a partition, as its Raft metrics say (set by `LogNode`).
+/// A leader's own appends and applies are not held at the disk's headroom: client writes are
+/// refused well before it, so what a leader still writes is the bounded few in flight, and its
+/// clients are waiting for them. A follower's growth is not bounded (another node's clients
+/// drive it), so that is what the hold stops.
+#[derive(Clone, Debug, Default)]
+pub struct Leading(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Leading {
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set(&self, leading: bool) {
+        self.0.store(leading, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The openraft configuration of every partition group. Declared here, beside the snapshot
+    /// data type it names, so the ids in `types` do not depend on the storage.
+    pub TypeConfig:
+        D = crate::types::Proposal,
+        R = crate::types::ProposalOutcome,
+        NodeId = crate::types::NodeId,
+        Node = crate::types::Node,
+        SnapshotData = SnapshotData,
+);

@@ -26,7 +26,8 @@ use super::{decode, encode, storage_error};
 use crate::apply::{ApplyContext, CommandHandler, PendingEvent};
 use crate::codec::{self, cf, StateNs};
 use crate::engine::{DbSnapshot, Durability, Engine, StoreError};
-use crate::types::{LogOffset, Node, NodeId, PartitionId, ProposalOutcome, TypeConfig};
+use crate::store::{Leading, TypeConfig};
+use crate::types::{LogOffset, Node, NodeId, PartitionId, ProposalOutcome};
 use chat_proto::log::LogEvent;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -49,6 +50,8 @@ pub struct PartitionStateMachine {
     /// Held while the partition's stored state changes (apply, install) and while a snapshot
     /// builder pins a consistent view, so a snapshot never mixes two applied states.
     write_lock: Arc<Mutex<()>>,
+    /// Whether this node leads the partition (its applies are then not held on a full disk).
+    leading: Leading,
 }
 
 /// The applied position of a partition as stored.
@@ -136,6 +139,7 @@ impl PartitionStateMachine {
         engine: Arc<Engine>,
         partition: PartitionId,
         handler: Arc<dyn CommandHandler>,
+        leading: Leading,
     ) -> Result<(Self, watch::Receiver<LogOffset>), StoreError> {
         let stored = read_applied_state(&engine, None, partition)?;
         let (offsets, offsets_rx) = watch::channel(stored.last_offset);
@@ -148,6 +152,7 @@ impl PartitionStateMachine {
             last_offset: stored.last_offset,
             offsets,
             write_lock: Arc::new(Mutex::new(())),
+            leading,
         };
         Ok((sm, offsets_rx))
     }
@@ -260,7 +265,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         };
         put_applied_state(&self.engine, &mut batch, p, &state);
         self.engine
-            .write_growing(batch, Durability::Buffered)
+            .write_growing(batch, Durability::Buffered, self.leading.get())
             .await
             .map_err(|e| self.apply_error(last_applied, e))?;
 
@@ -333,7 +338,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             &encode(&manifest),
         );
         self.engine
-            .write_growing(batch, Durability::Sync)
+            .write_growing(batch, Durability::Sync, false)
             .await
             .map_err(snapshot_error)?;
 
@@ -418,7 +423,7 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
                 &encode(&manifest),
             );
             self.engine
-                .write_growing(batch, Durability::Buffered)
+                .write_growing(batch, Durability::Buffered, false)
                 .await
                 .map_err(build_error)?;
         }

@@ -32,13 +32,10 @@ pub async fn single_node(dir: &Path, partitions: u32) -> Arc<LogNode> {
 /// Shut the node down and wait until its RocksDB is closed (every handle dropped).
 pub async fn close(node: Arc<LogNode>) {
     node.shutdown().await;
-    let engine = Arc::downgrade(node.engine());
+    let closed = node.storage_closed();
     drop(node);
-    for _ in 0..100 {
-        if engine.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the engine is still referenced after shutdown");
+    assert!(
+        closed.wait(Duration::from_secs(2)).await,
+        "the engine is still referenced after shutdown"
+    );
 }

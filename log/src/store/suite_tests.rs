@@ -4,9 +4,12 @@
 
 use std::sync::Arc;
 
-use chat_log::store::{PartitionLogStore, PartitionStateMachine};
-use chat_log::types::{NodeId, PartitionId, TypeConfig};
-use chat_log::{Engine, RawAppend};
+use crate::apply::RawAppend;
+use crate::disk::{DiskConfig, DiskGuard};
+use crate::engine::{Engine, StoreError};
+use crate::store::TypeConfig;
+use crate::store::{Leading, PartitionLogStore, PartitionStateMachine};
+use crate::types::{NodeId, PartitionId};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{AnyError, StorageError, StorageIOError};
 use tempfile::TempDir;
@@ -18,12 +21,11 @@ impl StoreBuilder<TypeConfig, PartitionLogStore, PartitionStateMachine, TempDir>
         &self,
     ) -> Result<(TempDir, PartitionLogStore, PartitionStateMachine), StorageError<NodeId>> {
         let dir = TempDir::new().expect("temp dir");
-        let io =
-            |e: chat_log::StoreError| StorageError::from(StorageIOError::write(AnyError::new(&e)));
+        let io = |e: StoreError| StorageError::from(StorageIOError::write(AnyError::new(&e)));
         // No reserve and no ballast: the suite is about Raft storage, not free space.
-        let disk = chat_log::disk::DiskGuard::open(
+        let disk = DiskGuard::open(
             dir.path(),
-            chat_log::DiskConfig {
+            DiskConfig {
                 reserve_mib: 0,
                 ballast_mib: 0,
             },
@@ -31,9 +33,10 @@ impl StoreBuilder<TypeConfig, PartitionLogStore, PartitionStateMachine, TempDir>
         .map_err(|e| StorageError::from(StorageIOError::write(AnyError::new(&e))))?;
         let engine = Engine::open(dir.path(), std::sync::Arc::new(disk)).map_err(io)?;
         let partition = PartitionId(5);
-        let log = PartitionLogStore::new(engine.clone(), partition);
+        let log = PartitionLogStore::new(engine.clone(), partition, Leading::default());
         let (sm, _offsets) =
-            PartitionStateMachine::open(engine, partition, Arc::new(RawAppend)).map_err(io)?;
+            PartitionStateMachine::open(engine, partition, Arc::new(RawAppend), Leading::default())
+                .map_err(io)?;
         Ok((dir, log, sm))
     }
 }

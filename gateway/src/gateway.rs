@@ -1,0 +1,149 @@
+//! The gateway of one node: what its device sessions share (the write path, reads of this
+//! node's replica, the hub, cluster presence, the projector) and how it starts; plus the
+//! read-or-barrier helper and the storage-error status the sessions and the service use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_log::{PartitionId, StoreError};
+use chat_model::ids::{ChatId, UserId};
+use chat_model::StateReader;
+use chat_projector::{Change, Projector};
+use chat_sequencer::Sequencer;
+use tonic::Status;
+
+use crate::notify::{self, PushSink};
+use crate::{hub, presence};
+
+/// Gateway limits and timers (the `[gateway]` table of chatd's config).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Pushes queued per device stream before it is switched to catching up from the log.
+    pub queue_capacity: usize,
+    /// A stream with no frame from its device for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a new stream has to send its Hello.
+    pub hello_timeout: Duration,
+    /// How often a stream proposes the delivered/read marks its device sent.
+    pub receipt_flush: Duration,
+    /// Sends of one stream being committed at once; more wait (backpressure on the device).
+    pub max_sends_in_flight: usize,
+    /// Largest client frame accepted (bigger ones end the stream with OUT_OF_RANGE).
+    pub max_frame_bytes: usize,
+    /// How often offline notifications are collapsed and handed to the sink.
+    pub notify_every: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            queue_capacity: 1024,
+            idle_timeout: Duration::from_secs(90),
+            hello_timeout: Duration::from_secs(10),
+            receipt_flush: Duration::from_millis(100),
+            max_sends_in_flight: 64,
+            max_frame_bytes: 1024 * 1024,
+            notify_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The gateway of one node.
+pub struct Gateway {
+    pub sequencer: Arc<Sequencer>,
+    pub reads: StateReader,
+    pub hub: Arc<hub::Hub>,
+    pub presence: Arc<presence::ClusterPresence>,
+    pub projector: Arc<Projector>,
+    pub config: GatewayConfig,
+}
+
+impl Gateway {
+    /// Start the hub's partition tailers (and the offline notifier when there is a `sink`).
+    /// Call inside the tokio runtime. `cluster_secret` authenticates presence lookups to the
+    /// other nodes.
+    pub fn start(
+        sequencer: Arc<Sequencer>,
+        projector: Arc<Projector>,
+        sink: Option<Arc<dyn PushSink>>,
+        cluster_secret: &str,
+        config: GatewayConfig,
+    ) -> Result<Arc<Gateway>, String> {
+        let node = sequencer.node().clone();
+        let hub = hub::Hub::start(node.clone(), config.queue_capacity);
+        let peers = node
+            .members()
+            .iter()
+            .filter(|(&id, _)| id != node.node_id())
+            .map(|(_, addr)| addr.clone())
+            .collect();
+        let secret = chat_proto::AttachSecret::new(cluster_secret).map_err(|e| e.to_string())?;
+        tokio::spawn(push_ticks(hub.clone(), projector.subscribe()));
+        let presence = Arc::new(presence::ClusterPresence::new(
+            hub.clone(),
+            secret,
+            peers,
+            node.bind_ip(),
+        ));
+        if let Some(sink) = sink {
+            notify::start(
+                node.clone(),
+                hub.clone(),
+                presence.clone(),
+                sink,
+                config.notify_every,
+            );
+        }
+        Ok(Arc::new(Gateway {
+            reads: StateReader::new(node),
+            presence,
+            hub,
+            sequencer,
+            projector,
+            config,
+        }))
+    }
+}
+
+impl Gateway {
+    /// Read something from this node's replica; if it is not there, it may only not be applied
+    /// here yet, so read again after a read barrier on partition `p` (a Raft read index from the
+    /// leader). Costs a quorum round trip only on a miss.
+    pub async fn read_fresh<T>(
+        &self,
+        p: PartitionId,
+        read: impl Fn() -> Result<Option<T>, StoreError>,
+    ) -> Result<Option<T>, Status> {
+        if let Some(found) = read().map_err(storage)? {
+            return Ok(Some(found));
+        }
+        self.sequencer.read_barrier(p).await?;
+        read().map_err(storage)
+    }
+}
+
+/// A storage error as the gRPC status devices get.
+pub fn storage(e: StoreError) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// Push each member's tick changes, as the projector announces them, to that member's streams.
+/// Ticks are watermarks: a change missed because this task fell behind is superseded by the
+/// next one (and the Inbox RPC always has the current value).
+async fn push_ticks(hub: Arc<hub::Hub>, mut changes: tokio::sync::broadcast::Receiver<Change>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match changes.recv().await {
+            Ok(Change::Ticks {
+                chat,
+                user,
+                delivered_up_to,
+                read_up_to,
+            }) => hub.push_ticks(UserId(user), ChatId(chat), delivered_up_to, read_up_to),
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "tick pushes fell behind the projector")
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

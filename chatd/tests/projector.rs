@@ -331,19 +331,17 @@ async fn rebuild_while_serving_and_a_kill_mid_projection_give_identical_projecti
 
 /// How many `ChatListChanged` events for (user, chat) are in partition `p` of node 1.
 async fn chat_list_events(cluster: &Cluster, p: u32, user: u64, chat: u64) -> Vec<(u32, u64)> {
-    use chat_proto::chat_v1::{chat_event, ChatEvent};
-    use tonic_prost::prost::Message as _;
+    use chat_model::ChatEventAt;
+    use chat_proto::chat_v1::chat_event;
     let events = cluster.read_all(1, p).await;
     events
         .iter()
-        .filter_map(
-            |e| match ChatEvent::decode(e.payload.as_ref()).ok()?.kind? {
-                chat_event::Kind::ChatListChanged(c) if c.user_id == user && c.chat_id == chat => {
-                    Some((c.source_partition, c.source_offset))
-                }
-                _ => None,
-            },
-        )
+        .filter_map(|e| match ChatEventAt::decode(e).ok()??.kind {
+            chat_event::Kind::ChatListChanged(c) if c.user_id == user && c.chat_id == chat => {
+                Some((c.source_partition, c.source_offset))
+            }
+            _ => None,
+        })
         .collect()
 }
 

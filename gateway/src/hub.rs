@@ -16,11 +16,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chat_log::{LogNode, LogOffset, PartitionId};
 use chat_model::ids::{ChatId, DeviceId, UserId};
-use chat_model::{StateReader, CHAT_EVENT_KIND};
+use chat_model::{ChatEventAt, StateReader};
 use chat_proto::chat_v1::{self as pb, chat_event};
 use futures::StreamExt;
 use moka::sync::Cache;
-use prost::Message;
 use tokio::sync::{mpsc, Notify};
 
 /// What the hub hands a session.
@@ -283,14 +282,10 @@ async fn tail(hub: Arc<Hub>, node: Arc<LogNode>, p: PartitionId) {
                 }
             };
             next = LogOffset(event.offset).next();
-            if event.kind != CHAT_EVENT_KIND {
-                continue;
-            }
-            match pb::ChatEvent::decode(event.payload.as_ref()) {
-                Ok(pb::ChatEvent { kind: Some(kind) }) => hub.dispatch(kind),
-                Ok(_) => {}
-                Err(e) => tracing::error!(%p, offset = event.offset, error = %e,
-                    "undecodable chat event; skipped by the hub"),
+            match ChatEventAt::decode(&event) {
+                Ok(Some(chat_event)) => hub.dispatch(chat_event.kind),
+                Ok(None) => {}
+                Err(e) => tracing::error!(%p, error = %e, "skipped by the hub"),
             }
         }
         return;

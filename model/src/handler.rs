@@ -11,6 +11,7 @@ use chat_log::{ApplyContext, CommandHandler, CommandOutcome, LogOffset, RejectCo
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ChatKind, ReceiptKind};
 use prost::Message;
 
+use crate::event::{self, ChatEventAt, CHAT_EVENT_KIND};
 use crate::ids::{direct_chat_id, ChatId, ChatSeq, DeviceId, UserId};
 use crate::state::{
     self, ChatRecord, DedupRecord, DeviceRecord, MemberRecord, ReceiptRecord, UserRecord,
@@ -18,8 +19,6 @@ use crate::state::{
 
 /// The tag of chat commands in chatd's command dispatcher (`chat_log::Dispatch`).
 pub const CHAT_COMMAND_TAG: u8 = 1;
-/// The `LogEvent.kind` of chat events.
-pub const CHAT_EVENT_KIND: u32 = 1;
 
 /// Limits enforced at apply time. They decide what gets applied, so every node of a cluster
 /// must use the same values.
@@ -69,8 +68,7 @@ fn applied(first_offset: Option<LogOffset>, events: u32, reply: command_reply::K
 }
 
 fn emit(ctx: &mut ApplyContext<'_>, event: chat_event::Kind) -> LogOffset {
-    let bytes = pb::ChatEvent { kind: Some(event) }.encode_to_vec();
-    ctx.emit_kind(CHAT_EVENT_KIND, bytes)
+    ctx.emit_kind(CHAT_EVENT_KIND, event::encode(event))
 }
 
 fn get<T: serde::de::DeserializeOwned>(
@@ -512,10 +510,7 @@ impl ChatHandler {
             let Some(event) = ctx.read_event(offset)? else {
                 continue;
             };
-            let Ok(pb::ChatEvent {
-                kind: Some(chat_event::Kind::Message(mut m)),
-            }) = pb::ChatEvent::decode(event.payload.as_ref())
-            else {
+            let Ok(Some(mut m)) = ChatEventAt::message(&event) else {
                 return Err(StoreError::decode(
                     format!("chat {chat} seq {seq} at offset {offset}"),
                     "not a message event",
@@ -524,11 +519,7 @@ impl ChatHandler {
             m.payload.clear();
             m.media.clear();
             m.expired = true;
-            let bytes = pb::ChatEvent {
-                kind: Some(chat_event::Kind::Message(m)),
-            }
-            .encode_to_vec();
-            ctx.rewrite_event(offset, bytes);
+            ctx.rewrite_event(offset, event::encode(chat_event::Kind::Message(m)));
         }
         record.expired_up_to = to;
         ctx.put(&state::chat_key(chat), state::encode(&record));

@@ -3,6 +3,7 @@
 //! - [`ids`]: user, device and chat ids, per-chat seqs, their derivation, and routing to
 //!   partitions.
 //! - [`state`]: the chat layer's keys and records in partition state.
+//! - [`event`]: [`ChatEventAt`], a chat event decoded from the log with its offset and time.
 //! - [`handler`]: [`ChatHandler`], applying chat commands deterministically on every replica.
 //! - [`reads`]: [`StateReader`], typed reads of chat state from this node's replica.
 //!
@@ -10,10 +11,12 @@
 //! read models are `chat-projector`. Both build on this crate, as do the gateway, the bench and
 //! the fault-injection suite, which only need ids.
 
+pub mod event;
 pub mod handler;
 pub mod ids;
 pub mod reads;
 pub mod state;
 
-pub use handler::{ApplyLimits, ChatHandler, CHAT_COMMAND_TAG, CHAT_EVENT_KIND};
+pub use event::{ChatEventAt, CHAT_EVENT_KIND};
+pub use handler::{ApplyLimits, ChatHandler, CHAT_COMMAND_TAG};
 pub use reads::StateReader;

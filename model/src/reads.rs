@@ -1,17 +1,25 @@
 //! Typed reads of the chat state from this node's replica: who a device is, which chats a user
-//! is in, who is in a chat, where a device's cursor stands. The gateway serves devices from
+//! is in, who is in a chat, where a device's cursor stands, a page of a chat's history. The gateway serves devices from
 //! these; they may lag the leader by what is not yet applied here (see
 //! `chat_sequencer::Sequencer::read_barrier` for the cases where that matters).
 
 use std::sync::Arc;
 
-use chat_log::{LogNode, PartitionId, StateEntries, StoreError};
+use chat_log::{LogNode, LogOffset, PartitionId, StateEntries, StoreError};
 
-use crate::ids::{partition_of, ChatId, DeviceId, UserId};
+use chat_proto::chat_v1 as pb;
+use prost::Message as _;
+
+use crate::event::ChatEventAt;
+use crate::ids::{partition_of, ChatId, ChatSeq, DeviceId, UserId};
 use crate::state::{self, ChatRecord, DeviceRecord, MemberRecord, UserRecord};
 
 /// Most members a chat can have is bounded by the apply limits; scans stop well above it.
 const SCAN_LIMIT: usize = 1 << 20;
+
+/// Most bytes of messages in one history page: well under gRPC's default 4 MiB message limit.
+/// A page of big messages stops short (the client asks again from its last seq).
+const MAX_HISTORY_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct StateReader {
@@ -165,5 +173,52 @@ impl StateReader {
             Some(b) => state::decode_u64("device cursor", &b),
             None => Ok(0),
         }
+    }
+}
+
+impl StateReader {
+    /// Up to `limit` messages of `chat` with `after < seq < before` (`None`: no upper bound),
+    /// oldest first, and the chat's last seq; `None` if the chat does not exist here.
+    pub fn history(
+        &self,
+        chat: ChatId,
+        after: ChatSeq,
+        before: Option<ChatSeq>,
+        limit: u32,
+    ) -> Result<Option<pb::HistoryReply>, StoreError> {
+        let Some(record) = self.chat(chat)? else {
+            return Ok(None);
+        };
+        let p = self.partition(chat.0);
+        let from = state::index_key(chat, ChatSeq(after.0.saturating_add(1)));
+        let to = state::index_key(chat, before.unwrap_or(ChatSeq(u64::MAX)));
+        let mut messages = Vec::new();
+        let mut page_bytes = 0;
+        for (_, offset) in self.node.handler_scan(p, &from, &to, limit as usize)? {
+            let offset = LogOffset(state::decode_offset(&offset)?);
+            let event = self.node.read_event(p, offset)?.ok_or_else(|| {
+                StoreError::decode(
+                    format!("history of chat {chat}"),
+                    format!("index points at missing offset {offset}"),
+                )
+            })?;
+            let message = ChatEventAt::message(&event)
+                .map_err(|e| StoreError::decode(format!("history of chat {chat}"), e))?
+                .ok_or_else(|| {
+                    StoreError::decode(
+                        format!("history of chat {chat}"),
+                        format!("offset {offset} is not a message"),
+                    )
+                })?;
+            page_bytes += message.encoded_len();
+            if page_bytes > MAX_HISTORY_PAGE_BYTES && !messages.is_empty() {
+                break;
+            }
+            messages.push(message);
+        }
+        Ok(Some(pb::HistoryReply {
+            messages,
+            last_seq: record.last_seq,
+        }))
     }
 }

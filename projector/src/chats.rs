@@ -15,10 +15,9 @@ use std::collections::BTreeMap;
 
 use chat_log::StoreError;
 use chat_model::state::{decode, encode};
-use chat_model::CHAT_EVENT_KIND;
-use chat_proto::chat_v1::{self as pb, chat_event};
+use chat_model::ChatEventAt;
+use chat_proto::chat_v1::chat_event;
 use chat_proto::log::LogEvent;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{Change, Projection};
@@ -148,12 +147,9 @@ impl Projection for ChatsProjection {
         txn: &mut Txn<'_>,
         changes: &mut Vec<Change>,
     ) -> Result<(), StoreError> {
-        if event.kind != CHAT_EVENT_KIND {
+        // The log layer already verified the frame; an undecodable payload has nothing to project.
+        let Ok(Some(ChatEventAt { kind, .. })) = ChatEventAt::decode(event) else {
             return Ok(());
-        }
-        let Ok(pb::ChatEvent { kind: Some(kind) }) = pb::ChatEvent::decode(event.payload.as_ref())
-        else {
-            return Ok(()); // the log layer already verified the frame; nothing here to project
         };
         match kind {
             chat_event::Kind::ChatCreated(c) => {

@@ -18,7 +18,7 @@ use chat_log::{
     ProposeError, RejectCode,
 };
 use chat_proto::chat_v1::sequencer_client::SequencerClient;
-use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ChatKind, ReceiptKind};
+use chat_proto::chat_v1::{self as pb, command, command_reply, ChatKind, ReceiptKind};
 use chat_proto::{AttachSecret, LeaderHint};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::Message;
@@ -27,10 +27,11 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use chat_model::handler::CHAT_COMMAND_TAG;
+use chat_model::ids::ChatSeq;
 use chat_model::ids::{
     direct_chat_id, group_chat_id, partition_of, user_id_for_handle, ChatId, DeviceId, UserId,
 };
-use chat_model::state;
+use chat_model::StateReader;
 
 /// Limits checked before proposing (they need not agree across nodes).
 #[derive(Debug, Clone)]
@@ -575,7 +576,8 @@ impl Sequencer {
     }
 
     /// Messages of `chat` with `after_seq < seq < before_seq` (0: unbounded), oldest first, from
-    /// this node's replica (which may lag the leader by what is not yet applied here).
+    /// this node's replica (which may lag the leader by what is not yet applied here). `limit`
+    /// is clamped to the configured page size (0: 50).
     pub fn history(
         &self,
         chat: ChatId,
@@ -583,73 +585,20 @@ impl Sequencer {
         before_seq: u64,
         limit: u32,
     ) -> Result<pb::HistoryReply, SeqError> {
-        let p = partition_of(chat.0, self.node.partition_count());
-        let storage = |e: chat_log::StoreError| SeqError::Internal(e.to_string());
-        let Some(record) = self
-            .node
-            .handler_get(p, &state::chat_key(chat))
-            .map_err(storage)?
-        else {
-            return Err(SeqError::Rejected {
-                code: RejectCode::NotFound,
-                message: format!("chat {chat} does not exist"),
-            });
-        };
-        let record: state::ChatRecord = state::decode("chat", &record).map_err(storage)?;
         let limit = match limit {
             0 => 50,
             n => n.min(self.config.max_history_page),
         };
-        let from = state::index_key(chat, chat_model::ids::ChatSeq(after_seq.saturating_add(1)));
-        let to = state::index_key(
-            chat,
-            chat_model::ids::ChatSeq(if before_seq == 0 {
-                u64::MAX
-            } else {
-                before_seq
-            }),
-        );
-        let mut messages = Vec::new();
-        let mut page_bytes = 0;
-        for (_, offset) in self
-            .node
-            .handler_scan(p, &from, &to, limit as usize)
-            .map_err(storage)?
-        {
-            let offset = LogOffset(state::decode_offset(&offset).map_err(storage)?);
-            let event = self
-                .node
-                .read_event(p, offset)
-                .map_err(storage)?
-                .ok_or_else(|| {
-                    SeqError::Internal(format!("history index points at missing offset {offset}"))
-                })?;
-            match pb::ChatEvent::decode(event.payload.as_ref()).map(|e| e.kind) {
-                Ok(Some(chat_event::Kind::Message(m))) => {
-                    // A page of big messages stops short (the client asks again from its last
-                    // seq) rather than overflow the 4 MiB gRPC message limit.
-                    page_bytes += m.encoded_len();
-                    if page_bytes > MAX_HISTORY_PAGE_BYTES && !messages.is_empty() {
-                        break;
-                    }
-                    messages.push(m);
-                }
-                other => {
-                    return Err(SeqError::Internal(format!(
-                        "offset {offset} is not a message: {other:?}"
-                    )))
-                }
-            }
-        }
-        Ok(pb::HistoryReply {
-            messages,
-            last_seq: record.last_seq,
-        })
+        let before = (before_seq != 0).then_some(ChatSeq(before_seq));
+        StateReader::new(self.node.clone())
+            .history(chat, ChatSeq(after_seq), before, limit)
+            .map_err(|e| SeqError::Internal(e.to_string()))?
+            .ok_or_else(|| SeqError::Rejected {
+                code: RejectCode::NotFound,
+                message: format!("chat {chat} does not exist"),
+            })
     }
 }
-
-/// Most bytes of messages in one history page: well under gRPC's default 4 MiB message limit.
-const MAX_HISTORY_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// The leader's address when another node leads the partition.
 fn leader_elsewhere(e: &ProposeError, me: NodeId) -> Option<String> {

@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 
 use chat_log::{LogOffset, PartitionId};
 use chat_model::ids::partition_of;
-use chat_model::{StateReader, CHAT_EVENT_KIND};
+use chat_model::{ChatEventAt, StateReader};
 use chat_proto::chat_v1::{self as pb, chat_event, command};
 
 use crate::Sequencer;
-use prost::Message;
 
 /// Events read per round and partition.
 const BATCH: usize = 4096;
@@ -51,9 +50,12 @@ pub fn start(sequencer: Arc<Sequencer>, every: Duration) {
 }
 
 /// The follow-ups one event calls for, grouped by target partition.
-fn follow_ups(event: &pb::ChatEvent, partitions: u32) -> BTreeMap<PartitionId, Vec<pb::FollowUp>> {
-    let entries: Vec<pb::FollowUp> = match &event.kind {
-        Some(chat_event::Kind::ChatCreated(c)) => c
+fn follow_ups(
+    event: &chat_event::Kind,
+    partitions: u32,
+) -> BTreeMap<PartitionId, Vec<pb::FollowUp>> {
+    let entries: Vec<pb::FollowUp> = match event {
+        chat_event::Kind::ChatCreated(c) => c
             .members
             .iter()
             .map(|&user_id| pb::FollowUp {
@@ -62,7 +64,7 @@ fn follow_ups(event: &pb::ChatEvent, partitions: u32) -> BTreeMap<PartitionId, V
                 joined: true,
             })
             .collect(),
-        Some(chat_event::Kind::MembersChanged(c)) => c
+        chat_event::Kind::MembersChanged(c) => c
             .added
             .iter()
             .map(|&u| (u, true))
@@ -108,13 +110,10 @@ async fn round(
     };
     let mut sent = false;
     for event in &events {
-        if event.kind != CHAT_EVENT_KIND {
-            continue;
-        }
-        let Ok(chat_event) = pb::ChatEvent::decode(event.payload.as_ref()) else {
+        let Ok(Some(chat_event)) = ChatEventAt::decode(event) else {
             continue;
         };
-        for (_, entries) in follow_ups(&chat_event, node.partition_count()) {
+        for (_, entries) in follow_ups(&chat_event.kind, node.partition_count()) {
             let command = command::Kind::ApplyFollowUps(pb::ApplyFollowUps {
                 source_partition: p.0,
                 source_offset: event.offset,

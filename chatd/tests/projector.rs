@@ -68,12 +68,18 @@ async fn inbox_unread_and_order_and_group_ticks() {
     };
     let b = quiet(&bob_token);
     let c = quiet(&carol_token);
+    // Activity is ordered by the leader's clock in milliseconds (ties by chat id), and a send
+    // can be acknowledged within the millisecond of the one before: keep the three chats'
+    // last sends in distinct milliseconds so the order asserted below is the order sent.
+    let next_ms = || tokio::time::sleep(Duration::from_millis(3));
     for i in 0..3 {
         b.send(ab, format!("b{i}").into_bytes()).await.unwrap();
     }
+    next_ms().await;
     for i in 0..2 {
         c.send(ac, format!("c{i}").into_bytes()).await.unwrap();
     }
+    next_ms().await;
     b.send(group, b"to the group".to_vec()).await.unwrap();
     let inbox = inbox_until(&mut alice, "unread after sends", |i| {
         i.len() == 3 && i.iter().map(|e| e.unread).sum::<u64>() == 6

@@ -279,7 +279,8 @@ impl DiskGuard {
     /// Whether a write that grows the database must wait for space now: the ballast is gone
     /// (released or switched off) and less than RocksDB's flush headroom is free. That space is
     /// what RocksDB needs to flush memtables and, after a crash, to replay its WAL and open, so
-    /// Raft appends, applies and snapshot installs stop short of it; deletes (log purges) and
+    /// followers' Raft appends and applies, snapshot installs and projections stop short of it
+    /// (see `Engine::write_growing`); deletes (log purges) and
     /// small metadata writes (votes) are not held. Cheap while the disk is fine: a `statvfs` is
     /// made only when the state is not ok.
     pub fn holds_growth(&self) -> bool {

@@ -31,8 +31,7 @@ use crate::disk::{DiskConfig, DiskGuard, DiskState, DiskStatus};
 use crate::engine::{Engine, StoreError};
 use crate::error::ProposeError;
 use crate::network::{NetworkFactory, PeerChannels, RaftServer, SecretCheck, MAX_MESSAGE_BYTES};
-use crate::store::TypeConfig;
-use crate::store::{Leading, PartitionLogStore, PartitionStateMachine};
+use crate::store::{Leading, PartitionLogStore, PartitionStateMachine, TypeConfig};
 use crate::types::{LogOffset, NodeId, PartitionId, ProposalOutcome};
 
 /// Raft timing and log-compaction knobs.

@@ -97,29 +97,16 @@ impl DerivedStore {
     /// Writes to a namespace, applied together by [`DerivedStore::commit`].
     pub fn batch(&self, p: PartitionId, ns: Namespace) -> DerivedBatch {
         DerivedBatch {
+            engine: self.engine.clone(),
             prefix: prefix(p, ns),
-            ops: Vec::new(),
+            writes: rocksdb::WriteBatch::default(),
         }
     }
 
     /// Apply a batch atomically (one WAL record). `Buffered` is durable with the node's next
     /// WAL sync: a crash loses the whole batch or nothing, so output and checkpoint agree.
     pub fn commit(&self, batch: DerivedBatch, durability: Durability) -> Result<(), StoreError> {
-        let mut writes = rocksdb::WriteBatch::default();
-        for op in batch.ops {
-            match op {
-                Op::Put(key, value) => {
-                    self.engine
-                        .put_framed(&mut writes, cf::PROJECTIONS, &key, &value)
-                }
-                Op::Delete(key) => self.engine.delete(&mut writes, cf::PROJECTIONS, &key),
-                Op::DeleteRange(from, to) => {
-                    self.engine
-                        .delete_range(&mut writes, cf::PROJECTIONS, &from, &to)
-                }
-            }
-        }
-        self.engine.write(writes, durability)
+        self.engine.write(batch.writes, durability)
     }
 
     /// Whether the data disk is down to RocksDB's headroom: derived writes should wait, like the
@@ -160,17 +147,12 @@ impl DerivedView<'_> {
     }
 }
 
-/// Buffered writes to one namespace of one partition, in the order they were made.
+/// Buffered writes to one namespace of one partition, in the order they were made (a RocksDB
+/// write batch, framed as it is filled).
 pub struct DerivedBatch {
+    engine: Arc<Engine>,
     prefix: Vec<u8>,
-    ops: Vec<Op>,
-}
-
-/// One buffered write; keys are full keys (partition and namespace included).
-enum Op {
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>),
-    DeleteRange(Vec<u8>, Vec<u8>),
+    writes: rocksdb::WriteBatch,
 }
 
 impl DerivedBatch {
@@ -178,12 +160,15 @@ impl DerivedBatch {
         [self.prefix.as_slice(), key].concat()
     }
 
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
-        self.ops.push(Op::Put(self.full(key), value));
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        let key = self.full(key);
+        self.engine
+            .put_framed(&mut self.writes, cf::PROJECTIONS, &key, value);
     }
 
     pub fn delete(&mut self, key: &[u8]) {
-        self.ops.push(Op::Delete(self.full(key)));
+        let key = self.full(key);
+        self.engine.delete(&mut self.writes, cf::PROJECTIONS, &key);
     }
 
     /// Delete every key starting with `prefix` (one range tombstone: cheap for a whole
@@ -191,7 +176,8 @@ impl DerivedBatch {
     pub fn delete_prefix(&mut self, prefix: &[u8]) {
         let from = self.full(prefix);
         let to = codec::prefix_end(&from);
-        self.ops.push(Op::DeleteRange(from, to));
+        self.engine
+            .delete_range(&mut self.writes, cf::PROJECTIONS, &from, &to);
     }
 }
 
@@ -214,12 +200,12 @@ mod tests {
         let store = DerivedStore::open(engine(dir.path())).unwrap();
         let (p, a, b) = (PartitionId(2), Namespace(1), Namespace(2));
         let mut batch = store.batch(p, a);
-        batch.put(b"k1", b"one".to_vec());
-        batch.put(b"k2", b"two".to_vec());
-        batch.put(b"x", b"other".to_vec());
+        batch.put(b"k1", b"one");
+        batch.put(b"k2", b"two");
+        batch.put(b"x", b"other");
         store.commit(batch, Durability::Sync).unwrap();
         let mut batch = store.batch(p, b);
-        batch.put(b"k1", b"b's".to_vec());
+        batch.put(b"k1", b"b's");
         store.commit(batch, Durability::Sync).unwrap();
 
         let view = store.view(p, a);
@@ -266,7 +252,7 @@ mod tests {
             .is_none());
 
         let mut batch = store.batch(PartitionId(1), Namespace(1));
-        batch.put(b"L", b"cursor".to_vec());
+        batch.put(b"L", b"cursor");
         store.commit(batch, Durability::Sync).unwrap();
         let store = DerivedStore::open(engine).unwrap();
         assert_eq!(

@@ -1,12 +1,11 @@
 //! Typed reads of the chat state from this node's replica: who a device is, which chats a user
-//! is in, who is in a chat, where a device's cursor stands, a page of a chat's history. The gateway serves devices from
-//! these; they may lag the leader by what is not yet applied here (see
-//! `chat_sequencer::Sequencer::read_barrier` for the cases where that matters).
+//! is in, who is in a chat, where a device's cursor stands, a page of a chat's history. The
+//! gateway serves devices from these; they may lag the leader by what is not yet applied here
+//! (see `chat_sequencer::Sequencer::read_barrier` for the cases where that matters).
 
 use std::sync::Arc;
 
 use chat_log::{LogNode, LogOffset, PartitionId, StateEntries, StoreError};
-
 use chat_proto::chat_v1 as pb;
 use prost::Message as _;
 

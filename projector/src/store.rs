@@ -115,11 +115,11 @@ impl ProjectionStore {
         for (key, value) in txn.pending {
             let full = [txn.prefix.as_slice(), &key].concat();
             match value {
-                Some(v) => batch.put(&full, v),
+                Some(v) => batch.put(&full, &v),
                 None => batch.delete(&full),
             }
         }
-        batch.put(if rebuild { REBUILD } else { LIVE }, encode(&cursor));
+        batch.put(if rebuild { REBUILD } else { LIVE }, &encode(&cursor));
         self.derived.commit(batch, Durability::Buffered)
     }
 
@@ -137,7 +137,7 @@ impl ProjectionStore {
         let mut batch = self.derived.batch(p, projection.into());
         // Anything left by an earlier, abandoned rebuild of that generation.
         batch.delete_prefix(&data_prefix(shadow.generation));
-        batch.put(REBUILD, encode(&shadow));
+        batch.put(REBUILD, &encode(&shadow));
         self.derived.commit(batch, Durability::Sync)?;
         Ok(shadow)
     }
@@ -151,7 +151,7 @@ impl ProjectionStore {
     ) -> Result<(), StoreError> {
         let live = self.live(p, projection)?;
         let mut batch = self.derived.batch(p, projection.into());
-        batch.put(LIVE, encode(&shadow));
+        batch.put(LIVE, &encode(&shadow));
         batch.delete(REBUILD);
         batch.delete_prefix(&data_prefix(live.generation));
         self.derived.commit(batch, Durability::Sync)

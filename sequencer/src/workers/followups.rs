@@ -120,12 +120,7 @@ async fn round(
                 entries,
             });
             sequencer
-                .submit(
-                    pb::Command {
-                        kind: Some(command),
-                    },
-                    false,
-                )
+                .run(command)
                 .await
                 .map_err(|e| format!("follow-up of offset {}: {e}", event.offset))?;
             sent = true;
@@ -138,12 +133,7 @@ async fn round(
             up_to_offset: last,
         });
         sequencer
-            .submit(
-                pb::Command {
-                    kind: Some(command),
-                },
-                false,
-            )
+            .run(command)
             .await
             .map_err(|e| format!("recording follow-up progress: {e}"))?;
         recorded_at = Instant::now();

@@ -23,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // built with `new(channel)` instead.
         .build_transport(false)
         .bytes(".chat.log.v1.LogEvent.payload")
+        // Stored records must encode identically on every replica (they go into snapshots and
+        // digests): a map is a BTreeMap, never a HashMap in random order.
+        .btree_map(".chat.log.v1")
         .compile_protos(&protos, &["proto"])?;
     Ok(())
 }

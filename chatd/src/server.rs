@@ -89,7 +89,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     .map_err(anyhow::Error::msg)?;
     let gateway_peer = tonic::service::interceptor::InterceptedService::new(
         GatewayPeerService::server(gateway.hub.clone()),
-        node.secret_check(),
+        node.internal_check(),
     );
     let chat_service = ChatService::server(gateway.clone());
 
@@ -112,12 +112,12 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .context("building the gRPC reflection service")?;
     let admin = AdminServer::new(AdminService::new(node.clone(), projector.clone()))
         .max_decoding_message_size(chat_log::MAX_MESSAGE_BYTES);
-    let admin = tonic::service::interceptor::InterceptedService::new(admin, node.secret_check());
+    let admin = tonic::service::interceptor::InterceptedService::new(admin, node.admin_check());
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sequencer_service = tonic::service::interceptor::InterceptedService::new(
         SequencerService::server(sequencer.clone()),
-        node.secret_check(),
+        node.internal_check(),
     );
     let router = tonic::transport::Server::builder()
         // HTTP/2 pings find dead device connections that would otherwise hold a stream open.

@@ -477,49 +477,6 @@ async fn silent_streams_are_closed_and_pinging_ones_are_not() {
     }
 }
 
-/// A gRPC codec that sends frames as given (so a test can send bytes that are not protobuf) and
-/// decodes server frames normally.
-#[derive(Default, Clone)]
-struct RawCodec;
-
-struct RawEncoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = chat_proto::chat_v1::ServerFrame;
-    type Encoder = RawEncoder;
-    type Decoder = <tonic_prost::ProstCodec<
-        chat_proto::chat_v1::ClientFrame,
-        chat_proto::chat_v1::ServerFrame,
-    > as tonic::codec::Codec>::Decoder;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
-            chat_proto::chat_v1::ClientFrame,
-            chat_proto::chat_v1::ServerFrame,
-        >::default())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bytes_that_are_not_a_frame_end_that_stream_only() {
     let cluster = Cluster::start_with(1, 2, CONFIG);
@@ -539,7 +496,11 @@ async fn bytes_that_are_not_a_frame_end_that_stream_only() {
     let frames = tokio_stream::iter(vec![garbage]);
     let path = http::uri::PathAndQuery::from_static("/chat.v1.Chat/Connect");
     let mut stream = grpc
-        .streaming(tonic::Request::new(frames), path, RawCodec)
+        .streaming(
+            tonic::Request::new(frames),
+            path,
+            common::RawCodec::<chat_proto::chat_v1::ServerFrame>::default(),
+        )
         .await
         .unwrap()
         .into_inner();

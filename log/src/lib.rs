@@ -10,6 +10,8 @@
 //! Module map:
 //! - [`types`]: ids, offsets, proposals and outcomes.
 //! - `codec`: crc32 framing and key layouts of the column families.
+//! - `wire`: the protobuf form of the log's records and Raft RPC (the data format).
+//! - `datadir`: what a data dir is (node, partitions, data format), checked at every start.
 //! - `engine`: RocksDB and group commit.
 //! - [`derived`]: [`DerivedStore`], the seam for data derived from the log (read models).
 //! - `disk`: free space on the data disk: reserve, ballast, waiting out ENOSPC.
@@ -24,6 +26,7 @@
 pub mod apply;
 mod batcher;
 mod codec;
+mod datadir;
 pub mod derived;
 mod disk;
 mod engine;
@@ -34,6 +37,7 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
+mod wire;
 
 pub use apply::{
     ApplyContext, CommandHandler, Dispatch, RawAppend, StateEntries, RAW_COMMAND_TAG,
@@ -52,3 +56,4 @@ pub use store::TypeConfig;
 pub use types::{
     CommandOutcome, LogOffset, NodeId, PartitionId, Proposal, ProposalOutcome, RejectCode,
 };
+pub use wire::DATA_FORMAT;

@@ -26,6 +26,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::apply::{CommandHandler, StateEntries};
 use crate::batcher::Batcher;
 use crate::codec::{self, cf};
+use crate::datadir;
 use crate::derived::DerivedStore;
 use crate::disk::{DiskConfig, DiskGuard, DiskState, DiskStatus};
 use crate::engine::{Engine, StoreError};
@@ -189,15 +190,6 @@ fn watch_disk(node: std::sync::Weak<LogNode>) {
     }
 }
 
-/// What a data dir was created as; a node refuses to start as something else.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct NodeRecord {
-    node_id: NodeId,
-    partitions: u32,
-}
-
-const NODE_RECORD_KEY: &[u8] = b"node";
-
 struct Partition {
     raft: Raft<TypeConfig>,
     batcher: Batcher,
@@ -239,7 +231,7 @@ impl LogNode {
             .with_context(|| format!("read free space of {}", config.data_dir.display()))?;
         let engine = Engine::open(&db_path, Arc::new(disk))
             .with_context(|| format!("open RocksDB at {}", db_path.display()))?;
-        check_node_record(&engine, &config)?;
+        datadir::check(&engine, &config.data_dir, config.node_id, config.partitions)?;
         let derived = DerivedStore::open(engine.clone()).context("open the derived data")?;
 
         let peers = PeerChannels::new(&config.cluster_secret, config.bind_ip)
@@ -378,12 +370,17 @@ impl LogNode {
         let server = RaftServiceServer::new(RaftServer::new(self.rafts.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        InterceptedService::new(server, self.secret_check())
+        InterceptedService::new(server, self.internal_check())
     }
 
-    /// The cluster-secret interceptor, for other internal services of this node.
-    pub fn secret_check(&self) -> SecretCheck {
-        SecretCheck::new(&self.config.cluster_secret)
+    /// The interceptor of this node's other internal services (secret and protocol version).
+    pub fn internal_check(&self) -> SecretCheck {
+        SecretCheck::internal(&self.config.cluster_secret)
+    }
+
+    /// The interceptor of the admin API (the secret only).
+    pub fn admin_check(&self) -> SecretCheck {
+        SecretCheck::admin(&self.config.cluster_secret)
     }
 
     fn partition(&self, p: PartitionId) -> Result<&Partition, ProposeError> {
@@ -707,39 +704,4 @@ fn raft_config(t: &RaftTuning) -> anyhow::Result<Config> {
         ..Default::default()
     };
     Ok(config.validate()?)
-}
-
-/// Record what this data dir is on first start; refuse to start as a different node or with a
-/// different partition count later (routing would silently change).
-fn check_node_record(engine: &Engine, config: &LogNodeConfig) -> anyhow::Result<()> {
-    let want = NodeRecord {
-        node_id: config.node_id,
-        partitions: config.partitions,
-    };
-    match engine.get(cf::NODE, NODE_RECORD_KEY)? {
-        Some(bytes) => {
-            let have: NodeRecord = bincode::deserialize(&bytes).context("decode node record")?;
-            if have != want {
-                bail!(
-                    "data dir {} belongs to node {} with {} partitions; refusing to start it as node {} with {} partitions",
-                    config.data_dir.display(),
-                    have.node_id,
-                    have.partitions,
-                    want.node_id,
-                    want.partitions
-                );
-            }
-        }
-        None => {
-            let mut batch = rocksdb::WriteBatch::default();
-            engine.put_framed(
-                &mut batch,
-                cf::NODE,
-                NODE_RECORD_KEY,
-                &bincode::serialize(&want)?,
-            );
-            engine.write(batch, crate::engine::Durability::Sync)?;
-        }
-    }
-    Ok(())
 }

@@ -71,7 +71,7 @@ fn emit(ctx: &mut ApplyContext<'_>, event: chat_event::Kind) -> LogOffset {
     ctx.emit_kind(CHAT_EVENT_KIND, event::encode(event))
 }
 
-fn get<T: serde::de::DeserializeOwned>(
+fn get<T: state::Record>(
     ctx: &ApplyContext<'_>,
     what: &str,
     key: &[u8],

@@ -35,7 +35,7 @@ impl StateReader {
         partition_of(id, self.node.partition_count())
     }
 
-    fn get<T: serde::de::DeserializeOwned>(
+    fn get<T: state::Record>(
         &self,
         owner: u64,
         what: &str,
@@ -53,7 +53,7 @@ impl StateReader {
     }
 
     /// `scan_prefix`, with each entry's id at `id_at` of its key and its decoded record.
-    fn scan_records<T: serde::de::DeserializeOwned>(
+    fn scan_records<T: state::Record>(
         &self,
         p: PartitionId,
         prefix: &[u8],

@@ -20,8 +20,6 @@
 //! Integers are big-endian so keys sort numerically.
 
 use chat_log::StoreError;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::ids::{ChatId, ChatSeq, DeviceId, UserId};
 
@@ -141,59 +139,87 @@ pub fn device_cursor_key(c: ChatId, u: UserId, d: DeviceId) -> Vec<u8> {
     )
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// The records are protobuf messages (prost derives them from the field tags below): a release can
+// add a field (a new tag) and still read what the one before it wrote, and one before it ignores
+// what it does not know. Tags are the format: never renumber or reuse one. Values must encode
+// identically on every replica (they go into snapshots and replica digests); prost writes fields
+// in tag order, so they do.
+
+/// Anything stored under one of the keys above.
+pub trait Record: prost::Message + Default {}
+impl<T: prost::Message + Default> Record for T {}
+
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct UserRecord {
+    #[prost(string, tag = "1")]
     pub handle: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct DeviceRecord {
+    #[prost(bytes = "vec", tag = "1")]
     pub token_sha256: Vec<u8>,
+    #[prost(bool, tag = "2")]
     pub revoked: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct ChatRecord {
     /// `chat.v1.ChatKind` as its number.
+    #[prost(int32, tag = "1")]
     pub kind: i32,
+    #[prost(string, tag = "2")]
     pub name: String,
+    #[prost(uint64, tag = "3")]
     pub creator: u64,
+    #[prost(uint32, tag = "4")]
     pub members: u32,
+    #[prost(uint64, tag = "5")]
     pub last_seq: u64,
     /// Messages up to this seq have been expired by retention.
+    #[prost(uint64, tag = "6")]
     pub expired_up_to: u64,
     /// Timestamp of the last message: message timestamps never go backwards within a chat, even
     /// across leaders whose clocks disagree.
+    #[prost(uint64, tag = "7")]
     pub last_ts_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct MemberRecord {
+    #[prost(bool, tag = "1")]
     pub admin: bool,
     /// The chat's last seq when the user joined: a member's devices start after it.
+    #[prost(uint64, tag = "2")]
     pub joined_after: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct DedupRecord {
+    #[prost(uint64, tag = "1")]
     pub chat: u64,
+    #[prost(uint64, tag = "2")]
     pub seq: u64,
+    #[prost(uint64, tag = "3")]
     pub offset: u64,
+    #[prost(uint64, tag = "4")]
     pub server_ts_ms: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct ReceiptRecord {
+    #[prost(uint64, tag = "1")]
     pub delivered: u64,
+    #[prost(uint64, tag = "2")]
     pub read: u64,
 }
 
-pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
-    bincode::serialize(record).expect("records serialize")
+pub fn encode<T: Record>(record: &T) -> Vec<u8> {
+    record.encode_to_vec()
 }
 
-pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    bincode::deserialize(bytes).map_err(|e| StoreError::decode(what, e))
+pub fn decode<T: Record>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    T::decode(bytes).map_err(|e| StoreError::decode(what, e))
 }
 
 pub fn decode_offset(bytes: &[u8]) -> Result<u64, StoreError> {

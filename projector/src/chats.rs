@@ -18,7 +18,6 @@ use chat_model::state::{decode, encode};
 use chat_model::ChatEventAt;
 use chat_proto::chat_v1::chat_event;
 use chat_proto::log::LogEvent;
-use serde::{Deserialize, Serialize};
 
 use crate::runner::{Change, Projection};
 use crate::store::{LiveView, ProjectionId, Txn};
@@ -26,25 +25,50 @@ use crate::store::{LiveView, ProjectionId, Txn};
 pub const CHATS_PROJECTION_ID: ProjectionId = ProjectionId(1);
 pub const CHATS_PROJECTION: &str = "chats";
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Stored as protobuf (prost derives the messages from the tags): fields can be added, tags
+// never renumbered.
+
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct ChatSummary {
+    #[prost(int32, tag = "1")]
     pub kind: i32,
+    #[prost(string, tag = "2")]
     pub name: String,
+    #[prost(uint64, tag = "3")]
     pub last_seq: u64,
     /// Server time of the last message (or of the creation).
+    #[prost(uint64, tag = "4")]
     pub last_activity_ms: u64,
+    #[prost(uint64, tag = "5")]
     pub last_sender: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub struct Mark {
+    #[prost(uint64, tag = "1")]
     pub joined_after: u64,
+    #[prost(uint64, tag = "2")]
     pub delivered: u64,
+    #[prost(uint64, tag = "3")]
     pub read: u64,
 }
 
 /// Every member's marks, by user id.
 pub type Marks = BTreeMap<u64, Mark>;
+
+/// [`Marks`] as stored (a BTreeMap, so every replica writes the same bytes).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredMarks {
+    #[prost(btree_map = "uint64, message", tag = "1")]
+    marks: Marks,
+}
+
+fn decode_marks(bytes: Option<Vec<u8>>) -> Result<Marks, StoreError> {
+    Ok(match bytes {
+        Some(b) => decode::<StoredMarks>("chat marks", &b)?.marks,
+        None => Marks::new(),
+    })
+}
 
 /// A member's ticks: what every other member has delivered / read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,10 +127,7 @@ pub struct ChatsProjection;
 
 impl ChatsProjection {
     fn marks(txn: &Txn<'_>, chat: u64) -> Result<Marks, StoreError> {
-        Ok(match txn.get(&marks_key(chat))? {
-            Some(b) => decode("chat marks", &b)?,
-            None => Marks::new(),
-        })
+        decode_marks(txn.get(&marks_key(chat))?)
     }
 
     /// Store new marks and announce the members whose ticks moved.
@@ -128,7 +149,10 @@ impl ChatsProjection {
                 });
             }
         }
-        txn.put(&marks_key(chat), encode(after));
+        let stored = StoredMarks {
+            marks: after.clone(),
+        };
+        txn.put(&marks_key(chat), encode(&stored));
     }
 }
 
@@ -243,10 +267,7 @@ pub fn inbox_entry(
         Some(b) => decode("chat summary", &b)?,
         None => return Ok(None),
     };
-    let marks: Marks = match view.get(&marks_key(chat))? {
-        Some(b) => decode("chat marks", &b)?,
-        None => Marks::new(),
-    };
+    let marks = decode_marks(view.get(&marks_key(chat))?)?;
     let Some(mark) = marks.get(&user).copied() else {
         return Ok(None); // not (or no longer) a member
     };

@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 
 use chat_log::{DerivedStore, DerivedView, Durability, Namespace, PartitionId, StoreError};
 use chat_model::state::{decode, encode};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const LIVE: &[u8] = b"L";
@@ -37,11 +36,13 @@ impl From<ProjectionId> for Namespace {
 }
 
 /// How far a copy of a projection has got.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub struct Cursor {
     /// Which generation of the data this copy writes.
+    #[prost(uint32, tag = "1")]
     pub generation: u32,
     /// The last partition offset applied (0: none).
+    #[prost(uint64, tag = "2")]
     pub checkpoint: u64,
 }
 

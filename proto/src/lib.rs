@@ -7,8 +7,10 @@
 //!   client API devices use (`chat.v1.Chat`).
 //! - [`token`]: the device bearer token format.
 //! - [`leader`]: [`LeaderHint`], where a partition's leader is, on a "not the leader" answer.
+//! - [`protocol`]: the node-to-node protocol version and its check.
 //!
-//! Internal and admin RPCs carry the cluster secret in [`CLUSTER_SECRET_HEADER`].
+//! Internal and admin RPCs carry the cluster secret in [`CLUSTER_SECRET_HEADER`]; internal ones
+//! also carry the protocol version in [`PROTOCOL_HEADER`].
 
 /// Metadata header that carries the cluster secret on internal and admin RPCs.
 pub const CLUSTER_SECRET_HEADER: &str = "x-cluster-secret";
@@ -36,9 +38,11 @@ pub mod chat {
 }
 
 pub mod leader;
+pub mod protocol;
 pub mod token;
 
 pub use leader::LeaderHint;
+pub use protocol::{PROTOCOL_ACCEPTS, PROTOCOL_HEADER, PROTOCOL_VERSION};
 
 /// Every compiled .proto as a `FileDescriptorSet`, for the gRPC reflection service.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chat_descriptor");
@@ -48,7 +52,8 @@ pub use chat::log::v1 as log;
 pub use chat::raft::v1 as raft;
 pub use chat::v1 as chat_v1;
 
-/// A client interceptor that attaches the cluster secret to every request.
+/// A client interceptor that attaches the cluster secret (and this release's protocol version)
+/// to every request.
 #[derive(Clone)]
 pub struct AttachSecret(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 
@@ -67,6 +72,7 @@ impl tonic::service::Interceptor for AttachSecret {
         request
             .metadata_mut()
             .insert(CLUSTER_SECRET_HEADER, self.0.clone());
+        protocol::stamp_protocol(request.metadata_mut());
         Ok(request)
     }
 }

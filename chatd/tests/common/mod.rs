@@ -341,3 +341,45 @@ pub async fn until_synced(
         }
     }
 }
+
+/// A gRPC codec that sends messages as the bytes given (so a test can send what is not protobuf)
+/// and decodes replies as `D`.
+pub struct RawCodec<D>(std::marker::PhantomData<D>);
+
+impl<D> Default for RawCodec<D> {
+    fn default() -> Self {
+        RawCodec(std::marker::PhantomData)
+    }
+}
+
+pub struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl<D: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<D> {
+    type Encode = Vec<u8>;
+    type Decode = D;
+    type Encoder = RawEncoder;
+    type Decoder = <tonic_prost::ProstCodec<(), D> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<(), D>::default())
+    }
+}

@@ -5,9 +5,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_proto::raft::raft_reply::Result as ReplyResult;
-use chat_proto::raft::raft_service_client::RaftServiceClient;
-use chat_proto::raft::{RaftReply, RaftRequest};
+use chat_proto::protocol::is_protocol_mismatch;
+use chat_proto::raft::{self as pb, raft_service_client::RaftServiceClient};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -16,8 +15,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
@@ -25,6 +22,7 @@ use super::auth::{secret_header, with_secret};
 use super::MAX_MESSAGE_BYTES;
 use crate::store::TypeConfig;
 use crate::types::{Node, NodeId, PartitionId};
+use crate::wire::Wire;
 
 /// The shared tonic channels to every peer node, one per (node, address).
 #[derive(Clone)]
@@ -100,50 +98,37 @@ pub struct PeerClient {
     secret: MetadataValue<Ascii>,
 }
 
-#[derive(Copy, Clone, Debug)]
-enum Rpc {
-    AppendEntries,
-    Vote,
-    InstallSnapshot,
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Message(String);
 
 impl PeerClient {
-    async fn call<Req, Resp, E>(
+    /// Send one RPC: `send` makes the tonic call; the reply is converted back to openraft's terms,
+    /// and the remote Raft's refusal becomes a `RemoteError`.
+    async fn call<Req, Reply, Resp, E, Fut>(
         &mut self,
-        rpc: Rpc,
+        rpc: &'static str,
         req: &Req,
         ttl: Duration,
+        send: impl FnOnce(RaftServiceClient<Channel>, tonic::Request<Req::Pb>) -> Fut,
     ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
+        Req: Wire,
+        Req::Pb: WithPartition,
+        Reply: Wire + Into<Result<Resp, RaftError<NodeId, E>>>,
+        E: std::error::Error,
+        Fut: std::future::Future<Output = Result<tonic::Response<Reply::Pb>, tonic::Status>>,
     {
         let network = |msg: String| RPCError::Network(NetworkError::new(&Message(msg)));
-        let client = match &mut self.client {
-            Ok(c) => c,
+        let client = match &self.client {
+            Ok(c) => c.clone(),
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Message(e.clone())))),
         };
-        let payload =
-            bincode::serialize(req).map_err(|e| network(format!("encode {rpc:?}: {e}")))?;
-        let mut request = with_secret(
-            RaftRequest {
-                partition: self.partition.0,
-                payload,
-            },
-            &self.secret,
-        );
+        let mut message = req.to_pb();
+        message.set_partition(self.partition);
+        let mut request = with_secret(message, &self.secret);
         request.set_timeout(ttl);
-        let reply = match rpc {
-            Rpc::AppendEntries => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::InstallSnapshot => client.install_snapshot(request).await,
-        };
-        let reply: RaftReply = match reply {
+        let reply = match send(client, request).await {
             Ok(r) => r.into_inner(),
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(&Message(format!(
@@ -152,28 +137,49 @@ impl PeerClient {
                     status.message()
                 )))))
             }
-            Err(status) => {
-                return Err(network(format!(
-                    "{rpc:?} to node {}: {status}",
-                    self.target
-                )))
+            Err(status) if is_protocol_mismatch(&status) => {
+                // Retrying cannot help until one of the two nodes is upgraded: back off.
+                tracing::error!(partition = %self.partition, target = self.target, "{rpc} refused: {}", status.message());
+                return Err(RPCError::Unreachable(Unreachable::new(&Message(format!(
+                    "node {} refused this node's protocol: {}",
+                    self.target,
+                    status.message()
+                )))));
             }
+            Err(status) => return Err(network(format!("{rpc} to node {}: {status}", self.target))),
         };
-        match reply.result {
-            Some(ReplyResult::Ok(bytes)) => bincode::deserialize(&bytes)
-                .map_err(|e| network(format!("decode {rpc:?} reply: {e}"))),
-            Some(ReplyResult::RaftError(bytes)) => {
-                let err: RaftError<NodeId, E> = bincode::deserialize(&bytes)
-                    .map_err(|e| network(format!("decode {rpc:?} error: {e}")))?;
-                Err(RPCError::RemoteError(RemoteError::new(self.target, err)))
-            }
-            None => Err(network(format!(
-                "{rpc:?} reply from node {} has no result",
-                self.target
-            ))),
-        }
+        let reply = Reply::from_pb(reply)
+            .map_err(|e| network(format!("{rpc} reply from node {}: {e}", self.target)))?;
+        reply
+            .into()
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
+
+/// A Raft request message that names its partition.
+trait WithPartition {
+    fn set_partition(&mut self, p: PartitionId);
+}
+
+macro_rules! with_partition {
+    ($($t:ty),*) => {$(
+        impl WithPartition for $t {
+            fn set_partition(&mut self, p: PartitionId) {
+                self.partition = p.0;
+            }
+        }
+    )*};
+}
+with_partition!(
+    pb::AppendEntriesRequest,
+    pb::VoteRequest,
+    pb::InstallSnapshotRequest
+);
+
+type AppendReply = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
+type VoteReply = Result<VoteResponse<NodeId>, RaftError<NodeId>>;
+type SnapshotReply =
+    Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>;
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
@@ -181,7 +187,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+        self.call::<_, AppendReply, _, _, _>(
+            "AppendEntries",
+            &rpc,
+            option.hard_ttl(),
+            |mut c, r| async move { c.append_entries(r).await },
+        )
+        .await
     }
 
     async fn install_snapshot(
@@ -192,8 +204,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl())
-            .await
+        self.call::<_, SnapshotReply, _, _, _>(
+            "InstallSnapshot",
+            &rpc,
+            option.hard_ttl(),
+            |mut c, r| async move { c.install_snapshot(r).await },
+        )
+        .await
     }
 
     async fn vote(
@@ -201,6 +218,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+        self.call::<_, VoteReply, _, _, _>("Vote", &rpc, option.hard_ttl(), |mut c, r| async move {
+            c.vote(r).await
+        })
+        .await
     }
 }

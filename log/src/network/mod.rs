@@ -3,9 +3,11 @@
 //! - [`client`]: openraft's network traits. One tonic channel (one HTTP/2 connection) per peer
 //!   node is shared by the clients of every partition; each request names its partition.
 //! - [`server`]: the `RaftService` that routes incoming requests to the right partition's Raft.
-//! - [`auth`]: the cluster-secret check every internal and admin RPC passes through.
+//! - [`auth`]: the cluster-secret (and, internally, protocol-version) check every internal and
+//!   admin RPC passes through.
 //!
-//! Payloads are openraft's own request/response types encoded with bincode (see `raft.proto`).
+//! Requests and replies are `chat.raft.v1` messages (proto/proto/raft.proto), converted from and
+//! to openraft's types by the crate's `wire` module.
 
 pub mod auth;
 pub mod client;

@@ -12,11 +12,12 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, StorageError, Vote};
 use rocksdb::WriteBatch;
 
-use super::{decode, encode, storage_error};
+use super::storage_error;
 use crate::codec::{self, cf, MetaTag};
 use crate::engine::{Durability, Engine, StoreError};
 use crate::store::{Leading, TypeConfig};
 use crate::types::{NodeId, PartitionId};
+use crate::wire::{decode, encode, Wire};
 
 /// The Raft log store of one partition. Cheap to clone; clones are the log readers openraft's
 /// replication tasks use.
@@ -38,10 +39,7 @@ impl PartitionLogStore {
         }
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        tag: MetaTag,
-    ) -> Result<Option<T>, StoreError> {
+    fn read_meta<T: Wire>(&self, tag: MetaTag) -> Result<Option<T>, StoreError> {
         let key = codec::meta_key(self.partition, tag);
         self.engine
             .get(cf::RAFT_META, &key)?
@@ -49,7 +47,7 @@ impl PartitionLogStore {
             .transpose()
     }
 
-    fn meta_batch<T: serde::Serialize>(&self, tag: MetaTag, value: &T) -> WriteBatch {
+    fn meta_batch<T: Wire>(&self, tag: MetaTag, value: &T) -> WriteBatch {
         let mut batch = WriteBatch::default();
         let key = codec::meta_key(self.partition, tag);
         self.engine

@@ -27,17 +27,6 @@ pub(crate) fn storage_error(
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
-pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    bincode::serialize(value).expect("bincode serialization of in-memory values cannot fail")
-}
-
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    what: &str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    bincode::deserialize(bytes).map_err(|e| StoreError::decode(what, e))
-}
-
 /// Whether this node currently leads a partition, as its Raft metrics say (set by `LogNode`).
 /// A leader's own appends and applies are not held at the disk's headroom: client writes are
 /// refused well before it, so what a leader still writes is the bounded few in flight, and its

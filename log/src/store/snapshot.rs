@@ -8,27 +8,29 @@
 //! `last_offset` never change. Building a snapshot therefore costs the handler state only, not
 //! the event log — openraft builds them periodically and only ever sends a few.
 //!
-//! Snapshot data (what travels to a follower) is `frame(bincode(SnapshotContent))`, so a snapshot
-//! damaged in transit or at rest fails its crc32 instead of being installed.
+//! Snapshot data (what travels to a follower) is the crc32-framed protobuf `SnapshotContent`
+//! (proto/proto/log.proto) carrying the sender's data format, so a snapshot damaged in transit or
+//! at rest fails its checksum, and one of a format this node does not read is refused, instead of
+//! being installed.
 
 use std::io::{self, Cursor, SeekFrom};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use serde::{Deserialize, Serialize};
+use chat_proto::log as pb;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
-use super::{decode, encode};
 pub use crate::apply::StateEntries;
 use crate::codec::{self, cf, StateNs};
 use crate::engine::{DbSnapshot, Engine, StoreError};
 use crate::types::{LogOffset, Node, NodeId, PartitionId};
+use crate::wire::{decode, encode, required, Malformed, Wire, DATA_FORMAT};
 
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 
 /// The full contents of a partition snapshot, as sent to followers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotContent {
     pub last_offset: LogOffset,
     /// Handler state at the snapshot.
@@ -49,11 +51,79 @@ impl SnapshotContent {
 }
 
 /// What [`cf::SNAPSHOTS`] keeps of the partition's current snapshot.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct SnapshotManifest {
     pub meta: SnapshotMeta,
     pub last_offset: LogOffset,
     pub state: StateEntries,
+}
+
+fn state_pb(state: &StateEntries) -> Vec<pb::StateEntry> {
+    state
+        .iter()
+        .map(|(key, value)| pb::StateEntry {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+fn state_from(state: Vec<pb::StateEntry>) -> StateEntries {
+    state.into_iter().map(|e| (e.key, e.value)).collect()
+}
+
+impl Wire for SnapshotContent {
+    type Pb = pb::SnapshotContent;
+    fn to_pb(&self) -> pb::SnapshotContent {
+        pb::SnapshotContent {
+            format: DATA_FORMAT,
+            last_offset: self.last_offset.0,
+            state: state_pb(&self.state),
+            events: self
+                .events
+                .iter()
+                .map(|(offset, event)| pb::SnapshotEvent {
+                    offset: offset.0,
+                    event: event.clone(),
+                })
+                .collect(),
+        }
+    }
+    fn from_pb(pb: pb::SnapshotContent) -> Result<Self, Malformed> {
+        if pb.format != DATA_FORMAT {
+            return Err(Malformed(format!(
+                "snapshot of data format {}; this node reads format {DATA_FORMAT}",
+                pb.format
+            )));
+        }
+        Ok(SnapshotContent {
+            last_offset: LogOffset(pb.last_offset),
+            state: state_from(pb.state),
+            events: pb
+                .events
+                .into_iter()
+                .map(|e| (LogOffset(e.offset), e.event))
+                .collect(),
+        })
+    }
+}
+
+impl Wire for SnapshotManifest {
+    type Pb = pb::SnapshotManifest;
+    fn to_pb(&self) -> pb::SnapshotManifest {
+        pb::SnapshotManifest {
+            meta: Some(self.meta.to_pb()),
+            last_offset: self.last_offset.0,
+            state: state_pb(&self.state),
+        }
+    }
+    fn from_pb(pb: pb::SnapshotManifest) -> Result<Self, Malformed> {
+        Ok(SnapshotManifest {
+            meta: SnapshotMeta::from_pb(required(pb.meta, "snapshot meta")?)?,
+            last_offset: LogOffset(pb.last_offset),
+            state: state_from(pb.state),
+        })
+    }
 }
 
 /// The bytes of a partition snapshot as openraft sees them. A snapshot this node built (or holds)
@@ -257,5 +327,22 @@ mod tests {
             Err(StoreError::Corrupt(c)) => assert!(c.detail.contains("checksum mismatch"), "{c}"),
             other => panic!("expected a checksum error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_snapshot_of_another_data_format_is_refused() {
+        let mut pb = SnapshotContent {
+            last_offset: LogOffset(0),
+            state: Vec::new(),
+            events: Vec::new(),
+        }
+        .to_pb();
+        pb.format = DATA_FORMAT + 1;
+        let bytes = codec::frame(&prost::Message::encode_to_vec(&pb));
+        let err = SnapshotContent::from_bytes(PartitionId(0), &bytes).unwrap_err();
+        assert!(
+            err.to_string().contains("snapshot of data format 2"),
+            "{err}"
+        );
     }
 }

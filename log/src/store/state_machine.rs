@@ -22,20 +22,20 @@ use tokio::sync::{watch, Mutex};
 use super::snapshot::{
     self, SnapshotContent, SnapshotData, SnapshotManifest, SnapshotMeta, StateEntries,
 };
-use super::{decode, encode, storage_error};
+use super::storage_error;
 use crate::apply::{ApplyContext, CommandHandler, PendingEvent};
 use crate::codec::{self, cf, StateNs};
 use crate::engine::{DbSnapshot, Durability, Engine, StoreError};
 use crate::store::{Leading, TypeConfig};
 use crate::types::{LogOffset, Node, NodeId, PartitionId, ProposalOutcome};
-use chat_proto::log::LogEvent;
+use crate::wire::{decode, encode, opt_log_id, opt_log_id_pb, required, Malformed, Wire};
+use chat_proto::log::{self as pb, LogEvent};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, Node>;
 
+/// The log's own state key of a partition: its [`AppliedState`].
 const KEY_APPLIED: &[u8] = b"applied";
-const KEY_MEMBERSHIP: &[u8] = b"membership";
-const KEY_LAST_OFFSET: &[u8] = b"last_offset";
 
 /// The state machine of one partition.
 pub struct PartitionStateMachine {
@@ -54,45 +54,47 @@ pub struct PartitionStateMachine {
     leading: Leading,
 }
 
-/// The applied position of a partition as stored.
+/// The applied position of a partition, stored as one record so its parts change together.
+#[derive(Default)]
 struct AppliedState {
     applied: Option<LogId<NodeId>>,
     membership: Membership,
     last_offset: LogOffset,
 }
 
-fn system_key(p: PartitionId, name: &[u8]) -> Vec<u8> {
-    codec::state_key(p, StateNs::System, name)
-}
-
-/// Read one of the log's own state keys of partition `p`, as of `at` when given.
-fn read_system<T: serde::de::DeserializeOwned>(
-    engine: &Engine,
-    at: Option<&DbSnapshot<'_>>,
-    p: PartitionId,
-    name: &[u8],
-) -> Result<Option<T>, StoreError> {
-    engine
-        .get_at(at, cf::STATE, &system_key(p, name))?
-        .map(|bytes| {
-            decode(
-                &format!("{p} state {}", String::from_utf8_lossy(name)),
-                &bytes,
-            )
+impl Wire for AppliedState {
+    type Pb = pb::AppliedState;
+    fn to_pb(&self) -> pb::AppliedState {
+        pb::AppliedState {
+            applied: opt_log_id_pb(&self.applied),
+            membership: Some(self.membership.to_pb()),
+            last_offset: self.last_offset.0,
+        }
+    }
+    fn from_pb(pb: pb::AppliedState) -> Result<Self, Malformed> {
+        Ok(AppliedState {
+            applied: opt_log_id(pb.applied),
+            membership: Membership::from_pb(required(pb.membership, "applied membership")?)?,
+            last_offset: LogOffset(pb.last_offset),
         })
-        .transpose()
+    }
 }
 
+fn applied_key(p: PartitionId) -> Vec<u8> {
+    codec::state_key(p, StateNs::System, KEY_APPLIED)
+}
+
+/// Partition `p`'s applied state as of `at` when given (nothing applied yet: the default).
 fn read_applied_state(
     engine: &Engine,
     at: Option<&DbSnapshot<'_>>,
     p: PartitionId,
 ) -> Result<AppliedState, StoreError> {
-    Ok(AppliedState {
-        applied: read_system::<Option<LogId<NodeId>>>(engine, at, p, KEY_APPLIED)?.flatten(),
-        membership: read_system(engine, at, p, KEY_MEMBERSHIP)?.unwrap_or_default(),
-        last_offset: read_system(engine, at, p, KEY_LAST_OFFSET)?.unwrap_or_default(),
-    })
+    Ok(engine
+        .get_at(at, cf::STATE, &applied_key(p))?
+        .map(|bytes| decode(&format!("{p} applied state"), &bytes))
+        .transpose()?
+        .unwrap_or_default())
 }
 
 fn put_applied_state(
@@ -101,24 +103,7 @@ fn put_applied_state(
     p: PartitionId,
     state: &AppliedState,
 ) {
-    engine.put_framed(
-        batch,
-        cf::STATE,
-        &system_key(p, KEY_APPLIED),
-        &encode(&state.applied),
-    );
-    engine.put_framed(
-        batch,
-        cf::STATE,
-        &system_key(p, KEY_MEMBERSHIP),
-        &encode(&state.membership),
-    );
-    engine.put_framed(
-        batch,
-        cf::STATE,
-        &system_key(p, KEY_LAST_OFFSET),
-        &encode(&state.last_offset),
-    );
+    engine.put_framed(batch, cf::STATE, &applied_key(p), &encode(state));
 }
 
 /// Encode an event as stored in [`cf::EVENTS`] (before framing).

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use chat_proto::log::LogEvent;
 use prost::Message;
 
-use crate::codec::{cf, prefix_successor, state_key, StateNs};
+use rocksdb::WriteBatch;
+
+use crate::codec::{cf, describe_key, event_key, prefix_successor, state_key, StateNs};
 use crate::engine::{Engine, StoreError};
 use crate::types::{CommandOutcome, LogOffset, PartitionId};
 
@@ -40,22 +42,95 @@ pub struct ApplyContext<'a> {
     pub(crate) partition: PartitionId,
     pub(crate) raft_index: u64,
     pub(crate) timestamp_ms: u64,
+    pub(crate) batch: &'a mut ApplyBatch,
+}
+
+/// What applying a run of committed entries writes, gathered in memory until the state machine
+/// writes it to RocksDB in one batch with the new applied state: handler state changes, new
+/// events at dense offsets, and rewrites of stored events.
+pub(crate) struct ApplyBatch {
     /// Handler-namespace writes not yet in RocksDB: `None` is a delete.
-    pub(crate) overlay: &'a mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Events emitted so far in this batch: (offset, raft index, timestamp, payload).
-    pub(crate) events: &'a mut Vec<PendingEvent>,
-    pub(crate) last_offset: &'a mut LogOffset,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Events emitted so far, in offset order.
+    events: Vec<PendingEvent>,
+    /// The offset of the last event, stored or emitted.
+    last_offset: LogOffset,
     /// New payloads for events already stored (retention): offset → payload.
-    pub(crate) rewrites: &'a mut BTreeMap<LogOffset, Vec<u8>>,
+    rewrites: BTreeMap<LogOffset, Vec<u8>>,
 }
 
 /// An event emitted while applying, written with the rest of the batch.
-pub(crate) struct PendingEvent {
-    pub offset: LogOffset,
-    pub raft_index: u64,
-    pub timestamp_ms: u64,
-    pub kind: u32,
-    pub payload: Vec<u8>,
+struct PendingEvent {
+    offset: LogOffset,
+    raft_index: u64,
+    timestamp_ms: u64,
+    kind: u32,
+    payload: Vec<u8>,
+}
+
+impl PendingEvent {
+    fn to_log_event(&self) -> LogEvent {
+        LogEvent {
+            offset: self.offset.0,
+            raft_index: self.raft_index,
+            timestamp_ms: self.timestamp_ms,
+            payload: self.payload.clone().into(),
+            kind: self.kind,
+        }
+    }
+}
+
+impl ApplyBatch {
+    /// An empty batch of a partition whose last stored event is at `last_offset`.
+    pub(crate) fn new(last_offset: LogOffset) -> Self {
+        ApplyBatch {
+            overlay: BTreeMap::new(),
+            events: Vec::new(),
+            last_offset,
+            rewrites: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn last_offset(&self) -> LogOffset {
+        self.last_offset
+    }
+
+    /// Add everything gathered to `batch` (partition `p`'s keys). A rewrite of an event that is
+    /// not stored is dropped (there is nothing to remove data from).
+    pub(crate) fn write_to(
+        self,
+        engine: &Engine,
+        p: PartitionId,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StoreError> {
+        for (key, value) in self.overlay {
+            let key = state_key(p, StateNs::Handler, &key);
+            match value {
+                Some(v) => engine.put_framed(batch, cf::STATE, &key, &v),
+                None => engine.delete(batch, cf::STATE, &key),
+            }
+        }
+        for event in &self.events {
+            let key = event_key(p, event.offset);
+            engine.put_framed(
+                batch,
+                cf::EVENTS,
+                &key,
+                &event.to_log_event().encode_to_vec(),
+            );
+        }
+        for (offset, payload) in self.rewrites {
+            let key = event_key(p, offset);
+            let Some(stored) = engine.get(cf::EVENTS, &key)? else {
+                continue;
+            };
+            let mut event = LogEvent::decode(stored.as_slice())
+                .map_err(|e| StoreError::decode(describe_key(cf::EVENTS, &key), e))?;
+            event.payload = payload.into();
+            engine.put_framed(batch, cf::EVENTS, &key, &event.encode_to_vec());
+        }
+        Ok(())
+    }
 }
 
 /// The event kind of raw records (see `LogEvent.kind`).
@@ -78,12 +153,12 @@ impl ApplyContext<'_> {
 
     /// The offset of the last event applied so far (including this batch).
     pub fn last_offset(&self) -> LogOffset {
-        *self.last_offset
+        self.batch.last_offset
     }
 
     /// Read a handler state key.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(pending) = self.overlay.get(key) {
+        if let Some(pending) = self.batch.overlay.get(key) {
             return Ok(pending.clone());
         }
         self.engine
@@ -92,12 +167,12 @@ impl ApplyContext<'_> {
 
     /// Write a handler state key.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
-        self.overlay.insert(key.to_vec(), Some(value));
+        self.batch.overlay.insert(key.to_vec(), Some(value));
     }
 
     /// Delete a handler state key.
     pub fn delete(&mut self, key: &[u8]) {
-        self.overlay.insert(key.to_vec(), None);
+        self.batch.overlay.insert(key.to_vec(), None);
     }
 
     /// Read up to `limit` handler state entries whose keys start with `prefix`, in key order,
@@ -105,8 +180,12 @@ impl ApplyContext<'_> {
     pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<StateEntries, StoreError> {
         let end = prefix_successor(prefix);
         let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = match &end {
-            Some(end) => self.overlay.range(prefix.to_vec()..end.clone()).collect(),
-            None => self.overlay.range(prefix.to_vec()..).collect(),
+            Some(end) => self
+                .batch
+                .overlay
+                .range(prefix.to_vec()..end.clone())
+                .collect(),
+            None => self.batch.overlay.range(prefix.to_vec()..).collect(),
         };
         // Pending deletes may hide stored keys; read enough stored keys that `limit` survive.
         let hidden = pending.iter().filter(|(_, v)| v.is_none()).count();
@@ -138,17 +217,11 @@ impl ApplyContext<'_> {
     /// Read an event of this partition as it stands in this batch (pending events and
     /// rewrites included).
     pub fn read_event(&self, offset: LogOffset) -> Result<Option<LogEvent>, StoreError> {
-        let mut event = match self.events.iter().find(|e| e.offset == offset) {
-            Some(e) => Some(LogEvent {
-                offset: e.offset.0,
-                raft_index: e.raft_index,
-                timestamp_ms: e.timestamp_ms,
-                payload: e.payload.clone().into(),
-                kind: e.kind,
-            }),
+        let mut event = match self.batch.events.iter().find(|e| e.offset == offset) {
+            Some(e) => Some(e.to_log_event()),
             None => match self
                 .engine
-                .get(cf::EVENTS, &crate::codec::event_key(self.partition, offset))?
+                .get(cf::EVENTS, &event_key(self.partition, offset))?
             {
                 Some(bytes) => Some(LogEvent::decode(bytes.as_slice()).map_err(|e| {
                     StoreError::decode(format!("partition {} offset {offset}", self.partition), e)
@@ -156,7 +229,7 @@ impl ApplyContext<'_> {
                 None => None,
             },
         };
-        if let (Some(e), Some(payload)) = (event.as_mut(), self.rewrites.get(&offset)) {
+        if let (Some(e), Some(payload)) = (event.as_mut(), self.batch.rewrites.get(&offset)) {
             e.payload = payload.clone().into();
         }
         Ok(event)
@@ -167,10 +240,10 @@ impl ApplyContext<'_> {
     /// rewrites the same event at the same point of the log, so replicas stay identical; readers
     /// that already consumed the event are not told.
     pub fn rewrite_event(&mut self, offset: LogOffset, payload: Vec<u8>) {
-        if let Some(pending) = self.events.iter_mut().find(|e| e.offset == offset) {
+        if let Some(pending) = self.batch.events.iter_mut().find(|e| e.offset == offset) {
             pending.payload = payload;
         } else {
-            self.rewrites.insert(offset, payload);
+            self.batch.rewrites.insert(offset, payload);
         }
     }
 
@@ -182,9 +255,9 @@ impl ApplyContext<'_> {
     /// Append an event of a handler-defined `kind`; returns its offset. The offset it will get is
     /// `last_offset().next()`, so a handler can write it into the payload.
     pub fn emit_kind(&mut self, kind: u32, payload: Vec<u8>) -> LogOffset {
-        let offset = self.last_offset.next();
-        *self.last_offset = offset;
-        self.events.push(PendingEvent {
+        let offset = self.batch.last_offset.next();
+        self.batch.last_offset = offset;
+        self.batch.events.push(PendingEvent {
             offset,
             raft_index: self.raft_index,
             timestamp_ms: self.timestamp_ms,

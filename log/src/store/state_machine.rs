@@ -8,7 +8,6 @@
 //! the Raft log (and RocksDB's single WAL is replayed as a prefix), so after a crash the state
 //! either includes a batch or openraft re-applies it from the log.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -23,13 +22,13 @@ use super::snapshot::{
     self, SnapshotContent, SnapshotData, SnapshotManifest, SnapshotMeta, StateEntries,
 };
 use super::storage_error;
-use crate::apply::{ApplyContext, CommandHandler, PendingEvent};
+use crate::apply::{ApplyBatch, ApplyContext, CommandHandler};
 use crate::codec::{self, cf, StateNs};
 use crate::engine::{DbSnapshot, Durability, Engine, StoreError};
 use crate::store::{Leading, TypeConfig};
 use crate::types::{LogOffset, Node, NodeId, PartitionId, ProposalOutcome};
 use crate::wire::{decode, encode, opt_log_id, opt_log_id_pb, required, Malformed, Wire};
-use chat_proto::log::{self as pb, LogEvent};
+use chat_proto::log as pb;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, Node>;
@@ -106,17 +105,6 @@ fn put_applied_state(
     engine.put_framed(batch, cf::STATE, &applied_key(p), &encode(state));
 }
 
-/// Encode an event as stored in [`cf::EVENTS`] (before framing).
-fn encode_event(event: PendingEvent) -> Vec<u8> {
-    prost::Message::encode_to_vec(&LogEvent {
-        offset: event.offset.0,
-        raft_index: event.raft_index,
-        timestamp_ms: event.timestamp_ms,
-        payload: event.payload.into(),
-        kind: event.kind,
-    })
-}
-
 impl PartitionStateMachine {
     /// Open the state machine of `partition`, resuming from what is stored. Returns it with a
     /// receiver of its last applied offset.
@@ -162,10 +150,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         let write_lock = self.write_lock.clone();
         let _guard = write_lock.lock().await;
 
-        let mut overlay = BTreeMap::new();
-        let mut events = Vec::new();
-        let mut rewrites = BTreeMap::new();
-        let mut last_offset = self.last_offset;
+        let mut gathered = ApplyBatch::new(self.last_offset);
         let mut applied = self.applied;
         let mut membership = self.membership.clone();
         let mut results = Vec::new();
@@ -185,10 +170,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                             partition: self.partition,
                             raft_index,
                             timestamp_ms: proposal.timestamp_ms,
-                            overlay: &mut overlay,
-                            events: &mut events,
-                            last_offset: &mut last_offset,
-                            rewrites: &mut rewrites,
+                            batch: &mut gathered,
                         };
                         let result = self.handler.apply(&mut ctx, command);
                         outcome
@@ -208,41 +190,11 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             return Ok(results);
         };
         let p = self.partition;
+        let last_offset = gathered.last_offset();
         let mut batch = WriteBatch::default();
-        for (key, value) in overlay {
-            let key = codec::state_key(p, StateNs::Handler, &key);
-            match value {
-                Some(v) => self.engine.put_framed(&mut batch, cf::STATE, &key, &v),
-                None => batch.delete_cf(self.engine.cf(cf::STATE), key),
-            }
-        }
-        for event in events {
-            let key = codec::event_key(p, event.offset);
-            self.engine
-                .put_framed(&mut batch, cf::EVENTS, &key, &encode_event(event));
-        }
-        for (offset, payload) in rewrites {
-            let key = codec::event_key(p, offset);
-            let stored = self
-                .engine
-                .get(cf::EVENTS, &key)
-                .map_err(|e| self.apply_error(last_applied, e))?;
-            let Some(stored) = stored else { continue };
-            let mut event =
-                <LogEvent as prost::Message>::decode(stored.as_slice()).map_err(|e| {
-                    self.apply_error(
-                        last_applied,
-                        StoreError::decode(codec::describe_key(cf::EVENTS, &key), e),
-                    )
-                })?;
-            event.payload = payload.into();
-            self.engine.put_framed(
-                &mut batch,
-                cf::EVENTS,
-                &key,
-                &prost::Message::encode_to_vec(&event),
-            );
-        }
+        gathered
+            .write_to(&self.engine, p, &mut batch)
+            .map_err(|e| self.apply_error(last_applied, e))?;
         let state = AppliedState {
             applied,
             membership,

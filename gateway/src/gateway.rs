@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_log::{PartitionId, StoreError};
-use chat_model::ids::{ChatId, UserId};
 use chat_model::StateReader;
 use chat_projector::{Change, Projector};
 use chat_sequencer::Sequencer;
@@ -139,7 +138,7 @@ async fn push_ticks(hub: Arc<hub::Hub>, mut changes: tokio::sync::broadcast::Rec
                 user,
                 delivered_up_to,
                 read_up_to,
-            }) => hub.push_ticks(UserId(user), ChatId(chat), delivered_up_to, read_up_to),
+            }) => hub.push_ticks(user, chat, delivered_up_to, read_up_to),
             Err(RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "tick pushes fell behind the projector")
             }

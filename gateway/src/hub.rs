@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chat_log::{LogNode, LogOffset, PartitionId};
-use chat_model::ids::{ChatId, DeviceId, UserId};
+use chat_model::ids::{ChatId, ChatSeq, DeviceId, UserId};
 use chat_model::{ChatEventAt, StateReader};
 use chat_proto::chat_v1::{self as pb, chat_event};
 use futures::StreamExt;
@@ -26,10 +26,10 @@ use tokio::sync::{mpsc, Notify};
 #[derive(Debug, Clone)]
 pub enum Push {
     Message(Arc<pb::Message>),
-    /// The user became a member; messages after `after_seq` are theirs.
+    /// The user became a member; messages after `after` are theirs.
     Joined {
         chat: ChatId,
-        after_seq: u64,
+        after: ChatSeq,
     },
     Left {
         chat: ChatId,
@@ -196,11 +196,11 @@ impl Hub {
     }
 
     /// Offer a tick change to `user`'s streams.
-    pub fn push_ticks(&self, user: UserId, chat: ChatId, delivered_up_to: u64, read_up_to: u64) {
+    pub fn push_ticks(&self, user: UserId, chat: ChatId, delivered: ChatSeq, read: ChatSeq) {
         let push = Push::Ticks(pb::TickFrame {
             chat_id: chat.0,
-            delivered_up_to,
-            read_up_to,
+            delivered_up_to: delivered.0,
+            read_up_to: read.0,
         });
         self.offer_to_users(&[user], &push);
     }
@@ -233,15 +233,21 @@ impl Hub {
                 let chat = ChatId(c.chat_id);
                 self.members.invalidate(&chat);
                 let users: Vec<UserId> = c.members.iter().map(|&u| UserId(u)).collect();
-                self.offer_to_users(&users, &Push::Joined { chat, after_seq: 0 });
+                self.offer_to_users(
+                    &users,
+                    &Push::Joined {
+                        chat,
+                        after: ChatSeq::ZERO,
+                    },
+                );
             }
             chat_event::Kind::MembersChanged(c) => {
                 let chat = ChatId(c.chat_id);
                 self.members.invalidate(&chat);
                 let added: Vec<UserId> = c.added.iter().map(|&u| UserId(u)).collect();
                 let removed: Vec<UserId> = c.removed.iter().map(|&u| UserId(u)).collect();
-                let after_seq = c.last_seq;
-                self.offer_to_users(&added, &Push::Joined { chat, after_seq });
+                let after = ChatSeq(c.last_seq);
+                self.offer_to_users(&added, &Push::Joined { chat, after });
                 self.offer_to_users(&removed, &Push::Left { chat });
             }
             chat_event::Kind::ReceiptAdvanced(r) => {

@@ -347,8 +347,8 @@ impl Chat for ChatService {
                 unread: e.unread,
                 delivered_up_to: e.mark.delivered,
                 read_up_to: e.mark.read,
-                ticks_delivered: e.ticks.delivered,
-                ticks_read: e.ticks.read,
+                ticks_delivered: e.ticks.delivered.0,
+                ticks_read: e.ticks.read.0,
             })
             .collect();
         Ok(Response::new(pb::InboxReply { chats }))

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chat_model::ids::ChatId;
+use chat_model::ids::{ChatId, ChatSeq};
 use chat_proto::chat_v1::{self as pb, client_frame, server_frame, ReceiptKind};
 use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
@@ -81,9 +81,9 @@ struct Session {
     handle: Arc<SessionHandle>,
     out: Outbound,
     /// The next seq to send, per chat of the user.
-    chats: BTreeMap<ChatId, u64>,
+    chats: BTreeMap<ChatId, ChatSeq>,
     /// Delivered/read marks received but not yet proposed (flushed on every tick).
-    pending_receipts: HashMap<(ChatId, ReceiptKind), u64>,
+    pending_receipts: HashMap<(ChatId, ReceiptKind), ChatSeq>,
     needs_recovery: bool,
 }
 
@@ -111,7 +111,7 @@ impl Session {
 
     /// Where a chat starts for this device when it names no cursor: after what it acknowledged,
     /// and never before the user joined.
-    fn default_cursor(&self, chat: ChatId) -> Result<u64, Status> {
+    fn default_cursor(&self, chat: ChatId) -> Result<ChatSeq, Status> {
         let (user, device) = (self.me.user, self.me.device);
         let acked = self
             .gw
@@ -123,20 +123,22 @@ impl Session {
             .reads
             .member(chat, user)
             .map_err(storage)?
-            .map_or(0, |m| m.joined_after);
+            .map_or(ChatSeq::ZERO, |m| m.joined_after());
         Ok(acked.max(joined))
     }
 
     /// The backlog: every chat from its cursor, then SyncComplete.
     async fn sync(&mut self, cursors: &[pb::Cursor]) -> Result<(), Status> {
-        let given: HashMap<ChatId, u64> =
-            cursors.iter().map(|c| (ChatId(c.chat_id), c.seq)).collect();
+        let given: HashMap<ChatId, ChatSeq> = cursors
+            .iter()
+            .map(|c| (ChatId(c.chat_id), ChatSeq(c.seq)))
+            .collect();
         for chat in self.gw.reads.user_chats(self.me.user).map_err(storage)? {
             let cursor = match given.get(&chat) {
                 Some(&seq) => seq,
                 None => self.default_cursor(chat)?,
             };
-            self.chats.insert(chat, cursor + 1);
+            self.chats.insert(chat, cursor.next());
         }
         let chats: Vec<ChatId> = self.chats.keys().copied().collect();
         for chat in chats {
@@ -147,7 +149,7 @@ impl Session {
             .iter()
             .map(|(chat, next)| pb::Cursor {
                 chat_id: chat.0,
-                seq: next - 1,
+                seq: next.0 - 1,
             })
             .collect();
         self.emit(server_frame::Kind::SyncComplete(pb::SyncComplete {
@@ -157,7 +159,7 @@ impl Session {
     }
 
     /// Send `chat`'s messages from its cursor up to `up_to` (None: all that are applied here).
-    async fn catch_up(&mut self, chat: ChatId, up_to: Option<u64>) -> Result<(), Status> {
+    async fn catch_up(&mut self, chat: ChatId, up_to: Option<ChatSeq>) -> Result<(), Status> {
         loop {
             let Some(&next) = self.chats.get(&chat) else {
                 return Ok(());
@@ -165,11 +167,11 @@ impl Session {
             if up_to.is_some_and(|u| next > u) {
                 return Ok(());
             }
-            let before = up_to.map_or(0, |u| u + 1);
+            let before = up_to.map_or(0, |u| u.0 + 1);
             let page = self
                 .gw
                 .sequencer
-                .history(chat, next - 1, before, CATCH_UP_PAGE)
+                .history(chat, next.0 - 1, before, CATCH_UP_PAGE)
                 .map_err(Status::from)?;
             if page.messages.is_empty() {
                 return Ok(());
@@ -184,7 +186,7 @@ impl Session {
     async fn deliver(&mut self, m: pb::Message) -> Result<(), Status> {
         let chat = ChatId(m.chat_id);
         match self.chats.get_mut(&chat) {
-            Some(next) if *next == m.seq => *next += 1,
+            Some(next) if next.0 == m.seq => *next = next.next(),
             _ => return Ok(()),
         }
         self.emit(server_frame::Kind::Message(m)).await
@@ -283,7 +285,7 @@ impl Session {
                 .await;
         }
         let mark = self.pending_receipts.entry((chat, kind)).or_default();
-        *mark = (*mark).max(a.up_to_seq);
+        *mark = (*mark).max(ChatSeq(a.up_to_seq));
         Ok(())
     }
 
@@ -295,7 +297,7 @@ impl Session {
             tokio::spawn(async move {
                 let result = gw
                     .sequencer
-                    .advance_receipt(chat, me.user, me.device, kind, seq)
+                    .advance_receipt(chat, me.user, me.device, kind, seq.0)
                     .await;
                 if let Err(e) = result {
                     let frame = error_frame(e.code(), e.to_string());
@@ -308,12 +310,12 @@ impl Session {
     async fn on_push(&mut self, push: Push) -> Result<(), Status> {
         match push {
             Push::Message(m) => {
-                let (chat, seq) = (ChatId(m.chat_id), m.seq);
+                let (chat, seq) = (ChatId(m.chat_id), ChatSeq(m.seq));
                 let Some(&next) = self.chats.get(&chat) else {
                     return Ok(());
                 };
                 if seq > next {
-                    self.catch_up(chat, Some(seq - 1)).await?;
+                    self.catch_up(chat, Some(ChatSeq(seq.0 - 1))).await?;
                 }
                 match self.chats.get(&chat) {
                     Some(&next) if next == seq => self.deliver(Arc::unwrap_or_clone(m)).await,
@@ -325,16 +327,16 @@ impl Session {
                     _ => Ok(()),
                 }
             }
-            Push::Joined { chat, after_seq } => {
+            Push::Joined { chat, after } => {
                 if self.chats.contains_key(&chat) {
                     return Ok(());
                 }
-                self.join(chat, after_seq).await?;
+                self.join(chat, after).await?;
                 self.catch_up(chat, None).await
             }
             Push::Left { chat } => {
                 if self.chats.remove(&chat).is_some() {
-                    self.emit(chat_update(chat, false, 0)).await?;
+                    self.emit(chat_update(chat, false, ChatSeq::ZERO)).await?;
                 }
                 Ok(())
             }
@@ -363,9 +365,9 @@ impl Session {
         }
     }
 
-    async fn join(&mut self, chat: ChatId, after_seq: u64) -> Result<(), Status> {
-        self.chats.insert(chat, after_seq + 1);
-        self.emit(chat_update(chat, true, after_seq)).await
+    async fn join(&mut self, chat: ChatId, after: ChatSeq) -> Result<(), Status> {
+        self.chats.insert(chat, after.next());
+        self.emit(chat_update(chat, true, after)).await
     }
 
     /// After pushes were dropped: re-check the device, re-read the chat list, catch up every chat.
@@ -394,7 +396,7 @@ impl Session {
             .collect();
         for chat in left {
             self.chats.remove(&chat);
-            self.emit(chat_update(chat, false, 0)).await?;
+            self.emit(chat_update(chat, false, ChatSeq::ZERO)).await?;
         }
         for &chat in &current {
             if !self.chats.contains_key(&chat) {
@@ -410,11 +412,11 @@ impl Session {
     }
 }
 
-fn chat_update(chat: ChatId, member: bool, after_seq: u64) -> server_frame::Kind {
+fn chat_update(chat: ChatId, member: bool, after: ChatSeq) -> server_frame::Kind {
     server_frame::Kind::ChatUpdate(pb::ChatUpdate {
         chat_id: chat.0,
         member,
-        after_seq,
+        after_seq: after.0,
     })
 }
 

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub u64);
 
         impl std::fmt::Display for $name {
@@ -39,9 +39,18 @@ id_type!(
     ChatId
 );
 id_type!(
-    /// A message's position in its chat: 1, 2, 3, … with no gap.
+    /// A message's position in its chat: 1, 2, 3, … with no gap. `ChatSeq(0)` is "before the
+    /// first message" (a cursor or mark that has seen nothing).
     ChatSeq
 );
+
+impl ChatSeq {
+    pub const ZERO: ChatSeq = ChatSeq(0);
+
+    pub fn next(self) -> ChatSeq {
+        ChatSeq(self.0 + 1)
+    }
+}
 
 /// The first 8 bytes of sha256(domain ‖ 0x00 ‖ parts…) as a big-endian u64, never 0.
 fn derive(domain: &str, parts: &[&[u8]]) -> u64 {

@@ -158,19 +158,19 @@ impl StateReader {
         }
     }
 
-    /// The last seq acknowledged as delivered by `device` in `chat` (0: none).
+    /// The last seq acknowledged as delivered by `device` in `chat` (zero: none).
     pub fn device_cursor(
         &self,
         chat: ChatId,
         user: UserId,
         device: DeviceId,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<ChatSeq, StoreError> {
         match self.node.handler_get(
             self.partition(chat.0),
             &state::device_cursor_key(chat, user, device),
         )? {
-            Some(b) => state::decode_u64("device cursor", &b),
-            None => Ok(0),
+            Some(b) => state::decode_u64("device cursor", &b).map(ChatSeq),
+            None => Ok(ChatSeq::ZERO),
         }
     }
 }

@@ -194,6 +194,18 @@ pub struct MemberRecord {
     pub joined_after: u64,
 }
 
+impl ChatRecord {
+    pub fn last_seq(&self) -> ChatSeq {
+        ChatSeq(self.last_seq)
+    }
+}
+
+impl MemberRecord {
+    pub fn joined_after(&self) -> ChatSeq {
+        ChatSeq(self.joined_after)
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct DedupRecord {
     #[prost(uint64, tag = "1")]

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use chat_log::StoreError;
+use chat_model::ids::{ChatId, ChatSeq, UserId};
 use chat_model::state::{decode, encode};
 use chat_model::ChatEventAt;
 use chat_proto::chat_v1::chat_event;
@@ -73,8 +74,8 @@ fn decode_marks(bytes: Option<Vec<u8>>) -> Result<Marks, StoreError> {
 /// A member's ticks: what every other member has delivered / read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ticks {
-    pub delivered: u64,
-    pub read: u64,
+    pub delivered: ChatSeq,
+    pub read: ChatSeq,
 }
 
 fn summary_key(chat: u64) -> Vec<u8> {
@@ -104,9 +105,9 @@ pub fn ticks(marks: &Marks) -> BTreeMap<u64, Ticks> {
     let others = |low: &[(u64, u64); 2], user: u64| {
         let v = if low[0].1 == user { low[1].0 } else { low[0].0 };
         if v == u64::MAX {
-            0 // nobody else in the chat
+            ChatSeq::ZERO // nobody else in the chat
         } else {
-            v
+            ChatSeq(v)
         }
     };
     marks
@@ -142,8 +143,8 @@ impl ChatsProjection {
         for (&user, t) in &new {
             if old.get(&user) != Some(t) {
                 changes.push(Change::Ticks {
-                    chat,
-                    user,
+                    chat: ChatId(chat),
+                    user: UserId(user),
                     delivered_up_to: t.delivered,
                     read_up_to: t.read,
                 });
@@ -297,22 +298,22 @@ mod tests {
         assert_eq!(
             t[&1],
             Ticks {
-                delivered: 7,
-                read: 2
+                delivered: ChatSeq(7),
+                read: ChatSeq(2)
             }
         );
         assert_eq!(
             t[&2],
             Ticks {
-                delivered: 9,
-                read: 2
+                delivered: ChatSeq(9),
+                read: ChatSeq(2)
             }
         );
         assert_eq!(
             t[&3],
             Ticks {
-                delivered: 7,
-                read: 5
+                delivered: ChatSeq(7),
+                read: ChatSeq(5)
             }
         );
         let alone: Marks = [(1, m(3, 3))].into();

@@ -8,6 +8,7 @@
 //! then the new generation becomes live in one write. Readers never see a half-built copy, and
 //! the live copy keeps serving and advancing meanwhile.
 
+use chat_model::ids::{ChatId, ChatSeq, UserId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +28,10 @@ pub enum Change {
     /// A member's ticks in a chat moved: every other member has delivered / read up to these
     /// seqs, so the member's own messages up to them are delivered / read.
     Ticks {
-        chat: u64,
-        user: u64,
-        delivered_up_to: u64,
-        read_up_to: u64,
+        chat: ChatId,
+        user: UserId,
+        delivered_up_to: ChatSeq,
+        read_up_to: ChatSeq,
     },
 }
 

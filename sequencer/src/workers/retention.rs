@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chat_log::PartitionId;
-use chat_model::ids::{ChatId, UserId};
+use chat_model::ids::{ChatId, ChatSeq, UserId};
 use chat_model::state::ChatRecord;
 use chat_model::StateReader;
 
@@ -80,17 +80,18 @@ async fn sweep(
 ) -> Result<(), String> {
     let cutoff = now_ms().saturating_sub(config.expire_after.as_millis() as u64);
     for (chat, record) in reads.chats_in(p).map_err(|e| e.to_string())? {
-        if record.last_seq <= record.expired_up_to {
+        let expired = ChatSeq(record.expired_up_to);
+        if record.last_seq() <= expired {
             continue;
         }
         let mut cut = time_cut(sequencer, chat, &record, cutoff)?;
         if config.delete_when_delivered {
             cut = cut.max(delivered_cut(reads, chat)?);
         }
-        let cut = cut.min(record.last_seq);
-        if cut > record.expired_up_to {
+        let cut = cut.min(record.last_seq());
+        if cut > expired {
             let reply = sequencer
-                .expire_messages(chat, cut)
+                .expire_messages(chat, cut.0)
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::debug!(%chat, up_to = reply.expired_up_to, "messages expired");
@@ -105,13 +106,13 @@ fn time_cut(
     chat: ChatId,
     record: &ChatRecord,
     cutoff: u64,
-) -> Result<u64, String> {
+) -> Result<ChatSeq, String> {
     // Read in small pages and stop at the first message inside the window: a busy chat whose
     // oldest unexpired message is recent costs one short read per sweep, not SCAN_PER_SWEEP.
-    let mut cut = record.expired_up_to;
-    while cut - record.expired_up_to < u64::from(SCAN_PER_SWEEP) {
+    let mut cut = ChatSeq(record.expired_up_to);
+    while cut.0 - record.expired_up_to < u64::from(SCAN_PER_SWEEP) {
         let page = sequencer
-            .history(chat, cut, 0, PAGE)
+            .history(chat, cut.0, 0, PAGE)
             .map_err(|e| e.to_string())?;
         let full = page.messages.len() == PAGE as usize;
         for m in page.messages {
@@ -119,7 +120,7 @@ fn time_cut(
             {
                 return Ok(cut);
             }
-            cut = m.seq;
+            cut = ChatSeq(m.seq);
         }
         if !full {
             break;
@@ -131,14 +132,14 @@ fn time_cut(
 /// The seq every device of every member has acknowledged (members with no device do not hold
 /// expiry back, but a chat with no device at all expires nothing this way; nothing before a
 /// member joined is theirs to acknowledge).
-fn delivered_cut(reads: &StateReader, chat: ChatId) -> Result<u64, String> {
+fn delivered_cut(reads: &StateReader, chat: ChatId) -> Result<ChatSeq, String> {
     let err = |e: chat_log::StoreError| e.to_string();
-    let mut cut = u64::MAX;
+    let mut cut = ChatSeq(u64::MAX);
     for user in reads.members(chat).map_err(err)? {
         let joined = reads
             .member(chat, user)
             .map_err(err)?
-            .map_or(0, |m| m.joined_after);
+            .map_or(ChatSeq::ZERO, |m| m.joined_after());
         for (device, record) in reads.devices(UserId(user.0)).map_err(err)? {
             if record.revoked {
                 continue;
@@ -147,5 +148,9 @@ fn delivered_cut(reads: &StateReader, chat: ChatId) -> Result<u64, String> {
             cut = cut.min(acked.max(joined));
         }
     }
-    Ok(if cut == u64::MAX { 0 } else { cut })
+    Ok(if cut.0 == u64::MAX {
+        ChatSeq::ZERO
+    } else {
+        cut
+    })
 }

@@ -220,13 +220,7 @@ async fn bad_internal_and_admin_requests_are_refused_clearly() {
 
 /// Call Raft method `method` with `bytes` as the request message; the status it fails with.
 async fn raw_raft_call(addr: &str, method: &str, bytes: Vec<u8>) -> tonic::Status {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
+    let mut grpc = common::raw_grpc(addr).await;
     let path: http::uri::PathAndQuery = format!("/chat.raft.v1.RaftService/{method}")
         .parse()
         .unwrap();

@@ -87,6 +87,14 @@ async fn send(cluster: &Cluster, chat: u64, handle: &str, id: &str, payload: Vec
     }
 }
 
+/// Direct messages `seqs`, alice and bob taking turns.
+async fn send_direct(cluster: &Cluster, chat: u64, seqs: std::ops::RangeInclusive<u64>) {
+    for i in seqs {
+        let from = if i % 2 == 1 { "alice" } else { "bob" };
+        send(cluster, chat, from, &format!("d{i}"), payload("direct", i)).await;
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path, skip: impl Fn(&str) -> bool + Copy) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -132,17 +140,7 @@ async fn write_the_fixture() {
         .await
         .unwrap()
         .chat_id;
-    for i in 1..=40 {
-        let from = if i % 2 == 1 { "alice" } else { "bob" };
-        send(
-            &cluster,
-            direct,
-            from,
-            &format!("d{i}"),
-            payload("direct", i),
-        )
-        .await;
-    }
+    send_direct(&cluster, direct, 1..=40).await;
     for i in 1..=GROUP_MESSAGES {
         let from = USERS[i as usize % 3];
         send(&cluster, group, from, &format!("g{i}"), payload("group", i)).await;
@@ -154,17 +152,7 @@ async fn write_the_fixture() {
             .await
             .unwrap();
     }
-    for i in 41..=DIRECT_MESSAGES {
-        let from = if i % 2 == 1 { "alice" } else { "bob" };
-        send(
-            &cluster,
-            direct,
-            from,
-            &format!("d{i}"),
-            payload("direct", i),
-        )
-        .await;
-    }
+    send_direct(&cluster, direct, 41..=DIRECT_MESSAGES).await;
     assert!(cluster.terminate(1).success());
 
     let fixture = PathBuf::from(FIXTURE);

@@ -484,13 +484,7 @@ async fn bytes_that_are_not_a_frame_end_that_stream_only() {
     cluster.wait_for_leaders(1, WAIT).await;
     let alice = register(&addr, "alice").await;
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
+    let mut grpc = common::raw_grpc(&addr).await;
     // A length-delimited field claiming 127 bytes that are not there: not a ClientFrame.
     let garbage = vec![0x0a, 0x7f, 0x01, 0x02];
     let frames = tokio_stream::iter(vec![garbage]);

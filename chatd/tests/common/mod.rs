@@ -342,6 +342,18 @@ pub async fn until_synced(
     }
 }
 
+/// A bare gRPC client to `addr`, ready for calls with a [`RawCodec`].
+pub async fn raw_grpc(addr: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc
+}
+
 /// A gRPC codec that sends messages as the bytes given (so a test can send what is not protobuf)
 /// and decodes replies as `D`.
 pub struct RawCodec<D>(std::marker::PhantomData<D>);

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use chat_gateway::notify::{LogSink, PushSink, WebhookConfig, WebhookSink};
 use chat_gateway::GatewayConfig;
 use chat_log::{DiskConfig, LogNodeConfig, NodeId, RaftTuning};
-use chat_model::ApplyLimits;
+use chat_model::{ApplyLimits, CommandLimits};
 use chat_sequencer::workers::retention::RetentionConfig;
 use chat_sequencer::SequencerConfig;
 use clap::Parser;
@@ -227,7 +227,7 @@ impl Default for ChatConfig {
         ChatConfig {
             max_group_members: apply.max_group_members,
             dedup_window_secs: apply.dedup_window_ms / 1000,
-            max_payload_bytes: seq.max_payload_bytes,
+            max_payload_bytes: seq.limits.max_payload_bytes,
             sends_per_second: seq.sends_per_second,
             send_burst: seq.send_burst,
         }
@@ -244,7 +244,10 @@ impl ChatConfig {
 
     pub fn sequencer(&self) -> SequencerConfig {
         SequencerConfig {
-            max_payload_bytes: self.max_payload_bytes,
+            limits: CommandLimits {
+                max_payload_bytes: self.max_payload_bytes,
+                ..CommandLimits::default()
+            },
             sends_per_second: self.sends_per_second,
             send_burst: self.send_burst,
             ..SequencerConfig::default()

@@ -4,19 +4,20 @@
 //!   partitions.
 //! - [`state`]: the chat layer's keys and records in partition state.
 //! - [`event`]: [`ChatEventAt`], a chat event decoded from the log with its offset and time.
-//! - [`handler`]: [`ChatHandler`], applying chat commands deterministically on every replica.
+//! - [`commands`]: one file per chat command, its checks before proposing beside its
+//!   deterministic apply; [`ChatHandler`] applies them on every replica.
 //! - [`reads`]: [`StateReader`], typed reads of chat state from this node's replica.
 //!
 //! The write path (validation, rate limits, routing, proposing or forwarding) is `chat-sequencer`;
 //! read models are `chat-projector`. Both build on this crate, as do the gateway, the bench and
 //! the fault-injection suite, which only need ids.
 
+pub mod commands;
 pub mod event;
-pub mod handler;
 pub mod ids;
 pub mod reads;
 pub mod state;
 
+pub use commands::{ApplyLimits, ChatCommand, ChatHandler, CommandLimits, CHAT_COMMAND_TAG};
 pub use event::{ChatEventAt, CHAT_EVENT_KIND};
-pub use handler::{ApplyLimits, ChatHandler, CHAT_COMMAND_TAG};
 pub use reads::StateReader;

@@ -1,7 +1,8 @@
 //! The sequencer: the entry point of every chat write on a node.
 //!
-//! `submit` validates a command (sizes, ids, the sender's rate), routes it to its partition —
-//! `partition(user)` for user commands, `partition(chat)` for chat commands — and proposes it on
+//! `submit` checks a command (each command's checks, in `chat_model::commands`, also derive ids
+//! and name its partition: `partition(user)` for user commands, `partition(chat)` for chat
+//! commands), counts a send against its sender's rate, and proposes it on
 //! this node if it leads that partition, or forwards it once to the leader over the internal
 //! `chat.v1.Sequencer` service. Concurrent proposals to a partition share Raft entries (the log's
 //! batcher). It retries through elections and ambiguous failures until its deadline: safe,
@@ -26,19 +27,16 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use chat_model::handler::CHAT_COMMAND_TAG;
+use chat_model::commands::{self, CheckContext, CommandLimits, Invalid, CHAT_COMMAND_TAG};
 use chat_model::ids::ChatSeq;
-use chat_model::ids::{
-    direct_chat_id, group_chat_id, partition_of, user_id_for_handle, ChatId, DeviceId, UserId,
-};
+use chat_model::ids::{direct_chat_id, group_chat_id, ChatId, DeviceId, UserId};
 use chat_model::StateReader;
 
 /// Limits checked before proposing (they need not agree across nodes).
 #[derive(Debug, Clone)]
 pub struct SequencerConfig {
-    pub max_payload_bytes: usize,
-    pub max_client_msg_id_bytes: usize,
-    pub max_handle_bytes: usize,
+    /// Payload, client_msg_id and handle sizes (checked by each command, in `chat-model`).
+    pub limits: CommandLimits,
     /// Sustained sends per second per user, and the burst above it.
     pub sends_per_second: u32,
     pub send_burst: u32,
@@ -51,9 +49,7 @@ pub struct SequencerConfig {
 impl Default for SequencerConfig {
     fn default() -> Self {
         SequencerConfig {
-            max_payload_bytes: 64 * 1024,
-            max_client_msg_id_bytes: 128,
-            max_handle_bytes: 256,
+            limits: CommandLimits::default(),
             sends_per_second: 50,
             send_burst: 200,
             submit_timeout: Duration::from_secs(10),
@@ -79,13 +75,6 @@ pub enum SeqError {
 }
 
 impl SeqError {
-    fn invalid(message: impl Into<String>) -> Self {
-        SeqError::Rejected {
-            code: RejectCode::InvalidArgument,
-            message: message.into(),
-        }
-    }
-
     pub fn code(&self) -> Code {
         match self {
             SeqError::Rejected { code, .. } => match code {
@@ -121,6 +110,16 @@ impl SeqError {
         SeqError::Rejected {
             code,
             message: status.message().to_string(),
+        }
+    }
+}
+
+/// A command's checks refused it: INVALID_ARGUMENT.
+impl From<Invalid> for SeqError {
+    fn from(e: Invalid) -> SeqError {
+        SeqError::Rejected {
+            code: RejectCode::InvalidArgument,
+            message: e.0,
         }
     }
 }
@@ -203,115 +202,27 @@ impl Sequencer {
         }
     }
 
-    /// Check a command, fill in derived ids, and return the partition it goes to.
+    /// Check a command (filling in derived ids), count a send against its sender's rate, and
+    /// return the partition it goes to.
     fn prepare(&self, command: &mut pb::Command, forwarded: bool) -> Result<PartitionId, SeqError> {
-        let c = &self.config;
-        match command.kind.as_mut() {
-            None => Err(SeqError::invalid("empty command")),
-            Some(command::Kind::RegisterUser(r)) => {
-                let handle = r.handle.trim();
-                if handle.is_empty() || handle.len() > c.max_handle_bytes {
-                    return Err(SeqError::invalid(format!(
-                        "a handle has 1 to {} bytes",
-                        c.max_handle_bytes
-                    )));
-                }
-                let derived = user_id_for_handle(handle);
-                if r.user_id != 0 && r.user_id != derived.0 {
-                    return Err(SeqError::invalid(
-                        "user_id must be derived from the handle (or 0)",
-                    ));
-                }
-                if r.first_device_id != 0 && r.first_device_token_sha256.len() != 32 {
-                    return Err(SeqError::invalid(
-                        "first_device_token_sha256 must be a sha256 digest (32 bytes)",
-                    ));
-                }
-                r.handle = handle.to_string();
-                r.user_id = derived.0;
-                Ok(self.route(r.user_id))
-            }
-            Some(command::Kind::AddDevice(d)) => {
-                if d.token_sha256.len() != 32 {
-                    return Err(SeqError::invalid(
-                        "token_sha256 must be a sha256 digest (32 bytes)",
-                    ));
-                }
-                Ok(self.route(d.user_id))
-            }
-            Some(command::Kind::RevokeDevice(d)) => Ok(self.route(d.user_id)),
-            Some(command::Kind::CreateChat(ch)) => {
-                if ch.kind == ChatKind::Direct as i32 && ch.chat_id == 0 {
-                    let other = ch.members.first().copied().unwrap_or_default();
-                    ch.chat_id = direct_chat_id(UserId(ch.creator), UserId(other)).0;
-                }
-                if ch.chat_id == 0 {
-                    return Err(SeqError::invalid(
-                        "a group's chat_id must be given (derived from creator and request id)",
-                    ));
-                }
-                Ok(self.route(ch.chat_id))
-            }
-            Some(command::Kind::ChangeMembers(ch)) => Ok(self.route(ch.chat_id)),
-            Some(command::Kind::AdvanceReceipt(r)) => Ok(self.route(r.chat_id)),
-            Some(command::Kind::ExpireMessages(e)) => Ok(self.route(e.chat_id)),
-            Some(command::Kind::ApplyFollowUps(f)) => {
-                let first = f
-                    .entries
-                    .first()
-                    .ok_or_else(|| SeqError::invalid("a follow-up needs at least one entry"))?;
-                let target = self.route(first.user_id);
-                if f.entries.iter().any(|e| self.route(e.user_id) != target) {
-                    return Err(SeqError::invalid(
-                        "every entry of a follow-up must route to the same partition",
-                    ));
-                }
-                Ok(target)
-            }
-            Some(command::Kind::FollowUpsSent(f)) => {
-                if f.partition >= self.node.partition_count() {
-                    return Err(SeqError::invalid(format!(
-                        "partition {} does not exist",
-                        f.partition
-                    )));
-                }
-                Ok(PartitionId(f.partition))
-            }
-            Some(command::Kind::SendMessage(m)) => {
-                if m.payload.is_empty() {
-                    return Err(SeqError::invalid("a message needs a payload"));
-                }
-                if m.payload.len() > c.max_payload_bytes {
-                    return Err(SeqError::invalid(format!(
-                        "payload of {} bytes is over the limit of {}",
-                        m.payload.len(),
-                        c.max_payload_bytes
-                    )));
-                }
-                if m.client_msg_id.is_empty() || m.client_msg_id.len() > c.max_client_msg_id_bytes {
-                    return Err(SeqError::invalid(format!(
-                        "client_msg_id must have 1 to {} bytes",
-                        c.max_client_msg_id_bytes
-                    )));
-                }
-                // Counted once, where the send entered the cluster.
-                if !forwarded && self.send_limiter.check_key(&m.sender_user).is_err() {
-                    return Err(SeqError::Rejected {
-                        code: RejectCode::ResourceExhausted,
-                        message: format!(
-                            "user {} is sending faster than {} messages/s",
-                            m.sender_user, c.sends_per_second
-                        ),
-                    });
-                }
-                Ok(self.route(m.chat_id))
+        let cx = CheckContext {
+            limits: &self.config.limits,
+            partitions: self.node.partition_count(),
+        };
+        let partition = commands::check(command, &cx)?;
+        // Counted once, where the send entered the cluster.
+        if let Some(command::Kind::SendMessage(m)) = &command.kind {
+            if !forwarded && self.send_limiter.check_key(&m.sender_user).is_err() {
+                return Err(SeqError::Rejected {
+                    code: RejectCode::ResourceExhausted,
+                    message: format!(
+                        "user {} is sending faster than {} messages/s",
+                        m.sender_user, self.config.sends_per_second
+                    ),
+                });
             }
         }
-    }
-
-    /// The partition that owns an id.
-    fn route(&self, id: u64) -> PartitionId {
-        partition_of(id, self.node.partition_count())
+        Ok(partition)
     }
 
     async fn forward(

@@ -1,0 +1,77 @@
+//! The contract of a chat command: [`ChatCommand`], which each command file implements on its
+//! `chat.v1` message, and what the check half sees ([`CheckContext`], with the
+//! [`CommandLimits`]) and answers ([`Invalid`]).
+//!
+//! A command has two halves. `check` runs once, on the node the command enters the cluster by
+//! (and again on the leader it is forwarded to), before it is proposed: pure checks of sizes and
+//! ids, ids derived from others, and the partition it goes to. Nothing in it needs to agree
+//! across nodes. `apply` runs on every replica once the command is committed, from partition
+//! state and the leader's clock only, so every replica decides the same.
+
+use chat_log::PartitionId;
+use chat_proto::chat_v1::{command, command_reply};
+
+use super::apply::{ChatApply, Outcome};
+use crate::ids::partition_of;
+
+/// Limits checked before proposing. They need not agree across nodes (what is applied is
+/// decided by [`ApplyLimits`](super::apply::ApplyLimits)).
+#[derive(Debug, Clone)]
+pub struct CommandLimits {
+    pub max_payload_bytes: usize,
+    pub max_client_msg_id_bytes: usize,
+    pub max_handle_bytes: usize,
+}
+
+impl Default for CommandLimits {
+    fn default() -> Self {
+        CommandLimits {
+            max_payload_bytes: 64 * 1024,
+            max_client_msg_id_bytes: 128,
+            max_handle_bytes: 256,
+        }
+    }
+}
+
+/// What a command's checks may consult: the limits and the cluster's partition count.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckContext<'a> {
+    pub limits: &'a CommandLimits,
+    pub partitions: u32,
+}
+
+impl CheckContext<'_> {
+    /// The partition that owns an id.
+    pub fn route(&self, id: u64) -> PartitionId {
+        partition_of(id, self.partitions)
+    }
+}
+
+/// A command refused by its checks, before proposing (INVALID_ARGUMENT).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    pub fn new(message: impl Into<String>) -> Self {
+        Invalid(message.into())
+    }
+}
+
+/// One kind of `chat.v1.Command`, implemented on its message (`pb::SendMessage`, …).
+pub trait ChatCommand: Sized {
+    /// What the command answers once applied (`pb::SendAck`, `pb::ChatReply`, …).
+    type Reply;
+
+    /// Pure checks and derived ids (filled in place); the partition the command goes to.
+    fn check(&mut self, cx: &CheckContext<'_>) -> Result<PartitionId, Invalid>;
+
+    /// Apply the committed command. Deterministic: runs on every replica.
+    fn apply(self, cx: &mut ChatApply<'_, '_>) -> Outcome;
+
+    /// The command as the `chat.v1.Command` kind it travels as.
+    fn into_kind(self) -> command::Kind;
+
+    /// This command's reply out of a reply kind; any other kind is handed back.
+    fn reply(kind: command_reply::Kind) -> Result<Self::Reply, command_reply::Kind>;
+}

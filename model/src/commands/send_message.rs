@@ -1,0 +1,156 @@
+//! `SendMessage`: append a message to a chat, giving it the chat's next seq; and the dedup
+//! window that makes a retried send return the original ack.
+//!
+//! Check: the payload has 1 to `max_payload_bytes` bytes, the client_msg_id 1 to
+//! `max_client_msg_id_bytes`. Goes to the chat's partition. (The per-user send rate is the
+//! sequencer's: it is counted where the send enters the cluster.)
+//!
+//! Apply: a (sender user, device, client_msg_id) seen within the dedup window answers the
+//! original ack with `duplicate = true` and writes nothing. Otherwise an unknown chat is
+//! NOT_FOUND and a sender who is not a member PERMISSION_DENIED (decided here, so a send racing
+//! a removal is decided by log order). The message gets seq = last seq + 1 and the timestamp
+//! max(leader clock, chat's last timestamp), never decreasing within a chat. Emits `Message`;
+//! writes the chat record (`c`: last seq, last timestamp), the history index (`i`: seq →
+//! offset), the dedup entry (`d`: the ack) and its expiry entry (`x`), and forgets a few dedup
+//! entries that left the window, oldest first. Reply: `SendAck`.
+
+use chat_log::{PartitionId, RejectCode, StoreError};
+use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply};
+
+use super::apply::{applied, reject, ChatApply, Outcome};
+use super::chat_command::{ChatCommand, CheckContext, Invalid};
+use crate::ids::{ChatId, ChatSeq, DeviceId, UserId};
+use crate::state::{self, ChatRecord, DedupRecord};
+
+/// Expired dedup entries removed per applied send (keeps up with one insert per send).
+const EXPIRE_PER_SEND: usize = 8;
+
+impl ChatCommand for pb::SendMessage {
+    type Reply = pb::SendAck;
+
+    fn check(&mut self, cx: &CheckContext<'_>) -> Result<PartitionId, Invalid> {
+        let limits = cx.limits;
+        if self.payload.is_empty() {
+            return Err(Invalid::new("a message needs a payload"));
+        }
+        if self.payload.len() > limits.max_payload_bytes {
+            return Err(Invalid::new(format!(
+                "payload of {} bytes is over the limit of {}",
+                self.payload.len(),
+                limits.max_payload_bytes
+            )));
+        }
+        if self.client_msg_id.is_empty()
+            || self.client_msg_id.len() > limits.max_client_msg_id_bytes
+        {
+            return Err(Invalid::new(format!(
+                "client_msg_id must have 1 to {} bytes",
+                limits.max_client_msg_id_bytes
+            )));
+        }
+        Ok(cx.route(self.chat_id))
+    }
+
+    fn apply(self, cx: &mut ChatApply<'_, '_>) -> Outcome {
+        let (chat, user, device) = (
+            ChatId(self.chat_id),
+            UserId(self.sender_user),
+            DeviceId(self.sender_device),
+        );
+        let now = cx.ctx.timestamp_ms();
+        let dedup_key = state::dedup_key(user, device, &self.client_msg_id);
+        if let Some(d) = cx.get::<DedupRecord>("dedup", &dedup_key)? {
+            if d.server_ts_ms.saturating_add(cx.limits.dedup_window_ms) > now {
+                let ack = pb::SendAck {
+                    chat_id: d.chat,
+                    seq: d.seq,
+                    offset: d.offset,
+                    server_ts_ms: d.server_ts_ms,
+                    duplicate: true,
+                };
+                return applied(None, 0, command_reply::Kind::Send(ack));
+            }
+        }
+        let Some(mut record) = cx.get::<ChatRecord>("chat", &state::chat_key(chat))? else {
+            return reject(RejectCode::NotFound, format!("chat {chat} does not exist"));
+        };
+        if !cx.exists(&state::member_key(chat, user))? {
+            return reject(
+                RejectCode::PermissionDenied,
+                format!("user {user} is not a member of chat {chat}"),
+            );
+        }
+        let seq = ChatSeq(record.last_seq + 1);
+        let ts = now.max(record.last_ts_ms);
+        let offset = cx.ctx.last_offset().next();
+        let message = pb::Message {
+            chat_id: chat.0,
+            seq: seq.0,
+            offset: offset.0,
+            sender_user: user.0,
+            sender_device: device.0,
+            client_msg_id: self.client_msg_id,
+            server_ts_ms: ts,
+            payload: self.payload,
+            media: self.media,
+            expired: false,
+        };
+        let emitted = cx.emit(chat_event::Kind::Message(message));
+        debug_assert_eq!(emitted, offset);
+        record.last_seq = seq.0;
+        record.last_ts_ms = ts;
+        cx.put(&state::chat_key(chat), state::encode(&record));
+        cx.put(
+            &state::index_key(chat, seq),
+            offset.0.to_be_bytes().to_vec(),
+        );
+        let dedup = DedupRecord {
+            chat: chat.0,
+            seq: seq.0,
+            offset: offset.0,
+            server_ts_ms: ts,
+        };
+        cx.put(&dedup_key, state::encode(&dedup));
+        cx.put(&state::expiry_key(ts, &dedup_key), Vec::new());
+        expire_dedup(cx, now)?;
+        let ack = pb::SendAck {
+            chat_id: chat.0,
+            seq: seq.0,
+            offset: offset.0,
+            server_ts_ms: ts,
+            duplicate: false,
+        };
+        applied(Some(offset), 1, command_reply::Kind::Send(ack))
+    }
+
+    fn into_kind(self) -> command::Kind {
+        command::Kind::SendMessage(self)
+    }
+
+    fn reply(kind: command_reply::Kind) -> Result<pb::SendAck, command_reply::Kind> {
+        match kind {
+            command_reply::Kind::Send(r) => Ok(r),
+            other => Err(other),
+        }
+    }
+}
+
+/// Forget the oldest dedup entries that have left the window (a few per send).
+fn expire_dedup(cx: &mut ChatApply<'_, '_>, now: u64) -> Result<(), StoreError> {
+    for (key, _) in cx.ctx.scan_prefix(state::EXPIRY_PREFIX, EXPIRE_PER_SEND)? {
+        let Some((ts, dedup_key)) = state::parse_expiry_key(&key) else {
+            continue;
+        };
+        if ts.saturating_add(cx.limits.dedup_window_ms) > now {
+            break;
+        }
+        // Only drop the dedup entry if it is the one this expiry entry was written for.
+        if let Some(d) = cx.get::<DedupRecord>("dedup", dedup_key)? {
+            if d.server_ts_ms == ts {
+                cx.delete(dedup_key);
+            }
+        }
+        cx.delete(&key);
+    }
+    Ok(())
+}

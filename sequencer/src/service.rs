@@ -11,7 +11,8 @@ use chat_proto::chat_v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::sequencer::{SeqError, Sequencer};
+use crate::error::SeqError;
+use crate::sequencer::Sequencer;
 use chat_model::ids::ChatId;
 
 pub struct SequencerService {

@@ -249,6 +249,11 @@ async fn sends_are_ordered_idempotent_and_validated() {
         .unwrap_err();
     assert_eq!(code(e), RejectCode::PermissionDenied);
 
+    // A partition the cluster does not have: NOT_FOUND, as the log maps it.
+    let e = seq.read_barrier(PartitionId(PARTITIONS)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+
     // Restart: state and seqs continue.
     stop(seq).await;
     let seq = start(

@@ -1,0 +1,130 @@
+//! [`SeqError`], why a command was not applied, and its mappings: onto gRPC statuses (and back,
+//! for a forwarded call's answer), from the log's [`ProposeError`], from a command's failed
+//! checks ([`Invalid`]), and from a proposal's outcome (`reply_of`).
+
+use chat_log::{CommandOutcome, ProposalOutcome, ProposeError, RejectCode};
+use chat_model::commands::Invalid;
+use chat_proto::chat_v1::{self as pb, command_reply};
+use chat_proto::LeaderHint;
+use prost::Message;
+use tonic::{Code, Status};
+
+/// Why a command was not applied. Maps one to one onto gRPC status codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeqError {
+    /// Refused, before proposing or deterministically at apply.
+    #[error("{message}")]
+    Rejected { code: RejectCode, message: String },
+    /// No leader could take it before the deadline; `hint` is the last leader known.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        hint: Option<LeaderHint>,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SeqError {
+    pub fn code(&self) -> Code {
+        match self {
+            SeqError::Rejected { code, .. } => match code {
+                RejectCode::InvalidArgument => Code::InvalidArgument,
+                RejectCode::NotFound => Code::NotFound,
+                RejectCode::AlreadyExists => Code::AlreadyExists,
+                RejectCode::PermissionDenied => Code::PermissionDenied,
+                RejectCode::FailedPrecondition => Code::FailedPrecondition,
+                RejectCode::ResourceExhausted => Code::ResourceExhausted,
+            },
+            SeqError::Unavailable { .. } => Code::Unavailable,
+            SeqError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The error a forwarded call answered with, as if it had happened here.
+    pub fn from_status(status: &Status) -> SeqError {
+        let code = match status.code() {
+            Code::InvalidArgument => RejectCode::InvalidArgument,
+            Code::NotFound => RejectCode::NotFound,
+            Code::AlreadyExists => RejectCode::AlreadyExists,
+            Code::PermissionDenied => RejectCode::PermissionDenied,
+            Code::FailedPrecondition => RejectCode::FailedPrecondition,
+            Code::ResourceExhausted => RejectCode::ResourceExhausted,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                return SeqError::Unavailable {
+                    message: status.message().to_string(),
+                    hint: LeaderHint::from_status(status),
+                }
+            }
+            _ => return SeqError::Internal(status.message().to_string()),
+        };
+        SeqError::Rejected {
+            code,
+            message: status.message().to_string(),
+        }
+    }
+}
+
+impl From<SeqError> for Status {
+    fn from(e: SeqError) -> Status {
+        match &e {
+            SeqError::Unavailable {
+                hint: Some(hint), ..
+            } => hint.to_status(e.code(), e.to_string()),
+            _ => Status::new(e.code(), e.to_string()),
+        }
+    }
+}
+
+/// Mapped as `chat_log` maps it onto a status: not the leader and stopped are UNAVAILABLE (the
+/// leader hint kept), a full disk RESOURCE_EXHAUSTED, an unknown partition NOT_FOUND.
+impl From<ProposeError> for SeqError {
+    fn from(e: ProposeError) -> SeqError {
+        let message = e.to_string();
+        match e {
+            ProposeError::NotLeader(hint) => SeqError::Unavailable {
+                message,
+                hint: Some(hint),
+            },
+            ProposeError::Stopped { .. } => SeqError::Unavailable {
+                message,
+                hint: None,
+            },
+            ProposeError::DiskFull { .. } => SeqError::Rejected {
+                code: RejectCode::ResourceExhausted,
+                message,
+            },
+            ProposeError::UnknownPartition(_) => SeqError::Rejected {
+                code: RejectCode::NotFound,
+                message,
+            },
+        }
+    }
+}
+
+/// A command's checks refused it: INVALID_ARGUMENT.
+impl From<Invalid> for SeqError {
+    fn from(e: Invalid) -> SeqError {
+        SeqError::Rejected {
+            code: RejectCode::InvalidArgument,
+            message: e.0,
+        }
+    }
+}
+
+/// The reply of the one command of a proposal, or why it was rejected at apply.
+pub(crate) fn reply_of(outcome: ProposalOutcome) -> Result<pb::CommandReply, SeqError> {
+    match outcome.outcomes.into_iter().next() {
+        Some(CommandOutcome::Applied { reply, .. }) => pb::CommandReply::decode(reply.as_slice())
+            .map_err(|e| SeqError::Internal(format!("decode reply: {e}"))),
+        Some(CommandOutcome::Rejected { code, message }) => {
+            Err(SeqError::Rejected { code, message })
+        }
+        None => Err(SeqError::Internal("no outcome for the command".into())),
+    }
+}
+
+/// A reply of another kind than the command's.
+pub(crate) fn unexpected(reply: command_reply::Kind) -> SeqError {
+    SeqError::Internal(format!("unexpected reply {reply:?}"))
+}

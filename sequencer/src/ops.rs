@@ -1,0 +1,186 @@
+//! The typed helpers over [`Sequencer::submit_typed`]: one per thing the gateway, the workers
+//! and the tests ask of the write path (`send`, `create_group`, …), each building its command's
+//! message; and the history read.
+
+use chat_log::RejectCode;
+use chat_model::ids::{direct_chat_id, group_chat_id, ChatId, ChatSeq, DeviceId, UserId};
+use chat_model::StateReader;
+use chat_proto::chat_v1::{self as pb, ChatKind, ReceiptKind};
+
+use crate::error::SeqError;
+use crate::sequencer::Sequencer;
+
+impl Sequencer {
+    pub async fn register_user(&self, handle: &str) -> Result<pb::UserReply, SeqError> {
+        self.register_user_with_device(handle, None).await
+    }
+
+    /// Register `handle` and, if the user is created by this call, its first device (with the
+    /// sha256 of the device's bearer token) in the same apply.
+    pub async fn register_user_with_device(
+        &self,
+        handle: &str,
+        first_device: Option<(DeviceId, [u8; 32])>,
+    ) -> Result<pb::UserReply, SeqError> {
+        let (device, token) = first_device.map_or((0, Vec::new()), |(d, t)| (d.0, t.to_vec()));
+        self.submit_typed(pb::RegisterUser {
+            user_id: 0,
+            handle: handle.to_string(),
+            first_device_id: device,
+            first_device_token_sha256: token,
+        })
+        .await
+    }
+
+    /// Register a device with the sha256 of its bearer token.
+    pub async fn add_device(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        token_sha256: [u8; 32],
+    ) -> Result<pb::DeviceReply, SeqError> {
+        self.submit_typed(pb::AddDevice {
+            user_id: user.0,
+            device_id: device.0,
+            token_sha256: token_sha256.to_vec(),
+        })
+        .await
+    }
+
+    pub async fn revoke_device(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<pb::DeviceReply, SeqError> {
+        self.submit_typed(pb::RevokeDevice {
+            user_id: user.0,
+            device_id: device.0,
+        })
+        .await
+    }
+
+    pub async fn create_direct_chat(
+        &self,
+        a: UserId,
+        b: UserId,
+    ) -> Result<pb::ChatReply, SeqError> {
+        self.create_chat(direct_chat_id(a, b), ChatKind::Direct, "", a, &[b])
+            .await
+    }
+
+    /// Create a group; `request_id` makes retries name the same group.
+    pub async fn create_group(
+        &self,
+        creator: UserId,
+        request_id: &str,
+        name: &str,
+        members: &[UserId],
+    ) -> Result<pb::ChatReply, SeqError> {
+        self.create_chat(
+            group_chat_id(creator, request_id),
+            ChatKind::Group,
+            name,
+            creator,
+            members,
+        )
+        .await
+    }
+
+    async fn create_chat(
+        &self,
+        chat: ChatId,
+        kind: ChatKind,
+        name: &str,
+        creator: UserId,
+        members: &[UserId],
+    ) -> Result<pb::ChatReply, SeqError> {
+        let reply = self
+            .submit_typed(pb::CreateChat {
+                chat_id: chat.0,
+                kind: kind as i32,
+                name: name.to_string(),
+                creator: creator.0,
+                members: members.iter().map(|m| m.0).collect(),
+            })
+            .await?;
+        Ok(pb::ChatReply {
+            chat_id: chat.0,
+            ..reply
+        })
+    }
+
+    pub async fn change_members(
+        &self,
+        chat: ChatId,
+        by: UserId,
+        add: &[UserId],
+        remove: &[UserId],
+    ) -> Result<pb::ChatReply, SeqError> {
+        self.submit_typed(pb::ChangeMembers {
+            chat_id: chat.0,
+            by_user: by.0,
+            add: add.iter().map(|u| u.0).collect(),
+            remove: remove.iter().map(|u| u.0).collect(),
+        })
+        .await
+    }
+
+    pub async fn send(&self, message: pb::SendMessage) -> Result<pb::SendAck, SeqError> {
+        self.submit_typed(message).await
+    }
+
+    pub async fn advance_receipt(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        device: DeviceId,
+        kind: ReceiptKind,
+        up_to_seq: u64,
+    ) -> Result<pb::ReceiptReply, SeqError> {
+        self.submit_typed(pb::AdvanceReceipt {
+            chat_id: chat.0,
+            user_id: user.0,
+            device_id: device.0,
+            kind: kind as i32,
+            up_to_seq,
+        })
+        .await
+    }
+
+    /// Retention: expire `chat`'s messages up to `up_to_seq` (the reply says how far it got).
+    pub async fn expire_messages(
+        &self,
+        chat: ChatId,
+        up_to_seq: u64,
+    ) -> Result<pb::ExpireReply, SeqError> {
+        self.submit_typed(pb::ExpireMessages {
+            chat_id: chat.0,
+            up_to_seq,
+        })
+        .await
+    }
+
+    /// Messages of `chat` with `after_seq < seq < before_seq` (0: unbounded), oldest first, from
+    /// this node's replica (which may lag the leader by what is not yet applied here). `limit`
+    /// is clamped to the configured page size (0: 50).
+    pub fn history(
+        &self,
+        chat: ChatId,
+        after_seq: u64,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<pb::HistoryReply, SeqError> {
+        let limit = match limit {
+            0 => 50,
+            n => n.min(self.config.max_history_page),
+        };
+        let before = (before_seq != 0).then_some(ChatSeq(before_seq));
+        StateReader::new(self.node.clone())
+            .history(chat, ChatSeq(after_seq), before, limit)
+            .map_err(|e| SeqError::Internal(e.to_string()))?
+            .ok_or_else(|| SeqError::Rejected {
+                code: RejectCode::NotFound,
+                message: format!("chat {chat} does not exist"),
+            })
+    }
+}

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use chat_log::PartitionId;
-use chat_model::ids::{ChatId, DeviceId, UserId};
+use chat_model::ids::{ChatId, ChatSeq, DeviceId, UserId};
 use chat_proto::chat_v1 as pb;
 use chatd::config::ChatConfig;
 
@@ -74,7 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     reader,
                     DeviceId(1),
                     pb::ReceiptKind::Delivered,
-                    ack.seq,
+                    ChatSeq(ack.seq),
                 )
                 .await?;
             }

@@ -8,7 +8,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use chat_model::ids::{user_id_for_handle, ChatId, DeviceId, UserId};
+use chat_model::ids::{user_id_for_handle, ChatId, ChatSeq, DeviceId, UserId};
 use chat_proto::chat_v1 as pb;
 use chat_proto::chat_v1::chat_server::{Chat, ChatServer};
 use chat_proto::token::DeviceToken;
@@ -294,10 +294,12 @@ impl Chat for ChatService {
         let r = request.into_inner();
         let chat = ChatId(r.chat_id);
         self.require_member(chat, me.user).await?;
-        let page = self
-            .gw
-            .sequencer
-            .history(chat, r.after_seq, r.before_seq, r.limit)?;
+        let page = self.gw.sequencer.history(
+            chat,
+            ChatSeq(r.after_seq),
+            ChatSeq::bound(r.before_seq),
+            r.limit,
+        )?;
         Ok(Response::new(page))
     }
 

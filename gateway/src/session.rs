@@ -167,11 +167,11 @@ impl Session {
             if up_to.is_some_and(|u| next > u) {
                 return Ok(());
             }
-            let before = up_to.map_or(0, |u| u.0 + 1);
+            let before = up_to.map(ChatSeq::next);
             let page = self
                 .gw
                 .sequencer
-                .history(chat, next.0 - 1, before, CATCH_UP_PAGE)
+                .history(chat, ChatSeq(next.0 - 1), before, CATCH_UP_PAGE)
                 .map_err(Status::from)?;
             if page.messages.is_empty() {
                 return Ok(());
@@ -297,7 +297,7 @@ impl Session {
             tokio::spawn(async move {
                 let result = gw
                     .sequencer
-                    .advance_receipt(chat, me.user, me.device, kind, seq.0)
+                    .advance_receipt(chat, me.user, me.device, kind, seq)
                     .await;
                 if let Err(e) = result {
                     let frame = error_frame(e.code(), e.to_string());

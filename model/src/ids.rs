@@ -50,6 +50,11 @@ impl ChatSeq {
     pub fn next(self) -> ChatSeq {
         ChatSeq(self.0 + 1)
     }
+
+    /// A bound as the wire carries it, where 0 means "none".
+    pub fn bound(wire: u64) -> Option<ChatSeq> {
+        (wire != 0).then_some(ChatSeq(wire))
+    }
 }
 
 /// The first 8 bytes of sha256(domain ‖ 0x00 ‖ parts…) as a big-endian u64, never 0.

@@ -135,48 +135,47 @@ impl Sequencer {
         user: UserId,
         device: DeviceId,
         kind: ReceiptKind,
-        up_to_seq: u64,
+        up_to: ChatSeq,
     ) -> Result<pb::ReceiptReply, SeqError> {
         self.submit_typed(pb::AdvanceReceipt {
             chat_id: chat.0,
             user_id: user.0,
             device_id: device.0,
             kind: kind as i32,
-            up_to_seq,
+            up_to_seq: up_to.0,
         })
         .await
     }
 
-    /// Retention: expire `chat`'s messages up to `up_to_seq` (the reply says how far it got).
+    /// Retention: expire `chat`'s messages up to `up_to` (the reply says how far it got).
     pub async fn expire_messages(
         &self,
         chat: ChatId,
-        up_to_seq: u64,
+        up_to: ChatSeq,
     ) -> Result<pb::ExpireReply, SeqError> {
         self.submit_typed(pb::ExpireMessages {
             chat_id: chat.0,
-            up_to_seq,
+            up_to_seq: up_to.0,
         })
         .await
     }
 
-    /// Messages of `chat` with `after_seq < seq < before_seq` (0: unbounded), oldest first, from
-    /// this node's replica (which may lag the leader by what is not yet applied here). `limit`
-    /// is clamped to the configured page size (0: 50).
+    /// Messages of `chat` with `after < seq < before` (no `before`: unbounded), oldest first,
+    /// from this node's replica (which may lag the leader by what is not yet applied here).
+    /// `limit` is clamped to the configured page size (0: 50).
     pub fn history(
         &self,
         chat: ChatId,
-        after_seq: u64,
-        before_seq: u64,
+        after: ChatSeq,
+        before: Option<ChatSeq>,
         limit: u32,
     ) -> Result<pb::HistoryReply, SeqError> {
         let limit = match limit {
             0 => 50,
             n => n.min(self.config.max_history_page),
         };
-        let before = (before_seq != 0).then_some(ChatSeq(before_seq));
         StateReader::new(self.node.clone())
-            .history(chat, ChatSeq(after_seq), before, limit)
+            .history(chat, after, before, limit)
             .map_err(|e| SeqError::Internal(e.to_string()))?
             .ok_or_else(|| SeqError::Rejected {
                 code: RejectCode::NotFound,

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::SeqError;
 use crate::sequencer::Sequencer;
-use chat_model::ids::ChatId;
+use chat_model::ids::{ChatId, ChatSeq};
 
 pub struct SequencerService {
     sequencer: Arc<Sequencer>,
@@ -43,9 +43,12 @@ impl SequencerRpc for SequencerService {
         request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryReply>, Status> {
         let r = request.into_inner();
-        let reply =
-            self.sequencer
-                .history(ChatId(r.chat_id), r.after_seq, r.before_seq, r.limit)?;
+        let reply = self.sequencer.history(
+            ChatId(r.chat_id),
+            ChatSeq(r.after_seq),
+            ChatSeq::bound(r.before_seq),
+            r.limit,
+        )?;
         Ok(Response::new(reply))
     }
 

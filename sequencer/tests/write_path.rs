@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_log::{Dispatch, LogNode, LogNodeConfig, PartitionId, RaftTuning, RejectCode};
-use chat_model::ids::{group_chat_id, partition_of, user_id_for_handle, ChatId, DeviceId, UserId};
+use chat_model::ids::{
+    group_chat_id, partition_of, user_id_for_handle, ChatId, ChatSeq, DeviceId, UserId,
+};
 use chat_model::{ApplyLimits, ChatHandler, CHAT_COMMAND_TAG};
 use chat_proto::chat_v1::{self as pb, ReceiptKind};
 use chat_sequencer::{SeqError, Sequencer, SequencerConfig};
@@ -197,14 +199,16 @@ async fn sends_are_ordered_idempotent_and_validated() {
             i
         );
     }
-    let page = seq.history(chat, 0, 0, 10).unwrap();
+    let page = seq.history(chat, ChatSeq(0), None, 10).unwrap();
     assert_eq!(
         page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
         (1..=10).collect::<Vec<_>>()
     );
     assert_eq!(page.last_seq, 25);
     assert_eq!(page.messages[0].payload, b"hi bob");
-    let mid = seq.history(chat, 10, 15, 100).unwrap();
+    let mid = seq
+        .history(chat, ChatSeq(10), Some(ChatSeq(15)), 100)
+        .unwrap();
     assert_eq!(
         mid.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
         vec![11, 12, 13, 14]
@@ -214,18 +218,18 @@ async fn sends_are_ordered_idempotent_and_validated() {
         .iter()
         .all(|m| m.chat_id == chat.0 && m.offset > 0));
     assert_eq!(
-        code(seq.history(unknown, 0, 0, 10).unwrap_err()),
+        code(seq.history(unknown, ChatSeq(0), None, 10).unwrap_err()),
         RejectCode::NotFound
     );
 
     // Receipts: monotonic watermarks, read implies delivered, never past the last seq.
     let r = seq
-        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Delivered, 5)
+        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Delivered, ChatSeq(5))
         .await
         .unwrap();
     assert_eq!((r.delivered_up_to, r.read_up_to), (5, 0));
     let r = seq
-        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Delivered, 3)
+        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Delivered, ChatSeq(3))
         .await
         .unwrap();
     assert_eq!(
@@ -234,17 +238,17 @@ async fn sends_are_ordered_idempotent_and_validated() {
         "regressions are ignored"
     );
     let r = seq
-        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Read, 8)
+        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Read, ChatSeq(8))
         .await
         .unwrap();
     assert_eq!((r.delivered_up_to, r.read_up_to), (8, 8));
     let e = seq
-        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Read, 26)
+        .advance_receipt(chat, bob, DeviceId(1), ReceiptKind::Read, ChatSeq(26))
         .await
         .unwrap_err();
     assert_eq!(code(e), RejectCode::InvalidArgument);
     let e = seq
-        .advance_receipt(chat, carol, DeviceId(1), ReceiptKind::Read, 1)
+        .advance_receipt(chat, carol, DeviceId(1), ReceiptKind::Read, ChatSeq(1))
         .await
         .unwrap_err();
     assert_eq!(code(e), RejectCode::PermissionDenied);

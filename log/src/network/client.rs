@@ -86,6 +86,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             client,
             secret: self.peers.secret.clone(),
+            protocol_refused: false,
         }
     }
 }
@@ -96,6 +97,9 @@ pub struct PeerClient {
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, String>,
     secret: MetadataValue<Ascii>,
+    /// Whether the peer has refused this node's protocol version (logged once per client, not
+    /// on every heartbeat).
+    protocol_refused: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +143,9 @@ impl PeerClient {
             }
             Err(status) if is_protocol_mismatch(&status) => {
                 // Retrying cannot help until one of the two nodes is upgraded: back off.
-                tracing::error!(partition = %self.partition, target = self.target, "{rpc} refused: {}", status.message());
+                if !std::mem::replace(&mut self.protocol_refused, true) {
+                    tracing::error!(partition = %self.partition, target = self.target, "{rpc} refused: {}", status.message());
+                }
                 return Err(RPCError::Unreachable(Unreachable::new(&Message(format!(
                     "node {} refused this node's protocol: {}",
                     self.target,

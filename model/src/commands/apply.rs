@@ -74,11 +74,7 @@ impl<'a, 'c> ChatApply<'a, 'c> {
     }
 
     /// The record under `key`, decoded (`what` names it in a decode error).
-    pub fn get<T: state::Record>(
-        &self,
-        what: &str,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
+    pub fn get<T: state::Record>(&self, what: &str, key: &[u8]) -> Result<Option<T>, StoreError> {
         self.ctx
             .get(key)?
             .map(|b| state::decode(what, &b))

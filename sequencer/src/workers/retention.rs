@@ -91,7 +91,7 @@ async fn sweep(
         let cut = cut.min(record.last_seq());
         if cut > expired {
             let reply = sequencer
-                .expire_messages(chat, cut.0)
+                .expire_messages(chat, cut)
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::debug!(%chat, up_to = reply.expired_up_to, "messages expired");
@@ -112,7 +112,7 @@ fn time_cut(
     let mut cut = ChatSeq(record.expired_up_to);
     while cut.0 - record.expired_up_to < u64::from(SCAN_PER_SWEEP) {
         let page = sequencer
-            .history(chat, cut.0, 0, PAGE)
+            .history(chat, cut, None, PAGE)
             .map_err(|e| e.to_string())?;
         let full = page.messages.len() == PAGE as usize;
         for m in page.messages {

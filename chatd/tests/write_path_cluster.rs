@@ -279,11 +279,9 @@ async fn concurrent_sends_with_retries_across_a_killed_leader() {
 
     // Replicas are byte-identical.
     for p in 0..PARTITIONS {
-        let mut digests = BTreeSet::new();
-        for id in 1..=3 {
-            digests.insert(cluster.digest(id, p).await.sha256);
-        }
-        assert_eq!(digests.len(), 1, "replicas of partition {p} differ");
+        cluster
+            .assert_identical_replicas(p, &[1, 2, 3], Duration::from_secs(10))
+            .await;
     }
     eprintln!(
         "{total} sends acknowledged, {} retries, node {victim} killed after {killed_at}",

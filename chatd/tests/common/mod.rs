@@ -249,6 +249,37 @@ impl Cluster {
         panic!("append to partition {p} did not succeed within {timeout:?}: {last_err}");
     }
 
+    /// Assert that nodes `ids` hold byte-identical event logs of partition `p`. They are compared
+    /// at one offset: a replica may not have applied the newest entries yet (follow-ups land in
+    /// users' partitions after the sends they follow), so this waits up to `timeout` for the
+    /// nodes to report the same last offset first.
+    pub async fn assert_identical_replicas(&self, p: u32, ids: &[u64], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut replies = Vec::new();
+            for &id in ids {
+                replies.push(self.digest(id, p).await);
+            }
+            let offsets: Vec<u64> = replies.iter().map(|d| d.last_offset).collect();
+            if offsets.windows(2).all(|w| w[0] == w[1]) {
+                let digests: std::collections::BTreeSet<&Vec<u8>> =
+                    replies.iter().map(|d| &d.sha256).collect();
+                assert_eq!(
+                    digests.len(),
+                    1,
+                    "replicas {ids:?} of partition {p} differ at offset {}",
+                    offsets[0]
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas {ids:?} of partition {p} stay at different offsets: {offsets:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn digest(&self, id: u64, p: u32) -> DigestReply {
         let mut client = self.admin(id).await;
         client

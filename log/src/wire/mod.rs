@@ -18,13 +18,25 @@ use std::collections::BTreeMap;
 
 use chat_proto::log as pb;
 use openraft::{
-    CommittedLeaderId, Entry, EntryPayload, LeaderId, LogId, Membership, StoredMembership, Vote,
+    CommittedLeaderId, Entry, EntryPayload, LeaderId, LogId, Membership, RaftTypeConfig,
+    StoredMembership, Vote,
 };
 use prost::Message;
 
 use crate::engine::StoreError;
-use crate::store::TypeConfig;
 use crate::types::{Node, NodeId, Proposal};
+
+/// An openraft configuration whose entries carry the log's [`Proposal`]s: the store's
+/// `TypeConfig`, named by what it carries so the data format does not depend on the storage.
+pub(crate) trait LogConfig:
+    RaftTypeConfig<D = Proposal, NodeId = NodeId, Node = Node, Entry = Entry<Self>>
+{
+}
+
+impl<C> LogConfig for C where
+    C: RaftTypeConfig<D = Proposal, NodeId = NodeId, Node = Node, Entry = Entry<C>>
+{
+}
 
 /// The data format this release writes (and the only one it reads): the format of the node
 /// record, the Raft log and meta, the state machine's own records and snapshots. Format 0 was the
@@ -169,7 +181,7 @@ impl Wire for StoredMembership<NodeId, Node> {
     }
 }
 
-impl Wire for Entry<TypeConfig> {
+impl<C: LogConfig> Wire for Entry<C> {
     type Pb = pb::Entry;
     fn to_pb(&self) -> pb::Entry {
         use pb::entry::Payload;
@@ -223,10 +235,16 @@ impl Wire for openraft::SnapshotMeta<NodeId, Node> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+
+    openraft::declare_raft_types!(
+        /// A configuration like the store's, for the records alone.
+        pub(crate) TypeConfig: D = Proposal, R = (), NodeId = NodeId, Node = Node,
+            SnapshotData = std::io::Cursor<Vec<u8>>,
+    );
 
     fn round_trip<T: Wire + PartialEq + std::fmt::Debug>(value: T) {
         let bytes = encode(&value);

@@ -13,11 +13,10 @@ use openraft::raft::{
 };
 use openraft::{AnyError, ErrorSubject, ErrorVerb, SnapshotSegmentId, StorageIOError, Vote};
 
-use super::{opt_log_id, opt_log_id_pb, required, Malformed, Wire};
-use crate::store::TypeConfig;
+use super::{opt_log_id, opt_log_id_pb, required, LogConfig, Malformed, Wire};
 use crate::types::NodeId;
 
-impl Wire for AppendEntriesRequest<TypeConfig> {
+impl<C: LogConfig> Wire for AppendEntriesRequest<C> {
     type Pb = pb::AppendEntriesRequest;
     fn to_pb(&self) -> pb::AppendEntriesRequest {
         pb::AppendEntriesRequest {
@@ -59,7 +58,7 @@ impl Wire for VoteRequest<NodeId> {
     }
 }
 
-impl Wire for InstallSnapshotRequest<TypeConfig> {
+impl<C: LogConfig> Wire for InstallSnapshotRequest<C> {
     type Pb = pb::InstallSnapshotRequest;
     fn to_pb(&self) -> pb::InstallSnapshotRequest {
         pb::InstallSnapshotRequest {
@@ -262,6 +261,7 @@ mod tests {
 
     use super::*;
     use crate::types::Proposal;
+    use crate::wire::tests::TypeConfig;
 
     /// Compared through `Debug`: openraft's requests do not implement `PartialEq`.
     fn round_trip<T: Wire + std::fmt::Debug>(value: T) {

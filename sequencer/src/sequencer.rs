@@ -115,8 +115,8 @@ impl Sequencer {
         Ok(partition)
     }
 
-    /// Submit one command and answer its reply's kind (the workers use it too).
-    pub(crate) async fn run(&self, kind: command::Kind) -> Result<command_reply::Kind, SeqError> {
+    /// Submit one command and answer its reply's kind.
+    async fn run(&self, kind: command::Kind) -> Result<command_reply::Kind, SeqError> {
         let reply = self.submit(pb::Command { kind: Some(kind) }, false).await?;
         reply
             .kind

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chat_log::{LogOffset, PartitionId};
 use chat_model::ids::partition_of;
 use chat_model::{ChatEventAt, StateReader};
-use chat_proto::chat_v1::{self as pb, chat_event, command};
+use chat_proto::chat_v1::{self as pb, chat_event};
 
 use crate::Sequencer;
 
@@ -114,13 +114,13 @@ async fn round(
             continue;
         };
         for (_, entries) in follow_ups(&chat_event.kind, node.partition_count()) {
-            let command = command::Kind::ApplyFollowUps(pb::ApplyFollowUps {
+            let command = pb::ApplyFollowUps {
                 source_partition: p.0,
                 source_offset: event.offset,
                 entries,
-            });
+            };
             sequencer
-                .run(command)
+                .submit_typed(command)
                 .await
                 .map_err(|e| format!("follow-up of offset {}: {e}", event.offset))?;
             sent = true;
@@ -128,12 +128,12 @@ async fn round(
     }
     let mut recorded_at = recorded;
     if sent || recorded.elapsed() >= RECORD_EVERY {
-        let command = command::Kind::FollowUpsSent(pb::FollowUpsSent {
+        let command = pb::FollowUpsSent {
             partition: p.0,
             up_to_offset: last,
-        });
+        };
         sequencer
-            .run(command)
+            .submit_typed(command)
             .await
             .map_err(|e| format!("recording follow-up progress: {e}"))?;
         recorded_at = Instant::now();

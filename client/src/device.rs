@@ -447,6 +447,20 @@ enum Ended {
     Failed(Status),
 }
 
+/// Why a stream whose write just failed with `write_error` ended. A write fails once the server
+/// has ended the stream, and the server's own status (say UNAUTHENTICATED for a revoked device,
+/// which must stop the device rather than reconnect) is still to be read: read it, briefly.
+async fn why_closed(stream: &mut DeviceStream, write_error: Status) -> Status {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(_))) => continue, // frames sent before the end; the stream is over
+            Ok(Some(Err(status))) => return status,
+            Ok(None) | Err(_) => return write_error,
+        }
+    }
+}
+
 impl Actor {
     async fn run(mut self) {
         for addr in self.options.servers.clone().iter().cycle() {
@@ -490,7 +504,7 @@ impl Actor {
                 .send_frame(client_frame::Kind::Send(frame.clone()))
                 .await
             {
-                return Ended::Failed(status);
+                return Ended::Failed(why_closed(&mut stream, status).await);
             }
         }
         let mut ping = tokio::time::interval(self.options.ping_every);
@@ -503,21 +517,25 @@ impl Actor {
                         Some(Err(status)) => return Ended::Failed(status),
                         None => return Ended::Failed(Status::unavailable("the server closed the stream")),
                     };
-                    if let Err(ended) = self.on_frame(addr, &stream, frame).await {
-                        return ended;
+                    match self.on_frame(addr, &stream, frame).await {
+                        Ok(()) => {}
+                        Err(Ended::Failed(status)) => {
+                            return Ended::Failed(why_closed(&mut stream, status).await)
+                        }
+                        Err(ended) => return ended,
                     }
                 }
                 command = self.commands.recv() => {
                     let Some(command) = command else { return Ended::Dropped };
                     if let Err(status) = self.on_command(&stream, command).await {
-                        return Ended::Failed(status);
+                        return Ended::Failed(why_closed(&mut stream, status).await);
                     }
                 }
                 _ = ping.tick() => {
                     nonce += 1;
                     let ping = client_frame::Kind::Ping(pb::Ping { nonce });
                     if let Err(status) = stream.send_frame(ping).await {
-                        return Ended::Failed(status);
+                        return Ended::Failed(why_closed(&mut stream, status).await);
                     }
                 }
             }

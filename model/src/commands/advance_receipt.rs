@@ -13,10 +13,10 @@
 use chat_log::{PartitionId, RejectCode};
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ReceiptKind};
 
-use super::apply::{applied, reject, ChatApply, Outcome};
+use super::apply::{applied, no_such_chat, reject, ChatApply, Outcome};
 use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::ids::{ChatId, DeviceId, UserId};
-use crate::state::{self, ChatRecord, ReceiptRecord};
+use crate::state::{self, ReceiptRecord};
 
 impl ChatCommand for pb::AdvanceReceipt {
     type Reply = pb::ReceiptReply;
@@ -27,8 +27,8 @@ impl ChatCommand for pb::AdvanceReceipt {
 
     fn apply(self, cx: &mut ChatApply<'_, '_>) -> Outcome {
         let (chat, user) = (ChatId(self.chat_id), UserId(self.user_id));
-        let Some(record) = cx.get::<ChatRecord>("chat", &state::chat_key(chat))? else {
-            return reject(RejectCode::NotFound, format!("chat {chat} does not exist"));
+        let Some(record) = cx.chat(chat)? else {
+            return no_such_chat(chat);
         };
         if !cx.exists(&state::member_key(chat, user))? {
             return reject(

@@ -12,7 +12,7 @@ use prost::Message;
 
 use crate::event::{self, CHAT_EVENT_KIND};
 use crate::ids::{ChatId, UserId};
-use crate::state::{self, MemberRecord};
+use crate::state::{self, ChatRecord, MemberRecord};
 
 /// Limits enforced at apply time. They decide what gets applied, so every node of a cluster
 /// must use the same values.
@@ -43,6 +43,11 @@ pub fn reject(code: RejectCode, message: impl Into<String>) -> Outcome {
         code,
         message: message.into(),
     })
+}
+
+/// The refusal of a command naming a chat this partition does not have.
+pub fn no_such_chat(chat: ChatId) -> Outcome {
+    reject(RejectCode::NotFound, format!("chat {chat} does not exist"))
 }
 
 /// An applied command: the first event's offset (if any), how many events, and the reply.
@@ -79,6 +84,11 @@ impl<'a, 'c> ChatApply<'a, 'c> {
             .get(key)?
             .map(|b| state::decode(what, &b))
             .transpose()
+    }
+
+    /// The record of `chat`, if this partition has the chat.
+    pub fn chat(&self, chat: ChatId) -> Result<Option<ChatRecord>, StoreError> {
+        self.get("chat", &state::chat_key(chat))
     }
 
     /// A big-endian u64 value (marks, cursors), 0 when absent.

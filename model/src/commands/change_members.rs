@@ -15,10 +15,10 @@
 use chat_log::{PartitionId, RejectCode};
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ChatKind};
 
-use super::apply::{applied, reject, ChatApply, Outcome};
+use super::apply::{applied, no_such_chat, reject, ChatApply, Outcome};
 use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::ids::{ChatId, UserId};
-use crate::state::{self, ChatRecord, MemberRecord};
+use crate::state::{self, MemberRecord};
 
 impl ChatCommand for pb::ChangeMembers {
     type Reply = pb::ChatReply;
@@ -29,8 +29,8 @@ impl ChatCommand for pb::ChangeMembers {
 
     fn apply(self, cx: &mut ChatApply<'_, '_>) -> Outcome {
         let chat = ChatId(self.chat_id);
-        let Some(mut record) = cx.get::<ChatRecord>("chat", &state::chat_key(chat))? else {
-            return reject(RejectCode::NotFound, format!("chat {chat} does not exist"));
+        let Some(mut record) = cx.chat(chat)? else {
+            return no_such_chat(chat);
         };
         if record.kind != ChatKind::Group as i32 {
             return reject(

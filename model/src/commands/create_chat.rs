@@ -89,7 +89,7 @@ impl ChatCommand for pb::CreateChat {
                 members,
             })
         };
-        if let Some(existing) = cx.get::<ChatRecord>("chat", &state::chat_key(chat))? {
+        if let Some(existing) = cx.chat(chat)? {
             // A retry of the same creation (or the other side creating the same direct chat).
             if existing.kind == kind as i32
                 && (kind == ChatKind::Direct || existing.creator == creator.0)

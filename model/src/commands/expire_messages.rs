@@ -12,14 +12,14 @@
 //! events at the same point of the log, so replicas stay byte-identical. Reply: `ExpireReply`
 //! (how far the chat is expired now).
 
-use chat_log::{LogOffset, PartitionId, RejectCode, StoreError};
+use chat_log::{LogOffset, PartitionId, StoreError};
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply};
 
-use super::apply::{applied, reject, ChatApply, Outcome};
+use super::apply::{applied, no_such_chat, ChatApply, Outcome};
 use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::event::{self, ChatEventAt};
 use crate::ids::{ChatId, ChatSeq};
-use crate::state::{self, ChatRecord};
+use crate::state;
 
 /// Most messages one ExpireMessages command expires (bounds the work of one apply).
 pub const MAX_EXPIRE_PER_COMMAND: u64 = 10_000;
@@ -33,8 +33,8 @@ impl ChatCommand for pb::ExpireMessages {
 
     fn apply(self, cx: &mut ChatApply<'_, '_>) -> Outcome {
         let chat = ChatId(self.chat_id);
-        let Some(mut record) = cx.get::<ChatRecord>("chat", &state::chat_key(chat))? else {
-            return reject(RejectCode::NotFound, format!("chat {chat} does not exist"));
+        let Some(mut record) = cx.chat(chat)? else {
+            return no_such_chat(chat);
         };
         let target = self.up_to_seq.min(record.last_seq);
         let reply = |up_to| {

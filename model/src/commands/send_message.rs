@@ -17,10 +17,10 @@
 use chat_log::{PartitionId, RejectCode, StoreError};
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply};
 
-use super::apply::{applied, reject, ChatApply, Outcome};
+use super::apply::{applied, no_such_chat, reject, ChatApply, Outcome};
 use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::ids::{ChatId, ChatSeq, DeviceId, UserId};
-use crate::state::{self, ChatRecord, DedupRecord};
+use crate::state::{self, DedupRecord};
 
 /// Expired dedup entries removed per applied send (keeps up with one insert per send).
 const EXPIRE_PER_SEND: usize = 8;
@@ -71,8 +71,8 @@ impl ChatCommand for pb::SendMessage {
                 return applied(None, 0, command_reply::Kind::Send(ack));
             }
         }
-        let Some(mut record) = cx.get::<ChatRecord>("chat", &state::chat_key(chat))? else {
-            return reject(RejectCode::NotFound, format!("chat {chat} does not exist"));
+        let Some(mut record) = cx.chat(chat)? else {
+            return no_such_chat(chat);
         };
         if !cx.exists(&state::member_key(chat, user))? {
             return reject(

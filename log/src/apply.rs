@@ -60,6 +60,7 @@ pub(crate) struct ApplyBatch {
 }
 
 /// An event emitted while applying, written with the rest of the batch.
+#[derive(Clone)]
 struct PendingEvent {
     offset: LogOffset,
     raft_index: u64,
@@ -69,12 +70,13 @@ struct PendingEvent {
 }
 
 impl PendingEvent {
-    fn to_log_event(&self) -> LogEvent {
+    /// The event as stored (its payload moved, not copied: this is the apply's hot path).
+    fn into_log_event(self) -> LogEvent {
         LogEvent {
             offset: self.offset.0,
             raft_index: self.raft_index,
             timestamp_ms: self.timestamp_ms,
-            payload: self.payload.clone().into(),
+            payload: self.payload.into(),
             kind: self.kind,
         }
     }
@@ -110,13 +112,13 @@ impl ApplyBatch {
                 None => engine.delete(batch, cf::STATE, &key),
             }
         }
-        for event in &self.events {
+        for event in self.events {
             let key = event_key(p, event.offset);
             engine.put_framed(
                 batch,
                 cf::EVENTS,
                 &key,
-                &event.to_log_event().encode_to_vec(),
+                &event.into_log_event().encode_to_vec(),
             );
         }
         for (offset, payload) in self.rewrites {
@@ -218,7 +220,7 @@ impl ApplyContext<'_> {
     /// rewrites included).
     pub fn read_event(&self, offset: LogOffset) -> Result<Option<LogEvent>, StoreError> {
         let mut event = match self.batch.events.iter().find(|e| e.offset == offset) {
-            Some(e) => Some(e.to_log_event()),
+            Some(e) => Some(e.clone().into_log_event()),
             None => match self
                 .engine
                 .get(cf::EVENTS, &event_key(self.partition, offset))?

@@ -25,7 +25,7 @@ pub use crate::apply::StateEntries;
 use crate::codec::{self, cf, StateNs};
 use crate::engine::{DbSnapshot, Engine, StoreError};
 use crate::types::{LogOffset, Node, NodeId, PartitionId};
-use crate::wire::{decode, encode, required, Malformed, Wire, DATA_FORMAT};
+use crate::wire::{decode, required, Malformed, Wire, DATA_FORMAT};
 
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 
@@ -40,8 +40,26 @@ pub struct SnapshotContent {
 }
 
 impl SnapshotContent {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        codec::frame(&encode(self))
+    /// The framed bytes that travel. Consumes the content: a snapshot holds the partition's whole
+    /// event log, which is moved into the message rather than copied.
+    pub fn into_bytes(self) -> Vec<u8> {
+        codec::frame(&prost::Message::encode_to_vec(&self.into_pb()))
+    }
+
+    fn into_pb(self) -> pb::SnapshotContent {
+        pb::SnapshotContent {
+            format: DATA_FORMAT,
+            last_offset: self.last_offset.0,
+            state: state_pb(&self.state),
+            events: self
+                .events
+                .into_iter()
+                .map(|(offset, event)| pb::SnapshotEvent {
+                    offset: offset.0,
+                    event,
+                })
+                .collect(),
+        }
     }
 
     pub fn from_bytes(partition: PartitionId, bytes: &[u8]) -> Result<Self, StoreError> {
@@ -75,19 +93,7 @@ fn state_from(state: Vec<pb::StateEntry>) -> StateEntries {
 impl Wire for SnapshotContent {
     type Pb = pb::SnapshotContent;
     fn to_pb(&self) -> pb::SnapshotContent {
-        pb::SnapshotContent {
-            format: DATA_FORMAT,
-            last_offset: self.last_offset.0,
-            state: state_pb(&self.state),
-            events: self
-                .events
-                .iter()
-                .map(|(offset, event)| pb::SnapshotEvent {
-                    offset: offset.0,
-                    event: event.clone(),
-                })
-                .collect(),
-        }
+        self.clone().into_pb()
     }
     fn from_pb(pb: pb::SnapshotContent) -> Result<Self, Malformed> {
         if pb.format != DATA_FORMAT {
@@ -191,7 +197,7 @@ impl SnapshotData {
                 state: manifest.state.clone(),
                 events,
             };
-            self.state = DataState::Bytes(Cursor::new(content.to_bytes()));
+            self.state = DataState::Bytes(Cursor::new(content.into_bytes()));
         }
         match &mut self.state {
             DataState::Bytes(cursor) => Ok(cursor),
@@ -316,7 +322,7 @@ mod tests {
                 (LogOffset(2), b"two".to_vec()),
             ],
         };
-        let mut bytes = content.to_bytes();
+        let mut bytes = content.clone().into_bytes();
         assert_eq!(
             SnapshotContent::from_bytes(PartitionId(4), &bytes).unwrap(),
             content

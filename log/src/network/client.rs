@@ -112,7 +112,7 @@ impl PeerClient {
     async fn call<Req, Reply, Resp, E, Fut>(
         &mut self,
         rpc: &'static str,
-        req: &Req,
+        req: Req,
         ttl: Duration,
         send: impl FnOnce(RaftServiceClient<Channel>, tonic::Request<Req::Pb>) -> Fut,
     ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
@@ -128,7 +128,7 @@ impl PeerClient {
             Ok(c) => c.clone(),
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Message(e.clone())))),
         };
-        let mut message = req.to_pb();
+        let mut message = req.into_pb();
         message.set_partition(self.partition);
         let mut request = with_secret(message, &self.secret);
         request.set_timeout(ttl);
@@ -195,7 +195,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         self.call::<_, AppendReply, _, _, _>(
             "AppendEntries",
-            &rpc,
+            rpc,
             option.hard_ttl(),
             |mut c, r| async move { c.append_entries(r).await },
         )
@@ -212,7 +212,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     > {
         self.call::<_, SnapshotReply, _, _, _>(
             "InstallSnapshot",
-            &rpc,
+            rpc,
             option.hard_ttl(),
             |mut c, r| async move { c.install_snapshot(r).await },
         )
@@ -224,7 +224,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call::<_, VoteReply, _, _, _>("Vote", &rpc, option.hard_ttl(), |mut c, r| async move {
+        self.call::<_, VoteReply, _, _, _>("Vote", rpc, option.hard_ttl(), |mut c, r| async move {
             c.vote(r).await
         })
         .await

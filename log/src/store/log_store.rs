@@ -17,7 +17,7 @@ use crate::codec::{self, cf, MetaTag};
 use crate::engine::{Durability, Engine, StoreError};
 use crate::store::{Leading, TypeConfig};
 use crate::types::{NodeId, PartitionId};
-use crate::wire::{decode, encode, Wire};
+use crate::wire::{decode, encode, encode_owned, Wire};
 
 /// The Raft log store of one partition. Cheap to clone; clones are the log readers openraft's
 /// replication tasks use.
@@ -194,7 +194,7 @@ impl RaftLogStorage<TypeConfig> for PartitionLogStore {
         for entry in entries {
             let key = codec::log_key(self.partition, entry.log_id.index);
             self.engine
-                .put_framed(&mut batch, cf::RAFT_LOG, &key, &encode(&entry));
+                .put_framed(&mut batch, cf::RAFT_LOG, &key, &encode_owned(entry));
         }
         self.engine
             .write_growing(batch, Durability::Buffered, self.leading.get())

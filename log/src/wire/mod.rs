@@ -53,10 +53,21 @@ pub(crate) trait Wire: Sized {
     type Pb: Message + Default;
     fn to_pb(&self) -> Self::Pb;
     fn from_pb(pb: Self::Pb) -> Result<Self, Malformed>;
+
+    /// The protobuf form, moving what it can: values that carry payloads (entries, append
+    /// requests) override it so the hot paths do not copy every command once more.
+    fn into_pb(self) -> Self::Pb {
+        self.to_pb()
+    }
 }
 
 pub(crate) fn encode<T: Wire>(value: &T) -> Vec<u8> {
     value.to_pb().encode_to_vec()
+}
+
+/// [`encode`] of a value no longer needed.
+pub(crate) fn encode_owned<T: Wire>(value: T) -> Vec<u8> {
+    value.into_pb().encode_to_vec()
 }
 
 /// Decode a stored `what` (named in the error).
@@ -184,12 +195,15 @@ impl Wire for StoredMembership<NodeId, Node> {
 impl<C: LogConfig> Wire for Entry<C> {
     type Pb = pb::Entry;
     fn to_pb(&self) -> pb::Entry {
+        self.clone().into_pb()
+    }
+    fn into_pb(self) -> pb::Entry {
         use pb::entry::Payload;
-        let payload = match &self.payload {
+        let payload = match self.payload {
             EntryPayload::Blank => Payload::Blank(pb::Blank {}),
             EntryPayload::Normal(p) => Payload::Normal(pb::Proposal {
                 timestamp_ms: p.timestamp_ms,
-                commands: p.commands.clone(),
+                commands: p.commands,
             }),
             EntryPayload::Membership(m) => Payload::Membership(m.to_pb()),
         };

@@ -19,11 +19,14 @@ use crate::types::NodeId;
 impl<C: LogConfig> Wire for AppendEntriesRequest<C> {
     type Pb = pb::AppendEntriesRequest;
     fn to_pb(&self) -> pb::AppendEntriesRequest {
+        self.clone().into_pb()
+    }
+    fn into_pb(self) -> pb::AppendEntriesRequest {
         pb::AppendEntriesRequest {
             partition: 0,
             vote: Some(self.vote.to_pb()),
             prev_log_id: opt_log_id_pb(&self.prev_log_id),
-            entries: self.entries.iter().map(Wire::to_pb).collect(),
+            entries: self.entries.into_iter().map(Wire::into_pb).collect(),
             leader_commit: opt_log_id_pb(&self.leader_commit),
         }
     }
@@ -61,12 +64,15 @@ impl Wire for VoteRequest<NodeId> {
 impl<C: LogConfig> Wire for InstallSnapshotRequest<C> {
     type Pb = pb::InstallSnapshotRequest;
     fn to_pb(&self) -> pb::InstallSnapshotRequest {
+        self.clone().into_pb()
+    }
+    fn into_pb(self) -> pb::InstallSnapshotRequest {
         pb::InstallSnapshotRequest {
             partition: 0,
             vote: Some(self.vote.to_pb()),
             meta: Some(self.meta.to_pb()),
             offset: self.offset,
-            data: self.data.clone(),
+            data: self.data,
             done: self.done,
         }
     }

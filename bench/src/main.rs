@@ -13,6 +13,7 @@ mod delivery;
 mod fsync;
 mod latency;
 mod log_bench;
+mod peer;
 mod rebuild;
 mod send_bench;
 
@@ -33,6 +34,8 @@ enum Cmd {
     Latency(latency::Args),
     /// End-to-end delivery latency device -> device and memory per idle device stream.
     Delivery(delivery::Args),
+    /// chatd beside NATS JetStream R3 in one run: same load generator, same disk, same cores.
+    Peer(peer::Args),
     /// Projection rebuild speed (events replayed per second).
     Rebuild(rebuild::Args),
     /// Acknowledged chat sends/s and ack latency through the sequencer.
@@ -61,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Latency(args) => latency::run(args).await,
         Cmd::Delivery(args) => delivery::run(args).await,
         Cmd::Rebuild(args) => rebuild::run(args).await,
+        Cmd::Peer(args) => peer::run(args).await,
         Cmd::Fsync { dir, iterations } => {
             let floor = fsync::measure(&dir, iterations)?;
             println!("{floor}");

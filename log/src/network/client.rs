@@ -19,15 +19,18 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use super::auth::{secret_header, with_secret};
+use super::link::{LinkError, PeerLink};
 use super::MAX_MESSAGE_BYTES;
 use crate::store::TypeConfig;
 use crate::types::{Node, NodeId, PartitionId};
 use crate::wire::Wire;
 
-/// The shared tonic channels to every peer node, one per (node, address).
+/// The shared tonic channels to every peer node, one per (node, address), and the replication
+/// link over each.
 #[derive(Clone)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    links: Arc<Mutex<HashMap<(NodeId, String), PeerLink>>>,
     secret: MetadataValue<Ascii>,
     local_ip: Option<IpAddr>,
 }
@@ -38,6 +41,7 @@ impl PeerChannels {
     pub fn new(secret: &str, local_ip: Option<IpAddr>) -> Result<Self, String> {
         Ok(PeerChannels {
             channels: Arc::default(),
+            links: Arc::default(),
             secret: secret_header(secret)?,
             local_ip,
         })
@@ -58,6 +62,27 @@ impl PeerChannels {
         channels.insert((target, addr.to_string()), ch.clone());
         Ok(ch)
     }
+
+    /// The replication link to `target` at `addr`, started on first use.
+    fn link(&self, target: NodeId, addr: &str) -> Result<PeerLink, String> {
+        let mut links = self.links.lock().expect("peer link map lock");
+        if let Some(link) = links.get(&(target, addr.to_string())) {
+            return Ok(link.clone());
+        }
+        let link = PeerLink::start(
+            target,
+            raft_client(self.channel(target, addr)?),
+            self.secret.clone(),
+        );
+        links.insert((target, addr.to_string()), link.clone());
+        Ok(link)
+    }
+}
+
+fn raft_client(channel: Channel) -> RaftServiceClient<Channel> {
+    RaftServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// Creates the per-peer clients of one partition's Raft.
@@ -76,15 +101,13 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        let client = self.peers.channel(target, &node.addr).map(|ch| {
-            RaftServiceClient::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES)
-        });
+        let client = self.peers.channel(target, &node.addr).map(raft_client);
+        let link = self.peers.link(target, &node.addr);
         PeerClient {
             partition: self.partition,
             target,
             client,
+            link,
             secret: self.peers.secret.clone(),
             protocol_refused: false,
         }
@@ -96,6 +119,8 @@ pub struct PeerClient {
     partition: PartitionId,
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, String>,
+    /// AppendEntries go over the peer's shared replication stream.
+    link: Result<PeerLink, String>,
     secret: MetadataValue<Ascii>,
     /// Whether the peer has refused this node's protocol version (logged once per client, not
     /// on every heartbeat).
@@ -176,11 +201,7 @@ macro_rules! with_partition {
         }
     )*};
 }
-with_partition!(
-    pb::AppendEntriesRequest,
-    pb::VoteRequest,
-    pb::InstallSnapshotRequest
-);
+with_partition!(pb::VoteRequest, pb::InstallSnapshotRequest);
 
 type AppendReply = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
 type VoteReply = Result<VoteResponse<NodeId>, RaftError<NodeId>>;
@@ -193,13 +214,39 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call::<_, AppendReply, _, _, _>(
-            "AppendEntries",
-            rpc,
-            option.hard_ttl(),
-            |mut c, r| async move { c.append_entries(r).await },
-        )
-        .await
+        let network = |msg: String| RPCError::Network(NetworkError::new(&Message(msg)));
+        let unreachable = |msg: String| RPCError::Unreachable(Unreachable::new(&Message(msg)));
+        let link = self.link.clone().map_err(unreachable)?;
+        let mut request = rpc.into_pb();
+        request.partition = self.partition.0;
+        let answer = tokio::time::timeout(option.hard_ttl(), link.append(request))
+            .await
+            .map_err(|_| {
+                network(format!(
+                    "AppendEntries to node {} timed out after {:?}",
+                    self.target,
+                    option.hard_ttl()
+                ))
+            })?;
+        let reply = match answer {
+            Ok(reply) => reply,
+            Err(LinkError::Unreachable(why) | LinkError::ProtocolRefused(why)) => {
+                return Err(unreachable(why))
+            }
+            Err(LinkError::Refused(why)) => {
+                return Err(network(format!(
+                    "AppendEntries refused by node {}: {why}",
+                    self.target
+                )))
+            }
+        };
+        let reply = AppendReply::from_pb(reply).map_err(|e| {
+            network(format!(
+                "AppendEntries reply from node {}: {e}",
+                self.target
+            ))
+        })?;
+        reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn install_snapshot(

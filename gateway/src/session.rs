@@ -82,7 +82,8 @@ struct Session {
     out: Outbound,
     /// The next seq to send, per chat of the user.
     chats: BTreeMap<ChatId, ChatSeq>,
-    /// Delivered/read marks received but not yet proposed (flushed on every tick).
+    /// Delivered/read marks received but not yet proposed (flushed `receipt_flush` after the
+    /// first one arrives).
     pending_receipts: HashMap<(ChatId, ReceiptKind), ChatSeq>,
     needs_recovery: bool,
 }
@@ -192,6 +193,9 @@ impl Session {
         self.emit(server_frame::Kind::Message(m)).await
     }
 
+    /// The live phase. Timers cost only when armed: the receipt flush only while marks wait,
+    /// the idle check once per `idle_timeout` (it re-arms from the last frame), so an idle
+    /// device wakes its session only for its pings.
     async fn live(
         &mut self,
         mut inbound: Streaming<pb::ClientFrame>,
@@ -199,11 +203,21 @@ impl Session {
     ) -> Result<(), Status> {
         let config = self.gw.config.clone();
         let sends = Arc::new(Semaphore::new(config.max_sends_in_flight));
-        let mut tick = tokio::time::interval(config.receipt_flush);
         let mut last_frame = Instant::now();
+        let idle = tokio::time::sleep(config.idle_timeout);
+        tokio::pin!(idle);
+        let flush = tokio::time::sleep(config.receipt_flush);
+        tokio::pin!(flush);
+        let mut flush_armed = false;
         loop {
             if self.handle.take_lagged() || std::mem::take(&mut self.needs_recovery) {
                 self.recover().await?;
+            }
+            if !flush_armed && !self.pending_receipts.is_empty() {
+                flush
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + config.receipt_flush);
+                flush_armed = true;
             }
             tokio::select! {
                 frame = inbound.next() => match frame {
@@ -219,14 +233,18 @@ impl Session {
                     None => return Ok(()),
                 },
                 _ = self.handle.wake.notified() => {}
-                _ = tick.tick() => {
+                _ = &mut flush, if flush_armed => {
+                    flush_armed = false;
                     self.flush_receipts();
+                }
+                _ = &mut idle => {
                     if last_frame.elapsed() > config.idle_timeout {
                         return Err(Status::deadline_exceeded(format!(
                             "no frame from the device for {:?}; devices ping to stay connected",
                             config.idle_timeout
                         )));
                     }
+                    idle.as_mut().reset((last_frame + config.idle_timeout).into());
                 }
             }
         }

@@ -162,7 +162,7 @@ impl Projector {
 }
 
 /// Apply up to [`BATCH`] events after `cursor` (and not past `limit`) to `generation`; the new
-/// cursor, or None if there was nothing to apply.
+/// cursor and whether the batch was full, or None if there was nothing to apply.
 fn step(
     projector: &Projector,
     p: PartitionId,
@@ -170,7 +170,7 @@ fn step(
     cursor: Cursor,
     limit: Option<u64>,
     rebuild: bool,
-) -> Result<Option<(Cursor, Vec<Change>)>, StoreError> {
+) -> Result<Option<(Cursor, Vec<Change>, bool)>, StoreError> {
     let max = match limit {
         Some(l) if l <= cursor.checkpoint => return Ok(None),
         Some(l) => ((l - cursor.checkpoint) as usize).min(BATCH),
@@ -182,6 +182,7 @@ fn step(
     let Some(last) = events.last().map(|e| e.offset) else {
         return Ok(None);
     };
+    let full = events.len() == max;
     let mut txn = projector.store.txn(p, proj.id(), cursor.generation);
     let mut changes = Vec::new();
     for event in &events {
@@ -192,57 +193,85 @@ fn step(
         checkpoint: last,
     };
     projector.store.commit(txn, rebuild, next)?;
-    Ok(Some((next, changes)))
+    Ok(Some((next, changes, full)))
 }
 
 /// One (partition, projection) until the node stops.
+///
+/// Between batches the task waits on the partition's applied offset, which lives in memory, so
+/// a quiet partition costs no storage reads; the stored cursors are read once per batch.
 async fn run(projector: Arc<Projector>, p: PartitionId, proj: Arc<dyn Projection>) {
     let wake = projector.wake[&(p.0, proj.id())].clone();
+    // What the last round left behind: the live checkpoint, if nothing more is known to be due.
+    let mut caught_up: Option<u64> = None;
+    // Whether a rebuild may be under way (one may be stored from before a restart; a request
+    // wakes the task).
+    let mut check_rebuild = true;
     loop {
         if projector.store.holds_growth() {
             tokio::time::sleep(Duration::from_millis(250)).await;
             continue;
         }
-        match round(&projector, p, proj.as_ref()) {
-            Ok(true) => tokio::task::yield_now().await,
-            Ok(false) => {
-                let Ok(live) = projector.store.live(p, proj.id()) else {
-                    continue;
-                };
-                let next = LogOffset(live.checkpoint + 1);
-                tokio::select! {
-                    r = projector.node.wait_for_offset(p, next, Duration::from_secs(1)) => {
-                        if r.is_err() {
-                            return;
-                        }
+        if let Some(checkpoint) = caught_up {
+            let next = LogOffset(checkpoint + 1);
+            tokio::select! {
+                r = projector.node.wait_for_offset(p, next, Duration::from_secs(1)) => {
+                    if r.is_err() {
+                        return;
                     }
-                    _ = wake.notified() => {}
+                }
+                _ = wake.notified() => check_rebuild = true,
+            }
+        }
+        match round(&projector, p, proj.as_ref(), check_rebuild) {
+            Ok(r) => {
+                check_rebuild = r.rebuilding;
+                // More may be stored already (a full batch, or a rebuild to continue).
+                caught_up = (!r.full && !r.rebuilding).then_some(r.live);
+                if caught_up.is_none() {
+                    tokio::task::yield_now().await;
                 }
             }
             Err(e) => {
                 tracing::error!(%p, projection = proj.name(), error = %e, "projection failed; retrying in 1 s");
+                caught_up = None;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 }
 
-/// One live batch and, during a rebuild, one rebuild batch. True if anything was applied.
-fn round(projector: &Projector, p: PartitionId, proj: &dyn Projection) -> Result<bool, StoreError> {
-    let mut progressed = false;
+/// What one round did.
+struct Round {
+    /// The live checkpoint after the round.
+    live: u64,
+    /// The live batch was full: more events may be waiting.
+    full: bool,
+    /// A rebuild is under way.
+    rebuilding: bool,
+}
+
+/// One live batch and, during a rebuild (looked for only if `check_rebuild`), one rebuild batch.
+fn round(
+    projector: &Projector,
+    p: PartitionId,
+    proj: &dyn Projection,
+    check_rebuild: bool,
+) -> Result<Round, StoreError> {
     let live = projector.store.live(p, proj.id())?;
-    let live = match step(projector, p, proj, live, None, false)? {
-        Some((next, changes)) => {
+    let (live, full) = match step(projector, p, proj, live, None, false)? {
+        Some((next, changes, full)) => {
             for c in changes {
                 let _ = projector.changes.send(c);
             }
-            progressed = true;
-            next
+            (next, full)
         }
-        None => live,
+        None => (live, false),
     };
-    if let Some(shadow) = projector.store.rebuilding(p, proj.id())? {
-        progressed = true;
+    let mut rebuilding = false;
+    if !check_rebuild {
+        // Nothing to look up.
+    } else if let Some(shadow) = projector.store.rebuilding(p, proj.id())? {
         if shadow.checkpoint >= live.checkpoint {
             projector.store.finish_rebuild(p, proj.id(), shadow)?;
             tracing::info!(%p, projection = proj.name(), checkpoint = shadow.checkpoint,
@@ -250,6 +279,12 @@ fn round(projector: &Projector, p: PartitionId, proj: &dyn Projection) -> Result
         } else {
             step(projector, p, proj, shadow, Some(live.checkpoint), true)?;
         }
+        // Go round again: to continue, or to serve from the generation just made live.
+        rebuilding = true;
     }
-    Ok(progressed)
+    Ok(Round {
+        live: live.checkpoint,
+        full,
+        rebuilding,
+    })
 }

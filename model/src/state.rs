@@ -129,6 +129,10 @@ pub fn follow_up_mark_key(source: u32) -> Vec<u8> {
     key(b'F', &[&source.to_be_bytes()])
 }
 
+/// `X`: the leader timestamp (ms) before which no dedup entry of this partition leaves its
+/// window, so a send looks at the expiry index only once something is due (absent: now).
+pub const EXPIRY_DUE_KEY: &[u8] = b"X";
+
 /// `P`: this partition's follow-ups are applied up to this offset.
 pub const FOLLOW_UPS_SENT_KEY: &[u8] = b"P";
 

@@ -136,14 +136,28 @@ impl ChatCommand for pb::SendMessage {
 }
 
 /// Forget the oldest dedup entries that have left the window (a few per send).
+///
+/// The expiry index is scanned only when its oldest entry is due: the scan also records when
+/// the next one will be (`EXPIRY_DUE_KEY`), and until then a send reads that one key instead of
+/// opening an iterator over the index (which also had to step over the tombstones of every
+/// entry removed before). Deterministic: it depends on the log and the leader's timestamps only.
 fn expire_dedup(cx: &mut ChatApply<'_, '_>, now: u64) -> Result<(), StoreError> {
+    let window = cx.limits.dedup_window_ms;
+    if cx.get_u64("expiry due", state::EXPIRY_DUE_KEY)? > now {
+        return Ok(());
+    }
+    // Entries written after the scan leave their window no earlier than this.
+    let mut due = now.saturating_add(window);
     for (key, _) in cx.ctx.scan_prefix(state::EXPIRY_PREFIX, EXPIRE_PER_SEND)? {
         let Some((ts, dedup_key)) = state::parse_expiry_key(&key) else {
             continue;
         };
-        if ts.saturating_add(cx.limits.dedup_window_ms) > now {
+        if ts.saturating_add(window) > now {
+            due = ts.saturating_add(window);
             break;
         }
+        // More may be due than one scan takes: look again at the next send.
+        due = now;
         // Only drop the dedup entry if it is the one this expiry entry was written for.
         if let Some(d) = cx.get::<DedupRecord>("dedup", dedup_key)? {
             if d.server_ts_ms == ts {
@@ -152,5 +166,6 @@ fn expire_dedup(cx: &mut ChatApply<'_, '_>, now: u64) -> Result<(), StoreError> 
         }
         cx.delete(&key);
     }
+    cx.put(state::EXPIRY_DUE_KEY, due.to_be_bytes().to_vec());
     Ok(())
 }

@@ -406,12 +406,15 @@ async fn create_stream(js: &async_nats::jetstream::Context) -> anyhow::Result<()
 
 const CHATD_CONFIG: &str = "[chat]\nsends_per_second = 1000000\nsend_burst = 1000000\n";
 
+/// Sends waiting for their ack, by client_msg_id.
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>>;
+
 /// One device's stream: sends go out on `tx`; a reader task answers `pending` from the acks.
 struct DevicePipe {
     tx: FrameSender,
     chat: u64,
     next_id: AtomicU64,
-    pending: Arc<Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>>,
+    pending: Waiters,
 }
 
 struct Chatd {
@@ -478,8 +481,7 @@ async fn open_devices(addrs: &[String], n: usize) -> anyhow::Result<Vec<DevicePi
             .await?
             .chat_id;
         let mut stream = rpc.open_stream(&me.token, &Default::default()).await?;
-        let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>> =
-            Arc::default();
+        let pending = Waiters::default();
         let tx = stream.sender();
         let answers = pending.clone();
         tokio::spawn(async move {

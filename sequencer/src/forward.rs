@@ -1,7 +1,8 @@
 //! Reaching the leader of a partition on another node: one `chat.v1.Sequencer` client per peer
 //! address (behind the cluster secret, from this node's bind address), forwarding a command to
-//! the leader once, and the read barrier (the leader's Raft read index, then a wait for the
-//! local apply).
+//! the leader once (on the peer's `Forward` stream, shared by every forwarded command; see
+//! `chat_log::network::mux`), and the read barrier (the leader's Raft read index, then a wait
+//! for the local apply).
 //!
 //! Used by [`Sequencer`](crate::Sequencer), which decides when to forward; uses nothing of it.
 
@@ -9,13 +10,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chat_log::network::mux::{Mux, MuxError, MuxProtocol};
 use chat_log::{LogNode, LogOffset, NodeId, PartitionId, ProposeError};
 use chat_proto::chat_v1::sequencer_client::SequencerClient;
 use chat_proto::chat_v1::{self as pb};
 use chat_proto::{AttachSecret, LeaderHint};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Status;
+use tonic::{Status, Streaming};
 
 use crate::error::SeqError;
 
@@ -38,6 +41,57 @@ pub(crate) struct Forwarder {
     node: Arc<LogNode>,
     secret: AttachSecret,
     peers: Mutex<HashMap<String, ForwardClient>>,
+    streams: Mutex<HashMap<String, Mux<Forwarding>>>,
+}
+
+/// `Forward` streams to one leader's node.
+struct Forwarding(ForwardClient);
+
+impl MuxProtocol for Forwarding {
+    type Request = pb::Command;
+    type Reply = pb::CommandReply;
+    type Batch = pb::ForwardBatch;
+    type Answers = pb::ForwardAnswers;
+    const NAME: &'static str = "forwarding";
+
+    fn batch(calls: Vec<(u64, pb::Command)>) -> pb::ForwardBatch {
+        pb::ForwardBatch {
+            calls: calls
+                .into_iter()
+                .map(|(id, command)| pb::ForwardCall {
+                    id,
+                    command: Some(command),
+                })
+                .collect(),
+        }
+    }
+
+    fn answers(message: pb::ForwardAnswers) -> Vec<(u64, Result<pb::CommandReply, Status>)> {
+        use pb::forward_answer::Answer;
+        message
+            .answers
+            .into_iter()
+            .map(|a| {
+                let result = match a.answer {
+                    Some(Answer::Reply(reply)) => Ok(reply),
+                    Some(Answer::Refused(r)) => Err(Status::with_details(
+                        tonic::Code::from(r.code),
+                        r.message,
+                        r.details.into(),
+                    )),
+                    None => Err(Status::internal("the leader sent an empty answer")),
+                };
+                (a.id, result)
+            })
+            .collect()
+    }
+
+    async fn open(
+        &mut self,
+        batches: ReceiverStream<pb::ForwardBatch>,
+    ) -> Result<Streaming<pb::ForwardAnswers>, Status> {
+        Ok(self.0.forward(batches).await?.into_inner())
+    }
 }
 
 impl Forwarder {
@@ -46,6 +100,7 @@ impl Forwarder {
             node,
             secret,
             peers: Mutex::default(),
+            streams: Mutex::default(),
         }
     }
 
@@ -57,20 +112,30 @@ impl Forwarder {
         command: &pb::Command,
         deadline: Instant,
     ) -> Result<pb::CommandReply, Status> {
-        let mut client = self.peer(addr)?;
-        let mut request = tonic::Request::new(pb::SubmitRequest {
-            command: Some(command.clone()),
-            forwarded: true,
-        });
-        request.set_timeout(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100)),
-        );
-        client
-            .submit(request)
-            .await
-            .map(tonic::Response::into_inner)
+        let stream = self.stream(addr)?;
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        match tokio::time::timeout(wait, stream.call(command.clone())).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(MuxError::Refused(status))) => Err(status),
+            Ok(Err(MuxError::Unreachable(why) | MuxError::ProtocolRefused(why))) => {
+                Err(Status::unavailable(why))
+            }
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "the leader at {addr} did not answer within {wait:?}"
+            ))),
+        }
+    }
+
+    fn stream(&self, addr: &str) -> Result<Mux<Forwarding>, Status> {
+        let mut streams = self.streams.lock().expect("stream map lock");
+        if let Some(s) = streams.get(addr) {
+            return Ok(s.clone());
+        }
+        let stream = Mux::start(addr.to_string(), Forwarding(self.peer(addr)?));
+        streams.insert(addr.to_string(), stream.clone());
+        Ok(stream)
     }
 
     fn peer(&self, addr: &str) -> Result<ForwardClient, Status> {

@@ -4,12 +4,18 @@
 
 use std::sync::Arc;
 
+use std::pin::Pin;
+
+use chat_log::network::mux::answer_stream;
 use chat_log::PartitionId;
+use chat_proto::chat_v1::forward_answer::Answer;
 use chat_proto::chat_v1::sequencer_server::{Sequencer as SequencerRpc, SequencerServer};
 use chat_proto::chat_v1::{
-    CommandReply, HistoryReply, HistoryRequest, ReadIndexReply, ReadIndexRequest, SubmitRequest,
+    self as pb, CommandReply, HistoryReply, HistoryRequest, ReadIndexReply, ReadIndexRequest,
+    SubmitRequest,
 };
-use tonic::{Request, Response, Status};
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::SeqError;
 use crate::sequencer::Sequencer;
@@ -25,8 +31,49 @@ impl SequencerService {
     }
 }
 
+/// A call's error as a [`pb::Refusal`], with the details a unary Submit would have carried.
+fn refusal(status: Status) -> pb::Refusal {
+    pb::Refusal {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details: status.details().to_vec(),
+    }
+}
+
 #[tonic::async_trait]
 impl SequencerRpc for SequencerService {
+    type ForwardStream = Pin<Box<dyn Stream<Item = Result<pb::ForwardAnswers, Status>> + Send>>;
+
+    async fn forward(
+        &self,
+        request: Request<Streaming<pb::ForwardBatch>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let sequencer = self.sequencer.clone();
+        Ok(Response::new(answer_stream(
+            request.into_inner(),
+            |batch| batch.calls,
+            move |call: pb::ForwardCall| {
+                let sequencer = sequencer.clone();
+                async move {
+                    let answer = match call.command {
+                        None => Answer::Refused(refusal(Status::invalid_argument(
+                            "a forwarded call needs a command",
+                        ))),
+                        Some(command) => match sequencer.submit(command, true).await {
+                            Ok(reply) => Answer::Reply(reply),
+                            Err(e) => Answer::Refused(refusal(e.into())),
+                        },
+                    };
+                    pb::ForwardAnswer {
+                        id: call.id,
+                        answer: Some(answer),
+                    }
+                }
+            },
+            |answers| pb::ForwardAnswers { answers },
+        )))
+    }
+
     async fn submit(
         &self,
         request: Request<SubmitRequest>,

@@ -19,7 +19,8 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use super::auth::{secret_header, with_secret};
-use super::link::{LinkError, PeerLink};
+use super::link::{self, PeerLink};
+use super::mux::MuxError;
 use super::MAX_MESSAGE_BYTES;
 use crate::store::TypeConfig;
 use crate::types::{Node, NodeId, PartitionId};
@@ -69,7 +70,7 @@ impl PeerChannels {
         if let Some(link) = links.get(&(target, addr.to_string())) {
             return Ok(link.clone());
         }
-        let link = PeerLink::start(
+        let link = link::start(
             target,
             raft_client(self.channel(target, addr)?),
             self.secret.clone(),
@@ -219,7 +220,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let link = self.link.clone().map_err(unreachable)?;
         let mut request = rpc.into_pb();
         request.partition = self.partition.0;
-        let answer = tokio::time::timeout(option.hard_ttl(), link.append(request))
+        let answer = tokio::time::timeout(option.hard_ttl(), link.call(request))
             .await
             .map_err(|_| {
                 network(format!(
@@ -230,13 +231,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             })?;
         let reply = match answer {
             Ok(reply) => reply,
-            Err(LinkError::Unreachable(why) | LinkError::ProtocolRefused(why)) => {
+            Err(MuxError::Unreachable(why) | MuxError::ProtocolRefused(why)) => {
                 return Err(unreachable(why))
             }
-            Err(LinkError::Refused(why)) => {
+            Err(MuxError::Refused(status)) => {
                 return Err(network(format!(
-                    "AppendEntries refused by node {}: {why}",
-                    self.target
+                    "AppendEntries refused by node {}: {}",
+                    self.target,
+                    status.message()
                 )))
             }
         };

@@ -3,7 +3,8 @@
 //! - [`client`]: openraft's network traits. One tonic channel (one HTTP/2 connection) per peer
 //!   node is shared by the clients of every partition; each request names its partition.
 //!   AppendEntries go over [`link`]: one long-lived stream per peer that packs the calls of
-//!   every partition into batches.
+//!   every partition into batches ([`mux`]: many calls on one stream, also used to forward
+//!   commands to partition leaders).
 //! - [`server`]: the `RaftService` that routes incoming requests to the right partition's Raft.
 //! - [`auth`]: the cluster-secret (and, internally, protocol-version) check every internal and
 //!   admin RPC passes through.
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod client;
 pub mod link;
+pub mod mux;
 pub mod server;
 
 /// Largest gRPC message a node accepts or sends (append batches and snapshot chunks).

@@ -10,14 +10,14 @@ use std::pin::Pin;
 
 use chat_proto::raft::raft_service_server::RaftService;
 use chat_proto::raft::{
-    append_answer, AppendAnswer, AppendAnswers, AppendBatch, AppendEntriesReply,
+    append_answer, AppendAnswer, AppendAnswers, AppendBatch, AppendCall, AppendEntriesReply,
     AppendEntriesRequest, InstallSnapshotReply, InstallSnapshotRequest, VoteReply, VoteRequest,
 };
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use openraft::Raft;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+
+use super::mux::answer_stream;
 
 use crate::store::TypeConfig;
 use crate::types::PartitionId;
@@ -75,38 +75,25 @@ impl RaftServer {
     }
 }
 
-/// Most answers packed into one stream message.
-const MAX_ANSWERS: usize = 256;
-
 #[tonic::async_trait]
 impl RaftService for RaftServer {
     type ReplicateStream = Pin<Box<dyn Stream<Item = Result<AppendAnswers, Status>> + Send>>;
 
-    /// Each call runs on its own task (partitions must not wait for each other); answers that
-    /// are ready together leave in one message. The answer stream ends once the peer has closed
-    /// its side and every call is answered.
+    /// AppendEntries of every partition, answered as each partition's Raft finishes.
     async fn replicate(
         &self,
         request: Request<Streaming<AppendBatch>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
-        let mut incoming = request.into_inner();
-        let (answers, outgoing) = mpsc::unbounded_channel();
         let server = self.clone();
-        tokio::spawn(async move {
-            // A malformed message or a broken connection ends the stream; the peer opens another.
-            while let Ok(Some(batch)) = incoming.message().await {
-                for call in batch.calls {
-                    let (server, answers) = (server.clone(), answers.clone());
-                    tokio::spawn(async move {
-                        let _ = answers.send(server.answer(call.id, call.request).await);
-                    });
-                }
-            }
-        });
-        let stream = UnboundedReceiverStream::new(outgoing)
-            .ready_chunks(MAX_ANSWERS)
-            .map(|answers| Ok(AppendAnswers { answers }));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(answer_stream(
+            request.into_inner(),
+            |batch| batch.calls,
+            move |call: AppendCall| {
+                let server = server.clone();
+                async move { server.answer(call.id, call.request).await }
+            },
+            |answers| AppendAnswers { answers },
+        )))
     }
 
     async fn append_entries(

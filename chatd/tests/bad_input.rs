@@ -116,6 +116,55 @@ async fn bad_internal_and_admin_requests_are_refused_clearly() {
         err.message().contains("partition 99 does not exist"),
         "{err}"
     );
+    // The same on the Replicate stream: each bad call gets its own refusal, by id, and the
+    // stream goes on answering.
+    let calls = [
+        (7, AppendEntriesRequest::default()),
+        (
+            8,
+            AppendEntriesRequest {
+                partition: 99,
+                vote: Some(Default::default()),
+                ..Default::default()
+            },
+        ),
+    ];
+    let batch = chat_proto::raft::AppendBatch {
+        calls: calls
+            .into_iter()
+            .map(|(id, request)| chat_proto::raft::AppendCall {
+                id,
+                request: Some(request),
+            })
+            .chain([chat_proto::raft::AppendCall {
+                id: 9,
+                request: None,
+            }])
+            .collect(),
+    };
+    let mut answers = raft
+        .replicate(futures::stream::iter([batch]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut refused = std::collections::BTreeMap::new();
+    while let Some(message) = answers.message().await.unwrap() {
+        for a in message.answers {
+            match a.answer {
+                Some(chat_proto::raft::append_answer::Answer::Refused(why)) => {
+                    refused.insert(a.id, why);
+                }
+                other => panic!("call {} was not refused: {other:?}", a.id),
+            }
+        }
+    }
+    assert_eq!(refused.keys().copied().collect::<Vec<_>>(), [7, 8, 9]);
+    assert!(refused[&7].contains("missing vote"), "{refused:?}");
+    assert!(
+        refused[&8].contains("partition 99 does not exist"),
+        "{refused:?}"
+    );
+    assert!(refused[&9].contains("without a request"), "{refused:?}");
 
     // Admin: unknown partition, empty and oversize appends.
     let mut admin = cluster.admin(1).await;

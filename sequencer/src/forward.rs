@@ -119,9 +119,8 @@ impl Forwarder {
         match tokio::time::timeout(wait, stream.call(command.clone())).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(MuxError::Refused(status))) => Err(status),
-            Ok(Err(MuxError::Unreachable(why) | MuxError::ProtocolRefused(why))) => {
-                Err(Status::unavailable(why))
-            }
+            Ok(Err(MuxError::Unreachable(why))) => Err(Status::unavailable(why)),
+            Ok(Err(MuxError::ProtocolRefused(why))) => Err(Status::failed_precondition(why)),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "the leader at {addr} did not answer within {wait:?}"
             ))),

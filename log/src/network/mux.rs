@@ -170,9 +170,13 @@ impl<P: MuxProtocol> MuxTask<P> {
         let mut batch = Vec::with_capacity(1);
         let mut next = Some(first);
         while let Some(call) = next {
-            self.next_id += 1;
-            pending.insert(self.next_id, call.answer);
-            batch.push((self.next_id, call.request));
+            // A caller that gave up while the stream was stuck must not have its stale call
+            // delivered late (a forwarded command it will retry, an old AppendEntries).
+            if !call.answer.is_closed() {
+                self.next_id += 1;
+                pending.insert(self.next_id, call.answer);
+                batch.push((self.next_id, call.request));
+            }
             next = if batch.len() < MAX_BATCH {
                 calls.try_recv().ok()
             } else {

@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `chat.v1.Chat/Connect` would clash with the generated `connect` constructor; clients are
         // built with `new(channel)` instead.
         .build_transport(false)
+        // tonic-prost's codec with small per-call buffers: see src/codec.rs.
+        .codec_path("crate::codec::LeanCodec")
         .bytes(".chat.log.v1.LogEvent.payload")
         // Stored records must encode identically on every replica (they go into snapshots and
         // digests): a map is a BTreeMap, never a HashMap in random order.

@@ -1,7 +1,6 @@
 //! End-to-end delivery through the device API, against real `chatd` processes: the time from a
 //! device sending a message to the frame arriving on another device's stream (both streams in
-//! this process, so one clock), at fixed offered loads; and the server memory per idle device
-//! stream (the node's RSS with K idle streams connected, minus before, over K).
+//! this process, so one clock), at fixed offered loads. (What idle devices cost: `idle.rs`.)
 //!
 //! Senders connect to node 1, receivers to node 2 (or 1 on a single node), so in a cluster a
 //! message crosses the forward to its partition leader, Raft, and the receiver node's tail.
@@ -31,9 +30,6 @@ pub struct Args {
     /// Sender/receiver pairs (one direct chat each).
     #[arg(long, default_value_t = 50)]
     pairs: usize,
-    /// Idle streams for the memory figure (0: skip).
-    #[arg(long, default_value_t = 10_000)]
-    idle_streams: usize,
     #[arg(long, default_value_t = 8)]
     partitions: u32,
     #[arg(long)]
@@ -52,7 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
-    let (addrs, procs) =
+    let (addrs, _procs) =
         start_processes(&args.chatd, dir.path(), args.nodes, args.partitions, CONFIG)?;
     let send_addr = addrs[0].clone();
     let recv_addr = addrs[addrs.len().min(2) - 1].clone();
@@ -128,15 +124,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
         anyhow::ensure!(h.len() == total, "{} of {total} delivered", h.len());
     }
-
-    if args.idle_streams > 0 {
-        idle_memory(
-            &recv_addr,
-            procs.pid(addrs.len().min(2) as u64),
-            args.idle_streams,
-        )
-        .await?;
-    }
     Ok(())
 }
 
@@ -176,47 +163,4 @@ async fn receive(mut stream: DeviceStream, epoch: Instant, hist: Arc<Mutex<Histo
                 .record(now.saturating_sub(u64::from_be_bytes(bytes)));
         }
     }
-}
-
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
-}
-
-/// Open `n` idle device streams (100 per connection, 100 users) and report the node's RSS growth.
-async fn idle_memory(addr: &str, pid: u32, n: usize) -> anyhow::Result<()> {
-    let mut registrar = ChatClient::connect(addr).await?;
-    let mut tokens = Vec::new();
-    for u in 0..100 {
-        tokens.push(registrar.register(&format!("idle-{u}"), 1).await?.token);
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = rss_kib(pid)?;
-    let mut streams = Vec::with_capacity(n);
-    let mut client = ChatClient::connect(addr).await?;
-    for i in 0..n {
-        if i % 100 == 0 {
-            client = ChatClient::connect(addr).await?;
-        }
-        let mut s = client
-            .open_stream(&tokens[i % tokens.len()], &Default::default())
-            .await?;
-        // Wait for Welcome + SyncComplete so the session is fully set up.
-        for _ in 0..2 {
-            s.next().await.transpose()?;
-        }
-        streams.push(s);
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = rss_kib(pid)?;
-    println!(
-        "\nidle device streams: {n}; node RSS {before} KiB -> {after} KiB; {:.1} KiB per stream",
-        (after.saturating_sub(before)) as f64 / n as f64
-    );
-    drop(streams);
-    Ok(())
 }

@@ -6,14 +6,17 @@
 //! runs an open-loop fixed-rate probe, and measures this machine's fsync floor (small write +
 //! fdatasync) in the same run so the figures can be read against it. `latency` and `delivery`
 //! run real chatd processes: commit latency through the admin API, and device-to-device
-//! delivery latency plus memory per idle device stream through the gateway.
+//! delivery latency through the gateway; `idle` what idle devices, one connection each, cost a
+//! node in memory and CPU; `peer` runs chatd beside NATS JetStream in one run.
 
 mod cluster;
 mod delivery;
 mod fsync;
+mod idle;
 mod latency;
 mod log_bench;
 mod peer;
+mod procstat;
 mod rebuild;
 mod send_bench;
 
@@ -32,8 +35,10 @@ enum Cmd {
     Log(log_bench::Args),
     /// Open-loop commit latency against real chatd processes (as deployed).
     Latency(latency::Args),
-    /// End-to-end delivery latency device -> device and memory per idle device stream.
+    /// End-to-end delivery latency device -> device.
     Delivery(delivery::Args),
+    /// Memory and CPU per idle device, each on its own connection, pinging.
+    Idle(idle::Args),
     /// chatd beside NATS JetStream R3 in one run: same load generator, same disk, same cores.
     Peer(peer::Args),
     /// Projection rebuild speed (events replayed per second).
@@ -63,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Send(args) => send_bench::run(args).await,
         Cmd::Latency(args) => latency::run(args).await,
         Cmd::Delivery(args) => delivery::run(args).await,
+        Cmd::Idle(args) => idle::run(args).await,
         Cmd::Rebuild(args) => rebuild::run(args).await,
         Cmd::Peer(args) => peer::run(args).await,
         Cmd::Fsync { dir, iterations } => {

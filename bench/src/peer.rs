@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 
 use crate::fsync;
 use crate::latency::{start_processes, Procs};
+use crate::procstat::{cpu_ticks, pct};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -511,23 +512,6 @@ async fn open_devices(addrs: &[String], n: usize) -> anyhow::Result<Vec<DevicePi
 }
 
 // ---- measuring and reporting ------------------------------------------------------------------
-
-/// CPU time (user + system) a process has used so far, in clock ticks (1/100 s on Linux).
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("read /proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let stime: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Ok(utime + stime)
-}
-
-/// Percent of one core used over `secs`.
-fn pct(ticks: u64, secs: f64) -> f64 {
-    ticks as f64 / 100.0 / secs * 100.0
-}
 
 fn print_table(cells: &[Cell], floor: &fsync::FsyncFloor) {
     println!("\n{floor}\n");

@@ -21,6 +21,13 @@ use tonic::transport::server::TcpIncoming;
 use crate::admin::AdminService;
 use crate::config::ServerConfig;
 
+/// A connection with no traffic for this long gets kernel keepalive probes...
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// ...this far apart...
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// ...and is dropped after this many go unanswered (about 90 s after the peer vanished).
+const KEEPALIVE_RETRIES: u32 = 3;
+
 /// A node being served; dropping it does not stop it, call [`Running::stop`].
 pub struct Running {
     pub node: Arc<LogNode>,
@@ -120,9 +127,6 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         node.internal_check(),
     );
     let router = tonic::transport::Server::builder()
-        // HTTP/2 pings find dead device connections that would otherwise hold a stream open.
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(chat_service)
         .add_service(gateway_peer)
         .add_service(reflection_v1)
@@ -131,14 +135,24 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .add_service(admin)
         .add_service(sequencer_service)
         .add_service(health_service);
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        // `serve_with_incoming` ignores the builder's TCP_NODELAY, so set it on the listener's
-        // connections here: without it every small Raft and client reply can wait on Nagle.
-        TcpIncoming::from(listener).with_nodelay(Some(true)),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let server = tokio::spawn(
+        router.serve_with_incoming_shutdown(
+            // `serve_with_incoming` ignores the builder's TCP_NODELAY, so set it on the listener's
+            // connections here: without it every small Raft and client reply can wait on Nagle.
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                // The kernel's keepalive probes find dead connections (a phone gone behind a NAT)
+                // at no cost to this process; HTTP/2 pings did the same from userspace, waking every
+                // idle connection's task twice a minute. Open device streams are also closed by the
+                // gateway's idle timeout (devices ping).
+                .with_keepalive(Some(KEEPALIVE_IDLE))
+                .with_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                .with_keepalive_retries(Some(KEEPALIVE_RETRIES)),
+            async {
+                let _ = stop_rx.await;
+            },
+        ),
+    );
 
     node.initialize().await?;
     Ok(Running {

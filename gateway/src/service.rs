@@ -12,7 +12,7 @@ use chat_model::ids::{user_id_for_handle, ChatId, ChatSeq, DeviceId, UserId};
 use chat_proto::chat_v1 as pb;
 use chat_proto::chat_v1::chat_server::{Chat, ChatServer};
 use chat_proto::token::DeviceToken;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -143,7 +143,8 @@ impl Chat for ChatService {
     ) -> Result<Response<FrameStream>, Status> {
         let (tx, rx) = mpsc::channel(OUTBOUND_FRAMES);
         tokio::spawn(session::serve(self.gw.clone(), request.into_inner(), tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let frames = ReceiverStream::new(rx).map(|frame| frame.map(|boxed| *boxed));
+        Ok(Response::new(Box::pin(frames)))
     }
 
     async fn register(

@@ -8,6 +8,7 @@
 //! - [`token`]: the device bearer token format.
 //! - [`leader`]: [`LeaderHint`], where a partition's leader is, on a "not the leader" answer.
 //! - [`protocol`]: the node-to-node protocol version and its check.
+//! - [`codec`]: the protobuf codec every service and client uses (small initial buffers).
 //!
 //! Internal and admin RPCs carry the cluster secret in [`CLUSTER_SECRET_HEADER`]; internal ones
 //! also carry the protocol version in [`PROTOCOL_HEADER`].
@@ -37,6 +38,7 @@ pub mod chat {
     }
 }
 
+pub mod codec;
 pub mod leader;
 pub mod protocol;
 pub mod token;

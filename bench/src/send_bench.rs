@@ -3,7 +3,8 @@
 //!
 //! Sender *i* is its own user, member of group chat *i* mod C (C = senders / 4, at least 1), and
 //! submits through node *i* mod n — so on 3 nodes two thirds of sends are forwarded to the
-//! partition leader, as they would be from gateways on every node.
+//! partition leader, as they would be from gateways on every node. CPU per 1,000 sends is this
+//! whole process's (nodes and generator) over the window.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use chatd::config::ChatConfig;
 use hdrhistogram::Histogram;
 
 use crate::cluster::Cluster;
+use crate::procstat::cpu_ticks;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,8 +42,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         send_burst: 1_000_000,
         ..ChatConfig::default()
     };
-    println!("| nodes | senders | chats | acked sends/s | ack p50 (us) | ack p99 (us) |");
-    println!("|---|---|---|---|---|---|");
+    println!("| nodes | senders | chats | acked sends/s | ack p50 (us) | ack p99 (us) | CPU ms / 1k sends |");
+    println!("|---|---|---|---|---|---|---|");
     for &n in &args.nodes {
         for &senders in &args.senders {
             // A fresh cluster per cell, so earlier cells' data does not weigh on later ones.
@@ -51,9 +53,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let chats = (senders / 4).max(1);
             let setup = setup(&cluster, senders, chats).await?;
+            // The nodes and the generator share this process: its CPU over the window is
+            // what the sends cost, generator included (an upper bound for the nodes alone).
+            let cpu_before = cpu_ticks(std::process::id())?;
             let (rate, hist) = measure(&cluster, &setup, args.payload_bytes, args.seconds).await?;
+            let cpu_ms = (cpu_ticks(std::process::id())? - cpu_before) as f64 * 10.0;
+            let per_1k = cpu_ms / (rate * args.seconds as f64) * 1000.0;
             println!(
-                "| {n} | {senders} | {chats} | {rate:.0} | {} | {} |",
+                "| {n} | {senders} | {chats} | {rate:.0} | {} | {} | {per_1k:.0} |",
                 hist.value_at_quantile(0.5),
                 hist.value_at_quantile(0.99)
             );

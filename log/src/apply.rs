@@ -18,6 +18,7 @@ use rocksdb::WriteBatch;
 
 use crate::codec::{cf, describe_key, event_key, prefix_successor, state_key, StateNs};
 use crate::engine::{Engine, StoreError};
+use crate::store::{CachedWrites, StateCache};
 use crate::types::{CommandOutcome, LogOffset, PartitionId};
 
 /// Handler state as (key, value) pairs, keys without the partition/namespace prefix.
@@ -39,6 +40,7 @@ pub trait CommandHandler: Send + Sync + 'static {
 /// the writes of earlier commands of the same batch visible) and an event sink.
 pub struct ApplyContext<'a> {
     pub(crate) engine: &'a Engine,
+    pub(crate) cache: &'a StateCache,
     pub(crate) partition: PartitionId,
     pub(crate) raft_index: u64,
     pub(crate) timestamp_ms: u64,
@@ -98,14 +100,18 @@ impl ApplyBatch {
     }
 
     /// Add everything gathered to `batch` (partition `p`'s keys). A rewrite of an event that is
-    /// not stored is dropped (there is nothing to remove data from).
+    /// not stored is dropped (there is nothing to remove data from). Returns the writes to keys
+    /// `cache` holds, for the caller to make once `batch` is in RocksDB.
     pub(crate) fn write_to(
         self,
         engine: &Engine,
+        cache: &StateCache,
         p: PartitionId,
         batch: &mut WriteBatch,
-    ) -> Result<(), StoreError> {
+    ) -> Result<CachedWrites, StoreError> {
+        let mut cached = CachedWrites::default();
         for (key, value) in self.overlay {
+            cache.note_write(&mut cached, &key, value.as_deref());
             let key = state_key(p, StateNs::Handler, &key);
             match value {
                 Some(v) => engine.put_framed(batch, cf::STATE, &key, &v),
@@ -131,7 +137,7 @@ impl ApplyBatch {
             event.payload = payload.into();
             engine.put_framed(batch, cf::EVENTS, &key, &event.encode_to_vec());
         }
-        Ok(())
+        Ok(cached)
     }
 }
 
@@ -158,13 +164,22 @@ impl ApplyContext<'_> {
         self.batch.last_offset
     }
 
-    /// Read a handler state key.
+    /// Read a handler state key: this batch's pending write, else the partition's cache, else
+    /// RocksDB.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(pending) = self.batch.overlay.get(key) {
             return Ok(pending.clone());
         }
-        self.engine
-            .get(cf::STATE, &state_key(self.partition, StateNs::Handler, key))
+        if let Some(cached) = self.cache.get(key) {
+            return Ok(Some(cached));
+        }
+        let stored = self
+            .engine
+            .get(cf::STATE, &state_key(self.partition, StateNs::Handler, key))?;
+        if let Some(value) = &stored {
+            self.cache.fill(key, value);
+        }
+        Ok(stored)
     }
 
     /// Write a handler state key.

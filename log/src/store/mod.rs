@@ -4,12 +4,14 @@
 
 mod log_store;
 mod snapshot;
+mod state_cache;
 mod state_machine;
 #[cfg(test)]
 mod suite_tests;
 
 pub use log_store::PartitionLogStore;
 pub use snapshot::SnapshotData;
+pub(crate) use state_cache::{CachedWrites, StateCache};
 pub use state_machine::PartitionStateMachine;
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};

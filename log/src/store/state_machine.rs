@@ -25,7 +25,7 @@ use super::storage_error;
 use crate::apply::{ApplyBatch, ApplyContext, CommandHandler};
 use crate::codec::{self, cf, StateNs};
 use crate::engine::{DbSnapshot, Durability, Engine, StoreError};
-use crate::store::{Leading, TypeConfig};
+use crate::store::{Leading, StateCache, TypeConfig};
 use crate::types::{LogOffset, Node, NodeId, PartitionId, ProposalOutcome};
 use crate::wire::{decode, encode, opt_log_id, opt_log_id_pb, required, Malformed, Wire};
 use chat_proto::log as pb;
@@ -51,6 +51,8 @@ pub struct PartitionStateMachine {
     write_lock: Arc<Mutex<()>>,
     /// Whether this node leads the partition (its applies are then not held on a full disk).
     leading: Leading,
+    /// Handler state the applies read, as RocksDB holds it (see `state_cache.rs`).
+    cache: StateCache,
 }
 
 /// The applied position of a partition, stored as one record so its parts change together.
@@ -126,6 +128,7 @@ impl PartitionStateMachine {
             offsets,
             write_lock: Arc::new(Mutex::new(())),
             leading,
+            cache: StateCache::new(),
         };
         Ok((sm, offsets_rx))
     }
@@ -167,6 +170,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                     for command in &proposal.commands {
                         let mut ctx = ApplyContext {
                             engine: &self.engine,
+                            cache: &self.cache,
                             partition: self.partition,
                             raft_index,
                             timestamp_ms: proposal.timestamp_ms,
@@ -192,8 +196,8 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         let p = self.partition;
         let last_offset = gathered.last_offset();
         let mut batch = WriteBatch::default();
-        gathered
-            .write_to(&self.engine, p, &mut batch)
+        let cached = gathered
+            .write_to(&self.engine, &self.cache, p, &mut batch)
             .map_err(|e| self.apply_error(last_applied, e))?;
         let state = AppliedState {
             applied,
@@ -205,6 +209,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             .write_growing(batch, Durability::Buffered, self.leading.get())
             .await
             .map_err(|e| self.apply_error(last_applied, e))?;
+        self.cache.apply(cached);
 
         self.applied = state.applied;
         self.membership = state.membership;
@@ -243,6 +248,8 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
 
         let write_lock = self.write_lock.clone();
         let _guard = write_lock.lock().await;
+        // Whether or not the install succeeds, an empty cache is a true one.
+        self.cache.clear();
 
         // Replace everything the partition's state machine owns with the snapshot, atomically.
         let mut batch = WriteBatch::default();

@@ -6,9 +6,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_log::{LogNode, LogNodeConfig, PartitionId, RaftTuning, RawAppend};
+use chat_log::{CommandHandler, LogNode, LogNodeConfig, PartitionId, RaftTuning, RawAppend};
 
+#[allow(dead_code)] // Not every test binary uses it.
 pub async fn single_node(dir: &Path, partitions: u32) -> Arc<LogNode> {
+    single_node_with(dir, partitions, Arc::new(RawAppend)).await
+}
+
+/// [`single_node`] applying commands with `handler`.
+pub async fn single_node_with(
+    dir: &Path,
+    partitions: u32,
+    handler: Arc<dyn CommandHandler>,
+) -> Arc<LogNode> {
     let config = LogNodeConfig {
         node_id: 1,
         data_dir: dir.to_path_buf(),
@@ -19,7 +29,7 @@ pub async fn single_node(dir: &Path, partitions: u32) -> Arc<LogNode> {
         raft: RaftTuning::default(),
         disk: Default::default(),
     };
-    let node = LogNode::open(config, Arc::new(RawAppend)).await.unwrap();
+    let node = LogNode::open(config, handler).await.unwrap();
     node.initialize().await.unwrap();
     for p in 0..partitions {
         node.wait_for_leader(PartitionId(p), Duration::from_secs(10))

@@ -32,7 +32,7 @@ use crate::disk::{DiskConfig, DiskGuard, DiskState, DiskStatus};
 use crate::engine::{Engine, StoreError};
 use crate::error::ProposeError;
 use crate::network::{NetworkFactory, PeerChannels, RaftServer, SecretCheck, MAX_MESSAGE_BYTES};
-use crate::store::{Leading, PartitionLogStore, PartitionStateMachine, TypeConfig};
+use crate::store::{Leading, PartitionLogStore, PartitionStateMachine, StateCache, TypeConfig};
 use crate::types::{LogOffset, NodeId, PartitionId, ProposalOutcome};
 
 /// Raft timing and log-compaction knobs.
@@ -241,9 +241,15 @@ impl LogNode {
         for p in (0..config.partitions).map(PartitionId) {
             let leading = Leading::default();
             let log = PartitionLogStore::new(engine.clone(), p, leading.clone());
-            let (sm, offsets) =
-                PartitionStateMachine::open(engine.clone(), p, handler.clone(), leading.clone())
-                    .with_context(|| format!("open state machine of {p}"))?;
+            let cache = StateCache::for_one_of(config.partitions);
+            let (sm, offsets) = PartitionStateMachine::open(
+                engine.clone(),
+                p,
+                handler.clone(),
+                leading.clone(),
+                cache,
+            )
+            .with_context(|| format!("open state machine of {p}"))?;
             let network = NetworkFactory::new(p, peers.clone());
             let raft = Raft::new(config.node_id, raft_config.clone(), network, log, sm)
                 .await

@@ -9,8 +9,10 @@
 //! handler state, and applies are sequential, so nothing else can make it stale. Absent keys are
 //! not cached: a send's dedup lookup always misses, and would take a slot each time.
 
-/// Bytes of keys and values a partition keeps cached.
-const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes of keys and values a node keeps cached, over all its partitions...
+const NODE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// ...but never less than this per partition (a node with very many partitions).
+const MIN_PARTITION_CACHE_BYTES: u64 = 1024 * 1024;
 /// What a cached entry typically weighs (a key and a small record), to size the table.
 const TYPICAL_ENTRY_BYTES: u64 = 64;
 
@@ -36,12 +38,13 @@ impl quick_cache::Weighter<Vec<u8>, Vec<u8>> for ByteWeight {
 }
 
 impl StateCache {
-    pub(crate) fn new() -> Self {
-        let entries = (CACHE_BYTES / TYPICAL_ENTRY_BYTES) as usize;
+    /// The cache of one of a node's `partitions` partitions (they share the node's budget).
+    pub(crate) fn for_one_of(partitions: u32) -> Self {
+        let bytes =
+            (NODE_CACHE_BYTES / u64::from(partitions.max(1))).max(MIN_PARTITION_CACHE_BYTES);
+        let entries = (bytes / TYPICAL_ENTRY_BYTES) as usize;
         StateCache(quick_cache::sync::Cache::with_weighter(
-            entries,
-            CACHE_BYTES,
-            ByteWeight,
+            entries, bytes, ByteWeight,
         ))
     }
 

@@ -108,13 +108,14 @@ fn put_applied_state(
 }
 
 impl PartitionStateMachine {
-    /// Open the state machine of `partition`, resuming from what is stored. Returns it with a
-    /// receiver of its last applied offset.
-    pub fn open(
+    /// Open the state machine of `partition`, resuming from what is stored, with `cache` for the
+    /// state its applies read. Returns it with a receiver of its last applied offset.
+    pub(crate) fn open(
         engine: Arc<Engine>,
         partition: PartitionId,
         handler: Arc<dyn CommandHandler>,
         leading: Leading,
+        cache: StateCache,
     ) -> Result<(Self, watch::Receiver<LogOffset>), StoreError> {
         let stored = read_applied_state(&engine, None, partition)?;
         let (offsets, offsets_rx) = watch::channel(stored.last_offset);
@@ -128,7 +129,7 @@ impl PartitionStateMachine {
             offsets,
             write_lock: Arc::new(Mutex::new(())),
             leading,
-            cache: StateCache::new(),
+            cache,
         };
         Ok((sm, offsets_rx))
     }

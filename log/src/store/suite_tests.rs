@@ -8,7 +8,7 @@ use crate::apply::RawAppend;
 use crate::disk::{DiskConfig, DiskGuard};
 use crate::engine::{Engine, StoreError};
 use crate::store::TypeConfig;
-use crate::store::{Leading, PartitionLogStore, PartitionStateMachine};
+use crate::store::{Leading, PartitionLogStore, PartitionStateMachine, StateCache};
 use crate::types::{NodeId, PartitionId};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{AnyError, StorageError, StorageIOError};
@@ -34,9 +34,14 @@ impl StoreBuilder<TypeConfig, PartitionLogStore, PartitionStateMachine, TempDir>
         let engine = Engine::open(dir.path(), std::sync::Arc::new(disk)).map_err(io)?;
         let partition = PartitionId(5);
         let log = PartitionLogStore::new(engine.clone(), partition, Leading::default());
-        let (sm, _offsets) =
-            PartitionStateMachine::open(engine, partition, Arc::new(RawAppend), Leading::default())
-                .map_err(io)?;
+        let (sm, _offsets) = PartitionStateMachine::open(
+            engine,
+            partition,
+            Arc::new(RawAppend),
+            Leading::default(),
+            StateCache::for_one_of(1),
+        )
+        .map_err(io)?;
         Ok((dir, log, sm))
     }
 }

@@ -135,6 +135,11 @@ impl Engine {
         // handful of cores that spinning takes CPU from the threads doing the work (measured:
         // see docs/benchmarks.md), so waiters block instead.
         opts.set_enable_write_thread_adaptive_yield(false);
+        // RocksDB's own LOG: warnings and errors only (at its default level it dumps every
+        // option and periodic stats, megabytes a day), in files rotated at 16 MiB, 5 kept.
+        opts.set_log_level(rocksdb::LogLevel::Warn);
+        opts.set_max_log_file_size(16 * 1024 * 1024);
+        opts.set_keep_log_file_num(5);
         let cfs = cf::ALL
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));

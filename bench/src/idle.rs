@@ -17,6 +17,7 @@ use chat_proto::chat_v1::{self as pb, client_frame, server_frame};
 use futures::StreamExt;
 
 use crate::delivery::connect_retrying;
+use crate::jsonl;
 use crate::latency::start_processes;
 use crate::procstat::{cpu_ticks, pct, rss_kib};
 
@@ -54,10 +55,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "no chatd at {} (cargo build --release -p chatd)",
         args.chatd.display()
     );
-    let (soft, hard) = rlimit::increase_nofile_limit(u64::MAX)
-        .map(|soft| (soft, soft))
-        .or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE))
-        .context("read the descriptor limit")?;
+    // Raise the soft limit as far as allowed; what it ends up at is read back either way.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let (soft, hard) =
+        rlimit::getrlimit(rlimit::Resource::NOFILE).context("read the descriptor limit")?;
     let allowed = soft.saturating_sub(FD_MARGIN) as usize;
     let n = args.connections.unwrap_or(allowed);
     anyhow::ensure!(
@@ -119,9 +120,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rss_after / 1024,
         rss_end / 1024
     );
-    write_json(
-        &args,
-        serde_json::json!({
+    jsonl::append(
+        &args.json,
+        [serde_json::json!({
             "bench": "idle",
             "connections": n,
             "ping_secs": args.ping_secs,
@@ -132,7 +133,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "kib_per_connection": per_conn_kib,
             "server_cpu_pct": cpu,
             "server_cpu_pct_per_1k": cpu_per_1k,
-        }),
+        })],
     )?;
     drop(devices);
     Ok(())
@@ -237,19 +238,4 @@ async fn stay_idle(
             }
         }
     }
-}
-
-fn write_json(args: &Args, line: serde_json::Value) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    if let Some(parent) = args.json.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.json)
-        .with_context(|| format!("open {}", args.json.display()))?;
-    writeln!(out, "{line}")?;
-    println!("JSON line appended to {}", args.json.display());
-    Ok(())
 }

@@ -13,6 +13,7 @@ mod cluster;
 mod delivery;
 mod fsync;
 mod idle;
+mod jsonl;
 mod latency;
 mod log_bench;
 mod peer;

@@ -13,7 +13,6 @@
 //! JSON line to `--json`.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,9 +25,9 @@ use chat_proto::chat_v1::server_frame;
 use hdrhistogram::Histogram;
 use tokio::sync::oneshot;
 
-use crate::fsync;
 use crate::latency::{start_processes, Procs};
 use crate::procstat::{cpu_ticks, pct};
+use crate::{fsync, jsonl};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -551,20 +550,12 @@ fn print_table(cells: &[Cell], floor: &fsync::FsyncFloor) {
 }
 
 fn write_json(args: &Args, cells: &[Cell], floor: &fsync::FsyncFloor) -> anyhow::Result<()> {
-    if let Some(parent) = args.json.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.json)
-        .with_context(|| format!("open {}", args.json.display()))?;
-    for c in cells {
+    let lines = cells.iter().map(|c| {
         let (inflight, rate) = match c.load {
             Load::Closed { inflight } => (serde_json::json!(inflight), serde_json::Value::Null),
             Load::Open { rate } => (serde_json::Value::Null, serde_json::json!(rate)),
         };
-        let line = serde_json::json!({
+        serde_json::json!({
             "bench": format!("peer/{}", c.system),
             "label": args.label,
             "inflight": inflight,
@@ -579,9 +570,7 @@ fn write_json(args: &Args, cells: &[Cell], floor: &fsync::FsyncFloor) -> anyhow:
             "payload_bytes": args.payload,
             "fsync_floor_p50_ms": floor.p50_us as f64 / 1000.0,
             "fsync_floor_p99_ms": floor.p99_us as f64 / 1000.0,
-        });
-        writeln!(out, "{line}")?;
-    }
-    println!("JSON lines appended to {}", args.json.display());
-    Ok(())
+        })
+    });
+    jsonl::append(&args.json, lines)
 }

@@ -90,12 +90,13 @@ impl SmallDisk {
 
     /// Take space with a file of real blocks until only `leave` bytes are free (nothing to take
     /// when the nodes already used it: a node may flush into space its ballast just released).
+    /// The file is created either way, so the caller removes it the same way.
     fn fill_leaving(&self, name: &str, leave: u64) {
+        let file = std::fs::File::create(self.mnt.join(name)).unwrap();
         let take = self.free_bytes().saturating_sub(leave);
         if take == 0 {
             return;
         }
-        let file = std::fs::File::create(self.mnt.join(name)).unwrap();
         run(Command::new("fallocate")
             .args(["-l", &take.to_string()])
             .arg(self.mnt.join(name)));

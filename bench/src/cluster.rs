@@ -51,6 +51,7 @@ impl Cluster {
                     bind_ip: None,
                     raft: RaftTuning::default(),
                     disk: Default::default(),
+                    engine: Default::default(),
                 },
                 chat: chat.clone(),
                 gateway: Default::default(),

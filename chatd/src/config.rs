@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use chat_gateway::notify::{LogSink, PushSink, WebhookConfig, WebhookSink};
 use chat_gateway::GatewayConfig;
-use chat_log::{DiskConfig, LogNodeConfig, NodeId, RaftTuning};
+use chat_log::{DiskConfig, EngineConfig, LogNodeConfig, NodeId, RaftTuning};
 use chat_model::{ApplyLimits, CommandLimits};
 use chat_sequencer::workers::retention::RetentionConfig;
 use chat_sequencer::SequencerConfig;
@@ -86,6 +86,8 @@ struct FileConfig {
     retention: RetentionSection,
     #[serde(default)]
     storage: DiskConfig,
+    #[serde(default)]
+    engine: EngineConfig,
 }
 
 /// The `[retention]` table: how long messages stay on the server.
@@ -127,6 +129,9 @@ impl RetentionSection {
 pub struct NotificationsSection {
     /// "log" (the default), "webhook" or "none".
     pub sink: String,
+    /// For the log sink: "debug" (the default: counted in metrics, not written at the default
+    /// filter) or "info" (a line per notification).
+    pub log_level: String,
     /// For the webhook sink: `http://host:port/path`.
     pub webhook_url: Option<String>,
     pub max_attempts: u32,
@@ -140,6 +145,7 @@ impl Default for NotificationsSection {
     fn default() -> Self {
         NotificationsSection {
             sink: "log".into(),
+            log_level: "debug".into(),
             webhook_url: None,
             max_attempts: 5,
             first_backoff_ms: 200,
@@ -154,7 +160,15 @@ impl NotificationsSection {
     pub fn sink(&self) -> anyhow::Result<Option<Arc<dyn PushSink>>> {
         Ok(match self.sink.as_str() {
             "none" => None,
-            "log" => Some(Arc::new(LogSink)),
+            "log" => Some(Arc::new(LogSink {
+                at_info: match self.log_level.as_str() {
+                    "debug" => false,
+                    "info" => true,
+                    other => {
+                        bail!("[notifications] log_level {other:?}: want \"debug\" or \"info\"")
+                    }
+                },
+            })),
             "webhook" => {
                 let url = self
                     .webhook_url
@@ -184,6 +198,8 @@ pub struct GatewaySection {
     pub idle_timeout_secs: u64,
     /// Largest client frame, in bytes.
     pub max_frame_bytes: usize,
+    /// MiB of chat member lists cached for fan-out.
+    pub member_cache_mib: u64,
 }
 
 impl Default for GatewaySection {
@@ -193,6 +209,7 @@ impl Default for GatewaySection {
             queue_capacity: d.queue_capacity,
             idle_timeout_secs: d.idle_timeout.as_secs(),
             max_frame_bytes: d.max_frame_bytes,
+            member_cache_mib: d.member_cache_bytes / (1024 * 1024),
         }
     }
 }
@@ -203,6 +220,7 @@ impl GatewaySection {
             queue_capacity: self.queue_capacity.max(1),
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs.max(1)),
             max_frame_bytes: self.max_frame_bytes,
+            member_cache_bytes: self.member_cache_mib.max(1) * 1024 * 1024,
             ..GatewayConfig::default()
         }
     }
@@ -323,6 +341,7 @@ impl ServerConfig {
                 "a multi-node cluster needs a shared --cluster-secret (or CHATD_CLUSTER_SECRET)"
             ),
         };
+        file.engine.check().map_err(anyhow::Error::msg)?;
         Ok(ServerConfig {
             listen,
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
@@ -335,6 +354,7 @@ impl ServerConfig {
                 bind_ip: flags.bind_ip.or(file.bind_ip),
                 raft: file.raft,
                 disk: file.storage,
+                engine: file.engine,
             },
             chat: file.chat,
             gateway: file.gateway,
@@ -443,6 +463,32 @@ mod tests {
             assert!(err.contains(want), "{bad}: {err}");
         }
         assert!(parse_peers(&["1=a:1".into(), "1=b:2".into()]).is_err());
+    }
+
+    #[test]
+    fn engine_sizes_and_sink_level_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |toml: &str| {
+            let path = dir.path().join("n.toml");
+            std::fs::write(&path, toml).unwrap();
+            ServerConfig::resolve(Flags {
+                config: Some(path),
+                data_dir: Some(dir.path().join("data")),
+                ..Flags::default()
+            })
+        };
+        let c = resolve("[engine]\nwal_max_mib = 256\nblock_cache_mib = 32\n").unwrap();
+        assert_eq!(
+            (c.log.engine.wal_max_mib, c.log.engine.block_cache_mib),
+            (256, 32)
+        );
+        let err = resolve("[engine]\nwal_max_mib = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wal_max_mib = 4"), "{err}");
+        let c = resolve("[notifications]\nlog_level = \"loud\"\n").unwrap();
+        let err = c.notifications.sink().err().unwrap().to_string();
+        assert!(err.contains("log_level \"loud\""), "{err}");
     }
 
     #[test]

@@ -107,7 +107,12 @@ async fn offline_devices_get_collapsed_notifications_through_a_retried_webhook()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_log_sink_is_the_default() {
-    let cluster = Cluster::start_with(1, 2, "[notifications]\nflush_ms = 100\n");
+    // At its default level the sink writes at debug, which the test nodes' filter hides.
+    let cluster = Cluster::start_with(
+        1,
+        2,
+        "[notifications]\nflush_ms = 100\nlog_level = \"info\"\n",
+    );
     let addr = cluster.node(1).addr.clone();
     cluster.wait_for_leaders(1, WAIT).await;
     let (mut alice, alice_token) = register(&addr, "alice").await;

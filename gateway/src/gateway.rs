@@ -31,6 +31,8 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// How often offline notifications are collapsed and handed to the sink.
     pub notify_every: Duration,
+    /// Bytes of chat member lists the hub keeps cached for fan-out.
+    pub member_cache_bytes: u64,
 }
 
 impl Default for GatewayConfig {
@@ -43,6 +45,7 @@ impl Default for GatewayConfig {
             max_sends_in_flight: 64,
             max_frame_bytes: 1024 * 1024,
             notify_every: Duration::from_secs(1),
+            member_cache_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -69,7 +72,11 @@ impl Gateway {
         config: GatewayConfig,
     ) -> Result<Arc<Gateway>, String> {
         let node = sequencer.node().clone();
-        let hub = hub::Hub::start(node.clone(), config.queue_capacity);
+        let hub = hub::Hub::start(
+            node.clone(),
+            config.queue_capacity,
+            config.member_cache_bytes,
+        );
         let peers = node
             .members()
             .iter()

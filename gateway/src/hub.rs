@@ -101,12 +101,21 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Start tailing every partition of `node` from its current end.
-    pub fn start(node: Arc<LogNode>, queue_capacity: usize) -> Arc<Hub> {
+    /// Start tailing every partition of `node` from its current end, with at most
+    /// `member_cache_bytes` of member lists cached.
+    pub fn start(node: Arc<LogNode>, queue_capacity: usize, member_cache_bytes: u64) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             reads: StateReader::new(node.clone()),
             sessions: RwLock::default(),
-            members: Cache::builder().max_capacity(100_000).build(),
+            // Weighed in bytes, not entries: a big group's list is thousands of times a direct
+            // chat's, and a count cap would let a node's memory follow its groups' sizes.
+            members: Cache::builder()
+                .max_capacity(member_cache_bytes)
+                .weigher(|_, members: &Arc<Vec<UserId>>| {
+                    u32::try_from(64 + members.len() * std::mem::size_of::<UserId>())
+                        .unwrap_or(u32::MAX)
+                })
+                .build(),
             last_seen: Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(30 * 24 * 3600))
@@ -118,6 +127,7 @@ impl Hub {
         for p in 0..node.partition_count() {
             tokio::spawn(tail(hub.clone(), node.clone(), PartitionId(p)));
         }
+        tokio::spawn(publish_sizes(Arc::downgrade(&hub)));
         hub
     }
 
@@ -303,4 +313,16 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
+}
+
+/// Every few seconds, what the hub's caches hold (`chatd_member_cache_bytes`,
+/// `chatd_last_seen_entries`), until the hub is gone.
+async fn publish_sizes(hub: std::sync::Weak<Hub>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        metrics::gauge!("chatd_member_cache_bytes").set(hub.members.weighted_size() as f64);
+        metrics::gauge!("chatd_last_seen_entries").set(hub.last_seen.entry_count() as f64);
+    }
 }

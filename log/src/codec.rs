@@ -70,7 +70,8 @@ pub mod cf {
     /// Partition state: `[partition][namespace u8][key]`: system keys (applied log id,
     /// membership, last offset) and the command handler's own keys.
     pub const STATE: &str = "state";
-    /// Snapshot manifests: `[partition]`.
+    /// No longer written: releases before 0.2.1 kept a copy of the handler state per snapshot
+    /// here (`[partition]`), which is deleted at open. Kept so those data dirs open.
     pub const SNAPSHOTS: &str = "snapshots";
     /// Node-level records (which node and how many partitions this data dir was made for).
     pub const NODE: &str = "node";

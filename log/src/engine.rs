@@ -8,20 +8,27 @@
 //! share one fsync. Because RocksDB has a single WAL per instance that is replayed as a prefix,
 //! anything written before a completed sync is durable too, whatever its write options were.
 //!
+//! Memory and restart time are bounded by [`EngineConfig`]: one block cache and one memtable
+//! budget shared by every column family (index and filter blocks live in that cache, so they do
+//! not grow outside it with the data), and a WAL cap past which RocksDB flushes the column
+//! families that hold the oldest WAL file — a family written rarely would otherwise keep every
+//! WAL file since its last flush alive, and a restart replays them all.
+//!
 //! Running out of disk space is survived, not fatal (see [`crate::disk`]): a write or sync that
 //! fails with ENOSPC changed nothing, so [`Engine::write_waiting`] and the syncer wait for space
 //! and try again instead of handing openraft a storage error, which would stop the Raft group.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions, DB,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, cf, CorruptRecord};
 use crate::disk::DiskGuard;
@@ -70,6 +77,35 @@ impl StoreError {
 /// A consistent point-in-time view of a node's database (a RocksDB snapshot).
 pub type DbSnapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
 
+/// A RocksDB snapshot that keeps its database open, so it can be handed to another task and read
+/// later (a Raft snapshot is taken in the state machine and read when it is sent). Taking one is
+/// O(1); while it lives, RocksDB keeps the versions it sees.
+pub struct OwnedView {
+    // Declared before `_db`, so it is dropped (released in RocksDB) first.
+    snapshot: DbSnapshot<'static>,
+    _db: Arc<DB>,
+}
+
+impl OwnedView {
+    fn new(db: &Arc<DB>) -> Self {
+        let snapshot = db.snapshot();
+        // SAFETY: the snapshot borrows the DB behind `db`. `_db` holds that same allocation (an
+        // Arc never moves its contents) for as long as this struct lives, and the field order
+        // drops the snapshot before `_db`, so the borrow never outlives the DB.
+        let snapshot =
+            unsafe { std::mem::transmute::<DbSnapshot<'_>, DbSnapshot<'static>>(snapshot) };
+        OwnedView {
+            snapshot,
+            _db: db.clone(),
+        }
+    }
+
+    /// The view, for [`Engine::get_at`] and [`Engine::scan_at`].
+    pub fn at(&self) -> &DbSnapshot<'_> {
+        &self.snapshot
+    }
+}
+
 /// Whether a write must be on disk before [`Engine::write`] returns.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -90,26 +126,98 @@ pub struct SyncStats {
     pub waiters: AtomicU64,
 }
 
-/// Per column family: the ones read by point lookups get bloom filters, in SST files and in
-/// the memtable. Many of their lookups miss by design (a send's dedup key is new; a member
-/// check for a non-member), and without a filter a miss is a skip-list search plus an index
-/// and data block read in every level. The log-shaped families are read by range and get none.
-fn cf_options(name: &str) -> Options {
+const MIB: u64 = 1024 * 1024;
+
+/// The `[engine]` knobs: what RocksDB and the cache in front of it may hold, in MiB. Every
+/// figure is a cap for the whole node, whatever its number of partitions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// WAL files kept before RocksDB flushes the column families holding the oldest one. A
+    /// restart after a crash replays at most this much.
+    pub wal_max_mib: u64,
+    /// Memtables of all column families together.
+    pub memtables_mib: u64,
+    /// RocksDB's block cache (data, index and filter blocks), shared by all column families.
+    pub block_cache_mib: u64,
+    /// The state caches the applies read through, over all partitions (`store/state_cache.rs`).
+    pub state_cache_mib: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            // Replayed at ~150 MiB/s on the benchmark VM: a restart well under the 2 s target.
+            wal_max_mib: 128,
+            memtables_mib: 64,
+            block_cache_mib: 64,
+            state_cache_mib: 64,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The values RocksDB needs to work at all, or a message naming the knob.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, value, least) in [
+            ("wal_max_mib", self.wal_max_mib, 16),
+            ("memtables_mib", self.memtables_mib, 8),
+            ("block_cache_mib", self.block_cache_mib, 8),
+            ("state_cache_mib", self.state_cache_mib, 1),
+        ] {
+            if value < least {
+                return Err(format!(
+                    "[engine] {name} = {value} is below its least useful value, {least}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the engine holds, for metrics and status (bytes).
+#[derive(Clone, Debug, Default)]
+pub struct EngineSizes {
+    /// Live SST bytes per column family.
+    pub sst: Vec<(&'static str, u64)>,
+    /// Memtable bytes per column family.
+    pub memtables: Vec<(&'static str, u64)>,
+    pub block_cache: u64,
+    /// The WAL files on disk.
+    pub wal: u64,
+}
+
+/// Per column family. All share one block cache, with index and filter blocks inside it (and
+/// those of L0, read on every lookup, pinned), so table readers' memory is capped by the cache
+/// instead of growing with the number of SST files. The families read by point lookups get
+/// bloom filters, in SST files and in the memtable: many of their lookups miss by design (a
+/// send's dedup key is new; a member check for a non-member), and without a filter a miss is a
+/// skip-list search plus an index and data block read in every level. The log-shaped families are
+/// read by range and get none.
+fn cf_options(name: &str, config: &EngineConfig, cache: &Cache) -> Options {
     let mut opts = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     if matches!(name, cf::STATE | cf::PROJECTIONS | cf::RAFT_META) {
-        let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         table.set_whole_key_filtering(true);
-        opts.set_block_based_table_factory(&table);
         opts.set_memtable_prefix_bloom_ratio(0.05);
         opts.set_memtable_whole_key_filtering(true);
     }
+    opts.set_block_based_table_factory(&table);
+    // A quarter of the node's memtable budget per memtable: the shared budget (set on the DB)
+    // flushes the largest when the total is reached, so several busy families fit in it.
+    opts.set_write_buffer_size(((config.memtables_mib * MIB) / 4).max(2 * MIB) as usize);
     opts
 }
 
 /// One node's RocksDB and its group-commit syncer.
 pub struct Engine {
     db: Arc<DB>,
+    path: PathBuf,
+    block_cache: Cache,
     /// `None` once the engine is being dropped.
     sync_tx: Mutex<Option<mpsc::Sender<SyncWaiter>>>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -118,8 +226,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Open (or create) the node's database under `path`, on the disk `disk` watches.
+    /// Open (or create) the node's database under `path`, on the disk `disk` watches, with the
+    /// default [`EngineConfig`].
+    #[cfg(test)]
     pub fn open(path: &Path, disk: Arc<DiskGuard>) -> Result<Arc<Engine>, StoreError> {
+        Self::open_with(path, disk, &EngineConfig::default())
+    }
+
+    /// [`Engine::open`] with the given sizes.
+    pub fn open_with(
+        path: &Path,
+        disk: Arc<DiskGuard>,
+        config: &EngineConfig,
+    ) -> Result<Arc<Engine>, StoreError> {
         // Reopening after a crash replays the WAL into memtables without writing new SST files:
         // a node killed on a full disk needs no free space beyond a new MANIFEST and WAL to come
         // back (the memtables are flushed later, once there is room). The crate has no setter
@@ -140,9 +259,12 @@ impl Engine {
         opts.set_log_level(rocksdb::LogLevel::Warn);
         opts.set_max_log_file_size(16 * 1024 * 1024);
         opts.set_keep_log_file_num(5);
+        opts.set_max_total_wal_size(config.wal_max_mib * MIB);
+        opts.set_db_write_buffer_size((config.memtables_mib * MIB) as usize);
+        let block_cache = Cache::new_lru_cache((config.block_cache_mib * MIB) as usize);
         let cfs = cf::ALL
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, config, &block_cache)));
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
 
         let (sync_tx, sync_rx) = mpsc::channel::<SyncWaiter>();
@@ -159,6 +281,8 @@ impl Engine {
 
         Ok(Arc::new(Engine {
             db,
+            path: path.to_path_buf(),
+            block_cache,
             sync_tx: Mutex::new(Some(sync_tx)),
             syncer: Mutex::new(Some(syncer)),
             stats,
@@ -175,8 +299,50 @@ impl Engine {
         self.db.snapshot()
     }
 
+    /// A point-in-time view that may outlive this call (see [`OwnedView`]).
+    pub fn owned_view(&self) -> OwnedView {
+        OwnedView::new(&self.db)
+    }
+
     pub fn stats(&self) -> &SyncStats {
         &self.stats
+    }
+
+    /// What the engine holds now: SST and memtable bytes per column family, the block cache's
+    /// use, and the WAL files' size.
+    pub fn sizes(&self) -> EngineSizes {
+        let property = |name: &str, property: &str| {
+            self.db
+                .property_int_value_cf(self.cf(name), property)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        EngineSizes {
+            sst: cf::ALL
+                .iter()
+                .map(|&name| (name, property(name, "rocksdb.live-sst-files-size")))
+                .collect(),
+            memtables: cf::ALL
+                .iter()
+                .map(|&name| (name, property(name, "rocksdb.cur-size-all-mem-tables")))
+                .collect(),
+            block_cache: self.block_cache.get_usage() as u64,
+            wal: wal_bytes(&self.path),
+        }
+    }
+
+    /// Publish [`Engine::sizes`] as metrics (`chatd_rocksdb_*`).
+    pub fn publish_metrics(&self) {
+        let sizes = self.sizes();
+        for (cf_name, bytes) in &sizes.sst {
+            metrics::gauge!("chatd_rocksdb_sst_bytes", "cf" => *cf_name).set(*bytes as f64);
+        }
+        for (cf_name, bytes) in &sizes.memtables {
+            metrics::gauge!("chatd_rocksdb_memtable_bytes", "cf" => *cf_name).set(*bytes as f64);
+        }
+        metrics::gauge!("chatd_rocksdb_block_cache_bytes").set(sizes.block_cache as f64);
+        metrics::gauge!("chatd_rocksdb_wal_bytes").set(sizes.wal as f64);
     }
 
     /// The free-space watch of the disk this database is on.
@@ -331,6 +497,14 @@ impl Engine {
             })
     }
 
+    /// Compact partition `p`'s range of the Raft log, so the entries a purge deleted (a range
+    /// tombstone) give their space back now rather than when RocksDB next compacts there.
+    pub fn compact_raft_log(&self, p: crate::types::PartitionId) {
+        let (start, end) = (codec::partition_start(p), codec::partition_end(p));
+        self.db
+            .compact_range_cf(self.cf(cf::RAFT_LOG), Some(&start), Some(&end));
+    }
+
     /// Re-read every record of every column family and check its frame. Returns how many records
     /// were checked and one message per corrupt record.
     pub fn verify_all(&self) -> Result<(u64, Vec<String>), StoreError> {
@@ -347,6 +521,20 @@ impl Engine {
         }
         Ok((checked, errors))
     }
+}
+
+/// Bytes of the WAL files (`*.log`) in a RocksDB directory (0 if it cannot be read: a metric,
+/// not a check).
+fn wal_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension() == Some("log".as_ref()))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 impl Drop for Engine {

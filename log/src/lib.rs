@@ -46,7 +46,7 @@ pub use apply::{
 pub use codec::CorruptRecord;
 pub use derived::{DerivedBatch, DerivedStore, DerivedView, Namespace};
 pub use disk::{DiskConfig, DiskFull, DiskState, DiskStatus};
-pub use engine::{Durability, StoreError};
+pub use engine::{Durability, EngineConfig, EngineSizes, StoreError};
 pub use error::ProposeError;
 pub use network::MAX_MESSAGE_BYTES;
 pub use node::{

@@ -29,7 +29,7 @@ use crate::codec::{self, cf};
 use crate::datadir;
 use crate::derived::DerivedStore;
 use crate::disk::{DiskConfig, DiskGuard, DiskState, DiskStatus};
-use crate::engine::{Engine, StoreError};
+use crate::engine::{Engine, EngineConfig, StoreError};
 use crate::error::ProposeError;
 use crate::network::{NetworkFactory, PeerChannels, RaftServer, SecretCheck, MAX_MESSAGE_BYTES};
 use crate::store::{Leading, PartitionLogStore, PartitionStateMachine, StateCache, TypeConfig};
@@ -76,6 +76,8 @@ pub struct LogNodeConfig {
     pub raft: RaftTuning,
     /// Free-space reserve and ballast of the data disk.
     pub disk: DiskConfig,
+    /// Memory and WAL caps of the storage engine.
+    pub engine: EngineConfig,
 }
 
 /// Group-commit counters: WAL syncs, and the waiters they completed.
@@ -143,7 +145,7 @@ async fn track_leading(
     }
 }
 
-/// Once a second: re-read free space, and while the disk is below its reserve, step away from
+/// Once a second: publish what the storage engine and caches hold, re-read free space, and while the disk is below its reserve, step away from
 /// leading. A leader that cannot take client writes should not keep its partitions: it stops
 /// sending heartbeats and standing for election, so once the followers' leader lease runs out one
 /// of them (with a disk that can write) is elected. When space is back, both are enabled again.
@@ -159,6 +161,7 @@ fn watch_disk(node: std::sync::Weak<LogNode>) {
         if node.stopped.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
+        node.publish_sizes();
         let disk = node.engine.disk();
         disk.refresh();
         disk.publish_metrics();
@@ -194,6 +197,8 @@ struct Partition {
     raft: Raft<TypeConfig>,
     batcher: Batcher,
     offsets: watch::Receiver<LogOffset>,
+    /// The state machine's cache, kept here to report its size.
+    cache: StateCache,
 }
 
 /// A running node of the partitioned log.
@@ -229,7 +234,8 @@ impl LogNode {
             .with_context(|| format!("create {}", db_path.display()))?;
         let disk = DiskGuard::open(&config.data_dir, config.disk.clone())
             .with_context(|| format!("read free space of {}", config.data_dir.display()))?;
-        let engine = Engine::open(&db_path, Arc::new(disk))
+        config.engine.check().map_err(anyhow::Error::msg)?;
+        let engine = Engine::open_with(&db_path, Arc::new(disk), &config.engine)
             .with_context(|| format!("open RocksDB at {}", db_path.display()))?;
         datadir::check(&engine, &config.data_dir, config.node_id, config.partitions)?;
         let derived = DerivedStore::open(engine.clone()).context("open the derived data")?;
@@ -241,13 +247,13 @@ impl LogNode {
         for p in (0..config.partitions).map(PartitionId) {
             let leading = Leading::default();
             let log = PartitionLogStore::new(engine.clone(), p, leading.clone());
-            let cache = StateCache::for_one_of(config.partitions);
+            let cache = StateCache::for_one_of(config.partitions, config.engine.state_cache_mib);
             let (sm, offsets) = PartitionStateMachine::open(
                 engine.clone(),
                 p,
                 handler.clone(),
                 leading.clone(),
-                cache,
+                cache.clone(),
             )
             .with_context(|| format!("open state machine of {p}"))?;
             let network = NetworkFactory::new(p, peers.clone());
@@ -260,6 +266,7 @@ impl LogNode {
                 raft,
                 batcher,
                 offsets,
+                cache,
             });
         }
         let rafts: Arc<[Raft<TypeConfig>]> = partitions.iter().map(|p| p.raft.clone()).collect();
@@ -579,6 +586,14 @@ impl LogNode {
         Ok(ReceiverStream::new(rx))
     }
 
+    /// Publish what RocksDB and the state caches hold as metrics (`chatd_rocksdb_*`,
+    /// `chatd_state_cache_bytes`), so an SRE sees memory and WAL level off (or not).
+    fn publish_sizes(&self) {
+        self.engine.publish_metrics();
+        let cached: u64 = self.partitions.iter().map(|p| p.cache.bytes()).sum();
+        metrics::gauge!("chatd_state_cache_bytes").set(cached as f64);
+    }
+
     /// Role, term, leader and progress of every partition.
     pub fn status(&self) -> NodeStatus {
         let partitions = self
@@ -611,8 +626,10 @@ impl LogNode {
         Ok((last, hasher.finalize().into()))
     }
 
-    /// Build a snapshot of `p` now (openraft then purges the Raft log behind it, keeping
-    /// `logs_kept_after_snapshot` entries). Returns the snapshot's last log index.
+    /// Build a snapshot of `p` now; openraft then purges the Raft log behind it (keeping
+    /// `logs_kept_after_snapshot` entries), and RocksDB compacts the partition's Raft log range
+    /// so the purged entries' space is returned, not just marked deleted. Returns the snapshot's
+    /// last log index.
     pub async fn compact(&self, p: PartitionId, timeout: Duration) -> anyhow::Result<u64> {
         let part = self.partition(p)?;
         let target = part.raft.metrics().borrow().last_applied.map(|l| l.index);
@@ -623,7 +640,25 @@ impl LogNode {
             .metrics(|m| m.snapshot.map(|s| s.index) >= target, "snapshot built")
             .await
             .with_context(|| format!("waiting for the snapshot of {p}"))?;
-        Ok(metrics.snapshot.map(|s| s.index).unwrap_or_default())
+        let snapshot = metrics.snapshot.map(|s| s.index).unwrap_or_default();
+        // openraft purges once no replication still reads the entries; give it the same time.
+        let keep = self.config.raft.logs_kept_after_snapshot;
+        let purged = part
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.purged.map(|l| l.index + keep) >= Some(snapshot),
+                "raft log purged",
+            )
+            .await;
+        if purged.is_err() {
+            tracing::warn!(partition = %p, "raft log not purged in time; compacting what is");
+        }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.compact_raft_log(p))
+            .await
+            .context("compaction task")?;
+        Ok(snapshot)
     }
 
     /// Wait until `p` has a leader (any node) and return it.

@@ -126,6 +126,7 @@ async fn offsets_reads_subscriptions_and_restart() {
         bind_ip: None,
         raft: RaftTuning::default(),
         disk: Default::default(),
+        engine: Default::default(),
     };
     let err = match chat_log::LogNode::open(config, std::sync::Arc::new(RawAppend)).await {
         Ok(_) => panic!("a partition-count change must be refused"),

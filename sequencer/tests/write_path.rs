@@ -27,6 +27,7 @@ async fn start(dir: &std::path::Path, limits: ApplyLimits, config: SequencerConf
         bind_ip: None,
         raft: RaftTuning::default(),
         disk: Default::default(),
+        engine: Default::default(),
     };
     let handler = Dispatch::new().with(CHAT_COMMAND_TAG, Arc::new(ChatHandler::new(limits)));
     let node = LogNode::open(log, Arc::new(handler)).await.unwrap();

@@ -145,9 +145,17 @@ impl Notifier {
 async fn deliver(sink: Arc<dyn PushSink>, mut batches: mpsc::Receiver<Vec<Notification>>) {
     while let Some(batch) = batches.recv().await {
         let n = batch.len();
-        if let Err(e) = sink.deliver(batch).await {
-            tracing::error!(sink = sink.name(), notifications = n, error = %e,
-                "notifications not delivered");
+        match sink.deliver(batch).await {
+            Ok(()) => {
+                metrics::counter!("chatd_notifications_delivered_total", "sink" => sink.name())
+                    .increment(n as u64)
+            }
+            Err(e) => {
+                metrics::counter!("chatd_notifications_failed_total", "sink" => sink.name())
+                    .increment(n as u64);
+                tracing::error!(sink = sink.name(), notifications = n, error = %e,
+                    "notifications not delivered");
+            }
         }
     }
 }

@@ -38,8 +38,13 @@ pub trait PushSink: Send + Sync + 'static {
     fn deliver(&self, batch: Vec<Notification>) -> DeliverFuture<'_>;
 }
 
-/// Writes each notification to the log (the embedded default).
-pub struct LogSink;
+/// Writes each notification to the log (the embedded default), at `debug` unless configured
+/// otherwise: at a few hundred a second a line each would fill an SRE's disk, and the
+/// notifier counts them in `chatd_notifications_delivered_total` either way.
+pub struct LogSink {
+    /// Write them at `info` (the default filter shows them) instead of `debug`.
+    pub at_info: bool,
+}
 
 impl PushSink for LogSink {
     fn name(&self) -> &'static str {
@@ -49,14 +54,25 @@ impl PushSink for LogSink {
     fn deliver(&self, batch: Vec<Notification>) -> DeliverFuture<'_> {
         Box::pin(async move {
             for n in batch {
-                tracing::info!(
-                    user = n.user_id,
-                    device = n.device_id,
-                    chat = n.chat_id,
-                    count = n.count,
-                    last_seq = n.last_seq,
-                    "offline notification"
-                );
+                if self.at_info {
+                    tracing::info!(
+                        user = n.user_id,
+                        device = n.device_id,
+                        chat = n.chat_id,
+                        count = n.count,
+                        last_seq = n.last_seq,
+                        "offline notification"
+                    );
+                } else {
+                    tracing::debug!(
+                        user = n.user_id,
+                        device = n.device_id,
+                        chat = n.chat_id,
+                        count = n.count,
+                        last_seq = n.last_seq,
+                        "offline notification"
+                    );
+                }
             }
             Ok(())
         })

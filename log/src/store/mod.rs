@@ -4,6 +4,8 @@
 
 mod log_store;
 mod snapshot;
+#[cfg(test)]
+mod snapshot_tests;
 mod state_cache;
 mod state_machine;
 #[cfg(test)]

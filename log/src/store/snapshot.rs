@@ -1,12 +1,13 @@
-//! Snapshots of a partition: what they contain, how they are read consistently, and how they are
-//! stored.
+//! Snapshots of a partition: what they contain, how they are read consistently, and how they
+//! travel.
 //!
-//! A snapshot captures the partition at an applied Raft log id: the handler's state and the event
-//! log up to `last_offset`. Only a small manifest (meta, last offset, handler state) is stored in
-//! [`cf::SNAPSHOTS`]; the events are read from the live event log when the snapshot is actually
-//! read (to send it to a follower), which is correct because the events at or below a snapshot's
-//! `last_offset` never change. Building a snapshot therefore costs the handler state only, not
-//! the event log — openraft builds them periodically and only ever sends a few.
+//! A snapshot is the partition at an applied Raft log id: the handler's state and the event log
+//! up to `last_offset`, exactly as RocksDB holds them. Nothing is copied to make one: a snapshot
+//! is a RocksDB point-in-time view ([`OwnedView`], O(1) to take) plus the applied position read
+//! through it, and its bytes are produced from that view only when they are read — when the
+//! leader sends the snapshot to a follower that is behind the purged log. Building one therefore
+//! costs the same at a thousand messages as at ten million, and never holds the write path: the
+//! state machine's write lock is held only while the view is taken.
 //!
 //! Snapshot data (what travels to a follower) is the crc32-framed protobuf `SnapshotContent`
 //! (proto/proto/log.proto) carrying the sender's data format, so a snapshot damaged in transit or
@@ -23,9 +24,9 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 pub use crate::apply::StateEntries;
 use crate::codec::{self, cf, StateNs};
-use crate::engine::{DbSnapshot, Engine, StoreError};
+use crate::engine::{DbSnapshot, Engine, OwnedView, StoreError};
 use crate::types::{LogOffset, Node, NodeId, PartitionId};
-use crate::wire::{decode, required, Malformed, Wire, DATA_FORMAT};
+use crate::wire::{decode, Malformed, Wire, DATA_FORMAT};
 
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 
@@ -68,14 +69,6 @@ impl SnapshotContent {
     }
 }
 
-/// What [`cf::SNAPSHOTS`] keeps of the partition's current snapshot.
-#[derive(Debug, Clone)]
-pub struct SnapshotManifest {
-    pub meta: SnapshotMeta,
-    pub last_offset: LogOffset,
-    pub state: StateEntries,
-}
-
 fn state_pb(state: &StateEntries) -> Vec<pb::StateEntry> {
     state
         .iter()
@@ -114,27 +107,9 @@ impl Wire for SnapshotContent {
     }
 }
 
-impl Wire for SnapshotManifest {
-    type Pb = pb::SnapshotManifest;
-    fn to_pb(&self) -> pb::SnapshotManifest {
-        pb::SnapshotManifest {
-            meta: Some(self.meta.to_pb()),
-            last_offset: self.last_offset.0,
-            state: state_pb(&self.state),
-        }
-    }
-    fn from_pb(pb: pb::SnapshotManifest) -> Result<Self, Malformed> {
-        Ok(SnapshotManifest {
-            meta: SnapshotMeta::from_pb(required(pb.meta, "snapshot meta")?)?,
-            last_offset: LogOffset(pb.last_offset),
-            state: state_from(pb.state),
-        })
-    }
-}
-
-/// The bytes of a partition snapshot as openraft sees them. A snapshot this node built (or holds)
-/// is *deferred*: its bytes are produced from the manifest and the event log the first time the
-/// data is read, written or sought. A snapshot being received is plain bytes.
+/// The bytes of a partition snapshot as openraft sees them. A snapshot this node took is
+/// *deferred*: its bytes are produced from its RocksDB view the first time the data is read,
+/// written or sought. A snapshot being received is plain bytes.
 pub struct SnapshotData {
     state: DataState,
 }
@@ -143,7 +118,8 @@ enum DataState {
     Deferred {
         engine: Arc<Engine>,
         partition: PartitionId,
-        manifest: SnapshotManifest,
+        view: OwnedView,
+        last_offset: LogOffset,
     },
     Bytes(Cursor<Vec<u8>>),
 }
@@ -156,16 +132,19 @@ impl SnapshotData {
         }
     }
 
+    /// The snapshot of `partition` that `view` sees, whose event log ends at `last_offset`.
     pub(crate) fn deferred(
         engine: Arc<Engine>,
         partition: PartitionId,
-        manifest: SnapshotManifest,
+        view: OwnedView,
+        last_offset: LogOffset,
     ) -> Self {
         SnapshotData {
             state: DataState::Deferred {
                 engine,
                 partition,
-                manifest,
+                view,
+                last_offset,
             },
         }
     }
@@ -183,20 +162,16 @@ impl SnapshotData {
         if let DataState::Deferred {
             engine,
             partition,
-            manifest,
+            view,
+            last_offset,
         } = &self.state
         {
-            let events = read_events_upto(
-                engine,
-                &engine.db().snapshot(),
-                *partition,
-                manifest.last_offset,
-            )?;
             let content = SnapshotContent {
-                last_offset: manifest.last_offset,
-                state: manifest.state.clone(),
-                events,
+                last_offset: *last_offset,
+                state: read_handler_state(engine, view.at(), *partition)?,
+                events: read_events_upto(engine, view.at(), *partition, *last_offset)?,
             };
+            metrics::counter!("chatd_snapshots_sent_total").increment(1);
             self.state = DataState::Bytes(Cursor::new(content.into_bytes()));
         }
         match &mut self.state {
@@ -258,18 +233,10 @@ impl AsyncSeek for SnapshotData {
     }
 }
 
-pub(crate) fn manifest_key(p: PartitionId) -> Vec<u8> {
+/// Where a release before 0.2.1 kept a copy of the partition's handler state per snapshot (cf
+/// `snapshots`); nothing is written there now, and a leftover copy is deleted at open.
+pub(crate) fn legacy_manifest_key(p: PartitionId) -> Vec<u8> {
     codec::partition_start(p)
-}
-
-pub(crate) fn read_manifest(
-    engine: &Engine,
-    p: PartitionId,
-) -> Result<Option<SnapshotManifest>, StoreError> {
-    engine
-        .get(cf::SNAPSHOTS, &manifest_key(p))?
-        .map(|bytes| decode("snapshot manifest", &bytes))
-        .transpose()
 }
 
 /// Read a partition's handler state as of `at`.

@@ -9,17 +9,20 @@
 //! handler state, and applies are sequential, so nothing else can make it stale. Absent keys are
 //! not cached: a send's dedup lookup always misses, and would take a slot each time.
 
-/// Bytes of keys and values a node keeps cached, over all its partitions...
-const NODE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
-/// ...but never less than this per partition (a node with very many partitions).
+use std::sync::Arc;
+
+/// A partition's share of the node's budget (`[engine] state_cache_mib`) is never less than this
+/// (a node with very many partitions).
 const MIN_PARTITION_CACHE_BYTES: u64 = 1024 * 1024;
 /// What a cached entry typically weighs (a key and a small record), to size the table.
 const TYPICAL_ENTRY_BYTES: u64 = 64;
 
 /// quick_cache rather than moka: this cache sits on every send's apply (the chat record is
 /// rewritten by every send), and moka's bookkeeping per insert cost 8 % of a send's CPU in a
-/// profile against quick_cache's 2 %, for the same reads saved.
-pub(crate) struct StateCache(quick_cache::sync::Cache<Vec<u8>, Vec<u8>, ByteWeight>);
+/// profile against quick_cache's 2 %, for the same reads saved. Clones share the cache (the node
+/// keeps one to report its size).
+#[derive(Clone)]
+pub(crate) struct StateCache(Arc<quick_cache::sync::Cache<Vec<u8>, Vec<u8>, ByteWeight>>);
 
 /// Writes of an apply batch to cached keys, to make once the batch is durable in RocksDB
 /// (`None`: the key was deleted).
@@ -38,14 +41,20 @@ impl quick_cache::Weighter<Vec<u8>, Vec<u8>> for ByteWeight {
 }
 
 impl StateCache {
-    /// The cache of one of a node's `partitions` partitions (they share the node's budget).
-    pub(crate) fn for_one_of(partitions: u32) -> Self {
+    /// The cache of one of a node's `partitions` partitions (they share the node's budget of
+    /// `node_mib`).
+    pub(crate) fn for_one_of(partitions: u32, node_mib: u64) -> Self {
         let bytes =
-            (NODE_CACHE_BYTES / u64::from(partitions.max(1))).max(MIN_PARTITION_CACHE_BYTES);
+            (node_mib * 1024 * 1024 / u64::from(partitions.max(1))).max(MIN_PARTITION_CACHE_BYTES);
         let entries = (bytes / TYPICAL_ENTRY_BYTES) as usize;
-        StateCache(quick_cache::sync::Cache::with_weighter(
+        StateCache(Arc::new(quick_cache::sync::Cache::with_weighter(
             entries, bytes, ByteWeight,
-        ))
+        )))
+    }
+
+    /// Bytes of keys and values held now.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.0.weight()
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {

@@ -18,9 +18,7 @@ use openraft::{
 use rocksdb::WriteBatch;
 use tokio::sync::{watch, Mutex};
 
-use super::snapshot::{
-    self, SnapshotContent, SnapshotData, SnapshotManifest, SnapshotMeta, StateEntries,
-};
+use super::snapshot::{self, SnapshotContent, SnapshotData, SnapshotMeta};
 use super::storage_error;
 use crate::apply::{ApplyBatch, ApplyContext, CommandHandler};
 use crate::codec::{self, cf, StateNs};
@@ -107,6 +105,53 @@ fn put_applied_state(
     engine.put_framed(batch, cf::STATE, &applied_key(p), &encode(state));
 }
 
+/// Delete the handler-state copy an earlier release kept per snapshot (see
+/// [`snapshot::legacy_manifest_key`]); a data dir without one is not written to.
+fn clear_legacy_manifest(engine: &Engine, p: PartitionId) -> Result<(), StoreError> {
+    let key = snapshot::legacy_manifest_key(p);
+    if engine
+        .db()
+        .get_pinned_cf(engine.cf(cf::SNAPSHOTS), &key)?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::default();
+    engine.delete(&mut batch, cf::SNAPSHOTS, &key);
+    engine.write(batch, Durability::Buffered)
+}
+
+/// The partition's snapshot as of now: a RocksDB view taken under the write lock (so it sees
+/// one applied state, never half an apply) and the applied position read through it.
+async fn take_snapshot(
+    engine: &Arc<Engine>,
+    p: PartitionId,
+    write_lock: &Mutex<()>,
+) -> Result<Snapshot<TypeConfig>, StoreError> {
+    let view = {
+        let _guard = write_lock.lock().await;
+        engine.owned_view()
+    };
+    let applied = read_applied_state(engine, Some(view.at()), p)?;
+    let snapshot_id = match applied.applied {
+        Some(id) => format!(
+            "{}-{}-{}-{}",
+            p.0, id.leader_id.term, id.index, applied.last_offset.0
+        ),
+        None => format!("{}-empty", p.0),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: applied.applied,
+        last_membership: applied.membership,
+        snapshot_id,
+    };
+    let data = SnapshotData::deferred(engine.clone(), p, view, applied.last_offset);
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(data),
+    })
+}
+
 impl PartitionStateMachine {
     /// Open the state machine of `partition`, resuming from what is stored, with `cache` for the
     /// state its applies read. Returns it with a receiver of its last applied offset.
@@ -118,6 +163,7 @@ impl PartitionStateMachine {
         cache: StateCache,
     ) -> Result<(Self, watch::Receiver<LogOffset>), StoreError> {
         let stored = read_applied_state(&engine, None, partition)?;
+        clear_legacy_manifest(&engine, partition)?;
         let (offsets, offsets_rx) = watch::channel(stored.last_offset);
         let sm = PartitionStateMachine {
             engine,
@@ -271,22 +317,12 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             last_offset: content.last_offset,
         };
         put_applied_state(&self.engine, &mut batch, p, &state);
-        let manifest = SnapshotManifest {
-            meta: meta.clone(),
-            last_offset: content.last_offset,
-            state: content.state,
-        };
-        self.engine.put_framed(
-            &mut batch,
-            cf::SNAPSHOTS,
-            &snapshot::manifest_key(p),
-            &encode(&manifest),
-        );
         self.engine
             .write_growing(batch, Durability::Sync, false)
             .await
             .map_err(snapshot_error)?;
 
+        metrics::counter!("chatd_snapshots_installed_total").increment(1);
         tracing::info!(partition = %p, last_log_id = ?meta.last_log_id, last_offset = %content.last_offset, "installed snapshot");
         self.applied = state.applied;
         self.membership = state.membership;
@@ -295,87 +331,34 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         Ok(())
     }
 
+    /// Whatever snapshot openraft built or installed last, the current state is a snapshot at
+    /// least as new, and the one a lagging follower is best sent. This runs on openraft's state
+    /// machine task, between applies.
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let read_error = |e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
-        let manifest = snapshot::read_manifest(&self.engine, self.partition).map_err(read_error)?;
-        Ok(manifest.map(|manifest| Snapshot {
-            meta: manifest.meta.clone(),
-            snapshot: Box::new(SnapshotData::deferred(
-                self.engine.clone(),
-                self.partition,
-                manifest,
-            )),
-        }))
+        let snapshot = take_snapshot(&self.engine, self.partition, &self.write_lock)
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        // Nothing applied: no snapshot (the partition has never been initialised).
+        Ok(Some(snapshot).filter(|s| s.meta.last_log_id.is_some()))
     }
 }
 
-/// Builds a snapshot of one partition from a consistent RocksDB view.
+/// Builds a snapshot of one partition: O(1), a RocksDB view (see `snapshot.rs`).
 pub struct PartitionSnapshotBuilder {
     engine: Arc<Engine>,
     partition: PartitionId,
     write_lock: Arc<Mutex<()>>,
 }
 
-impl PartitionSnapshotBuilder {
-    /// Read the partition's applied state and handler state at one point: the lock is held only
-    /// while the RocksDB snapshot is taken, and everything is read through that snapshot.
-    fn read_consistent(
-        &self,
-        guard: tokio::sync::MutexGuard<'_, ()>,
-    ) -> Result<(AppliedState, StateEntries), StoreError> {
-        let p = self.partition;
-        let db_snapshot = self.engine.db().snapshot();
-        drop(guard);
-        let applied = read_applied_state(&self.engine, Some(&db_snapshot), p)?;
-        let state = snapshot::read_handler_state(&self.engine, &db_snapshot, p)?;
-        Ok((applied, state))
-    }
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let p = self.partition;
         let build_error = |e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e);
-        let guard = self.write_lock.lock().await;
-        let (applied, state) = self.read_consistent(guard).map_err(build_error)?;
-
-        let snapshot_id = match applied.applied {
-            Some(id) => format!(
-                "{}-{}-{}-{}",
-                p.0, id.leader_id.term, id.index, applied.last_offset.0
-            ),
-            None => format!("{}-empty", p.0),
-        };
-        let manifest = SnapshotManifest {
-            meta: SnapshotMeta {
-                last_log_id: applied.applied,
-                last_membership: applied.membership,
-                snapshot_id,
-            },
-            last_offset: applied.last_offset,
-            state,
-        };
-
-        // Store the manifest unless a newer snapshot was installed while this one was built.
-        let _guard = self.write_lock.lock().await;
-        let current = snapshot::read_manifest(&self.engine, p).map_err(build_error)?;
-        if current.is_none_or(|c| c.meta.last_log_id <= manifest.meta.last_log_id) {
-            let mut batch = WriteBatch::default();
-            self.engine.put_framed(
-                &mut batch,
-                cf::SNAPSHOTS,
-                &snapshot::manifest_key(p),
-                &encode(&manifest),
-            );
-            self.engine
-                .write_growing(batch, Durability::Buffered, false)
-                .await
-                .map_err(build_error)?;
-        }
-        tracing::info!(partition = %p, last_log_id = ?manifest.meta.last_log_id, last_offset = %manifest.last_offset, "built snapshot");
-        Ok(Snapshot {
-            meta: manifest.meta.clone(),
-            snapshot: Box::new(SnapshotData::deferred(self.engine.clone(), p, manifest)),
-        })
+        let snapshot = take_snapshot(&self.engine, p, &self.write_lock)
+            .await
+            .map_err(build_error)?;
+        metrics::counter!("chatd_snapshots_built_total").increment(1);
+        tracing::debug!(partition = %p, last_log_id = ?snapshot.meta.last_log_id, "built snapshot");
+        Ok(snapshot)
     }
 }

@@ -39,7 +39,7 @@ impl StoreBuilder<TypeConfig, PartitionLogStore, PartitionStateMachine, TempDir>
             partition,
             Arc::new(RawAppend),
             Leading::default(),
-            StateCache::for_one_of(1),
+            StateCache::for_one_of(1, 64),
         )
         .map_err(io)?;
         Ok((dir, log, sm))

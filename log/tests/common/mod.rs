@@ -28,6 +28,7 @@ pub async fn single_node_with(
         bind_ip: None,
         raft: RaftTuning::default(),
         disk: Default::default(),
+        engine: Default::default(),
     };
     let node = LogNode::open(config, handler).await.unwrap();
     node.initialize().await.unwrap();

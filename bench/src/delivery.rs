@@ -15,6 +15,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 
 use crate::latency::start_processes;
+use crate::peer::CHATD_CONFIG;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,8 +37,6 @@ pub struct Args {
     dir: Option<PathBuf>,
 }
 
-const CONFIG: &str = "[chat]\nsends_per_second = 1000000\nsend_burst = 1000000\n";
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.chatd.exists(),
@@ -48,8 +47,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
-    let (addrs, _procs) =
-        start_processes(&args.chatd, dir.path(), args.nodes, args.partitions, CONFIG)?;
+    let (addrs, _procs) = start_processes(
+        &args.chatd,
+        dir.path(),
+        args.nodes,
+        args.partitions,
+        CHATD_CONFIG,
+    )?;
     let send_addr = addrs[0].clone();
     let recv_addr = addrs[addrs.len().min(2) - 1].clone();
     let mut registrar = connect_retrying(&send_addr).await?;

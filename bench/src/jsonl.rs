@@ -6,8 +6,18 @@ use std::path::Path;
 
 use anyhow::Context;
 
-/// Append `lines` to `path` (its directory is created if missing).
+/// Append `lines` to `path` (its directory is created if missing), and say so.
 pub fn append(
+    path: &Path,
+    lines: impl IntoIterator<Item = serde_json::Value>,
+) -> anyhow::Result<()> {
+    append_quietly(path, lines)?;
+    println!("JSON lines appended to {}", path.display());
+    Ok(())
+}
+
+/// [`append`] without saying so, for a run that appends as it goes.
+pub fn append_quietly(
     path: &Path,
     lines: impl IntoIterator<Item = serde_json::Value>,
 ) -> anyhow::Result<()> {
@@ -22,6 +32,5 @@ pub fn append(
     for line in lines {
         writeln!(out, "{line}")?;
     }
-    println!("JSON lines appended to {}", path.display());
     Ok(())
 }

@@ -34,18 +34,44 @@ pub struct Args {
     dir: Option<PathBuf>,
 }
 
-pub struct Procs(Vec<Child>);
+/// The chatd processes of a run, killed when dropped. Each keeps the command it was started with,
+/// so it can be killed and started again on its data dir.
+pub struct Procs {
+    children: Vec<Child>,
+    commands: Vec<Command>,
+}
 
 impl Procs {
     /// The process id of node `i` (1-based).
     pub fn pid(&self, i: u64) -> u32 {
-        self.0[i as usize - 1].id()
+        self.children[i as usize - 1].id()
+    }
+
+    /// `kill -9` node `i` (1-based) and reap it.
+    pub fn kill(&mut self, i: u64) -> anyhow::Result<()> {
+        let child = &mut self.children[i as usize - 1];
+        child.kill().with_context(|| format!("kill node {i}"))?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Start node `i` (1-based) again, on its data dir and with its first arguments; its output
+    /// goes on into the same log file.
+    pub fn start_again(&mut self, i: u64) -> anyhow::Result<()> {
+        let child = self.commands[i as usize - 1]
+            .spawn()
+            .with_context(|| format!("start node {i} again"))?;
+        let mut old = std::mem::replace(&mut self.children[i as usize - 1], child);
+        // Normally already killed and reaped; if not, it is now.
+        let _ = old.kill();
+        let _ = old.wait();
+        Ok(())
     }
 }
 
 impl Drop for Procs {
     fn drop(&mut self) {
-        for c in &mut self.0 {
+        for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -161,6 +187,23 @@ pub fn start_processes(
     partitions: u32,
     extra: &str,
 ) -> anyhow::Result<(Vec<String>, Procs)> {
+    start_processes_with(chatd, dir, nodes, partitions, extra, |_| Vec::new())
+}
+
+/// Node `i`'s data dir under a run's `dir`.
+pub fn node_dir(dir: &std::path::Path, i: u64) -> std::path::PathBuf {
+    dir.join(format!("n{i}"))
+}
+
+/// [`start_processes`], with `node_args(i)` added to node `i`'s command line.
+pub fn start_processes_with(
+    chatd: &std::path::Path,
+    dir: &std::path::Path,
+    nodes: u64,
+    partitions: u32,
+    extra: &str,
+    node_args: impl Fn(u64) -> Vec<String>,
+) -> anyhow::Result<(Vec<String>, Procs)> {
     let config = dir.join("extra.toml");
     std::fs::write(&config, extra)?;
     let addrs: Vec<String> = (0..nodes)
@@ -178,10 +221,14 @@ pub fn start_processes(
         .enumerate()
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect();
-    let mut procs = Procs(Vec::new());
+    let mut procs = Procs {
+        children: Vec::new(),
+        commands: Vec::new(),
+    };
     for i in 1..=nodes {
         let log = std::fs::File::create(dir.join(format!("n{i}.log")))?;
-        let child = Command::new(chatd)
+        let mut command = Command::new(chatd);
+        command
             .args([
                 "--node-id",
                 &i.to_string(),
@@ -193,14 +240,14 @@ pub fn start_processes(
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
-            .arg(dir.join(format!("n{i}")))
+            .arg(node_dir(dir, i))
+            .args(node_args(i))
             .env("CHATD_CLUSTER_SECRET", SECRET)
             .env("RUST_LOG", "warn,openraft=error")
             .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("start chatd")?;
-        procs.0.push(child);
+            .stderr(Stdio::from(log));
+        procs.children.push(command.spawn().context("start chatd")?);
+        procs.commands.push(command);
     }
     Ok((addrs, procs))
 }

@@ -7,7 +7,8 @@
 //! fdatasync) in the same run so the figures can be read against it. `latency` and `delivery`
 //! run real chatd processes: commit latency through the admin API, and device-to-device
 //! delivery latency through the gateway; `idle` what idle devices, one connection each, cost a
-//! node in memory and CPU; `peer` runs chatd beside NATS JetStream in one run.
+//! node in memory and CPU; `peer` runs chatd beside NATS JetStream in one run; `soak` runs chatd
+//! processes at a steady rate for an hour and reports per minute what drifts.
 
 mod cluster;
 mod delivery;
@@ -20,6 +21,7 @@ mod peer;
 mod procstat;
 mod rebuild;
 mod send_bench;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +48,9 @@ enum Cmd {
     Rebuild(rebuild::Args),
     /// Acknowledged chat sends/s and ack latency through the sequencer.
     Send(send_bench::Args),
+    /// Real chatd processes at a fixed rate for many minutes: latency, memory, disk and WAL per
+    /// minute, disk per message, restart time.
+    Soak(soak::Args),
     /// Only the fsync floor: a loop of small write + fdatasync.
     Fsync {
         /// Directory to test (its filesystem is what is measured).
@@ -72,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Idle(args) => idle::run(args).await,
         Cmd::Rebuild(args) => rebuild::run(args).await,
         Cmd::Peer(args) => peer::run(args).await,
+        Cmd::Soak(args) => soak::run(args).await,
         Cmd::Fsync { dir, iterations } => {
             let floor = fsync::measure(&dir, iterations)?;
             println!("{floor}");

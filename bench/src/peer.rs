@@ -404,7 +404,9 @@ async fn create_stream(js: &async_nats::jetstream::Context) -> anyhow::Result<()
 
 // ---- chatd, through the device API ------------------------------------------------------------
 
-const CHATD_CONFIG: &str = "[chat]\nsends_per_second = 1000000\nsend_burst = 1000000\n";
+/// chatd's config for benchmarks: the per-device send rate limit lifted, so the load is what is
+/// measured.
+pub(crate) const CHATD_CONFIG: &str = "[chat]\nsends_per_second = 1000000\nsend_burst = 1000000\n";
 
 /// Sends waiting for their ack, by client_msg_id.
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>>;

@@ -187,9 +187,12 @@ pub struct EngineSizes {
     pub wal: u64,
 }
 
-/// Per column family. All share one block cache, with index and filter blocks inside it (and
-/// those of L0, read on every lookup, pinned), so table readers' memory is capped by the cache
-/// instead of growing with the number of SST files. The families read by point lookups get
+/// Per column family. All share one block cache, with index and filter blocks inside it, so
+/// table readers' memory is capped by the cache instead of growing with the data. Those blocks
+/// are *partitioned* (a small pinned top level over 4 KiB partitions): a whole-file filter of a
+/// large SST is megabytes, more than one shard of the cache (1/64 of it), so it would never stay
+/// cached and every lookup would read and checksum it from the file again (measured: 70 % of a
+/// node's CPU, p50 ack 2 → 55 ms, before partitioning). The families read by point lookups get
 /// bloom filters, in SST files and in the memtable: many of their lookups miss by design (a
 /// send's dedup key is new; a member check for a non-member), and without a filter a miss is a
 /// skip-list search plus an index and data block read in every level. The log-shaped families are
@@ -199,6 +202,10 @@ fn cf_options(name: &str, config: &EngineConfig, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
+    table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_pin_top_level_index_and_filter(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     if matches!(name, cf::STATE | cf::PROJECTIONS | cf::RAFT_META) {
         table.set_bloom_filter(10.0, false);

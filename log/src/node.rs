@@ -29,7 +29,7 @@ use crate::codec::{self, cf};
 use crate::datadir;
 use crate::derived::DerivedStore;
 use crate::disk::{DiskConfig, DiskGuard, DiskState, DiskStatus};
-use crate::engine::{Engine, EngineConfig, StoreError};
+use crate::engine::{Engine, EngineConfig, EngineSizes, StoreError};
 use crate::error::ProposeError;
 use crate::network::{NetworkFactory, PeerChannels, RaftServer, SecretCheck, MAX_MESSAGE_BYTES};
 use crate::store::{Leading, PartitionLogStore, PartitionStateMachine, StateCache, TypeConfig};
@@ -584,6 +584,12 @@ impl LogNode {
             }
         });
         Ok(ReceiverStream::new(rx))
+    }
+
+    /// What this node's RocksDB holds now (SST and memtable bytes per column family, block
+    /// cache, WAL).
+    pub fn storage_sizes(&self) -> EngineSizes {
+        self.engine.sizes()
     }
 
     /// Publish what RocksDB and the state caches hold as metrics (`chatd_rocksdb_*`,

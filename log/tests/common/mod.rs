@@ -14,10 +14,21 @@ pub async fn single_node(dir: &Path, partitions: u32) -> Arc<LogNode> {
 }
 
 /// [`single_node`] applying commands with `handler`.
+#[allow(dead_code)] // Not every test binary uses it.
 pub async fn single_node_with(
     dir: &Path,
     partitions: u32,
     handler: Arc<dyn CommandHandler>,
+) -> Arc<LogNode> {
+    single_node_tuned(dir, partitions, handler, RaftTuning::default()).await
+}
+
+/// [`single_node_with`] with Raft tuned by `raft`.
+pub async fn single_node_tuned(
+    dir: &Path,
+    partitions: u32,
+    handler: Arc<dyn CommandHandler>,
+    raft: RaftTuning,
 ) -> Arc<LogNode> {
     let config = LogNodeConfig {
         node_id: 1,
@@ -26,7 +37,7 @@ pub async fn single_node_with(
         members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
         cluster_secret: "s".into(),
         bind_ip: None,
-        raft: RaftTuning::default(),
+        raft,
         disk: Default::default(),
         engine: Default::default(),
     };

@@ -283,6 +283,11 @@ impl DiskGuard {
     /// (see `Engine::write_growing`); deletes (log purges) and
     /// small metadata writes (votes) are not held. Cheap while the disk is fine: a `statvfs` is
     /// made only when the state is not ok.
+    /// Whether RocksDB met ENOSPC and has not written since (see [`crate::engine::Engine::probe`]).
+    pub fn waiting_for_space(&self) -> bool {
+        self.no_space.load(Ordering::Relaxed)
+    }
+
     pub fn holds_growth(&self) -> bool {
         if self.state() == DiskState::Ok {
             return false;

@@ -504,6 +504,20 @@ impl Engine {
             })
     }
 
+    /// Write one small synced record (key `disk-probe` of cf `node`), to learn whether RocksDB
+    /// writes again after ENOSPC: the disk guard clears its "no space" state only on a write that
+    /// went through, and while it is set the node takes no client writes, so without a probe a
+    /// node with nothing else to write would refuse writes for good after space is freed.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        self.put_framed(&mut batch, cf::NODE, b"disk-probe", &now.to_be_bytes());
+        self.write(batch, Durability::Sync)
+    }
+
     /// Compact partition `p`'s range of the Raft log, so the entries a purge deleted (a range
     /// tombstone) give their space back now rather than when RocksDB next compacts there.
     pub fn compact_raft_log(&self, p: crate::types::PartitionId) {

@@ -164,6 +164,10 @@ fn watch_disk(node: std::sync::Weak<LogNode>) {
         node.publish_sizes();
         let disk = node.engine.disk();
         disk.refresh();
+        if disk.waiting_for_space() {
+            // Fails (and changes nothing) until RocksDB has resumed; see `Engine::probe`.
+            let _ = node.engine.probe();
+        }
         disk.publish_metrics();
         let low = disk.state() != DiskState::Ok;
         if low == stepped_away {

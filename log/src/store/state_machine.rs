@@ -163,7 +163,10 @@ impl PartitionStateMachine {
         cache: StateCache,
     ) -> Result<(Self, watch::Receiver<LogOffset>), StoreError> {
         let stored = read_applied_state(&engine, None, partition)?;
-        clear_legacy_manifest(&engine, partition)?;
+        // Best effort: a node restarted on a full disk must still open (see `disk.rs`).
+        if let Err(e) = clear_legacy_manifest(&engine, partition) {
+            tracing::warn!(%partition, error = %e, "old snapshot manifest not deleted; tried again at the next start");
+        }
         let (offsets, offsets_rx) = watch::channel(stored.last_offset);
         let sm = PartitionStateMachine {
             engine,

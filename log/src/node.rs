@@ -145,8 +145,8 @@ async fn track_leading(
     }
 }
 
-/// Once a second: publish what the storage engine and caches hold, re-read free space, and while the disk is below its reserve, step away from
-/// leading. A leader that cannot take client writes should not keep its partitions: it stops
+/// Once a second: publish what the storage engine and caches hold, re-read free space (probing
+/// RocksDB after ENOSPC), and while the disk is below its reserve, step away from leading. A leader that cannot take client writes should not keep its partitions: it stops
 /// sending heartbeats and standing for election, so once the followers' leader lease runs out one
 /// of them (with a disk that can write) is elected. When space is back, both are enabled again.
 /// A partition with no other voter keeps its leader (and refuses writes until space is freed).
@@ -653,14 +653,19 @@ impl LogNode {
         let snapshot = metrics.snapshot.map(|s| s.index).unwrap_or_default();
         // openraft purges once no replication still reads the entries; give it the same time.
         let keep = self.config.raft.logs_kept_after_snapshot;
-        let purged = part
-            .raft
-            .wait(Some(timeout))
-            .metrics(
-                |m| m.purged.map(|l| l.index + keep) >= Some(snapshot),
-                "raft log purged",
-            )
-            .await;
+        // With no more than `keep` entries behind the snapshot there is nothing to purge.
+        let purged = if snapshot <= keep {
+            Ok(())
+        } else {
+            part.raft
+                .wait(Some(timeout))
+                .metrics(
+                    |m| m.purged.map(|l| l.index + keep) >= Some(snapshot),
+                    "raft log purged",
+                )
+                .await
+                .map(drop)
+        };
         if purged.is_err() {
             tracing::warn!(partition = %p, "raft log not purged in time; compacting what is");
         }

@@ -510,10 +510,7 @@ impl Engine {
     /// node with nothing else to write would refuse writes for good after space is freed.
     pub fn probe(&self) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
+        let now = crate::batcher::now_ms();
         self.put_framed(&mut batch, cf::NODE, b"disk-probe", &now.to_be_bytes());
         self.write(batch, Durability::Sync)
     }

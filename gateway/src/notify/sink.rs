@@ -52,26 +52,26 @@ impl PushSink for LogSink {
     }
 
     fn deliver(&self, batch: Vec<Notification>) -> DeliverFuture<'_> {
+        // tracing needs the level at compile time: one call site per level, same fields.
+        macro_rules! log_at {
+            ($level:expr, $n:expr) => {
+                tracing::event!(
+                    $level,
+                    user = $n.user_id,
+                    device = $n.device_id,
+                    chat = $n.chat_id,
+                    count = $n.count,
+                    last_seq = $n.last_seq,
+                    "offline notification"
+                )
+            };
+        }
         Box::pin(async move {
             for n in batch {
                 if self.at_info {
-                    tracing::info!(
-                        user = n.user_id,
-                        device = n.device_id,
-                        chat = n.chat_id,
-                        count = n.count,
-                        last_seq = n.last_seq,
-                        "offline notification"
-                    );
+                    log_at!(tracing::Level::INFO, n);
                 } else {
-                    tracing::debug!(
-                        user = n.user_id,
-                        device = n.device_id,
-                        chat = n.chat_id,
-                        count = n.count,
-                        last_seq = n.last_seq,
-                        "offline notification"
-                    );
+                    log_at!(tracing::Level::DEBUG, n);
                 }
             }
             Ok(())

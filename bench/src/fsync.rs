@@ -5,7 +5,9 @@ use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -54,4 +56,70 @@ pub fn measure(dir: &Path, iterations: u32) -> anyhow::Result<FsyncFloor> {
         p50_us: hist.value_at_quantile(0.5),
         p99_us: hist.value_at_quantile(0.99),
     })
+}
+
+/// The fsync floor sampled all along a long run: one small append + `fdatasync` every
+/// `every`, on a background thread, into a histogram a reporter takes per window. This disk's
+/// fsync is bimodal from one period to the next, so a latency that moves over a long run is
+/// read against the floor *of the same minutes*.
+pub struct Probe {
+    hist: Arc<Mutex<Histogram<u64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Probe {
+    pub fn start(dir: &Path, every: Duration) -> anyhow::Result<Probe> {
+        let path = dir.join(".chat-bench-fsync-probe");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, s) = (hist.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("fsync-probe".into())
+            .spawn(move || {
+                let block = [0xabu8; 64];
+                // Wrap around every 64 MiB so a day-long run does not grow the file unboundedly.
+                let wrap = 1u64 << 20;
+                let mut i = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let ok = file
+                        .write_all_at(&block, (i % wrap) * block.len() as u64)
+                        .and_then(|()| file.sync_data());
+                    if ok.is_ok() {
+                        h.lock().unwrap().saturating_record(t.elapsed().as_micros() as u64);
+                    }
+                    i += 1;
+                    std::thread::sleep(every);
+                }
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+            })?;
+        Ok(Probe {
+            hist,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The fsyncs timed since the last call (µs).
+    pub fn take(&self) -> Histogram<u64> {
+        let mut hist = self.hist.lock().unwrap();
+        let fresh = Histogram::new_from(&hist);
+        std::mem::replace(&mut *hist, fresh)
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -31,7 +31,7 @@ use serde_json::json;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::delivery::connect_retrying;
-use crate::jsonl;
+use crate::{fsync, jsonl};
 use crate::latency::{node_dir, start_processes_with, Procs};
 use crate::peer::CHATD_CONFIG;
 use crate::procstat::{cpu_ticks, pct, rss_kib};
@@ -91,6 +91,8 @@ const RESTART_WAIT: Duration = Duration::from_secs(1800);
 /// The space a node holds back for emergencies (`EMERGENCY_BALLAST` in log/src/disk.rs): not
 /// data, so not counted in its data dir's bytes.
 const BALLAST_FILE: &str = "EMERGENCY_BALLAST";
+/// How often the fsync floor is sampled during the timed run (on the disk the nodes use).
+const FSYNC_PROBE_EVERY: Duration = Duration::from_millis(100);
 /// The service whose gRPC health is checked after a restart.
 const HEALTH_SERVICE: &str = "chat.v1.Chat";
 const SNAPSHOT_COUNTERS: [&str; 3] = [
@@ -157,6 +159,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .collect();
 
     let mut before = sample_all(&nodes).await;
+    let fsync_probe = fsync::Probe::start(dir.path(), FSYNC_PROBE_EVERY)?;
     rec.take_window();
     let minute = Duration::from_secs(args.minute_secs);
     let start = Instant::now();
@@ -180,7 +183,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         window_start = Instant::now();
         let window = rec.take_window();
         let after = sample_all(&nodes).await;
-        let report = Minute::new(m, secs, window, in_flight(&senders), &before, after);
+        let report = Minute::new(
+            m,
+            secs,
+            window,
+            fsync_probe.take(),
+            in_flight(&senders),
+            &before,
+            after,
+        );
         report.print();
         if let Some(path) = &args.json {
             jsonl::append_quietly(path, [report.json(&args)])?;
@@ -913,6 +924,8 @@ struct Minute {
     /// p50, p99, max (ms); None when nothing was acknowledged.
     ack_ms: Option<[f64; 3]>,
     delivery_ms: Option<[f64; 3]>,
+    /// The fsync floor over the minute (p50, p99, max in ms), from [`fsync::Probe`].
+    fsync_ms: Option<[f64; 3]>,
     nodes: Vec<NodeMinute>,
 }
 
@@ -934,6 +947,7 @@ impl Minute {
         minute: u32,
         secs: f64,
         window: Window,
+        fsync: Histogram<u64>,
         in_flight: usize,
         before: &[Sample],
         after: Vec<Sample>,
@@ -973,6 +987,7 @@ impl Minute {
             in_flight,
             ack_ms: quantiles_ms(&window.ack),
             delivery_ms: quantiles_ms(&window.delivery),
+            fsync_ms: quantiles_ms(&fsync),
             nodes,
         }
     }
@@ -980,7 +995,7 @@ impl Minute {
     fn print(&self) {
         let ms = |q: Option<[f64; 3]>, i: usize| opt(q.map(|q| format!("{:.2}", q[i])));
         println!(
-            "minute {:>3}: {} acked, {} delivered, {} errors, {} in flight | ack ms p50 {} p99 {} max {} | delivery ms p50 {} p99 {} max {}",
+            "minute {:>3}: {} acked, {} delivered, {} errors, {} in flight | ack ms p50 {} p99 {} max {} | delivery ms p50 {} p99 {} max {} | fsync floor ms p50 {} p99 {}",
             self.minute,
             self.acked,
             self.delivered,
@@ -992,6 +1007,8 @@ impl Minute {
             ms(self.delivery_ms, 0),
             ms(self.delivery_ms, 1),
             ms(self.delivery_ms, 2),
+            ms(self.fsync_ms, 0),
+            ms(self.fsync_ms, 1),
         );
         for n in &self.nodes {
             let s = &n.sample;
@@ -1066,6 +1083,8 @@ impl Minute {
             "delivery_p50_ms": ms(self.delivery_ms, 0),
             "delivery_p99_ms": ms(self.delivery_ms, 1),
             "delivery_max_ms": ms(self.delivery_ms, 2),
+            "fsync_p50_ms": ms(self.fsync_ms, 0),
+            "fsync_p99_ms": ms(self.fsync_ms, 1),
             "per_node": nodes,
         })
     }
@@ -1110,17 +1129,26 @@ impl Summary<'_> {
             "summary: {} offered, {} acked, {} delivered in the timed run; {} messages held",
             self.offered, self.acked, self.delivered, self.held
         );
-        for (what, f, l) in [
-            ("ack", first.ack_ms, last.ack_ms),
-            ("delivery", first.delivery_ms, last.delivery_ms),
+        for (what, f, l, is_target) in [
+            ("ack", first.ack_ms, last.ack_ms, true),
+            ("delivery", first.delivery_ms, last.delivery_ms, true),
+            // Not a target: what the disk did in the same minutes, to read the others against.
+            ("fsync floor", first.fsync_ms, last.fsync_ms, false),
         ] {
             let [a, b, ratio] = Self::drift(f, l);
+            let target = if is_target {
+                format!(
+                    " (target <= {P99_DRIFT_TARGET}){}",
+                    verdict(ratio.map(|r| r <= P99_DRIFT_TARGET))
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "  {what} p99: first minute {} ms, last minute {} ms, last/first {} (target <= {P99_DRIFT_TARGET}){}",
+                "  {what} p99: first minute {} ms, last minute {} ms, last/first {}{target}",
                 opt(a.map(|v| format!("{v:.2}"))),
                 opt(b.map(|v| format!("{v:.2}"))),
                 opt(ratio.map(|r| format!("{r:.2}"))),
-                verdict(ratio.map(|r| r <= P99_DRIFT_TARGET)),
             );
         }
         for (f, l) in first.nodes.iter().zip(&last.nodes) {
@@ -1215,6 +1243,8 @@ impl Summary<'_> {
             "delivery_p99_first_ms": del_first,
             "delivery_p99_last_ms": del_last,
             "delivery_p99_ratio": del_ratio,
+            "fsync_p99_first_ms": first.fsync_ms.map(|q| q[1]),
+            "fsync_p99_last_ms": last.fsync_ms.map(|q| q[1]),
             "per_node": nodes,
         })
     }

@@ -267,6 +267,17 @@ impl Engine {
         opts.set_max_log_file_size(16 * 1024 * 1024);
         opts.set_keep_log_file_num(5);
         opts.set_max_total_wal_size(config.wal_max_mib * MIB);
+        // Compaction is background work that grows with the data (more levels to merge as a
+        // node fills); on a machine of a few cores it competes with the threads that append,
+        // apply and push. Its threads run at the lowest CPU priority, so the scheduler gives it
+        // the cores the serving path leaves idle; flushes (the high-priority pool) keep normal
+        // priority, because a memtable that cannot be flushed stalls writes. SST files are
+        // written back a megabyte at a time rather than in one burst at the end, so a
+        // compaction's final sync does not queue the WAL's fsync behind hundreds of dirty MiB.
+        let mut env = rocksdb::Env::new()?;
+        env.lower_thread_pool_cpu_priority();
+        opts.set_env(&env);
+        opts.set_bytes_per_sync(MIB);
         opts.set_db_write_buffer_size((config.memtables_mib * MIB) as usize);
         let block_cache = Cache::new_lru_cache((config.block_cache_mib * MIB) as usize);
         let cfs = cf::ALL

@@ -92,7 +92,9 @@ impl Probe {
                         .write_all_at(&block, (i % wrap) * block.len() as u64)
                         .and_then(|()| file.sync_data());
                     if ok.is_ok() {
-                        h.lock().unwrap().saturating_record(t.elapsed().as_micros() as u64);
+                        h.lock()
+                            .unwrap()
+                            .saturating_record(t.elapsed().as_micros() as u64);
                     }
                     i += 1;
                     std::thread::sleep(every);

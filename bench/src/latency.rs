@@ -14,7 +14,8 @@ use hdrhistogram::Histogram;
 
 use crate::fsync;
 
-const SECRET: &str = "bench";
+/// The cluster secret of the chatd processes the benchmarks start.
+pub const SECRET: &str = "bench";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -204,16 +205,29 @@ pub fn start_processes_with(
     extra: &str,
     node_args: impl Fn(u64) -> Vec<String>,
 ) -> anyhow::Result<(Vec<String>, Procs)> {
+    let hosts = vec![std::net::Ipv4Addr::LOCALHOST; nodes as usize];
+    start_processes_on(chatd, dir, &hosts, partitions, extra, node_args)
+}
+
+/// [`start_processes_with`], node `i` listening on `hosts[i - 1]` (a free port on it).
+pub fn start_processes_on(
+    chatd: &std::path::Path,
+    dir: &std::path::Path,
+    hosts: &[std::net::Ipv4Addr],
+    partitions: u32,
+    extra: &str,
+    node_args: impl Fn(u64) -> Vec<String>,
+) -> anyhow::Result<(Vec<String>, Procs)> {
+    let nodes = hosts.len() as u64;
     let config = dir.join("extra.toml");
     std::fs::write(&config, extra)?;
-    let addrs: Vec<String> = (0..nodes)
-        .map(|_| {
-            Ok(format!(
-                "127.0.0.1:{}",
-                std::net::TcpListener::bind("127.0.0.1:0")?
-                    .local_addr()?
-                    .port()
-            ))
+    let addrs: Vec<String> = hosts
+        .iter()
+        .map(|host| {
+            let port = std::net::TcpListener::bind((*host, 0))?
+                .local_addr()?
+                .port();
+            Ok(format!("{host}:{port}"))
         })
         .collect::<anyhow::Result<_>>()?;
     let peers: Vec<String> = addrs

@@ -8,11 +8,15 @@
 //! run real chatd processes: commit latency through the admin API, and device-to-device
 //! delivery latency through the gateway; `idle` what idle devices, one connection each, cost a
 //! node in memory and CPU; `peer` runs chatd beside NATS JetStream in one run; `soak` runs chatd
-//! processes at a steady rate for an hour and reports per minute what drifts.
+//! processes at a steady rate for an hour and reports per minute what drifts; `group` one group of a
+//! thousand members, all online; `failover` how long partitions are unavailable after a leading
+//! node is killed or cut off.
 
 mod cluster;
 mod delivery;
+mod failover;
 mod fsync;
+mod group;
 mod idle;
 mod jsonl;
 mod latency;
@@ -51,6 +55,12 @@ enum Cmd {
     /// Real chatd processes at a fixed rate for many minutes: latency, memory, disk and WAL per
     /// minute, disk per message, restart time.
     Soak(soak::Args),
+    /// One group of 1,024 members, all online: time until the last member has a message,
+    /// ack latency under the deliveries, receipt and tick frames, server CPU per delivery.
+    Group(group::Args),
+    /// Unavailability per partition after `kill -9` of a leading node (and after cutting one
+    /// off the network), over repeated trials against real chatd processes.
+    Failover(failover::Args),
     /// Only the fsync floor: a loop of small write + fdatasync.
     Fsync {
         /// Directory to test (its filesystem is what is measured).
@@ -78,6 +88,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Rebuild(args) => rebuild::run(args).await,
         Cmd::Peer(args) => peer::run(args).await,
         Cmd::Soak(args) => soak::run(args).await,
+        Cmd::Group(args) => group::run(args).await,
+        Cmd::Failover(args) => failover::run(args).await,
         Cmd::Fsync { dir, iterations } => {
             let floor = fsync::measure(&dir, iterations)?;
             println!("{floor}");

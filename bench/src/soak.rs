@@ -31,10 +31,10 @@ use serde_json::json;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::delivery::connect_retrying;
-use crate::{fsync, jsonl};
 use crate::latency::{node_dir, start_processes_with, Procs};
 use crate::peer::CHATD_CONFIG;
 use crate::procstat::{cpu_ticks, pct, rss_kib};
+use crate::{fsync, jsonl};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -237,6 +237,9 @@ pub struct ChatConfig {
     pub max_payload_bytes: usize,
     pub sends_per_second: u32,
     pub send_burst: u32,
+    /// How long a write keeps trying while its partition has no leader before it is answered
+    /// UNAVAILABLE (a device may ask for less per send). May differ per node.
+    pub submit_timeout_ms: u64,
 }
 
 impl Default for ChatConfig {
@@ -248,6 +251,7 @@ impl Default for ChatConfig {
             max_payload_bytes: seq.limits.max_payload_bytes,
             sends_per_second: seq.sends_per_second,
             send_burst: seq.send_burst,
+            submit_timeout_ms: seq.submit_timeout.as_millis() as u64,
         }
     }
 }
@@ -268,6 +272,7 @@ impl ChatConfig {
             },
             sends_per_second: self.sends_per_second,
             send_burst: self.send_burst,
+            submit_timeout: std::time::Duration::from_millis(self.submit_timeout_ms),
             ..SequencerConfig::default()
         }
     }
@@ -297,6 +302,9 @@ impl ServerConfig {
             }
             None => FileConfig::default(),
         };
+        if file.chat.submit_timeout_ms == 0 {
+            bail!("[chat] submit_timeout_ms must be positive (every write would time out at once)");
+        }
         let node_id = flags.node_id.or(file.node_id).unwrap_or(1);
         if node_id == 0 {
             bail!("--node-id must be a positive integer");

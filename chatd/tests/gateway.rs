@@ -74,7 +74,8 @@ async fn direct_chat_and_group_of_five_with_two_devices_each() {
     cluster.wait_for_leaders(1, WAIT).await;
 
     // 1:1: both sides name the same chat; both see every message in order, the sender's own
-    // device included, and the sender sees the receiver's delivered mark move.
+    // device included, and the sender sees its messages delivered (a tick: the receiver's
+    // receipt itself goes only to the receiver's own devices).
     let mut alice = register(&addr, "alice").await;
     let mut bob = register(&addr, "bob").await;
     let chat = alice.client.create_direct("bob").await.unwrap();
@@ -98,9 +99,8 @@ async fn direct_chat_and_group_of_five_with_two_devices_each() {
     assert_eq!(seqs(&messages(&mut a, 3).await), vec![1, 2, 3]);
     let delivered = loop {
         match tokio::time::timeout(WAIT, a.next_event()).await.unwrap() {
-            Some(DeviceEvent::Receipt(r)) if r.user_id == bob.user_id && r.delivered_up_to == 3 => {
-                break r
-            }
+            Some(DeviceEvent::Ticks(t)) if t.delivered_up_to == 3 => break t,
+            Some(DeviceEvent::Receipt(r)) => assert_eq!(r.user_id, alice.user_id, "{r:?}"),
             Some(_) => {}
             None => panic!("device stopped"),
         }
@@ -261,6 +261,70 @@ async fn a_slow_consumer_does_not_delay_others_and_later_gets_everything() {
     assert!(
         cluster.log_of(1).contains("device stream lagged"),
         "the slow stream never overflowed its queue; the test did not test anything"
+    );
+}
+
+/// A device's own frames are answered while its backlog is still on the way: the pong to its
+/// ping and the ack of its send overtake the backlog's messages (control frames go ahead of
+/// data) instead of waiting for the whole backlog and `SyncComplete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pongs_and_acks_overtake_a_backlog_being_delivered() {
+    let cluster = Cluster::start_with(1, 4, CONFIG);
+    let addr = cluster.node(1).addr.clone();
+    cluster.wait_for_leaders(1, WAIT).await;
+    let mut alice = register(&addr, "alice").await;
+    let bob = register(&addr, "bob").await;
+    let chat = alice.client.create_direct("bob").await.unwrap().chat_id;
+    let a = device(std::slice::from_ref(&addr), &alice.token, BTreeMap::new());
+    // A backlog of 12 MiB for bob: far more than the HTTP/2 windows (2 MiB per stream, 5 MiB
+    // per connection by default) and the stream's queue.
+    const N: usize = 400;
+    let payload = vec![b'x'; 32 * 1024];
+    let sends: Vec<_> = (0..N).map(|_| a.send(chat, payload.clone())).collect();
+    for ack in futures::future::join_all(sends).await {
+        ack.unwrap();
+    }
+
+    let mut stream: DeviceStream = ChatClient::connect(&addr)
+        .await
+        .unwrap()
+        .open_stream(&bob.token, &BTreeMap::new())
+        .await
+        .unwrap();
+    stream
+        .send_frame(client_frame::Kind::Ping(chat_proto::chat_v1::Ping {
+            nonce: 7,
+        }))
+        .await
+        .unwrap();
+    stream.send(chat, "bob-1", b"hi".to_vec()).await.unwrap();
+    // How many messages had arrived when each frame came.
+    let (mut messages, mut pong, mut ack, mut synced) = (0usize, None, None, None);
+    while pong.is_none() || ack.is_none() || synced.is_none() {
+        let frame = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("a frame in time")
+            .expect("stream open")
+            .expect("no error");
+        match frame {
+            server_frame::Kind::Message(_) => messages += 1,
+            server_frame::Kind::Pong(p) if p.nonce == 7 => pong = Some(messages),
+            server_frame::Kind::SendAck(a) if a.client_msg_id == "bob-1" => ack = Some(messages),
+            server_frame::Kind::SyncComplete(_) => synced = Some(messages),
+            _ => {}
+        }
+    }
+    let (pong, ack, synced) = (pong.unwrap(), ack.unwrap(), synced.unwrap());
+    eprintln!(
+        "of {N} backlog messages: pong after {pong}, ack after {ack}, SyncComplete after {synced}"
+    );
+    assert!(
+        synced >= N,
+        "the whole backlog comes before SyncComplete ({synced})"
+    );
+    assert!(
+        pong < N && ack < N,
+        "pong after {pong} and ack after {ack} of the {N} backlog messages: they waited for the backlog"
     );
 }
 

@@ -142,3 +142,37 @@ async fn devices_on_different_nodes_and_a_killed_gateway_node() {
         (1..=80).collect::<Vec<_>>()
     );
 }
+
+/// With no quorum for a chat's partition, a send that asked for a short wait
+/// (`SendFrame.timeout_ms`) is answered UNAVAILABLE once that wait is over, whether its node
+/// still believes it leads (a proposal that never commits) or not (no leader to take it), and
+/// not after the server's own, much longer, default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_without_a_quorum_fails_unavailable_after_the_devices_own_timeout() {
+    let config = format!("{CONFIG}submit_timeout_ms = 120000\n");
+    let mut cluster = Cluster::start_with(3, 4, &config);
+    let addr = cluster.node(1).addr.clone();
+    cluster.wait_for_leaders(1, WAIT).await;
+    let (mut alice, alice_token) = register(&addr, "alice").await;
+    register(&addr, "bob").await;
+    let chat = alice.create_direct("bob").await.unwrap().chat_id;
+    let mut options = DeviceOptions::new(vec![addr.clone()], &alice_token);
+    options.send_timeout = Some(Duration::from_millis(300));
+    let device = Device::start(options);
+    device.send(chat, b"with a quorum".to_vec()).await.unwrap();
+
+    cluster.kill9(2);
+    cluster.kill9(3);
+    let started = std::time::Instant::now();
+    let refused = device
+        .send(chat, b"without one".to_vec())
+        .await
+        .expect_err("no quorum: nothing can commit");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // 300 ms asked for, 120 s configured: which one applied is beyond doubt at 30 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "answered after {:?}: the device's timeout was not applied",
+        started.elapsed()
+    );
+}

@@ -186,6 +186,124 @@ async fn inbox_unread_and_order_and_group_ticks() {
     );
 }
 
+/// Every event `device` yields until `quiet` passes without one.
+async fn events_until_quiet(device: &mut Device, quiet: Duration) -> Vec<DeviceEvent> {
+    let mut events = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(quiet, device.next_event()).await {
+        events.push(e);
+    }
+    events
+}
+
+/// A group read receipt goes to the reader's own devices, and as ticks to the members whose
+/// messages it covers, not to every member (which would cost members² frames in a big group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn receipts_reach_the_readers_devices_and_ticks_the_senders_they_cover() {
+    use chat_model::ids::user_id_for_handle;
+    let cluster = Cluster::start_with(1, 4, CONFIG);
+    let addr = cluster.node(1).addr.clone();
+    cluster.wait_for_leaders(1, WAIT).await;
+    let handles = ["alice", "bob", "carol", "dave", "erin"];
+    let mut tokens = Vec::new();
+    let mut clients = Vec::new();
+    for h in handles {
+        let (client, token) = register(&addr, h).await;
+        clients.push(client);
+        tokens.push(token);
+    }
+    let others: Vec<String> = handles[1..].iter().map(|h| h.to_string()).collect();
+    let group = clients[0]
+        .create_group("g2", "five", &others)
+        .await
+        .unwrap()
+        .chat_id;
+    let dave_second = clients[3].link_device(2).await.unwrap().token;
+    // Devices that acknowledge nothing by themselves: every receipt below is one we send.
+    let quiet = |token: &str| {
+        let mut options = DeviceOptions::new(vec![addr.clone()], token);
+        options.auto_ack = false;
+        Device::start(options)
+    };
+    let mut devices: Vec<Device> = tokens.iter().map(|t| quiet(t)).collect();
+    let mut dave2 = quiet(&dave_second);
+    for d in devices.iter_mut().chain([&mut dave2]) {
+        until_synced(d, WAIT).await;
+    }
+    let (alice, bob, erin) = (0, 1, 4);
+    devices[alice].send(group, b"hello".to_vec()).await.unwrap();
+    // Everyone has it before anyone reads (the reads below are then all accepted).
+    for d in devices.iter_mut().chain([&mut dave2]) {
+        loop {
+            match tokio::time::timeout(WAIT, d.next_event()).await {
+                Ok(Some(DeviceEvent::Message(m))) if m.chat_id == group => break,
+                Ok(Some(_)) => {}
+                other => panic!("no message: {other:?}"),
+            }
+        }
+    }
+    // Drop what the creation and the message produced (first ticks of each member).
+    for d in devices.iter_mut().chain([&mut dave2]) {
+        events_until_quiet(d, Duration::from_millis(300)).await;
+    }
+    // Everyone but erin reads it; dave from his first device. Then erin reads last.
+    for reader in [1, 2, 3] {
+        devices[reader].read(group, 1).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    devices[erin].read(group, 1).await;
+    // Alice, the sender, learns that all have read it.
+    let mut alice_dev = devices.remove(alice);
+    let _alice_dev = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, alice_dev.next_event()).await {
+                Ok(Some(DeviceEvent::Ticks(t))) if t.read_up_to == 1 => {
+                    assert_eq!((t.chat_id, t.delivered_up_to), (group, 1));
+                    break alice_dev;
+                }
+                Ok(Some(DeviceEvent::Receipt(r))) => {
+                    panic!("alice got another member's receipt: {r:?}")
+                }
+                Ok(Some(_)) => {}
+                other => panic!("no read tick for alice: {other:?}"),
+            }
+        }
+    };
+    // Bob (index 0 now that alice's device is out) sent nothing and read in the middle: he gets
+    // his own receipt, never another member's, and no tick (nothing of his was covered).
+    let bob_events = events_until_quiet(&mut devices[bob - 1], Duration::from_millis(500)).await;
+    let bob_id = user_id_for_handle("bob").0;
+    let receipts: Vec<_> = bob_events
+        .iter()
+        .filter_map(|e| match e {
+            DeviceEvent::Receipt(r) => Some(r.user_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(receipts, vec![bob_id], "bob's events: {bob_events:?}");
+    assert!(
+        !bob_events
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Ticks(_))),
+        "bob's events: {bob_events:?}"
+    );
+    // Dave's other device hears of dave's read (his unread count follows), and of nobody else's.
+    let dave2_events = events_until_quiet(&mut dave2, Duration::from_millis(500)).await;
+    let receipts: Vec<_> = dave2_events
+        .iter()
+        .filter_map(|e| match e {
+            DeviceEvent::Receipt(r) => Some((r.user_id, r.read_up_to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        receipts,
+        vec![(user_id_for_handle("dave").0, 1)],
+        "dave's second device: {dave2_events:?}"
+    );
+}
+
 /// Projection status of every node, keyed by (partition, name).
 async fn projections(cluster: &Cluster, node: u64) -> BTreeMap<(u32, String), ProjectionStatus> {
     let mut admin = cluster.admin(node).await;

@@ -270,6 +270,7 @@ impl FrameSender {
             chat_id,
             payload,
             media: Vec::new(),
+            timeout_ms: 0,
         }))
         .await
     }
@@ -322,6 +323,11 @@ pub struct DeviceOptions {
     pub ping_every: Duration,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// How long the server may try each send while its chat has no leader before answering
+    /// UNAVAILABLE (`SendFrame.timeout_ms`), and then `send` fails with that status (resending
+    /// with the same id is safe). `None`: the server's default, and the device resends an
+    /// UNAVAILABLE send itself until it is acknowledged.
+    pub send_timeout: Option<Duration>,
 }
 
 impl DeviceOptions {
@@ -333,6 +339,7 @@ impl DeviceOptions {
             auto_ack: true,
             ping_every: Duration::from_secs(20),
             max_backoff: Duration::from_secs(5),
+            send_timeout: None,
         }
     }
 }
@@ -356,6 +363,8 @@ pub struct Device {
     commands: mpsc::Sender<Command>,
     events: mpsc::Receiver<DeviceEvent>,
     cursors: Arc<Mutex<BTreeMap<u64, u64>>>,
+    /// `DeviceOptions::send_timeout` as the frame carries it (0: the server's default).
+    send_timeout_ms: u32,
 }
 
 impl Device {
@@ -363,6 +372,9 @@ impl Device {
         let (commands, command_rx) = mpsc::channel(256);
         let (event_tx, events) = mpsc::channel(4096);
         let cursors = Arc::new(Mutex::new(options.cursors.clone()));
+        let send_timeout_ms = options.send_timeout.map_or(0, |t| {
+            u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1)
+        });
         let actor = Actor {
             options,
             commands: command_rx,
@@ -377,6 +389,7 @@ impl Device {
             commands,
             events,
             cursors,
+            send_timeout_ms,
         }
     }
 
@@ -399,6 +412,7 @@ impl Device {
             chat_id,
             payload,
             media: Vec::new(),
+            timeout_ms: self.send_timeout_ms,
         };
         self.commands
             .send(Command::Send { frame, reply })
@@ -586,8 +600,9 @@ impl Actor {
             }
             server_frame::Kind::SendError(e) => {
                 let code = Code::from_i32(e.code);
-                if code == Code::Unavailable {
-                    // No leader in time: try again shortly with the same id.
+                // No leader in time. With no timeout of its own the device tries again shortly
+                // with the same id (it cannot be applied twice); with one, the caller decides.
+                if code == Code::Unavailable && self.options.send_timeout.is_none() {
                     let (resend, id) = (self.resend.clone(), e.client_msg_id);
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -261,8 +261,11 @@ impl Hub {
                 self.offer_to_users(&removed, &Push::Left { chat });
             }
             chat_event::Kind::ReceiptAdvanced(r) => {
-                let members = self.chat_members(ChatId(r.chat_id));
-                self.offer_to_users(&members, &Push::Receipt(r));
+                // To the member's own devices only (their unread counts stay in step). What it
+                // means to the others reaches them as ticks, and only those whose messages it
+                // covers (see chat-projector's `chats`): a frame per member to every member
+                // would make a group's read receipts cost members².
+                self.offer_to_users(&[UserId(r.user_id)], &Push::Receipt(r));
             }
             chat_event::Kind::DeviceRevoked(d) => {
                 let push = Push::Revoked {

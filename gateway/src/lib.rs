@@ -4,6 +4,8 @@
 //!   `Connect`, which hands each stream to a session.
 //! - [`session`]: one device stream: authenticate, backlog per chat from the device's cursors,
 //!   `SyncComplete`, then live frames; sends, acks, reads and pings from the device.
+//! - [`outbound`]: a stream's two outbound queues, control frames (acks, pongs, errors) ahead
+//!   of data frames (messages, receipts), so a device's answers never wait behind its deliveries.
 //! - [`hub`]: tails every partition on this node and offers each event to the sessions it
 //!   concerns without ever waiting on one (a full session queue makes it catch up from the log).
 //! - [`auth`]: device bearer tokens checked against the hashed token in the user's partition.
@@ -22,6 +24,7 @@ pub mod auth;
 pub mod gateway;
 pub mod hub;
 pub mod notify;
+pub mod outbound;
 pub mod presence;
 pub mod service;
 pub mod session;

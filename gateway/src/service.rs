@@ -5,23 +5,21 @@
 //! such user or chat), PERMISSION_DENIED (not a member / not an admin), INVALID_ARGUMENT,
 //! ALREADY_EXISTS (a taken handle), RESOURCE_EXHAUSTED, UNAVAILABLE (no leader in time).
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use chat_model::ids::{user_id_for_handle, ChatId, ChatSeq, DeviceId, UserId};
 use chat_proto::chat_v1 as pb;
 use chat_proto::chat_v1::chat_server::{Chat, ChatServer};
 use chat_proto::token::DeviceToken;
-use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{authenticate, bearer, secret_digest, Device};
 use crate::gateway::{storage, Gateway};
+use crate::outbound::{FrameStream, Outbound};
 use crate::session;
 
-/// Frames queued towards one device before its session waits on the transport.
+/// Data frames (messages, receipts, updates) queued towards one device before its session
+/// waits on the transport; control frames have their own queue (see `outbound.rs`).
 const OUTBOUND_FRAMES: usize = 64;
 
 pub struct ChatService {
@@ -131,8 +129,6 @@ fn device_token(user: UserId, device_id: u64, secret: String) -> Result<DeviceTo
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl Chat for ChatService {
     type ConnectStream = FrameStream;
@@ -141,10 +137,9 @@ impl Chat for ChatService {
         &self,
         request: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
-        let (tx, rx) = mpsc::channel(OUTBOUND_FRAMES);
-        tokio::spawn(session::serve(self.gw.clone(), request.into_inner(), tx));
-        let frames = ReceiverStream::new(rx).map(|frame| frame.map(|boxed| *boxed));
-        Ok(Response::new(Box::pin(frames)))
+        let (out, frames) = Outbound::new(OUTBOUND_FRAMES);
+        tokio::spawn(session::serve(self.gw.clone(), request.into_inner(), out));
+        Ok(Response::new(frames))
     }
 
     async fn register(

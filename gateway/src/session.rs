@@ -11,10 +11,15 @@
 //!
 //! So a device sees each chat in order with no gap and no duplicate, and a slow device costs the
 //! hub nothing: it waits on its own stream, then catches up from the log (the source of truth).
+//!
+//! That waiting is the delivery half's alone ([`Deliveries`]). The device's own frames are read
+//! by the other half ([`DeviceFrames`]) in the same task, and its answers (send acks, pongs,
+//! errors) go out on a control queue ahead of the data (`outbound.rs`): a member of a busy group
+//! gets its acks in the time the commit took, not after the deliveries queued before them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chat_model::ids::{ChatId, ChatSeq};
 use chat_proto::chat_v1::{self as pb, client_frame, server_frame, ReceiptKind};
@@ -25,22 +30,23 @@ use tonic::{Status, Streaming};
 use crate::auth::{authenticate, Device};
 use crate::gateway::{storage, Gateway};
 use crate::hub::{Push, SessionHandle};
+use crate::outbound::Outbound;
 
 /// Messages read from the log per catch-up page.
 const CATCH_UP_PAGE: u32 = 256;
-
-/// Frames to the device. Boxed: the channel allocates its first block of 32 slots up front, and
-/// a slot the size of a whole `ServerFrame` made that block 4 KiB of every idle connection.
-pub type Outbound = mpsc::Sender<Result<Box<pb::ServerFrame>, Status>>;
 
 /// Serve one stream until the device leaves, the stream fails, or the device is revoked.
 pub async fn serve(gw: Arc<Gateway>, inbound: Streaming<pb::ClientFrame>, out: Outbound) {
     if let Err(status) = run(gw, inbound, &out).await {
         tracing::debug!(code = ?status.code(), message = status.message(), "device stream ended");
-        let _ = out.send(Err(status)).await;
+        out.end(status).await;
     }
 }
 
+/// Hello, then two halves side by side until either ends: [`Deliveries`] (the backlog, then
+/// live pushes) and [`DeviceFrames`] (what the device sends). They share only the outbound
+/// queues, so a device whose connection is full of deliveries still has its frames read, its
+/// sends proposed and its acks and pongs answered.
 async fn run(
     gw: Arc<Gateway>,
     mut inbound: Streaming<pb::ClientFrame>,
@@ -58,42 +64,43 @@ async fn run(
     let me = authenticate(&gw, &hello.token).await?;
     // Register before reading the backlog, so nothing committed from now on can be missed.
     let (handle, pushes) = gw.hub.register(me.user, me.device);
-    let mut session = Session {
-        gw,
+    let welcome = server_frame::Kind::Welcome(pb::Welcome {
+        user_id: me.user.0,
+        device_id: me.device.0,
+        node_id: gw.sequencer.node().node_id(),
+    });
+    let mut deliveries = Deliveries {
+        gw: gw.clone(),
         me,
         handle,
         out: out.clone(),
         chats: BTreeMap::new(),
-        pending_receipts: HashMap::new(),
         needs_recovery: false,
     };
-    let welcome = server_frame::Kind::Welcome(pb::Welcome {
-        user_id: me.user.0,
-        device_id: me.device.0,
-        node_id: session.gw.sequencer.node().node_id(),
-    });
-    session.emit(welcome).await?;
-    session.sync(&hello.cursors).await?;
-    session.live(inbound, pushes).await
+    let mut frames = DeviceFrames::new(gw, me, out.clone());
+    // The answer to Hello, so on the control queue: it is the stream's first frame whatever
+    // comes after it on either queue.
+    out.control(welcome).await?;
+    tokio::select! {
+        ended = deliveries.run(&hello.cursors, pushes) => ended,
+        ended = frames.run(inbound) => ended,
+    }
 }
 
-struct Session {
+/// The delivery half of a session: what the device must receive, in order per chat.
+struct Deliveries {
     gw: Arc<Gateway>,
     me: Device,
     handle: Arc<SessionHandle>,
     out: Outbound,
     /// The next seq to send, per chat of the user.
     chats: BTreeMap<ChatId, ChatSeq>,
-    /// Delivered/read marks received but not yet proposed (flushed `receipt_flush` after the
-    /// first one arrives).
-    pending_receipts: HashMap<(ChatId, ReceiptKind), ChatSeq>,
     needs_recovery: bool,
 }
 
-impl Drop for Session {
+impl Drop for Deliveries {
     fn drop(&mut self) {
         self.gw.hub.unregister(&self.handle);
-        self.flush_receipts();
     }
 }
 
@@ -104,12 +111,19 @@ fn error_frame(code: tonic::Code, message: impl Into<String>) -> server_frame::K
     })
 }
 
-impl Session {
+impl Deliveries {
     async fn emit(&self, kind: server_frame::Kind) -> Result<(), Status> {
-        self.out
-            .send(Ok(Box::new(pb::ServerFrame { kind: Some(kind) })))
-            .await
-            .map_err(|_| Status::cancelled("the device went away"))
+        self.out.data(kind).await
+    }
+
+    /// The backlog, then live pushes until the hub drops the session or the device is revoked.
+    async fn run(
+        &mut self,
+        cursors: &[pb::Cursor],
+        pushes: mpsc::Receiver<Push>,
+    ) -> Result<(), Status> {
+        self.sync(cursors).await?;
+        self.live(pushes).await
     }
 
     /// Where a chat starts for this device when it names no cursor: after what it acknowledged,
@@ -195,137 +209,19 @@ impl Session {
         self.emit(server_frame::Kind::Message(m)).await
     }
 
-    /// The live phase. Timers cost only when armed: the receipt flush only while marks wait,
-    /// the idle check once per `idle_timeout` (it re-arms from the last frame), so an idle
-    /// device wakes its session only for its pings.
-    async fn live(
-        &mut self,
-        mut inbound: Streaming<pb::ClientFrame>,
-        mut pushes: mpsc::Receiver<Push>,
-    ) -> Result<(), Status> {
-        let config = self.gw.config.clone();
-        let sends = Arc::new(Semaphore::new(config.max_sends_in_flight));
-        let mut last_frame = Instant::now();
-        let idle = tokio::time::sleep(config.idle_timeout);
-        tokio::pin!(idle);
-        let flush = tokio::time::sleep(config.receipt_flush);
-        tokio::pin!(flush);
-        let mut flush_armed = false;
+    /// The live phase: pushes from the hub, and catching up from the log after a lag.
+    async fn live(&mut self, mut pushes: mpsc::Receiver<Push>) -> Result<(), Status> {
         loop {
             if self.handle.take_lagged() || std::mem::take(&mut self.needs_recovery) {
                 self.recover().await?;
             }
-            if !flush_armed && !self.pending_receipts.is_empty() {
-                flush
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + config.receipt_flush);
-                flush_armed = true;
-            }
             tokio::select! {
-                frame = inbound.next() => match frame {
-                    None => return Ok(()),
-                    Some(Err(status)) => return Err(status),
-                    Some(Ok(frame)) => {
-                        last_frame = Instant::now();
-                        self.on_frame(frame, &sends).await?;
-                    }
-                },
                 push = pushes.recv() => match push {
                     Some(push) => self.on_push(push).await?,
                     None => return Ok(()),
                 },
                 _ = self.handle.wake.notified() => {}
-                _ = &mut flush, if flush_armed => {
-                    flush_armed = false;
-                    self.flush_receipts();
-                }
-                _ = &mut idle => {
-                    if last_frame.elapsed() > config.idle_timeout {
-                        return Err(Status::deadline_exceeded(format!(
-                            "no frame from the device for {:?}; devices ping to stay connected",
-                            config.idle_timeout
-                        )));
-                    }
-                    idle.as_mut().reset((last_frame + config.idle_timeout).into());
-                }
             }
-        }
-    }
-
-    async fn on_frame(
-        &mut self,
-        frame: pb::ClientFrame,
-        sends: &Arc<Semaphore>,
-    ) -> Result<(), Status> {
-        use tonic::Code;
-        match frame.kind {
-            None => {
-                self.emit(error_frame(Code::InvalidArgument, "empty frame"))
-                    .await
-            }
-            Some(client_frame::Kind::Hello(_)) => {
-                self.emit(error_frame(
-                    Code::FailedPrecondition,
-                    "Hello is only the first frame",
-                ))
-                .await
-            }
-            Some(client_frame::Kind::Ping(p)) => {
-                self.emit(server_frame::Kind::Pong(pb::Pong { nonce: p.nonce }))
-                    .await
-            }
-            Some(client_frame::Kind::Ack(a)) => self.on_receipt(a, ReceiptKind::Delivered).await,
-            Some(client_frame::Kind::Read(a)) => self.on_receipt(a, ReceiptKind::Read).await,
-            Some(client_frame::Kind::Send(s)) => {
-                // Bounded per stream: past the limit the device waits (its frames are not read).
-                let permit = sends
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore never closed");
-                let (gw, me, out) = (self.gw.clone(), self.me, self.out.clone());
-                tokio::spawn(async move {
-                    let frame = send(&gw, me, s).await;
-                    let _ = out
-                        .send(Ok(Box::new(pb::ServerFrame { kind: Some(frame) })))
-                        .await;
-                    drop(permit);
-                });
-                Ok(())
-            }
-        }
-    }
-
-    async fn on_receipt(&mut self, a: pb::AckFrame, kind: ReceiptKind) -> Result<(), Status> {
-        let chat = ChatId(a.chat_id);
-        if !self.chats.contains_key(&chat) {
-            return self
-                .emit(error_frame(
-                    tonic::Code::PermissionDenied,
-                    format!("chat {chat} is not one of this user's chats"),
-                ))
-                .await;
-        }
-        let mark = self.pending_receipts.entry((chat, kind)).or_default();
-        *mark = (*mark).max(ChatSeq(a.up_to_seq));
-        Ok(())
-    }
-
-    /// Propose the pending delivered/read marks (one command per chat and kind, however many
-    /// acks arrived since the last flush).
-    fn flush_receipts(&mut self) {
-        for ((chat, kind), seq) in self.pending_receipts.drain() {
-            let (gw, me, out) = (self.gw.clone(), self.me, self.out.clone());
-            tokio::spawn(async move {
-                let result = gw
-                    .sequencer
-                    .advance_receipt(chat, me.user, me.device, kind, seq)
-                    .await;
-                if let Err(e) = result {
-                    let frame = error_frame(e.code(), e.to_string());
-                    let _ = out.try_send(Ok(Box::new(pb::ServerFrame { kind: Some(frame) })));
-                }
-            });
         }
     }
 
@@ -434,6 +330,164 @@ impl Session {
     }
 }
 
+/// The device's half of a session: its frames (sends, acks, reads, pings) read and answered
+/// whatever the delivery half is waiting on.
+struct DeviceFrames {
+    gw: Arc<Gateway>,
+    me: Device,
+    out: Outbound,
+    /// Sends of this stream being committed (a permit each).
+    sends: Arc<Semaphore>,
+    /// Delivered/read marks received but not yet proposed (flushed `receipt_flush` after the
+    /// first one arrives).
+    pending_receipts: HashMap<(ChatId, ReceiptKind), ChatSeq>,
+    /// Chats this user was found a member of (receipts for others are refused before they cost
+    /// a proposal; a later removal is still refused when the receipt is applied).
+    member_of: HashSet<ChatId>,
+}
+
+impl Drop for DeviceFrames {
+    fn drop(&mut self) {
+        self.flush_receipts();
+    }
+}
+
+impl DeviceFrames {
+    fn new(gw: Arc<Gateway>, me: Device, out: Outbound) -> DeviceFrames {
+        DeviceFrames {
+            sends: Arc::new(Semaphore::new(gw.config.max_sends_in_flight)),
+            gw,
+            me,
+            out,
+            pending_receipts: HashMap::new(),
+            member_of: HashSet::new(),
+        }
+    }
+
+    /// Read frames until the device closes its side. Timers cost only when armed: the receipt
+    /// flush only while marks wait, the idle check once per `idle_timeout` (it re-arms from the
+    /// last frame), so an idle device wakes its session only for its pings.
+    async fn run(&mut self, mut inbound: Streaming<pb::ClientFrame>) -> Result<(), Status> {
+        let config = self.gw.config.clone();
+        let mut last_frame = Instant::now();
+        let idle = tokio::time::sleep(config.idle_timeout);
+        tokio::pin!(idle);
+        let flush = tokio::time::sleep(config.receipt_flush);
+        tokio::pin!(flush);
+        let mut flush_armed = false;
+        loop {
+            if !flush_armed && !self.pending_receipts.is_empty() {
+                flush
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + config.receipt_flush);
+                flush_armed = true;
+            }
+            tokio::select! {
+                frame = inbound.next() => match frame {
+                    None => return Ok(()),
+                    Some(Err(status)) => return Err(status),
+                    Some(Ok(frame)) => {
+                        last_frame = Instant::now();
+                        self.on_frame(frame).await?;
+                    }
+                },
+                _ = &mut flush, if flush_armed => {
+                    flush_armed = false;
+                    self.flush_receipts();
+                }
+                _ = &mut idle => {
+                    if last_frame.elapsed() > config.idle_timeout {
+                        return Err(Status::deadline_exceeded(format!(
+                            "no frame from the device for {:?}; devices ping to stay connected",
+                            config.idle_timeout
+                        )));
+                    }
+                    idle.as_mut().reset((last_frame + config.idle_timeout).into());
+                }
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: pb::ClientFrame) -> Result<(), Status> {
+        use tonic::Code;
+        match frame.kind {
+            None => {
+                self.out
+                    .control(error_frame(Code::InvalidArgument, "empty frame"))
+                    .await
+            }
+            Some(client_frame::Kind::Hello(_)) => {
+                self.out
+                    .control(error_frame(
+                        Code::FailedPrecondition,
+                        "Hello is only the first frame",
+                    ))
+                    .await
+            }
+            Some(client_frame::Kind::Ping(p)) => {
+                self.out
+                    .control(server_frame::Kind::Pong(pb::Pong { nonce: p.nonce }))
+                    .await
+            }
+            Some(client_frame::Kind::Ack(a)) => self.on_receipt(a, ReceiptKind::Delivered).await,
+            Some(client_frame::Kind::Read(a)) => self.on_receipt(a, ReceiptKind::Read).await,
+            Some(client_frame::Kind::Send(s)) => {
+                // Bounded per stream: past the limit the device waits (its frames are not read).
+                let permit = self
+                    .sends
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
+                let (gw, me, out) = (self.gw.clone(), self.me, self.out.clone());
+                tokio::spawn(async move {
+                    let frame = send(&gw, me, s).await;
+                    let _ = out.control(frame).await;
+                    drop(permit);
+                });
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_receipt(&mut self, a: pb::AckFrame, kind: ReceiptKind) -> Result<(), Status> {
+        let chat = ChatId(a.chat_id);
+        if !self.member_of.contains(&chat) {
+            let member = self.gw.reads.member(chat, self.me.user).map_err(storage)?;
+            if member.is_none() {
+                return self
+                    .out
+                    .control(error_frame(
+                        tonic::Code::PermissionDenied,
+                        format!("chat {chat} is not one of this user's chats"),
+                    ))
+                    .await;
+            }
+            self.member_of.insert(chat);
+        }
+        let mark = self.pending_receipts.entry((chat, kind)).or_default();
+        *mark = (*mark).max(ChatSeq(a.up_to_seq));
+        Ok(())
+    }
+
+    /// Propose the pending delivered/read marks (one command per chat and kind, however many
+    /// acks arrived since the last flush).
+    fn flush_receipts(&mut self) {
+        for ((chat, kind), seq) in self.pending_receipts.drain() {
+            let (gw, me, out) = (self.gw.clone(), self.me, self.out.clone());
+            tokio::spawn(async move {
+                let result = gw
+                    .sequencer
+                    .advance_receipt(chat, me.user, me.device, kind, seq)
+                    .await;
+                if let Err(e) = result {
+                    out.try_control(error_frame(e.code(), e.to_string()));
+                }
+            });
+        }
+    }
+}
+
 fn chat_update(chat: ChatId, member: bool, after: ChatSeq) -> server_frame::Kind {
     server_frame::Kind::ChatUpdate(pb::ChatUpdate {
         chat_id: chat.0,
@@ -442,8 +496,13 @@ fn chat_update(chat: ChatId, member: bool, after: ChatSeq) -> server_frame::Kind
     })
 }
 
+/// The most a device may ask a send to wait for a leader (`SendFrame.timeout_ms`).
+const MAX_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Submit one send as the authenticated device; the ack or error frame to answer it with.
 async fn send(gw: &Gateway, me: Device, s: pb::SendFrame) -> server_frame::Kind {
+    let within = (s.timeout_ms > 0)
+        .then(|| Duration::from_millis(u64::from(s.timeout_ms)).min(MAX_SEND_TIMEOUT));
     let client_msg_id = s.client_msg_id.clone();
     let message = pb::SendMessage {
         chat_id: s.chat_id,
@@ -453,7 +512,7 @@ async fn send(gw: &Gateway, me: Device, s: pb::SendFrame) -> server_frame::Kind 
         payload: s.payload,
         media: s.media,
     };
-    match gw.sequencer.send(message).await {
+    match gw.sequencer.send_within(message, within).await {
         Ok(ack) => server_frame::Kind::SendAck(pb::SendAckFrame {
             client_msg_id,
             ack: Some(ack),

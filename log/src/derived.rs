@@ -85,6 +85,25 @@ impl DerivedStore {
         self.engine.get(cf::PROJECTIONS, &full)
     }
 
+    /// The (key, value) pairs whose key starts with `prefix`, from `from` on (a key at or after
+    /// `prefix`), in key order, as of now, read lazily (keys relative to the namespace): for
+    /// "the first few of an index" or "the rest of an index from here".
+    pub fn scan<'a>(
+        &'a self,
+        p: PartitionId,
+        ns: Namespace,
+        prefix: &[u8],
+        from: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a {
+        let namespace = self::prefix(p, ns);
+        let skip = namespace.len();
+        let end = codec::prefix_end(&[namespace.as_slice(), prefix].concat());
+        let from = [namespace.as_slice(), from.max(prefix)].concat();
+        self.engine
+            .scan_from(cf::PROJECTIONS, &from, end)
+            .map(move |item| item.map(|(k, v)| (k[skip..].to_vec(), v)))
+    }
+
     /// A point-in-time view of a namespace: every read through it sees the same instant.
     pub fn view(&self, p: PartitionId, ns: Namespace) -> DerivedView<'_> {
         DerivedView {
@@ -133,6 +152,14 @@ impl DerivedView<'_> {
     /// Every (key, value) whose key starts with `prefix`, in key order, keys relative to the
     /// namespace.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
+        self.scan(prefix).collect()
+    }
+
+    /// [`DerivedView::scan_prefix`], read lazily.
+    pub fn scan<'s>(
+        &'s self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 's {
         let from = [self.prefix.as_slice(), prefix].concat();
         let skip = self.prefix.len();
         self.engine
@@ -142,8 +169,7 @@ impl DerivedView<'_> {
                 &from,
                 codec::prefix_end(&from),
             )
-            .map(|item| item.map(|(k, v)| (k[skip..].to_vec(), v)))
-            .collect()
+            .map(move |item| item.map(|(k, v)| (k[skip..].to_vec(), v)))
     }
 }
 

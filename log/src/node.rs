@@ -36,6 +36,13 @@ use crate::store::{Leading, PartitionLogStore, PartitionStateMachine, StateCache
 use crate::types::{LogOffset, NodeId, PartitionId, ProposalOutcome};
 
 /// Raft timing and log-compaction knobs.
+///
+/// Failover time follows from the timing: a follower that has heard nothing from its leader for
+/// its lease (`election_timeout_max_ms`) plus a random election timeout (min..max) stands for
+/// election, and openraft looks at its timers every 1.5 × `heartbeat_ms`. With the defaults a
+/// partition whose leader died has a new leader 400–650 ms later (docs/operations.md, measured).
+/// `heartbeat_ms` is also how long openraft waits for one AppendEntries answer before sending
+/// again, so it must stay above a follower's append-and-fsync time under load.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RaftTuning {
@@ -51,9 +58,9 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat_ms: 150,
-            election_timeout_min_ms: 800,
-            election_timeout_max_ms: 1600,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 250,
             snapshot_after_logs: 20_000,
             logs_kept_after_snapshot: 5_000,
         }
@@ -186,9 +193,12 @@ fn watch_disk(node: std::sync::Weak<LogNode>) {
             if voters < 2 {
                 continue;
             }
-            part.raft.runtime_config().heartbeat(!low);
             part.raft.runtime_config().elect(!low);
         }
+        // Heartbeats are the node's (`send_heartbeats`): stop them all, so the followers' leases
+        // run out and they elect a leader that can write.
+        node.stepped_away
+            .store(low, std::sync::atomic::Ordering::Relaxed);
         if low {
             tracing::warn!(disk = ?disk.status(), "disk below its reserve: refusing client writes and handing leaderships to other nodes");
         } else {
@@ -197,8 +207,36 @@ fn watch_disk(node: std::sync::Weak<LogNode>) {
     }
 }
 
+/// Every `every`, a heartbeat from each partition this node leads, all at the same instant.
+///
+/// openraft can time heartbeats itself, but per group, each on its own timer: P partitions then
+/// send P messages per peer per interval at scattered times. Triggered together, they are ready
+/// at once and the peer link (`network/mux.rs`) carries them in one frame per peer, so a node's
+/// heartbeat cost per peer does not grow with its partitions.
+async fn send_heartbeats(node: std::sync::Weak<LogNode>, every: Duration) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        if node.stopped.load(Relaxed) {
+            return;
+        }
+        if node.stepped_away.load(Relaxed) {
+            continue;
+        }
+        for part in node.partitions.iter().filter(|p| p.leading.get()) {
+            // Fails only once the group has stopped (shutdown or a fatal storage error).
+            let _ = part.raft.trigger().heartbeat().await;
+        }
+    }
+}
+
 struct Partition {
     raft: Raft<TypeConfig>,
+    /// Whether this node leads the partition (from its Raft metrics).
+    leading: Leading,
     batcher: Batcher,
     offsets: watch::Receiver<LogOffset>,
     /// The state machine's cache, kept here to report its size.
@@ -212,8 +250,10 @@ pub struct LogNode {
     derived: DerivedStore,
     partitions: Vec<Partition>,
     rafts: Arc<[Raft<TypeConfig>]>,
-    /// Set by [`LogNode::shutdown`]; ends the disk watch.
+    /// Set by [`LogNode::shutdown`]; ends the disk watch and the heartbeats.
     stopped: std::sync::atomic::AtomicBool,
+    /// Set while the disk is below its reserve: no heartbeats, so leaderships move away.
+    stepped_away: std::sync::atomic::AtomicBool,
 }
 
 impl LogNode {
@@ -264,10 +304,11 @@ impl LogNode {
             let raft = Raft::new(config.node_id, raft_config.clone(), network, log, sm)
                 .await
                 .with_context(|| format!("start Raft of {p}"))?;
-            tokio::spawn(track_leading(raft.metrics(), leading));
+            tokio::spawn(track_leading(raft.metrics(), leading.clone()));
             let batcher = Batcher::spawn(p, raft.clone());
             partitions.push(Partition {
                 raft,
+                leading,
                 batcher,
                 offsets,
                 cache,
@@ -282,7 +323,10 @@ impl LogNode {
             partitions,
             rafts,
             stopped: std::sync::atomic::AtomicBool::new(false),
+            stepped_away: std::sync::atomic::AtomicBool::new(false),
         });
+        let every = Duration::from_millis(node.config.raft.heartbeat_ms);
+        tokio::spawn(send_heartbeats(Arc::downgrade(&node), every));
         let weak = Arc::downgrade(&node);
         std::thread::Builder::new()
             .name("disk-watch".into())
@@ -307,7 +351,10 @@ impl LogNode {
             .map(|(id, addr)| (*id, BasicNode::new(addr)))
             .collect();
         let ids: Vec<NodeId> = members.keys().copied().collect();
-        let grace = Duration::from_millis(2 * self.config.raft.election_timeout_max_ms);
+        // Long enough for nodes started together to all be up (3 s), whatever the election
+        // timeouts: a partition initialized by the wrong node still works, but leaderships then
+        // gather on whichever node came up first.
+        let grace = Duration::from_millis((2 * self.config.raft.election_timeout_max_ms).max(3000));
         for (i, part) in self.partitions.iter().enumerate() {
             if part.raft.is_initialized().await? {
                 continue;
@@ -752,6 +799,8 @@ fn raft_config(t: &RaftTuning) -> anyhow::Result<Config> {
     let config = Config {
         cluster_name: "chat".into(),
         heartbeat_interval: t.heartbeat_ms,
+        // Heartbeats come from one node-wide timer instead (`send_heartbeats`).
+        enable_heartbeat: false,
         election_timeout_min: t.election_timeout_min_ms,
         election_timeout_max: t.election_timeout_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_after_logs),

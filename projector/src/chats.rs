@@ -1,17 +1,31 @@
-//! The `chats` projection (id 1): per chat a summary and every member's watermarks. Inboxes
-//! (with the user's chat list from the user's partition) and ticks are read from it.
+//! The `chats` projection (id 2): per chat a summary, and per member their marks, kept in
+//! ordered indexes so that a receipt in a group of thousands touches a handful of small keys.
+//! Inboxes (with the user's chat list from the user's partition) and ticks are read from it.
 //!
 //! | key | value |
 //! |---|---|
 //! | `c ‖ chat` | [`ChatSummary`]: kind, name, last seq, last activity, last sender |
-//! | `w ‖ chat` | [`Marks`]: per member the seq they joined after and their delivered/read marks |
+//! | `m ‖ chat ‖ user` | [`Mark`]: the seq they joined after, their delivered/read marks, their last message |
+//! | `d ‖ chat ‖ delivered ‖ user` | (empty) members by delivered mark |
+//! | `r ‖ chat ‖ read ‖ user` | (empty) members by read mark |
+//! | `s ‖ chat ‖ last sent ‖ user` | (empty) members by the seq of their last message |
 //!
 //! Inboxes are fan-out-on-read: a message rewrites one small summary, not a row per member;
 //! the unread count is computed when asked (last seq − the user's read mark, never counting what
-//! came before the user joined; a sender's own messages count as read by them). Ticks: for member X, "delivered" is the lowest delivered mark
-//! among the *other* members (every one of them has X's messages up to it), "read" likewise.
+//! came before the user joined; a sender's own messages count as read by them).
+//!
+//! Ticks: for member X, "delivered" is the lowest delivered mark among the *other* members
+//! (every one of them has X's messages up to it), "read" likewise. So only the two lowest marks
+//! of each kind matter, and the `d`/`r` indexes give them in two key reads. When they move,
+//! every member's ticks move, but a tick only tells a member about *their own* messages: the
+//! change is announced to the members whose last message lies in the range that became covered
+//! (found through the `s` index), not to every member. A member's receipt is O(1) writes and
+//! O(senders it covers) announcements.
+//!
+//! Id 1 held an earlier layout (all of a chat's marks in one record, rewritten by every receipt);
+//! its keys are dropped at start (see `runner.rs`) and this projection is rebuilt by replay.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 
 use chat_log::StoreError;
 use chat_model::ids::{ChatId, ChatSeq, UserId};
@@ -23,7 +37,7 @@ use chat_proto::log::LogEvent;
 use crate::runner::{Change, Projection};
 use crate::store::{LiveView, ProjectionId, Txn};
 
-pub const CHATS_PROJECTION_ID: ProjectionId = ProjectionId(1);
+pub const CHATS_PROJECTION_ID: ProjectionId = ProjectionId(2);
 pub const CHATS_PROJECTION: &str = "chats";
 
 // Stored as protobuf (prost derives the messages from the tags): fields can be added, tags
@@ -44,6 +58,7 @@ pub struct ChatSummary {
     pub last_sender: u64,
 }
 
+/// One member's marks in one chat.
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub struct Mark {
     #[prost(uint64, tag = "1")]
@@ -52,23 +67,9 @@ pub struct Mark {
     pub delivered: u64,
     #[prost(uint64, tag = "3")]
     pub read: u64,
-}
-
-/// Every member's marks, by user id.
-pub type Marks = BTreeMap<u64, Mark>;
-
-/// [`Marks`] as stored (a BTreeMap, so every replica writes the same bytes).
-#[derive(Clone, PartialEq, prost::Message)]
-struct StoredMarks {
-    #[prost(btree_map = "uint64, message", tag = "1")]
-    marks: Marks,
-}
-
-fn decode_marks(bytes: Option<Vec<u8>>) -> Result<Marks, StoreError> {
-    Ok(match bytes {
-        Some(b) => decode::<StoredMarks>("chat marks", &b)?.marks,
-        None => Marks::new(),
-    })
+    /// The seq of the member's last message in the chat (0: none).
+    #[prost(uint64, tag = "4")]
+    pub last_sent: u64,
 }
 
 /// A member's ticks: what every other member has delivered / read.
@@ -78,82 +79,244 @@ pub struct Ticks {
     pub read: ChatSeq,
 }
 
+const SUMMARY: u8 = b'c';
+const MARK: u8 = b'm';
+const BY_DELIVERED: u8 = b'd';
+const BY_READ: u8 = b'r';
+const BY_LAST_SENT: u8 = b's';
+
+fn chat_prefix(tag: u8, chat: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.push(tag);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k
+}
+
 fn summary_key(chat: u64) -> Vec<u8> {
-    [&[b'c'][..], &chat.to_be_bytes()].concat()
+    chat_prefix(SUMMARY, chat)
 }
 
-fn marks_key(chat: u64) -> Vec<u8> {
-    [&[b'w'][..], &chat.to_be_bytes()].concat()
+fn mark_key(chat: u64, user: u64) -> Vec<u8> {
+    let mut k = chat_prefix(MARK, chat);
+    k.extend_from_slice(&user.to_be_bytes());
+    k
 }
 
-/// Each member's ticks, from the marks (O(members): the two lowest marks of each kind).
-pub fn ticks(marks: &Marks) -> BTreeMap<u64, Ticks> {
-    fn two_lowest(values: impl Iterator<Item = (u64, u64)>) -> [(u64, u64); 2] {
-        let mut low = [(u64::MAX, 0), (u64::MAX, 0)]; // (value, user)
-        for (user, v) in values {
-            if v < low[0].0 {
-                low[1] = low[0];
-                low[0] = (v, user);
-            } else if v < low[1].0 {
-                low[1] = (v, user);
-            }
-        }
-        low
+/// `tag ‖ chat ‖ value ‖ user`: members ordered by one of their marks.
+fn index_key(tag: u8, chat: u64, value: u64, user: u64) -> Vec<u8> {
+    let mut k = chat_prefix(tag, chat);
+    k.extend_from_slice(&value.to_be_bytes());
+    k.extend_from_slice(&user.to_be_bytes());
+    k
+}
+
+/// (value, user) of an index key.
+fn index_entry(key: &[u8]) -> Option<(u64, u64)> {
+    let value = key.get(9..17)?.try_into().ok()?;
+    let user = key.get(17..25)?.try_into().ok()?;
+    Some((u64::from_be_bytes(value), u64::from_be_bytes(user)))
+}
+
+/// The index entries a mark is listed under.
+fn index_keys(chat: u64, user: u64, mark: &Mark) -> [Vec<u8>; 3] {
+    [
+        index_key(BY_DELIVERED, chat, mark.delivered, user),
+        index_key(BY_READ, chat, mark.read, user),
+        index_key(BY_LAST_SENT, chat, mark.last_sent, user),
+    ]
+}
+
+/// The two lowest (value, user) of an index; `None` where the chat has fewer members.
+type TwoLowest = [Option<(u64, u64)>; 2];
+
+/// The lowest delivered and read marks of a chat: all that ticks depend on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Lowest {
+    delivered: TwoLowest,
+    read: TwoLowest,
+}
+
+fn two_lowest(keys: Vec<Vec<u8>>) -> TwoLowest {
+    let mut low = [None, None];
+    for (slot, key) in low.iter_mut().zip(&keys) {
+        *slot = index_entry(key);
     }
-    let d = two_lowest(marks.iter().map(|(&u, m)| (u, m.delivered)));
-    let r = two_lowest(marks.iter().map(|(&u, m)| (u, m.read)));
-    let others = |low: &[(u64, u64); 2], user: u64| {
-        let v = if low[0].1 == user { low[1].0 } else { low[0].0 };
-        if v == u64::MAX {
-            ChatSeq::ZERO // nobody else in the chat
-        } else {
-            ChatSeq(v)
+    low
+}
+
+impl Lowest {
+    /// The lowest mark among the members other than `user` (0 when there is nobody else).
+    fn others(low: &TwoLowest, user: u64) -> u64 {
+        match low {
+            [Some((_, u)), second] if *u == user => second.map_or(0, |(v, _)| v),
+            [Some((v, _)), _] => *v,
+            [None, _] => 0,
         }
-    };
-    marks
-        .keys()
-        .map(|&u| {
-            (
-                u,
-                Ticks {
-                    delivered: others(&d, u),
-                    read: others(&r, u),
-                },
-            )
-        })
-        .collect()
+    }
+
+    fn ticks(&self, user: u64) -> Ticks {
+        Ticks {
+            delivered: ChatSeq(Self::others(&self.delivered, user)),
+            read: ChatSeq(Self::others(&self.read, user)),
+        }
+    }
+
+    /// The lowest members: their ticks are the second lowest marks, unlike everyone else's.
+    fn named(&self) -> impl Iterator<Item = u64> + '_ {
+        [self.delivered[0], self.read[0]]
+            .into_iter()
+            .flatten()
+            .map(|(_, u)| u)
+    }
 }
 
 pub struct ChatsProjection;
 
 impl ChatsProjection {
-    fn marks(txn: &Txn<'_>, chat: u64) -> Result<Marks, StoreError> {
-        decode_marks(txn.get(&marks_key(chat))?)
+    fn mark(txn: &Txn<'_>, chat: u64, user: u64) -> Result<Option<Mark>, StoreError> {
+        txn.get(&mark_key(chat, user))?
+            .map(|b| decode("chat mark", &b))
+            .transpose()
     }
 
-    /// Store new marks and announce the members whose ticks moved.
-    fn set_marks(
+    fn lowest(txn: &Txn<'_>, chat: u64) -> Result<Lowest, StoreError> {
+        Ok(Lowest {
+            delivered: two_lowest(txn.first_keys(&chat_prefix(BY_DELIVERED, chat), 2)?),
+            read: two_lowest(txn.first_keys(&chat_prefix(BY_READ, chat), 2)?),
+        })
+    }
+
+    /// Replace `user`'s mark (`None`: no longer a member), keeping the indexes in step.
+    fn put_mark(
         txn: &mut Txn<'_>,
         chat: u64,
-        before: &Marks,
-        after: &Marks,
-        changes: &mut Vec<Change>,
+        user: u64,
+        before: Option<&Mark>,
+        after: Option<&Mark>,
     ) {
-        let (old, new) = (ticks(before), ticks(after));
-        for (&user, t) in &new {
-            if old.get(&user) != Some(t) {
+        if before == after {
+            return;
+        }
+        let old = before.map(|m| index_keys(chat, user, m));
+        let new = after.map(|m| index_keys(chat, user, m));
+        for (i, key) in old.iter().flatten().enumerate() {
+            if new.as_ref().is_none_or(|n| n[i] != *key) {
+                txn.delete(key);
+            }
+        }
+        for (i, key) in new.iter().flatten().enumerate() {
+            if old.as_ref().is_none_or(|o| o[i] != *key) {
+                txn.put(key, Vec::new());
+            }
+        }
+        match after {
+            Some(m) => txn.put(&mark_key(chat, user), encode(m)),
+            None => txn.delete(&mark_key(chat, user)),
+        }
+    }
+
+    /// Change some members' marks (`None`: removed) and announce the ticks that moved to the
+    /// members whose messages they cover, and to `joined` (their first ticks) — looking at the
+    /// members changed, the lowest members before and after, and, when the lowest marks moved,
+    /// the members whose last message lies past where they were (the `s` index).
+    fn change_marks(
+        txn: &mut Txn<'_>,
+        chat: u64,
+        updates: &[(u64, Option<Mark>)],
+        joined: &[u64],
+        changes: &mut Vec<Change>,
+    ) -> Result<(), StoreError> {
+        let before = Self::lowest(txn, chat)?;
+        for (user, after) in updates {
+            let was = Self::mark(txn, chat, *user)?;
+            Self::put_mark(txn, chat, *user, was.as_ref(), after.as_ref());
+        }
+        let after = Self::lowest(txn, chat)?;
+        let joined: HashSet<u64> = joined.iter().copied().collect();
+        // A member hears of a tick move only if it covers a message of theirs (their last
+        // message lies past the lower end of a range that moved), or when they just joined.
+        let announce = |user: u64, last_sent: u64, changes: &mut Vec<Change>| {
+            let (was, now) = (before.ticks(user), after.ticks(user));
+            let joined = joined.contains(&user);
+            let mut from = u64::MAX;
+            if was.delivered != now.delivered {
+                from = from.min(was.delivered.0.min(now.delivered.0));
+            }
+            if was.read != now.read {
+                from = from.min(was.read.0.min(now.read.0));
+            }
+            if joined || (from != u64::MAX && last_sent > from) {
                 changes.push(Change::Ticks {
                     chat: ChatId(chat),
                     user: UserId(user),
-                    delivered_up_to: t.delivered,
-                    read_up_to: t.read,
+                    delivered_up_to: now.delivered,
+                    read_up_to: now.read,
                 });
             }
-        }
-        let stored = StoredMarks {
-            marks: after.clone(),
         };
-        txn.put(&marks_key(chat), encode(&stored));
+        // The members whose ticks are not simply the lowest marks (the lowest members see the
+        // second lowest), the members changed, and those who joined: each looked at in turn.
+        let mut told: HashSet<u64> = HashSet::new();
+        let named = updates
+            .iter()
+            .map(|(u, _)| *u)
+            .chain(joined.iter().copied())
+            .chain(before.named())
+            .chain(after.named());
+        for user in named {
+            if !told.insert(user) {
+                continue;
+            }
+            // Only members still in the chat hear about it.
+            if let Some(mark) = Self::mark(txn, chat, user)? {
+                announce(user, mark.last_sent, changes);
+            }
+        }
+        // Everyone else's ticks are the lowest marks' values: if those moved, the members to tell
+        // are those with a message past the lower of the old and new value, in the `s` index.
+        let moved_from = |low_before: &TwoLowest, low_after: &TwoLowest| {
+            let (b, a) = (low_before[0].map(|(v, _)| v), low_after[0].map(|(v, _)| v));
+            (b != a).then(|| b.unwrap_or(0).min(a.unwrap_or(0)))
+        };
+        let from = [
+            moved_from(&before.delivered, &after.delivered),
+            moved_from(&before.read, &after.read),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(from) = from {
+            let start = index_key(BY_LAST_SENT, chat, from.saturating_add(1), 0);
+            let prefix = chat_prefix(BY_LAST_SENT, chat);
+            for key in txn.keys_from(&prefix, &start)? {
+                let Some((last_sent, user)) = index_entry(&key) else {
+                    continue;
+                };
+                if told.insert(user) {
+                    announce(user, last_sent, changes);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Move `user`'s marks with `update`; announce what moved.
+    fn update_mark(
+        txn: &mut Txn<'_>,
+        chat: u64,
+        user: u64,
+        changes: &mut Vec<Change>,
+        update: impl FnOnce(&mut Mark),
+    ) -> Result<(), StoreError> {
+        let Some(before) = Self::mark(txn, chat, user)? else {
+            return Ok(()); // not (or no longer) a member
+        };
+        let mut after = before;
+        update(&mut after);
+        if after != before {
+            Self::change_marks(txn, chat, &[(user, Some(after))], &[], changes)?;
+        }
+        Ok(())
     }
 }
 
@@ -186,25 +349,28 @@ impl Projection for ChatsProjection {
                     last_sender: 0,
                 };
                 txn.put(&summary_key(c.chat_id), encode(&summary));
-                let marks: Marks = c.members.iter().map(|&u| (u, Mark::default())).collect();
-                Self::set_marks(txn, c.chat_id, &Marks::new(), &marks, changes);
+                let updates: Vec<(u64, Option<Mark>)> = c
+                    .members
+                    .iter()
+                    .map(|&u| (u, Some(Mark::default())))
+                    .collect();
+                Self::change_marks(txn, c.chat_id, &updates, &c.members, changes)?;
             }
             chat_event::Kind::MembersChanged(c) => {
-                let before = Self::marks(txn, c.chat_id)?;
-                let mut after = before.clone();
-                for &u in &c.added {
-                    // Nothing before the join is theirs: it counts as delivered and read.
-                    let mark = Mark {
-                        joined_after: c.last_seq,
-                        delivered: c.last_seq,
-                        read: c.last_seq,
-                    };
-                    after.insert(u, mark);
-                }
-                for &u in &c.removed {
-                    after.remove(&u);
-                }
-                Self::set_marks(txn, c.chat_id, &before, &after, changes);
+                // Nothing before the join is theirs: it counts as delivered and read.
+                let joined = Mark {
+                    joined_after: c.last_seq,
+                    delivered: c.last_seq,
+                    read: c.last_seq,
+                    last_sent: 0,
+                };
+                let updates: Vec<(u64, Option<Mark>)> = c
+                    .added
+                    .iter()
+                    .map(|&u| (u, Some(joined)))
+                    .chain(c.removed.iter().map(|&u| (u, None)))
+                    .collect();
+                Self::change_marks(txn, c.chat_id, &updates, &c.added, changes)?;
             }
             chat_event::Kind::Message(m) => {
                 let key = summary_key(m.chat_id);
@@ -217,26 +383,17 @@ impl Projection for ChatsProjection {
                 summary.last_sender = m.sender_user;
                 txn.put(&key, encode(&summary));
                 // A sender has delivered and read their own message.
-                let before = Self::marks(txn, m.chat_id)?;
-                let mut after = before.clone();
-                if let Some(mark) = after.get_mut(&m.sender_user) {
+                Self::update_mark(txn, m.chat_id, m.sender_user, changes, |mark| {
                     mark.delivered = mark.delivered.max(m.seq);
                     mark.read = mark.read.max(m.seq);
-                }
-                if after != before {
-                    Self::set_marks(txn, m.chat_id, &before, &after, changes);
-                }
+                    mark.last_sent = mark.last_sent.max(m.seq);
+                })?;
             }
             chat_event::Kind::ReceiptAdvanced(r) => {
-                let before = Self::marks(txn, r.chat_id)?;
-                let mut after = before.clone();
-                if let Some(mark) = after.get_mut(&r.user_id) {
+                Self::update_mark(txn, r.chat_id, r.user_id, changes, |mark| {
                     mark.delivered = mark.delivered.max(r.delivered_up_to);
                     mark.read = mark.read.max(r.read_up_to);
-                }
-                if after != before {
-                    Self::set_marks(txn, r.chat_id, &before, &after, changes);
-                }
+                })?;
             }
             chat_event::Kind::UserRegistered(_)
             | chat_event::Kind::DeviceAdded(_)
@@ -268,15 +425,19 @@ pub fn inbox_entry(
         Some(b) => decode("chat summary", &b)?,
         None => return Ok(None),
     };
-    let marks = decode_marks(view.get(&marks_key(chat))?)?;
-    let Some(mark) = marks.get(&user).copied() else {
+    let Some(mark) = view.get(&mark_key(chat, user))? else {
         return Ok(None); // not (or no longer) a member
+    };
+    let mark: Mark = decode("chat mark", &mark)?;
+    let lowest = Lowest {
+        delivered: two_lowest(view.first_keys(&chat_prefix(BY_DELIVERED, chat), 2)?),
+        read: two_lowest(view.first_keys(&chat_prefix(BY_READ, chat), 2)?),
     };
     let seen = mark.read.max(mark.joined_after);
     Ok(Some(InboxEntry {
         chat,
         unread: summary.last_seq.saturating_sub(seen),
-        ticks: ticks(&marks).get(&user).copied().unwrap_or_default(),
+        ticks: lowest.ticks(user),
         summary,
         mark,
     }))
@@ -286,37 +447,44 @@ pub fn inbox_entry(
 mod tests {
     use super::*;
 
+    fn low(entries: &[(u64, u64)]) -> TwoLowest {
+        two_lowest(
+            entries
+                .iter()
+                .map(|&(v, u)| index_key(BY_DELIVERED, 9, v, u))
+                .collect(),
+        )
+    }
+
     #[test]
     fn ticks_are_the_lowest_mark_among_the_others() {
-        let m = |d, r| Mark {
-            joined_after: 0,
-            delivered: d,
-            read: r,
+        // Members 1, 2, 3 with delivered 10, 7, 9 and read 5, 7, 2: the indexes list them in
+        // mark order, and only the first two entries are read.
+        let lowest = Lowest {
+            delivered: low(&[(7, 2), (9, 3)]),
+            read: low(&[(2, 3), (5, 1)]),
         };
-        let marks: Marks = [(1, m(10, 5)), (2, m(7, 7)), (3, m(9, 2))].into();
-        let t = ticks(&marks);
-        assert_eq!(
-            t[&1],
-            Ticks {
-                delivered: ChatSeq(7),
-                read: ChatSeq(2)
-            }
-        );
-        assert_eq!(
-            t[&2],
-            Ticks {
-                delivered: ChatSeq(9),
-                read: ChatSeq(2)
-            }
-        );
-        assert_eq!(
-            t[&3],
-            Ticks {
-                delivered: ChatSeq(7),
-                read: ChatSeq(5)
-            }
-        );
-        let alone: Marks = [(1, m(3, 3))].into();
-        assert_eq!(ticks(&alone)[&1], Ticks::default());
+        let t = |d, r| Ticks {
+            delivered: ChatSeq(d),
+            read: ChatSeq(r),
+        };
+        assert_eq!(lowest.ticks(1), t(7, 2));
+        assert_eq!(lowest.ticks(2), t(9, 2));
+        assert_eq!(lowest.ticks(3), t(7, 5));
+        let alone = Lowest {
+            delivered: low(&[(3, 1)]),
+            read: low(&[(3, 1)]),
+        };
+        assert_eq!(alone.ticks(1), Ticks::default());
+    }
+
+    #[test]
+    fn index_keys_order_by_mark_then_user_and_decode_back() {
+        let a = index_key(BY_READ, 5, 255, 2);
+        let b = index_key(BY_READ, 5, 256, 1);
+        let c = index_key(BY_READ, 5, 256, 3);
+        assert!(a < b && b < c, "mark first (big-endian), then user");
+        assert_eq!(index_entry(&b), Some((256, 1)));
+        assert!(index_key(BY_READ, 5, u64::MAX, u64::MAX) < chat_prefix(BY_READ, 6));
     }
 }

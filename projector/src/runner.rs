@@ -19,6 +19,10 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::store::{Cursor, ProjectionId, ProjectionStore, Txn};
 
+/// Projection ids used by earlier releases and no longer (1: `chats` with all of a chat's marks
+/// in one record). Their keys are dropped at start.
+const RETIRED: [ProjectionId; 1] = [ProjectionId(1)];
+
 /// Events applied per batch (one write batch each).
 const BATCH: usize = 1024;
 
@@ -74,6 +78,20 @@ impl Projector {
     /// Start projecting every partition of `node`. Call inside the tokio runtime.
     pub fn start(node: Arc<LogNode>, projections: Vec<Arc<dyn Projection>>) -> Arc<Projector> {
         let store = ProjectionStore::new(node.derived());
+        for p in 0..node.partition_count() {
+            for retired in RETIRED {
+                match store.drop_retired(PartitionId(p), retired) {
+                    Ok(true) => tracing::info!(
+                        partition = p,
+                        projection = retired.0,
+                        "dropped the keys of a retired projection"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(partition = p, projection = retired.0, error = %e,
+                        "dropping the keys of a retired projection"),
+                }
+            }
+        }
         let (changes, _) = broadcast::channel(4096);
         let mut wake = HashMap::new();
         for p in 0..node.partition_count() {

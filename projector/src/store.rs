@@ -124,6 +124,23 @@ impl ProjectionStore {
         self.derived.commit(batch, Durability::Buffered)
     }
 
+    /// Drop every key of a projection id no longer in use (one range tombstone per partition;
+    /// nothing written when there was nothing there).
+    pub fn drop_retired(&self, p: PartitionId, retired: ProjectionId) -> Result<bool, StoreError> {
+        if self
+            .derived
+            .scan(p, retired.into(), &[], &[])
+            .next()
+            .is_none()
+        {
+            return Ok(false);
+        }
+        let mut batch = self.derived.batch(p, retired.into());
+        batch.delete_prefix(&[]);
+        self.derived.commit(batch, Durability::Sync)?;
+        Ok(true)
+    }
+
     /// Start a rebuild: a fresh generation from offset 0, beside the live one.
     pub fn request_rebuild(
         &self,
@@ -201,6 +218,16 @@ impl LiveView<'_> {
             .collect())
     }
 
+    /// The first `n` keys starting with `prefix`, in key order (reads no further).
+    pub fn first_keys(&self, prefix: &[u8], n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let skip = self.prefix.len();
+        self.view
+            .scan(&[self.prefix.as_slice(), prefix].concat())
+            .take(n)
+            .map(|item| item.map(|(k, _)| k[skip..].to_vec()))
+            .collect()
+    }
+
     /// sha256 over every (key, value) of this copy in key order (the generation is not part of
     /// it, so a rebuilt copy of the same events has the same digest).
     pub fn digest(&self) -> Result<[u8; 32], StoreError> {
@@ -238,6 +265,59 @@ impl Txn<'_> {
 
     pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
         self.pending.insert(key.to_vec(), Some(value));
+    }
+
+    /// The first `n` keys starting with `prefix`, in key order, as this batch leaves them
+    /// (its own puts in, its own deletes out); reads only as far as it needs.
+    pub fn first_keys(&self, prefix: &[u8], n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.keys(prefix, prefix, n)
+    }
+
+    /// Every key starting with `prefix` from `from` on, in key order, as this batch leaves them.
+    pub fn keys_from(&self, prefix: &[u8], from: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.keys(prefix, from, usize::MAX)
+    }
+
+    /// Up to `n` keys starting with `prefix`, from `from` on: the store's keys merged with this
+    /// batch's writes.
+    fn keys(&self, prefix: &[u8], from: &[u8], n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let skip = self.prefix.len();
+        let mut stored = self
+            .store
+            .derived
+            .scan(
+                self.partition,
+                self.projection.into(),
+                &[self.prefix.as_slice(), prefix].concat(),
+                &[self.prefix.as_slice(), from].concat(),
+            )
+            .map(|item| item.map(|(k, _)| k[skip..].to_vec()))
+            // What this batch wrote or deleted is decided by the batch, not by the store.
+            .filter(|item| !matches!(item, Ok(k) if self.pending.contains_key(k)))
+            .peekable();
+        let mut pending = self
+            .pending
+            .range(from.max(prefix).to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k)
+            .peekable();
+        let mut keys = Vec::new();
+        while keys.len() < n {
+            let from_store = match (stored.peek(), pending.peek()) {
+                (None, None) => break,
+                (Some(Ok(a)), Some(b)) => a < *b,
+                // An error is taken (and returned) from the store's side.
+                (Some(_), _) => true,
+                (None, Some(_)) => false,
+            };
+            if from_store {
+                keys.push(stored.next().expect("peeked")?);
+            } else {
+                keys.push(pending.next().expect("peeked").clone());
+            }
+        }
+        Ok(keys)
     }
 
     pub fn delete(&mut self, key: &[u8]) {

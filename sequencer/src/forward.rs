@@ -24,6 +24,10 @@ use crate::error::SeqError;
 
 type ForwardClient = SequencerClient<InterceptedService<Channel, AttachSecret>>;
 
+/// The longest one forwarded command waits for the leader's answer before the sequencer asks
+/// again (an answer this late is from a leader that is slow, or cut off and being replaced).
+const FORWARD_TRY: Duration = Duration::from_secs(1);
+
 /// The leader's address when another node leads the partition.
 pub(crate) fn leader_elsewhere(e: &ProposeError, me: NodeId) -> Option<String> {
     match e {
@@ -113,9 +117,12 @@ impl Forwarder {
         deadline: Instant,
     ) -> Result<pb::CommandReply, Status> {
         let stream = self.stream(addr)?;
+        // One try is bounded below the whole deadline: a leader cut off from its followers
+        // keeps taking commands it cannot commit, and the caller should ask again (by then the
+        // others have elected a new leader) rather than wait on it until the deadline.
         let wait = deadline
             .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
+            .clamp(Duration::from_millis(100), FORWARD_TRY);
         match tokio::time::timeout(wait, stream.call(command.clone())).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(MuxError::Refused(status))) => Err(status),

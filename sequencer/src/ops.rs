@@ -129,6 +129,16 @@ impl Sequencer {
         self.submit_typed(message).await
     }
 
+    /// [`Sequencer::send`], answering UNAVAILABLE after `within` (the configured
+    /// `submit_timeout` when `None`) if no leader has taken it by then.
+    pub async fn send_within(
+        &self,
+        message: pb::SendMessage,
+        within: Option<std::time::Duration>,
+    ) -> Result<pb::SendAck, SeqError> {
+        self.submit_typed_within(message, within).await
+    }
+
     pub async fn advance_receipt(
         &self,
         chat: ChatId,

@@ -27,6 +27,9 @@ use crate::config::SequencerConfig;
 use crate::error::{reply_of, unexpected, SeqError};
 use crate::forward::{leader_elsewhere, Forwarder};
 
+/// The longest pause between two tries of a command while no leader takes it.
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+
 /// The write path of one node.
 pub struct Sequencer {
     pub(crate) node: Arc<LogNode>,
@@ -61,25 +64,58 @@ impl Sequencer {
     /// `forwarded` is set when another node sent it here as the partition's leader.
     pub async fn submit(
         &self,
+        command: pb::Command,
+        forwarded: bool,
+    ) -> Result<pb::CommandReply, SeqError> {
+        self.submit_within(command, forwarded, None).await
+    }
+
+    /// [`Sequencer::submit`], answering UNAVAILABLE after `within` (the configured
+    /// `submit_timeout` when `None`) if no leader has taken the command by then. Such a command
+    /// may still commit; resubmitting it is safe (commands are idempotent at apply).
+    pub async fn submit_within(
+        &self,
         mut command: pb::Command,
         forwarded: bool,
+        within: Option<Duration>,
     ) -> Result<pb::CommandReply, SeqError> {
         let partition = self.prepare(&mut command, forwarded)?;
         let bytes = Dispatch::tagged(CHAT_COMMAND_TAG, &command.encode_to_vec());
-        let deadline = Instant::now() + self.config.submit_timeout;
-        let mut backoff = Duration::from_millis(20);
+        let started = Instant::now();
+        let deadline = started + within.unwrap_or(self.config.submit_timeout);
+        // Short and capped low: during a failover the new leader is usually known within a few
+        // hundred milliseconds, and every step of backoff past that is added to the client's wait.
+        let mut backoff = Duration::from_millis(10);
         loop {
-            let err = match self.node.propose(partition, vec![bytes.clone()]).await {
-                Ok(outcome) => return reply_of(outcome),
-                Err(e) => match leader_elsewhere(&e, self.node.node_id()) {
-                    Some(addr) if !forwarded => {
-                        match self.forwarder.forward(&addr, &command, deadline).await {
-                            Ok(reply) => return Ok(reply),
-                            Err(status) => SeqError::from_status(&status),
+            let attempt = async {
+                match self.node.propose(partition, vec![bytes.clone()]).await {
+                    Ok(outcome) => Ok(reply_of(outcome)),
+                    Err(e) => match leader_elsewhere(&e, self.node.node_id()) {
+                        Some(addr) if !forwarded => {
+                            match self.forwarder.forward(&addr, &command, deadline).await {
+                                Ok(reply) => Ok(Ok(reply)),
+                                Err(status) => Err(SeqError::from_status(&status)),
+                            }
                         }
-                    }
-                    _ => SeqError::from(e),
-                },
+                        _ => Err(SeqError::from(e)),
+                    },
+                }
+            };
+            // A leader that has lost its quorum (its followers died or were cut off) takes the
+            // proposal and never commits it: the deadline bounds that wait too.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match tokio::time::timeout(left, attempt).await {
+                Ok(Ok(answer)) => return answer,
+                Ok(Err(err)) => err,
+                Err(_) => {
+                    return Err(SeqError::Unavailable {
+                        message: format!(
+                            "partition {partition} did not commit the command within {:?} (no leader with a quorum); it may still commit: resubmitting it is safe",
+                            deadline.duration_since(started)
+                        ),
+                        hint: None,
+                    })
+                }
             };
             // Only "no leader could take it" is worth retrying; anything else is the answer. A
             // forwarded command is retried by the node it came from.
@@ -88,7 +124,7 @@ impl Sequencer {
                 return Err(err);
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -116,8 +152,13 @@ impl Sequencer {
     }
 
     /// Submit one command and answer its reply's kind.
-    async fn run(&self, kind: command::Kind) -> Result<command_reply::Kind, SeqError> {
-        let reply = self.submit(pb::Command { kind: Some(kind) }, false).await?;
+    async fn run(
+        &self,
+        kind: command::Kind,
+        within: Option<Duration>,
+    ) -> Result<command_reply::Kind, SeqError> {
+        let command = pb::Command { kind: Some(kind) };
+        let reply = self.submit_within(command, false, within).await?;
         reply
             .kind
             .ok_or_else(|| SeqError::Internal("empty reply".into()))
@@ -125,7 +166,16 @@ impl Sequencer {
 
     /// Submit one command of a known kind; its own reply.
     pub async fn submit_typed<C: ChatCommand>(&self, command: C) -> Result<C::Reply, SeqError> {
-        C::reply(self.run(command.into_kind()).await?).map_err(unexpected)
+        self.submit_typed_within(command, None).await
+    }
+
+    /// [`Sequencer::submit_typed`] with the caller's bound on the wait for a leader.
+    pub async fn submit_typed_within<C: ChatCommand>(
+        &self,
+        command: C,
+        within: Option<Duration>,
+    ) -> Result<C::Reply, SeqError> {
+        C::reply(self.run(command.into_kind(), within).await?).map_err(unexpected)
     }
 
     /// Make this node's replica of `p` reflect every write acknowledged before the call (a Raft

@@ -2,7 +2,7 @@
 //! killed (`kill -9`) or cut off from the other nodes (nftables), over repeated trials against 3
 //! real chatd processes.
 //!
-//! The nodes listen on 127.0.0.1, .2 and .3 and open their own connections from those addresses
+//! The nodes listen on 127.0.0.2, .3 and .4 and open their own connections from those addresses
 //! (`--bind-ip`), so a node can be cut off by address. One direct chat per partition; in each
 //! trial a device per chat sends every `--send-every-ms` through a node that is not the victim,
 //! each send asking the server to keep trying for `--send-timeout-ms` (`SendFrame.timeout_ms`).
@@ -102,6 +102,10 @@ struct Trial {
     led: BTreeMap<u32, Option<f64>>,
     /// The longest ack latency of any send on the other partitions (ms).
     others_max_ms: f64,
+    /// Elections during the trial (term increases, from a surviving node's view), on the
+    /// partitions the victim led and on the others: 1 per led partition is a clean failover.
+    elections_led: u64,
+    elections_others: u64,
     errors: u64,
 }
 
@@ -122,7 +126,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("failover-")
         .tempdir_in(&args.dir)?;
-    let hosts: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+    // Not 127.0.0.1: that is where this process's own connections come from, and cutting a
+    // node off must not cut the client off the others.
+    let hosts: Vec<Ipv4Addr> = (2..=4).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
     let (addrs, mut procs) = start_processes_on(
         &args.chatd,
         dir.path(),
@@ -314,6 +320,24 @@ async fn run_trial(
     for r in readers {
         r.abort();
     }
+    let terms_after = match Admin::connect(&addrs[entry as usize - 1], SECRET).await {
+        Ok(mut admin) => admin.status().await.ok(),
+        Err(_) => None,
+    };
+    let (mut elections_led, mut elections_others) = (0, 0);
+    for after in terms_after.iter().flat_map(|s| &s.partitions) {
+        let before = status
+            .partitions
+            .iter()
+            .find(|p| p.partition == after.partition)
+            .map_or(after.term, |p| p.term);
+        let n = after.term.saturating_sub(before);
+        if victim_parts.contains(&after.partition) {
+            elections_led += n;
+        } else {
+            elections_others += n;
+        }
+    }
     if fault == Fault::Kill {
         procs.start_again(victim)?;
     }
@@ -347,6 +371,8 @@ async fn run_trial(
         victim,
         led,
         others_max_ms,
+        elections_led,
+        elections_others,
         errors,
     })
 }
@@ -435,11 +461,13 @@ fn print_trial(n: usize, t: &Trial) {
         .map(|(p, ms)| format!("p{p} {}", fmt_ms(*ms)))
         .collect();
     println!(
-        "trial {n:>2} ({}): node {} led {} partitions; back after (ms): {}; other partitions' slowest ack {:.0} ms; {} sends failed",
+        "trial {n:>2} ({}): node {} led {} partitions; back after (ms): {}; elections {} (others {}); other partitions' slowest ack {:.0} ms; {} sends failed",
         t.fault.name(),
         t.victim,
         t.led.len(),
         led.join(", "),
+        t.elections_led,
+        t.elections_others,
         t.others_max_ms,
         t.errors,
     );
@@ -453,6 +481,8 @@ fn trial_json(n: usize, t: &Trial) -> serde_json::Value {
         "victim": t.victim,
         "unavailable_ms": t.led.iter().map(|(p, ms)| (p.to_string(), *ms)).collect::<BTreeMap<_, _>>(),
         "others_max_ack_ms": t.others_max_ms,
+        "elections_led": t.elections_led,
+        "elections_others": t.elections_others,
         "errors": t.errors,
     })
 }

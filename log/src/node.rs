@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -181,6 +181,7 @@ fn watch_disk(node: std::sync::Weak<LogNode>) {
             continue;
         }
         stepped_away = low;
+        let open = node.elections_open.lock().expect("elections lock");
         for part in &node.partitions {
             let voters = part
                 .raft
@@ -193,17 +194,65 @@ fn watch_disk(node: std::sync::Weak<LogNode>) {
             if voters < 2 {
                 continue;
             }
-            part.raft.runtime_config().elect(!low);
+            part.raft.runtime_config().elect(!low && *open);
         }
         // Heartbeats are the node's (`send_heartbeats`): stop them all, so the followers' leases
         // run out and they elect a leader that can write.
         node.stepped_away
             .store(low, std::sync::atomic::Ordering::Relaxed);
+        drop(open);
         if low {
             tracing::warn!(disk = ?disk.status(), "disk below its reserve: refusing client writes and handing leaderships to other nodes");
         } else {
             tracing::info!(disk = ?disk.status(), "disk has room again: taking client writes and standing for election");
         }
+    }
+}
+
+/// How long a node that has just started waits before its partitions stand for election.
+const ELECTION_GRACE: Duration = Duration::from_secs(1);
+
+/// After `grace`, let every partition stand for election (unless the disk watch has stepped the
+/// node away); a partition whose only voter is this node, as soon as its membership is loaded.
+///
+/// A node that restarts while the others run has missed nothing but heartbeats, yet its election
+/// timers start before its leaders have reconnected to it; if one ran out first, the node would
+/// stand with a higher term and unseat a healthy leader (openraft 0.9 has no pre-vote). Waiting a
+/// grace first costs nothing then: it still votes, and the leaders reach it well within the
+/// grace. When the whole cluster restarts at once there is no leader to hear from, and elections
+/// start `grace` later than they could. A first start initializes its partitions explicitly and
+/// is not delayed; a single node has nobody to unseat and is not delayed either.
+async fn open_elections(node: std::sync::Weak<LogNode>, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut opened: Vec<bool> = Vec::new();
+    loop {
+        let over = tokio::time::Instant::now() >= deadline;
+        {
+            let Some(node) = node.upgrade() else { return };
+            opened.resize(node.partitions.len(), false);
+            let mut open = node.elections_open.lock().expect("elections lock");
+            *open |= over;
+            let stepped_away = node.stepped_away.load(std::sync::atomic::Ordering::Relaxed);
+            for (part, opened) in node.partitions.iter().zip(opened.iter_mut()) {
+                let alone = part
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .eq([node.config.node_id]);
+                // The disk watch keeps a group of one leading (it has no one to hand over to).
+                if !*opened && ((over && !stepped_away) || alone) {
+                    part.raft.runtime_config().elect(true);
+                    *opened = true;
+                }
+            }
+        }
+        if over {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -254,6 +303,9 @@ pub struct LogNode {
     stopped: std::sync::atomic::AtomicBool,
     /// Set while the disk is below its reserve: no heartbeats, so leaderships move away.
     stepped_away: std::sync::atomic::AtomicBool,
+    /// Set once the start-up grace is over (`open_elections`). Whether the partitions stand
+    /// for election is changed only under this lock, by the grace and by the disk watch.
+    elections_open: Mutex<bool>,
 }
 
 impl LogNode {
@@ -304,6 +356,8 @@ impl LogNode {
             let raft = Raft::new(config.node_id, raft_config.clone(), network, log, sm)
                 .await
                 .with_context(|| format!("start Raft of {p}"))?;
+            // Not a candidate until its leaders have had time to reach it: `open_elections`.
+            raft.runtime_config().elect(false);
             tokio::spawn(track_leading(raft.metrics(), leading.clone()));
             let batcher = Batcher::spawn(p, raft.clone());
             partitions.push(Partition {
@@ -324,7 +378,9 @@ impl LogNode {
             rafts,
             stopped: std::sync::atomic::AtomicBool::new(false),
             stepped_away: std::sync::atomic::AtomicBool::new(false),
+            elections_open: Mutex::new(false),
         });
+        tokio::spawn(open_elections(Arc::downgrade(&node), ELECTION_GRACE));
         let every = Duration::from_millis(node.config.raft.heartbeat_ms);
         tokio::spawn(send_heartbeats(Arc::downgrade(&node), every));
         let weak = Arc::downgrade(&node);

@@ -10,7 +10,7 @@ use chat_proto::raft::{self as pb, raft_service_client::RaftServiceClient};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -209,7 +209,23 @@ type VoteReply = Result<VoteResponse<NodeId>, RaftError<NodeId>>;
 type SnapshotReply =
     Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>;
 
+/// How long a leader waits before trying an unreachable peer again. openraft's default is
+/// 500 ms; a peer that was down and has just restarted must hear from its leaders before its own
+/// election timeout (a few hundred ms) runs out, or it starts an election that unseats them.
+const UNREACHABLE_RETRY: Duration = Duration::from_millis(100);
+/// The same, for a peer that refused our protocol version: only an upgrade changes that.
+const REFUSED_RETRY: Duration = Duration::from_secs(5);
+
 impl RaftNetwork<TypeConfig> for PeerClient {
+    fn backoff(&self) -> Backoff {
+        let every = if self.protocol_refused {
+            REFUSED_RETRY
+        } else {
+            UNREACHABLE_RETRY
+        };
+        Backoff::new(std::iter::repeat(every))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

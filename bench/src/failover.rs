@@ -497,8 +497,9 @@ fn summarize(trials: &[Trial]) -> serde_json::Value {
         if of.is_empty() {
             continue;
         }
-        let mut all = Histogram::<u64>::new(3).expect("valid");
-        let mut worst = Histogram::<u64>::new(3).expect("valid");
+        // Bounded: `saturating_record` clamps to the current range instead of growing it.
+        let h = || Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("valid bounds");
+        let (mut all, mut worst) = (h(), h());
         for t in &of {
             let values: Vec<f64> = t.led.values().flatten().copied().collect();
             for v in &values {

@@ -76,7 +76,9 @@ impl Probe {
             .truncate(true)
             .write(true)
             .open(&path)?;
-        let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+        // Bounded (1 µs to a minute): `saturating_record` clamps to the current range instead
+        // of growing an auto-resizing histogram.
+        let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
         let stop = Arc::new(AtomicBool::new(false));
         let (h, s) = (hist.clone(), stop.clone());
         let thread = std::thread::Builder::new()

@@ -92,7 +92,6 @@ impl Shared {
 }
 
 /// One member's histograms for one phase (µs).
-#[derive(Clone)]
 struct Hists {
     delivery: Histogram<u64>,
     last_member: Histogram<u64>,
@@ -101,7 +100,9 @@ struct Hists {
 
 impl Hists {
     fn new() -> Hists {
-        let h = || Histogram::new(3).expect("3 significant figures");
+        // Bounded (1 µs to an hour): `saturating_record` clamps to a histogram's current range
+        // rather than growing it, so an auto-resizing one would pin every value at its start.
+        let h = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
         Hists {
             delivery: h(),
             last_member: h(),
@@ -333,7 +334,7 @@ struct Member {
 impl Member {
     /// Until `stop`: the member's histograms per phase.
     async fn run(self, mut stream: DeviceStream, mut stop: watch::Receiver<bool>) -> Vec<Hists> {
-        let mut hists = vec![Hists::new(); self.phases];
+        let mut hists: Vec<Hists> = (0..self.phases).map(|_| Hists::new()).collect();
         let tx = stream.sender();
         let (mut last_seq, mut read_seq) = (0u64, 0u64);
         let mut reads = tokio::time::interval(self.read_every);

@@ -78,7 +78,9 @@ impl Probe {
             .open(&path)?;
         // Bounded (1 µs to a minute): `saturating_record` clamps to the current range instead
         // of growing an auto-resizing histogram.
-        let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+        let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+            1, 60_000_000, 3,
+        )?));
         let stop = Arc::new(AtomicBool::new(false));
         let (h, s) = (hist.clone(), stop.clone());
         let thread = std::thread::Builder::new()

@@ -304,6 +304,138 @@ async fn receipts_reach_the_readers_devices_and_ticks_the_senders_they_cover() {
     );
 }
 
+/// Every member's ticks are the lowest marks among the other members, through a mix of sends,
+/// reads in any order (ties included), members joining at the chat's last seq and a member
+/// leaving: the projection keeps only the two lowest marks and re-reads its index when they move,
+/// and this checks it against the marks the test itself tracks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ticks_are_the_lowest_marks_of_the_others_through_reads_joins_and_leaves() {
+    let cluster = Cluster::start_with(1, 4, CONFIG);
+    let addr = cluster.node(1).addr.clone();
+    cluster.wait_for_leaders(1, WAIT).await;
+    // Eight members, then two who join with user ids below all of theirs: joining at a value
+    // the lowest members also hold, they sort first in the marks' index (the tie case).
+    let mut handles: Vec<String> = (0..8).map(|i| format!("tick-user-{i}")).collect();
+    let lowest_id = handles
+        .iter()
+        .map(|h| chat_model::ids::user_id_for_handle(h).0)
+        .min()
+        .unwrap();
+    handles.extend(
+        (0..)
+            .map(|k| format!("tick-joiner-{k}"))
+            .filter(|h| chat_model::ids::user_id_for_handle(h).0 < lowest_id)
+            .take(2),
+    );
+    let mut clients = Vec::new();
+    let mut devices = Vec::new();
+    for h in &handles {
+        let (client, token) = register(&addr, h).await;
+        clients.push(client);
+        let mut options = DeviceOptions::new(vec![addr.clone()], &token);
+        options.auto_ack = false;
+        devices.push(Device::start(options));
+    }
+    let group = clients[0]
+        .create_group("ticks", "ticks", &handles[1..8])
+        .await
+        .unwrap()
+        .chat_id;
+    // (delivered, read) per member, as the server should have them.
+    let mut marks: BTreeMap<usize, (u64, u64)> = (0..8).map(|i| (i, (0, 0))).collect();
+    let mut last_seq = 0u64;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    for step in 0..60 {
+        if step == 20 {
+            // Everyone reads everything, so the lowest marks are the last seq; then two join at
+            // the last seq (everything before counts as delivered and read for them).
+            for (&i, m) in marks.iter_mut() {
+                devices[i].read(group, last_seq).await;
+                *m = (last_seq, last_seq);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            clients[0]
+                .change_members(group, &handles[8..10], &[])
+                .await
+                .unwrap();
+            marks.insert(8, (last_seq, last_seq));
+            marks.insert(9, (last_seq, last_seq));
+            // A new message everyone but the joiners reads: the lowest marks are now the
+            // joiners' alone, who sort before every other member.
+            last_seq = devices[1]
+                .send(group, b"after the join".to_vec())
+                .await
+                .unwrap()
+                .seq;
+            marks.insert(1, (last_seq, last_seq));
+            for i in 0..8 {
+                devices[i].read(group, last_seq).await;
+                marks.insert(i, (last_seq, last_seq));
+            }
+            check_ticks(&mut clients, group, &marks).await;
+        }
+        if step == 40 {
+            clients[0]
+                .change_members(group, &[], &handles[3..4])
+                .await
+                .unwrap();
+            marks.remove(&3);
+        }
+        let members: Vec<usize> = marks.keys().copied().collect();
+        let who = members[next(members.len())];
+        if last_seq == 0 || next(3) == 0 {
+            let ack = devices[who]
+                .send(group, format!("m{step}").into_bytes())
+                .await
+                .unwrap();
+            last_seq = ack.seq;
+            marks.insert(who, (ack.seq, ack.seq));
+        } else {
+            let upto = 1 + next(last_seq as usize) as u64;
+            devices[who].read(group, upto).await;
+            let m = marks.get_mut(&who).unwrap();
+            m.1 = m.1.max(upto);
+            m.0 = m.0.max(m.1);
+        }
+    }
+    check_ticks(&mut clients, group, &marks).await;
+}
+
+/// Poll every tracked member's inbox until its own marks and its ticks (the lowest marks of the
+/// others) are as `marks` says; receipts are applied asynchronously, and a wrong projection
+/// never gets there (the poll fails, showing the inbox).
+async fn check_ticks(
+    clients: &mut [chat_client::ChatClient],
+    group: u64,
+    marks: &BTreeMap<usize, (u64, u64)>,
+) {
+    for (&i, &(delivered, read)) in marks {
+        let others = marks.iter().filter(|(&j, _)| j != i).map(|(_, m)| *m);
+        let want = (
+            others.clone().map(|m| m.0).min().unwrap(),
+            others.map(|m| m.1).min().unwrap(),
+        );
+        inbox_until(
+            &mut clients[i],
+            &format!("member {i}: marks and ticks"),
+            |inbox| {
+                inbox.iter().any(|e| {
+                    e.chat_id == group
+                        && (e.delivered_up_to, e.read_up_to) == (delivered, read)
+                        && (e.ticks_delivered, e.ticks_read) == want
+                })
+            },
+        )
+        .await;
+    }
+}
+
 /// Projection status of every node, keyed by (partition, name).
 async fn projections(cluster: &Cluster, node: u64) -> BTreeMap<(u32, String), ProjectionStatus> {
     let mut admin = cluster.admin(node).await;

@@ -9,6 +9,7 @@
 //! | `d ‖ chat ‖ delivered ‖ user` | (empty) members by delivered mark |
 //! | `r ‖ chat ‖ read ‖ user` | (empty) members by read mark |
 //! | `s ‖ chat ‖ last sent ‖ user` | (empty) members by the seq of their last message |
+//! | `l ‖ chat` | the two lowest entries of `d` and of `r` (what every member's ticks are made of) |
 //!
 //! Inboxes are fan-out-on-read: a message rewrites one small summary, not a row per member;
 //! the unread count is computed when asked (last seq − the user's read mark, never counting what
@@ -16,7 +17,9 @@
 //!
 //! Ticks: for member X, "delivered" is the lowest delivered mark among the *other* members
 //! (every one of them has X's messages up to it), "read" likewise. So only the two lowest marks
-//! of each kind matter, and the `d`/`r` indexes give them in two key reads. When they move,
+//! of each kind matter: they are kept in `l`, and read again from the `d`/`r` index (from where
+//! the lowest was, never over the deleted entries below it) only when one of those two members
+//! moves — so a receipt of any other member reads and writes a handful of keys. When they move,
 //! every member's ticks move, but a tick only tells a member about *their own* messages: the
 //! change is announced to the members whose last message lies in the range that became covered
 //! (found through the `s` index), not to every member. A member's receipt is O(1) writes and
@@ -84,6 +87,7 @@ const MARK: u8 = b'm';
 const BY_DELIVERED: u8 = b'd';
 const BY_READ: u8 = b'r';
 const BY_LAST_SENT: u8 = b's';
+const LOWEST: u8 = b'l';
 
 fn chat_prefix(tag: u8, chat: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(25);
@@ -144,6 +148,44 @@ fn two_lowest(keys: Vec<Vec<u8>>) -> TwoLowest {
     low
 }
 
+/// [`Lowest`] as stored: each kind's (value, user) pairs, lowest first, flattened.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredLowest {
+    #[prost(uint64, repeated, tag = "1")]
+    delivered: Vec<u64>,
+    #[prost(uint64, repeated, tag = "2")]
+    read: Vec<u64>,
+}
+
+fn flatten(low: &TwoLowest) -> Vec<u64> {
+    low.iter().flatten().flat_map(|&(v, u)| [v, u]).collect()
+}
+
+fn unflatten(values: &[u64]) -> TwoLowest {
+    let mut low = [None, None];
+    for (slot, pair) in low.iter_mut().zip(values.chunks_exact(2)) {
+        *slot = Some((pair[0], pair[1]));
+    }
+    low
+}
+
+impl Lowest {
+    fn decode(bytes: &[u8]) -> Result<Lowest, StoreError> {
+        let stored: StoredLowest = decode("lowest marks", bytes)?;
+        Ok(Lowest {
+            delivered: unflatten(&stored.delivered),
+            read: unflatten(&stored.read),
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        encode(&StoredLowest {
+            delivered: flatten(&self.delivered),
+            read: flatten(&self.read),
+        })
+    }
+}
+
 impl Lowest {
     /// The lowest mark among the members other than `user` (0 when there is nobody else).
     fn others(low: &TwoLowest, user: u64) -> u64 {
@@ -179,10 +221,58 @@ impl ChatsProjection {
             .transpose()
     }
 
+    /// The chat's lowest marks as last stored (none before its first member).
     fn lowest(txn: &Txn<'_>, chat: u64) -> Result<Lowest, StoreError> {
+        match txn.get(&chat_prefix(LOWEST, chat))? {
+            Some(bytes) => Lowest::decode(&bytes),
+            None => Ok(Lowest::default()),
+        }
+    }
+
+    /// The two lowest entries of index `tag`, read from `from` (a key no live entry lies before:
+    /// marks only grow, so the entries deleted below the lowest are never walked again).
+    fn rescan(
+        txn: &Txn<'_>,
+        tag: u8,
+        chat: u64,
+        from: Option<(u64, u64)>,
+    ) -> Result<TwoLowest, StoreError> {
+        let prefix = chat_prefix(tag, chat);
+        let start = from.map_or_else(|| prefix.clone(), |(v, u)| index_key(tag, chat, v, u));
+        Ok(two_lowest(txn.keys(&prefix, &start, 2)?))
+    }
+
+    /// The lowest marks after `moved` members' marks changed, from `before`: unchanged unless
+    /// one of the two lowest moved, an entry was added below the second lowest, or there were
+    /// fewer than two — then read again from the index. A receipt of any other member (nearly
+    /// every receipt in a big group) reads nothing.
+    fn next_lowest(
+        txn: &Txn<'_>,
+        chat: u64,
+        before: &Lowest,
+        moved: &[(u64, Option<Mark>)],
+    ) -> Result<Lowest, StoreError> {
+        let kind = |low: &TwoLowest, tag: u8, value: fn(&Mark) -> u64| {
+            // Where the moved members' entries are now (None sorts first: compare Somes).
+            let new_keys = moved
+                .iter()
+                .filter_map(|(user, mark)| mark.map(|m| (value(&m), *user)));
+            let touched = low[1].is_none()
+                || moved
+                    .iter()
+                    .any(|(user, _)| low.iter().flatten().any(|(_, u)| u == user))
+                || new_keys.clone().any(|key| Some(key) < low[1]);
+            if !touched {
+                return Ok(*low);
+            }
+            // No live entry lies before the old lowest except where moved members now are (a
+            // member who joins at the lowest value with a smaller id sorts before it).
+            let from = low[0].into_iter().chain(new_keys).min();
+            Self::rescan(txn, tag, chat, from)
+        };
         Ok(Lowest {
-            delivered: two_lowest(txn.first_keys(&chat_prefix(BY_DELIVERED, chat), 2)?),
-            read: two_lowest(txn.first_keys(&chat_prefix(BY_READ, chat), 2)?),
+            delivered: kind(&before.delivered, BY_DELIVERED, |m| m.delivered)?,
+            read: kind(&before.read, BY_READ, |m| m.read)?,
         })
     }
 
@@ -231,7 +321,10 @@ impl ChatsProjection {
             let was = Self::mark(txn, chat, *user)?;
             Self::put_mark(txn, chat, *user, was.as_ref(), after.as_ref());
         }
-        let after = Self::lowest(txn, chat)?;
+        let after = Self::next_lowest(txn, chat, &before, updates)?;
+        if after != before {
+            txn.put(&chat_prefix(LOWEST, chat), after.encode());
+        }
         let joined: HashSet<u64> = joined.iter().copied().collect();
         // A member hears of a tick move only if it covers a message of theirs (their last
         // message lies past the lower end of a range that moved), or when they just joined.
@@ -288,7 +381,7 @@ impl ChatsProjection {
         if let Some(from) = from {
             let start = index_key(BY_LAST_SENT, chat, from.saturating_add(1), 0);
             let prefix = chat_prefix(BY_LAST_SENT, chat);
-            for key in txn.keys_from(&prefix, &start)? {
+            for key in txn.keys(&prefix, &start, usize::MAX)? {
                 let Some((last_sent, user)) = index_entry(&key) else {
                     continue;
                 };
@@ -429,9 +522,9 @@ pub fn inbox_entry(
         return Ok(None); // not (or no longer) a member
     };
     let mark: Mark = decode("chat mark", &mark)?;
-    let lowest = Lowest {
-        delivered: two_lowest(view.first_keys(&chat_prefix(BY_DELIVERED, chat), 2)?),
-        read: two_lowest(view.first_keys(&chat_prefix(BY_READ, chat), 2)?),
+    let lowest = match view.get(&chat_prefix(LOWEST, chat))? {
+        Some(bytes) => Lowest::decode(&bytes)?,
+        None => Lowest::default(),
     };
     let seen = mark.read.max(mark.joined_after);
     Ok(Some(InboxEntry {

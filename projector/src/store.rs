@@ -218,16 +218,6 @@ impl LiveView<'_> {
             .collect())
     }
 
-    /// The first `n` keys starting with `prefix`, in key order (reads no further).
-    pub fn first_keys(&self, prefix: &[u8], n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        let skip = self.prefix.len();
-        self.view
-            .scan(&[self.prefix.as_slice(), prefix].concat())
-            .take(n)
-            .map(|item| item.map(|(k, _)| k[skip..].to_vec()))
-            .collect()
-    }
-
     /// sha256 over every (key, value) of this copy in key order (the generation is not part of
     /// it, so a rebuilt copy of the same events has the same digest).
     pub fn digest(&self) -> Result<[u8; 32], StoreError> {
@@ -267,20 +257,12 @@ impl Txn<'_> {
         self.pending.insert(key.to_vec(), Some(value));
     }
 
-    /// The first `n` keys starting with `prefix`, in key order, as this batch leaves them
-    /// (its own puts in, its own deletes out); reads only as far as it needs.
-    pub fn first_keys(&self, prefix: &[u8], n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.keys(prefix, prefix, n)
-    }
-
-    /// Every key starting with `prefix` from `from` on, in key order, as this batch leaves them.
-    pub fn keys_from(&self, prefix: &[u8], from: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.keys(prefix, from, usize::MAX)
-    }
-
-    /// Up to `n` keys starting with `prefix`, from `from` on: the store's keys merged with this
-    /// batch's writes.
-    fn keys(&self, prefix: &[u8], from: &[u8], n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    /// Up to `n` keys starting with `prefix`, from `from` on (a key at or after `prefix`), in
+    /// key order, as this batch leaves them (its own puts in, its own deletes out); reads only as
+    /// far as it needs. Starting `from` past keys known to be gone matters for an index whose
+    /// low end is deleted as it moves: RocksDB would walk every tombstone before the first live
+    /// key.
+    pub fn keys(&self, prefix: &[u8], from: &[u8], n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         let skip = self.prefix.len();
         let mut stored = self
             .store

@@ -374,8 +374,8 @@ async fn ticks_are_the_lowest_marks_of_the_others_through_reads_joins_and_leaves
                 .unwrap()
                 .seq;
             marks.insert(1, (last_seq, last_seq));
-            for i in 0..8 {
-                devices[i].read(group, last_seq).await;
+            for (i, device) in devices.iter().enumerate().take(8) {
+                device.read(group, last_seq).await;
                 marks.insert(i, (last_seq, last_seq));
             }
             check_ticks(&mut clients, group, &marks).await;

@@ -57,6 +57,9 @@ pub struct Args {
     /// How long sends go on after the fault.
     #[arg(long, default_value_t = 3)]
     outage_secs: u64,
+    /// More chatd configuration (TOML) for every node, e.g. "[raft]\nheartbeat_ms = 50".
+    #[arg(long, default_value = "")]
+    config: String,
     /// Temp dirs go under this directory.
     #[arg(long, default_value = "target")]
     dir: PathBuf,
@@ -129,12 +132,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Not 127.0.0.1: that is where this process's own connections come from, and cutting a
     // node off must not cut the client off the others.
     let hosts: Vec<Ipv4Addr> = (2..=4).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+    let config = format!("{CHATD_CONFIG}{}\n", args.config.replace("\\n", "\n"));
     let (addrs, mut procs) = start_processes_on(
         &args.chatd,
         dir.path(),
         &hosts,
         args.partitions,
-        CHATD_CONFIG,
+        &config,
         |i| vec!["--bind-ip".into(), hosts[i as usize - 1].to_string()],
     )?;
     println!(

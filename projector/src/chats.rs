@@ -229,8 +229,7 @@ impl ChatsProjection {
         }
     }
 
-    /// The two lowest entries of index `tag`, read from `from` (a key no live entry lies before:
-    /// marks only grow, so the entries deleted below the lowest are never walked again).
+    /// The first two entries of index `tag` from `from` on (from its start when `None`).
     fn rescan(
         txn: &Txn<'_>,
         tag: u8,
@@ -244,32 +243,45 @@ impl ChatsProjection {
 
     /// The lowest marks after `moved` members' marks changed, from `before`: unchanged unless
     /// one of the two lowest moved, an entry was added below the second lowest, or there were
-    /// fewer than two — then read again from the index. A receipt of any other member (nearly
-    /// every receipt in a big group) reads nothing.
+    /// fewer than two — then read again from the index, from the second lowest on. A receipt of
+    /// any other member (nearly every receipt in a big group) reads nothing.
     fn next_lowest(
         txn: &Txn<'_>,
         chat: u64,
         before: &Lowest,
         moved: &[(u64, Option<Mark>)],
     ) -> Result<Lowest, StoreError> {
-        let kind = |low: &TwoLowest, tag: u8, value: fn(&Mark) -> u64| {
-            // Where the moved members' entries are now (None sorts first: compare Somes).
-            let new_keys = moved
-                .iter()
-                .filter_map(|(user, mark)| mark.map(|m| (value(&m), *user)));
-            let touched = low[1].is_none()
-                || moved
+        let kind =
+            |low: &TwoLowest, tag: u8, value: fn(&Mark) -> u64| -> Result<TwoLowest, StoreError> {
+                // Where the moved members' entries are now.
+                let new_keys = moved
                     .iter()
-                    .any(|(user, _)| low.iter().flatten().any(|(_, u)| u == user))
-                || new_keys.clone().any(|key| Some(key) < low[1]);
-            if !touched {
-                return Ok(*low);
-            }
-            // No live entry lies before the old lowest except where moved members now are (a
-            // member who joins at the lowest value with a smaller id sorts before it).
-            let from = low[0].into_iter().chain(new_keys).min();
-            Self::rescan(txn, tag, chat, from)
-        };
+                    .filter_map(|(user, mark)| mark.map(|m| (value(&m), *user)));
+                let was_low = |user: &u64| low.iter().flatten().any(|(_, u)| u == user);
+                let touched = low[1].is_none()
+                    || moved.iter().any(|(user, _)| was_low(user))
+                    || new_keys.clone().any(|key| Some(key) < low[1]);
+                if !touched {
+                    return Ok(*low);
+                }
+                // Before the move no live entry lay below the second lowest but the lowest; now the
+                // candidates are those two (if they did not move), the moved members' new entries,
+                // and the first entries from the second lowest on. Reading only from there never
+                // walks the entries deleted below it (in a chat where one member reads nothing, every
+                // message of the other would otherwise walk all of its old entries).
+                let mut candidates: Vec<(u64, u64)> = low
+                    .iter()
+                    .flatten()
+                    .filter(|(_, u)| !moved.iter().any(|(m, _)| m == u))
+                    .copied()
+                    .chain(new_keys)
+                    .collect();
+                let from = low[1].or(low[0]);
+                candidates.extend(Self::rescan(txn, tag, chat, from)?.into_iter().flatten());
+                candidates.sort_unstable();
+                candidates.dedup();
+                Ok([candidates.first().copied(), candidates.get(1).copied()])
+            };
         Ok(Lowest {
             delivered: kind(&before.delivered, BY_DELIVERED, |m| m.delivered)?,
             read: kind(&before.read, BY_READ, |m| m.read)?,

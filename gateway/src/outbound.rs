@@ -1,9 +1,9 @@
 //! The frames a device stream sends, in two queues: control before data.
 //!
 //! A device's stream carries two kinds of frame. *Control* frames answer the device itself:
-//! `Welcome`, send acks and send errors, pongs, error frames, and the status that ends the stream. *Data*
-//! frames are what the chats produce: messages, receipts, ticks, chat updates, the backlog's
-//! `SyncComplete`. A member of a busy group can have thousands of data frames waiting for its
+//! `Welcome`, send acks and send errors, pongs, error frames, and the status that ends the
+//! stream. *Data* frames are what the chats produce: messages, receipts, ticks, chat updates,
+//! the backlog's `SyncComplete`. A member of a busy group can have thousands of data frames waiting for its
 //! connection; if its own acks queued behind them, every send would look seconds slow while the
 //! server had committed it in milliseconds. So each kind has its own bounded queue and the
 //! stream tonic writes takes from the control queue whenever it has something.

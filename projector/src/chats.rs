@@ -264,11 +264,12 @@ impl ChatsProjection {
                 if !touched {
                     return Ok(*low);
                 }
-                // Before the move no live entry lay below the second lowest but the lowest; now the
-                // candidates are those two (if they did not move), the moved members' new entries,
-                // and the first entries from the second lowest on. Reading only from there never
-                // walks the entries deleted below it (in a chat where one member reads nothing, every
-                // message of the other would otherwise walk all of its old entries).
+                // Before the move no live entry lay below the second lowest but the lowest; now
+                // the candidates are those two (if they did not move), the moved members' new
+                // entries, and the first entries from the second lowest on. Reading only from
+                // there never walks the entries deleted below it (in a chat where one member
+                // reads nothing, every message of the other would otherwise walk all of its old
+                // entries).
                 let mut candidates: Vec<(u64, u64)> = low
                     .iter()
                     .flatten()

@@ -138,6 +138,9 @@ type TwoLowest = [Option<(u64, u64)>; 2];
 struct Lowest {
     delivered: TwoLowest,
     read: TwoLowest,
+    /// Members of the chat: with two or fewer, the two lowest are every member and never need
+    /// reading from the index (a direct chat, by far the most common, never reads it).
+    members: u64,
 }
 
 fn two_lowest(keys: Vec<Vec<u8>>) -> TwoLowest {
@@ -155,6 +158,8 @@ struct StoredLowest {
     delivered: Vec<u64>,
     #[prost(uint64, repeated, tag = "2")]
     read: Vec<u64>,
+    #[prost(uint64, tag = "3")]
+    members: u64,
 }
 
 fn flatten(low: &TwoLowest) -> Vec<u64> {
@@ -175,6 +180,7 @@ impl Lowest {
         Ok(Lowest {
             delivered: unflatten(&stored.delivered),
             read: unflatten(&stored.read),
+            members: stored.members,
         })
     }
 
@@ -182,6 +188,7 @@ impl Lowest {
         encode(&StoredLowest {
             delivered: flatten(&self.delivered),
             read: flatten(&self.read),
+            members: self.members,
         })
     }
 }
@@ -250,7 +257,11 @@ impl ChatsProjection {
         chat: u64,
         before: &Lowest,
         moved: &[(u64, Option<Mark>)],
+        members: u64,
     ) -> Result<Lowest, StoreError> {
+        // With two members or fewer before and after, the old lowest entries were every member
+        // and the moved members' new entries are all that changed: nothing to read.
+        let complete = before.members <= 2 && members <= 2;
         let kind =
             |low: &TwoLowest, tag: u8, value: fn(&Mark) -> u64| -> Result<TwoLowest, StoreError> {
                 // Where the moved members' entries are now.
@@ -277,8 +288,10 @@ impl ChatsProjection {
                     .copied()
                     .chain(new_keys)
                     .collect();
-                let from = low[1].or(low[0]);
-                candidates.extend(Self::rescan(txn, tag, chat, from)?.into_iter().flatten());
+                if !complete {
+                    let from = low[1].or(low[0]);
+                    candidates.extend(Self::rescan(txn, tag, chat, from)?.into_iter().flatten());
+                }
                 candidates.sort_unstable();
                 candidates.dedup();
                 Ok([candidates.first().copied(), candidates.get(1).copied()])
@@ -286,6 +299,7 @@ impl ChatsProjection {
         Ok(Lowest {
             delivered: kind(&before.delivered, BY_DELIVERED, |m| m.delivered)?,
             read: kind(&before.read, BY_READ, |m| m.read)?,
+            members,
         })
     }
 
@@ -330,11 +344,14 @@ impl ChatsProjection {
         changes: &mut Vec<Change>,
     ) -> Result<(), StoreError> {
         let before = Self::lowest(txn, chat)?;
+        let mut members = before.members;
         for (user, after) in updates {
             let was = Self::mark(txn, chat, *user)?;
             Self::put_mark(txn, chat, *user, was.as_ref(), after.as_ref());
+            members =
+                (members + u64::from(after.is_some())).saturating_sub(u64::from(was.is_some()));
         }
-        let after = Self::next_lowest(txn, chat, &before, updates)?;
+        let after = Self::next_lowest(txn, chat, &before, updates, members)?;
         if after != before {
             txn.put(&chat_prefix(LOWEST, chat), after.encode());
         }
@@ -569,6 +586,7 @@ mod tests {
         let lowest = Lowest {
             delivered: low(&[(7, 2), (9, 3)]),
             read: low(&[(2, 3), (5, 1)]),
+            members: 3,
         };
         let t = |d, r| Ticks {
             delivered: ChatSeq(d),
@@ -580,6 +598,7 @@ mod tests {
         let alone = Lowest {
             delivered: low(&[(3, 1)]),
             read: low(&[(3, 1)]),
+            members: 1,
         };
         assert_eq!(alone.ticks(1), Ticks::default());
     }

@@ -184,15 +184,7 @@ fn watch_disk(node: std::sync::Weak<LogNode>) {
         stepped_away = low;
         let open = node.elections_open.lock().expect("elections lock");
         for part in &node.partitions {
-            let voters = part
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .count();
-            if voters < 2 {
+            if part.voters().len() < 2 {
                 continue;
             }
             part.raft.runtime_config().elect(!low && *open);
@@ -235,14 +227,7 @@ async fn open_elections(node: std::sync::Weak<LogNode>, grace: Duration) {
             *open |= over;
             let stepped_away = node.stepped_away.load(std::sync::atomic::Ordering::Relaxed);
             for (part, opened) in node.partitions.iter().zip(opened.iter_mut()) {
-                let alone = part
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .eq([node.config.node_id]);
+                let alone = part.voters() == [node.config.node_id];
                 // The disk watch keeps a group of one leading (it has no one to hand over to).
                 if !*opened && ((over && !stepped_away) || alone) {
                     part.raft.runtime_config().elect(true);
@@ -291,6 +276,15 @@ struct Partition {
     offsets: watch::Receiver<LogOffset>,
     /// The state machine's cache, kept here to report its size.
     cache: StateCache,
+}
+
+impl Partition {
+    /// The partition's voters, as its Raft metrics say (none before it is initialized).
+    fn voters(&self) -> Vec<NodeId> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().voter_ids().collect()
+    }
 }
 
 /// A running node of the partitioned log.

@@ -46,6 +46,8 @@ impl Cluster {
                     node_id: id,
                     data_dir: dir.path().join(format!("n{id}")),
                     partitions,
+                    replication: 3,
+                    join: false,
                     members: members.clone(),
                     cluster_secret: "bench".into(),
                     bind_ip: None,

@@ -22,6 +22,7 @@ mod jsonl;
 mod latency;
 mod log_bench;
 mod peer;
+mod placement;
 mod procstat;
 mod rebuild;
 mod send_bench;
@@ -61,6 +62,9 @@ enum Cmd {
     /// Unavailability per partition after `kill -9` of a leading node (and after cutting one
     /// off the network), over repeated trials against real chatd processes.
     Failover(failover::Args),
+    /// Work per message on N = 3, 6, 9 nodes with R replicas (it should fall as R/N), and the
+    /// time to move a partition of a stated size onto a new node.
+    Placement(placement::Args),
     /// Only the fsync floor: a loop of small write + fdatasync.
     Fsync {
         /// Directory to test (its filesystem is what is measured).
@@ -90,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Soak(args) => soak::run(args).await,
         Cmd::Group(args) => group::run(args).await,
         Cmd::Failover(args) => failover::run(args).await,
+        Cmd::Placement(args) => placement::run(args).await,
         Cmd::Fsync { dir, iterations } => {
             let floor = fsync::measure(&dir, iterations)?;
             println!("{floor}");

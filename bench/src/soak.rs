@@ -761,7 +761,7 @@ impl Metrics {
 
 /// The node's metrics page, fetched as a scraper would (plain HTTP/1.0 GET); None if it does
 /// not answer 200 within 5 s.
-async fn scrape(addr: SocketAddr) -> Option<String> {
+pub(crate) async fn scrape(addr: SocketAddr) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fetch = async {
         let mut conn = tokio::net::TcpStream::connect(addr).await?;

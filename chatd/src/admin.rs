@@ -1,11 +1,13 @@
 //! The admin gRPC service (`chat.admin.v1.Admin`) over a [`LogNode`] and its [`Projector`]:
 //! status, raw appends, reads, digests, compaction, checksum verification, projection status
-//! and rebuilds. Used by `chatctl`, the benchmark and the
-//! tests; guarded by the cluster secret like Raft RPC.
+//! and rebuilds, and placement (the partition map, nodes joining and leaving, moves, leader
+//! handovers). Used by `chatctl`, the benchmark and the tests; guarded by the cluster secret
+//! like Raft RPC.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_log::placement::{MapChange, NodeState, PartitionMap};
 use chat_log::{
     CommandOutcome, Dispatch, LogNode, LogOffset, PartitionId, StoreError, RAW_COMMAND_TAG,
 };
@@ -40,6 +42,51 @@ impl AdminService {
             )))
         }
     }
+
+    /// `p`, if this node holds a replica of it (reads of this node's replica); otherwise a
+    /// redirect to a node that does.
+    fn replica(&self, p: u32) -> Result<PartitionId, Status> {
+        let p = self.partition(p)?;
+        self.node.replica_here(p)?;
+        Ok(p)
+    }
+
+    /// Apply the change `make` builds from the current map; made again on the newer map if the
+    /// map moved on between reading and applying it (a few times, then the refusal stands).
+    async fn change_map(
+        &self,
+        make: impl Fn(&PartitionMap) -> Result<MapChange, Status>,
+    ) -> Result<Response<MapChangeReply>, Status> {
+        let mut tries = 0;
+        loop {
+            let map = self
+                .node
+                .map()
+                .ok_or_else(|| Status::unavailable("the cluster has no partition map yet"))?;
+            let change = make(&map)?;
+            match self.node.change_map(map.epoch, change).await {
+                Ok(epoch) => return Ok(Response::new(MapChangeReply { epoch: epoch.0 })),
+                // Made on a map that moved on (this node's copy may trail the metadata
+                // group's leader by a moment): read it again and retry.
+                Err(status) if tries < 20 && status.code() == tonic::Code::Aborted => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+}
+
+fn node_state(name: &str) -> Result<NodeState, Status> {
+    match name {
+        "active" => Ok(NodeState::Active),
+        "draining" => Ok(NodeState::Draining),
+        "leaving" => Ok(NodeState::Leaving),
+        other => Err(Status::invalid_argument(format!(
+            "unknown node state {other:?}: use active, draining or leaving"
+        ))),
+    }
 }
 
 fn store_status(e: StoreError) -> Status {
@@ -50,28 +97,28 @@ fn store_status(e: StoreError) -> Status {
 impl Admin for AdminService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         let status = self.node.status();
-        let partitions = status
-            .partitions
-            .into_iter()
-            .map(|p| PartitionStatus {
-                partition: p.partition.0,
-                role: p.role.to_string(),
-                term: p.term,
-                leader_id: p.leader_id.unwrap_or_default(),
-                leader_addr: p.leader_addr.unwrap_or_default(),
-                last_log_index: p.last_log_index,
-                applied_index: p.applied_index,
-                last_offset: p.last_offset.0,
-                snapshot_index: p.snapshot_index.unwrap_or_default(),
-                purged_index: p.purged_index.unwrap_or_default(),
-                voters: p.voters,
-            })
-            .collect();
+        let to_pb = |p: chat_log::PartitionStatus| PartitionStatus {
+            partition: p.partition.0,
+            role: p.role.to_string(),
+            term: p.term,
+            leader_id: p.leader_id.unwrap_or_default(),
+            leader_addr: p.leader_addr.unwrap_or_default(),
+            last_log_index: p.last_log_index,
+            applied_index: p.applied_index,
+            last_offset: p.last_offset.0,
+            snapshot_index: p.snapshot_index.unwrap_or_default(),
+            purged_index: p.purged_index.unwrap_or_default(),
+            voters: p.voters,
+            learners: p.learners,
+        };
+        let partitions = status.partitions.into_iter().map(to_pb).collect();
         let disk = status.disk;
         Ok(Response::new(StatusReply {
             node_id: status.node_id,
             partition_count: self.node.partition_count(),
             partitions,
+            meta: status.meta.map(to_pb),
+            map_epoch: status.map_epoch.unwrap_or_default(),
             disk: Some(DiskStatus {
                 state: disk.state.as_str().to_string(),
                 free_bytes: disk.free_bytes,
@@ -143,14 +190,15 @@ impl Admin for AdminService {
             0 => 100,
             n => n.min(MAX_READ_EVENTS),
         };
-        let events = self
+        // From this node's replica, or one the partition map names if it holds none.
+        let (events, last) = self
             .node
+            .replicas()
             .read_events(p, LogOffset(req.from_offset), limit as usize)
-            .map_err(store_status)?;
-        let last_offset = self.node.last_offset(p).map_err(Status::from)?.0;
+            .await?;
         Ok(Response::new(ReadEventsReply {
             events,
-            last_offset,
+            last_offset: last.0,
         }))
     }
 
@@ -158,13 +206,20 @@ impl Admin for AdminService {
         &self,
         request: Request<DigestRequest>,
     ) -> Result<Response<DigestReply>, Status> {
-        let p = self.partition(request.into_inner().partition)?;
+        let p = self.replica(request.into_inner().partition)?;
         let node = self.node.clone();
         let (last, digest) = tokio::task::spawn_blocking(move || node.digest(p))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(store_status)?;
-        let applied_index = self.node.status().partitions[p.0 as usize].applied_index;
+        let applied_index = self
+            .node
+            .status()
+            .partitions
+            .iter()
+            .find(|s| s.partition == p)
+            .map(|s| s.applied_index)
+            .unwrap_or_default();
         Ok(Response::new(DigestReply {
             last_offset: last.0,
             sha256: digest.to_vec(),
@@ -176,7 +231,7 @@ impl Admin for AdminService {
         &self,
         request: Request<CompactRequest>,
     ) -> Result<Response<CompactReply>, Status> {
-        let p = self.partition(request.into_inner().partition)?;
+        let p = self.replica(request.into_inner().partition)?;
         let snapshot_index = self
             .node
             .compact(p, Duration::from_secs(60))
@@ -239,5 +294,141 @@ impl Admin for AdminService {
             .rebuild(p, &r.name)
             .map_err(Status::invalid_argument)?;
         Ok(Response::new(RebuildProjectionReply {}))
+    }
+
+    async fn get_map(
+        &self,
+        _: Request<GetMapRequest>,
+    ) -> Result<Response<chat_proto::log::PartitionMap>, Status> {
+        match self.node.map() {
+            Some(map) => Ok(Response::new(map.to_pb())),
+            None => Err(Status::unavailable("the cluster has no partition map yet")),
+        }
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<MapChangeReply>, Status> {
+        let r = request.into_inner();
+        check_addr(&r.addr)?;
+        self.change_map(|_| {
+            Ok(MapChange::AddNode {
+                id: r.node_id,
+                addr: r.addr.clone(),
+            })
+        })
+        .await
+    }
+
+    async fn set_node_state(
+        &self,
+        request: Request<SetNodeStateRequest>,
+    ) -> Result<Response<MapChangeReply>, Status> {
+        let r = request.into_inner();
+        let state = node_state(&r.state)?;
+        self.change_map(|_| {
+            Ok(MapChange::SetNodeState {
+                id: r.node_id,
+                state,
+            })
+        })
+        .await
+    }
+
+    async fn replace_node(
+        &self,
+        request: Request<ReplaceNodeRequest>,
+    ) -> Result<Response<MapChangeReply>, Status> {
+        let r = request.into_inner();
+        check_addr(&r.new_addr)?;
+        let known = self
+            .node
+            .map()
+            .is_some_and(|m| m.nodes.contains_key(&r.new_node_id));
+        if !known {
+            self.change_map(|_| {
+                Ok(MapChange::AddNode {
+                    id: r.new_node_id,
+                    addr: r.new_addr.clone(),
+                })
+            })
+            .await?;
+        }
+        self.change_map(|_| {
+            Ok(MapChange::SetNodeState {
+                id: r.old_node_id,
+                state: NodeState::Leaving,
+            })
+        })
+        .await
+    }
+
+    async fn move_replica(
+        &self,
+        request: Request<MoveReplicaRequest>,
+    ) -> Result<Response<MapChangeReply>, Status> {
+        let r = request.into_inner();
+        let p = self.partition(r.partition)?;
+        self.change_map(|map| {
+            let replicas = map.replicas(p).expect("checked partition");
+            if replicas.moving() {
+                return Err(Status::failed_precondition(format!(
+                    "a move of {p} is under way; wait for it (chatctl map)"
+                )));
+            }
+            if !replicas.voters.contains(&r.from_node) {
+                return Err(Status::failed_precondition(format!(
+                    "node {} holds no replica of {p}",
+                    r.from_node
+                )));
+            }
+            if replicas.holds(r.to_node) {
+                return Err(Status::failed_precondition(format!(
+                    "node {} already holds {p}",
+                    r.to_node
+                )));
+            }
+            Ok(MapChange::SetReplicas {
+                partition: p,
+                voters: replicas.voters.clone(),
+                learners: [r.to_node].into(),
+                leaving: [r.from_node].into(),
+            })
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderReply>, Status> {
+        let r = request.into_inner();
+        let p = self.partition(r.partition)?;
+        let leader_id = self.node.transfer_leadership(p, r.to_node).await?;
+        Ok(Response::new(TransferLeaderReply { leader_id }))
+    }
+
+    async fn set_balancing(
+        &self,
+        request: Request<SetBalancingRequest>,
+    ) -> Result<Response<MapChangeReply>, Status> {
+        let enabled = request.into_inner().enabled;
+        self.change_map(|_| Ok(MapChange::SetBalancing(enabled)))
+            .await
+    }
+}
+
+/// A node address must be host:port (it is dialled as `http://{addr}`).
+fn check_addr(addr: &str) -> Result<(), Status> {
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "node address {addr:?} is not host:port"
+        )))
     }
 }

@@ -20,6 +20,9 @@ use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 pub const DEFAULT_PARTITIONS: u32 = 8;
+/// Replicas per partition: a cluster of three or more keeps working with one node down and
+/// stores each partition three times, however many nodes it has.
+pub const DEFAULT_REPLICATION: u32 = 3;
 const SECRET_FILE: &str = "cluster_secret";
 
 /// Command-line flags. Each overrides the same key of the config file.
@@ -49,6 +52,14 @@ pub struct Flags {
     /// Partitions of the cluster; fixed when the data dir is first created [default: 8].
     #[arg(long)]
     pub partitions: Option<u32>,
+    /// Replicas of each partition when the cluster forms (all members if fewer); the same on
+    /// every first member. The partition map keeps it afterwards [default: 3].
+    #[arg(long)]
+    pub replication: Option<u32>,
+    /// Join a running cluster instead of forming one: start with no partitions and wait to be
+    /// added (`chatctl node add <id> <addr>` on any node). --peers names this node.
+    #[arg(long)]
+    pub join: bool,
     /// Shared secret every internal and admin RPC must carry. Required for a multi-node cluster;
     /// a single node generates one into `<data-dir>/cluster_secret`.
     #[arg(long, env = "CHATD_CLUSTER_SECRET", hide_env_values = true)]
@@ -69,6 +80,9 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     partitions: Option<u32>,
+    replication: Option<u32>,
+    #[serde(default)]
+    join: bool,
     cluster_secret: Option<String>,
     bind_ip: Option<IpAddr>,
     metrics_listen: Option<SocketAddr>,
@@ -341,9 +355,18 @@ impl ServerConfig {
             .partitions
             .or(file.partitions)
             .unwrap_or(DEFAULT_PARTITIONS);
+        let join = flags.join || file.join;
+        let replication = flags
+            .replication
+            .or(file.replication)
+            .unwrap_or(DEFAULT_REPLICATION);
+        if replication == 0 {
+            bail!("--replication must be at least 1");
+        }
         let cluster_secret = match flags.cluster_secret.or(file.cluster_secret) {
             Some(s) if s.is_empty() => bail!("the cluster secret must not be empty"),
             Some(s) => s,
+            None if join => bail!("a joining node needs the cluster's --cluster-secret"),
             None if members.len() == 1 => load_or_create_secret(&data_dir)?,
             None => bail!(
                 "a multi-node cluster needs a shared --cluster-secret (or CHATD_CLUSTER_SECRET)"
@@ -357,7 +380,9 @@ impl ServerConfig {
                 node_id,
                 data_dir,
                 partitions,
+                replication,
                 members,
+                join,
                 cluster_secret,
                 bind_ip: flags.bind_ip.or(file.bind_ip),
                 raft: file.raft,

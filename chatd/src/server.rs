@@ -132,6 +132,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(node.raft_service())
+        .add_service(node.placement_service())
+        .add_service(node.replica_service())
         .add_service(admin)
         .add_service(sequencer_service)
         .add_service(health_service);

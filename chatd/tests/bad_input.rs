@@ -113,7 +113,8 @@ async fn bad_internal_and_admin_requests_are_refused_clearly() {
     let err = raft.vote(vote(99)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(
-        err.message().contains("partition 99 does not exist"),
+        err.message()
+            .contains("partition 99 does not exist (the cluster has"),
         "{err}"
     );
     // The same on the Replicate stream: each bad call gets its own refusal, by id, and the

@@ -144,6 +144,75 @@ impl Admin {
         Ok(())
     }
 
+    /// The partition map as this node has it.
+    pub async fn map(&mut self) -> anyhow::Result<chat_proto::log::PartitionMap> {
+        Ok(self.client.get_map(GetMapRequest {}).await?.into_inner())
+    }
+
+    pub async fn add_node(&mut self, node_id: u64, addr: &str) -> anyhow::Result<u64> {
+        let req = AddNodeRequest {
+            node_id,
+            addr: addr.to_string(),
+        };
+        Ok(self.client.add_node(req).await?.into_inner().epoch)
+    }
+
+    /// Mark a node "active", "draining" or "leaving".
+    pub async fn set_node_state(&mut self, node_id: u64, state: &str) -> anyhow::Result<u64> {
+        let req = SetNodeStateRequest {
+            node_id,
+            state: state.to_string(),
+        };
+        Ok(self.client.set_node_state(req).await?.into_inner().epoch)
+    }
+
+    pub async fn replace_node(
+        &mut self,
+        old_node_id: u64,
+        new_node_id: u64,
+        new_addr: &str,
+    ) -> anyhow::Result<u64> {
+        let req = ReplaceNodeRequest {
+            old_node_id,
+            new_node_id,
+            new_addr: new_addr.to_string(),
+        };
+        Ok(self.client.replace_node(req).await?.into_inner().epoch)
+    }
+
+    pub async fn move_replica(
+        &mut self,
+        partition: u32,
+        from: u64,
+        to: u64,
+    ) -> anyhow::Result<u64> {
+        let req = MoveReplicaRequest {
+            partition,
+            from_node: from,
+            to_node: to,
+        };
+        Ok(self.client.move_replica(req).await?.into_inner().epoch)
+    }
+
+    /// Hand a partition's leadership to `to`; answers the leader after.
+    pub async fn transfer_leader(&mut self, partition: u32, to: u64) -> anyhow::Result<u64> {
+        let req = TransferLeaderRequest {
+            partition,
+            to_node: to,
+        };
+        Ok(self
+            .client
+            .transfer_leader(req)
+            .await?
+            .into_inner()
+            .leader_id)
+    }
+
+    pub async fn set_balancing(&mut self, enabled: bool) -> anyhow::Result<u64> {
+        let req = SetBalancingRequest { enabled };
+        Ok(self.client.set_balancing(req).await?.into_inner().epoch)
+    }
+
     pub async fn verify(&mut self) -> anyhow::Result<VerifyReply> {
         Ok(self
             .client
@@ -155,7 +224,13 @@ impl Admin {
 
 /// The status of a node as a table, one row per partition.
 pub fn format_status(s: &StatusReply) -> String {
-    let mut out = format!("node {} — {} partitions\n", s.node_id, s.partition_count);
+    let mut out = format!(
+        "node {} — holds {} of {} partitions; partition map epoch {}\n",
+        s.node_id,
+        s.partitions.len(),
+        s.partition_count,
+        s.map_epoch
+    );
     if let Some(d) = &s.disk {
         const MIB: u64 = 1024 * 1024;
         out.push_str(&format!(
@@ -170,15 +245,26 @@ pub fn format_status(s: &StatusReply) -> String {
         ));
     }
     out.push_str("partition  role       term  leader            last_index  applied  last_offset  snapshot  purged  voters\n");
-    for p in &s.partitions {
+    for p in s.partitions.iter().chain(&s.meta) {
         let leader = match p.leader_id {
             0 => "-".to_string(),
             id => format!("{id} ({})", p.leader_addr),
         };
         let voters: Vec<String> = p.voters.iter().map(u64::to_string).collect();
+        let name = if Some(p) == s.meta.as_ref() {
+            "meta".to_string()
+        } else {
+            p.partition.to_string()
+        };
+        let learners = if p.learners.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<String> = p.learners.iter().map(u64::to_string).collect();
+            format!(" (+learners {})", ids.join(","))
+        };
         out.push_str(&format!(
-            "{:<10} {:<10} {:<5} {:<17} {:<11} {:<8} {:<12} {:<9} {:<7} {}\n",
-            p.partition,
+            "{:<10} {:<10} {:<5} {:<17} {:<11} {:<8} {:<12} {:<9} {:<7} {}{learners}\n",
+            name,
             p.role,
             p.term,
             leader,
@@ -188,6 +274,61 @@ pub fn format_status(s: &StatusReply) -> String {
             p.snapshot_index,
             p.purged_index,
             voters.join(",")
+        ));
+    }
+    out
+}
+
+/// The partition map as two tables: nodes (state, replicas, leaderships) and partitions
+/// (voters, a move under way, leader).
+pub fn format_map(m: &chat_proto::log::PartitionMap) -> String {
+    let ids = |v: &[u64]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+        }
+    };
+    let moving = m
+        .replicas
+        .values()
+        .filter(|r| !r.learners.is_empty() || !r.leaving.is_empty())
+        .count();
+    let mut out = format!(
+        "partition map epoch {}: {} partitions, replication {}, balancing {}, {} move(s) under way\n",
+        m.epoch,
+        m.partitions,
+        m.replication,
+        if m.balancing { "on" } else { "off" },
+        moving
+    );
+    out.push_str("node  state     addr                   replicas  leaders\n");
+    for (id, n) in &m.nodes {
+        let state = chat_proto::log::NodeState::try_from(n.state)
+            .map(|s| s.as_str_name().trim_start_matches("NODE_").to_lowercase())
+            .unwrap_or_else(|_| format!("state {}", n.state));
+        let replicas = m
+            .replicas
+            .values()
+            .filter(|r| r.voters.contains(id))
+            .count();
+        let leaders = m.replicas.values().filter(|r| r.leader_hint == *id).count();
+        out.push_str(&format!(
+            "{id:<5} {state:<9} {:<22} {replicas:<9} {leaders}\n",
+            n.addr
+        ));
+    }
+    out.push_str("partition  leader  voters      joining  leaving\n");
+    for (p, r) in &m.replicas {
+        let leader = match r.leader_hint {
+            0 => "-".to_string(),
+            id => id.to_string(),
+        };
+        out.push_str(&format!(
+            "{p:<10} {leader:<7} {:<11} {:<8} {}\n",
+            ids(&r.voters),
+            ids(&r.learners),
+            ids(&r.leaving)
         ));
     }
     out

@@ -46,11 +46,19 @@ async fn chatctl_status_append_read_digest_compact_verify() {
 
     let (ok, out, err) = run(&["status"]).await.unwrap();
     assert!(ok, "{err}");
-    assert!(out.contains("node 1 — 2 partitions"), "{out}");
-    let leaders = out
-        .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some("leader"));
-    assert_eq!(leaders.count(), 2, "{out}");
+    assert!(out.contains("node 1 — holds 2 of 2 partitions"), "{out}");
+    let role = |l: &&str| l.split_whitespace().nth(1) == Some("leader");
+    let partition_rows = out.lines().filter(|l| {
+        l.split_whitespace()
+            .next()
+            .is_some_and(|p| p.parse::<u32>().is_ok())
+    });
+    assert_eq!(partition_rows.filter(role).count(), 2, "{out}");
+    // The metadata group (the partition map's Raft group) has a row of its own.
+    assert!(
+        out.lines().any(|l| l.starts_with("meta ") && role(&l)),
+        "{out}"
+    );
     assert!(
         out.contains(&format!("1 ({addr})")),
         "leader address must be the bound one: {out}"

@@ -124,9 +124,9 @@ impl Hub {
             queue_capacity,
             notifier: std::sync::OnceLock::new(),
         });
-        for p in 0..node.partition_count() {
-            tokio::spawn(tail(hub.clone(), node.clone(), PartitionId(p)));
-        }
+        // The partitions this node holds, as they move here and away.
+        let (tail_hub, tail_node) = (hub.clone(), node.clone());
+        node.spawn_per_partition(move |p| tail(tail_hub.clone(), tail_node.clone(), p));
         tokio::spawn(publish_sizes(Arc::downgrade(&hub)));
         hub
     }

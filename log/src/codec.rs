@@ -149,9 +149,12 @@ pub fn partition_start(p: PartitionId) -> Vec<u8> {
 }
 
 /// The exclusive upper bound of a partition's keys.
+///
+/// The metadata group's id is `u32::MAX`, which has no successor: its bound is five 0xff bytes,
+/// above every key it has (the byte after its id is a namespace, or the top byte of an index or
+/// offset, never 0xff).
 pub fn partition_end(p: PartitionId) -> Vec<u8> {
-    // u32::MAX is never a partition (P is far smaller), so +1 cannot overflow meaningfully.
-    (u64::from(p.0) + 1).to_be_bytes()[4..].to_vec()
+    prefix_end(&partition_start(p))
 }
 
 fn partition_u64_key(p: PartitionId, n: u64) -> [u8; 12] {

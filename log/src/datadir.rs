@@ -21,6 +21,27 @@ const RECORD_KEY: &[u8] = b"record";
 /// Where format 0 (bincode, before 0.2) kept its node record.
 const LEGACY_RECORD_KEY: &[u8] = b"node";
 
+/// What [`check`] found.
+#[derive(Debug)]
+pub(crate) struct DataDir {
+    /// The dir's random id (see `NodeRecord.incarnation`).
+    pub(crate) incarnation: u64,
+    /// Whether the dir was created by this start.
+    pub(crate) created: bool,
+}
+
+fn new_incarnation() -> u64 {
+    // Never 0: that means "not chosen yet".
+    rand::random::<u64>().max(1)
+}
+
+fn write_record(engine: &Engine, record: &NodeRecord) -> anyhow::Result<()> {
+    let mut batch = rocksdb::WriteBatch::default();
+    engine.put_framed(&mut batch, cf::NODE, RECORD_KEY, &record.encode_to_vec());
+    engine.write(batch, Durability::Sync)?;
+    Ok(())
+}
+
 /// Check the data dir at `dir` (open as `engine`) is node `node_id` with `partitions`
 /// partitions in [`DATA_FORMAT`]; record it so on first start.
 pub(crate) fn check(
@@ -28,7 +49,7 @@ pub(crate) fn check(
     dir: &Path,
     node_id: NodeId,
     partitions: u32,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<DataDir> {
     let dir = dir.display();
     let Some(bytes) = engine.get(cf::NODE, RECORD_KEY)? else {
         if engine.get(cf::NODE, LEGACY_RECORD_KEY)?.is_some() {
@@ -42,13 +63,15 @@ pub(crate) fn check(
             format: DATA_FORMAT,
             node_id,
             partitions,
+            incarnation: new_incarnation(),
         };
-        let mut batch = rocksdb::WriteBatch::default();
-        engine.put_framed(&mut batch, cf::NODE, RECORD_KEY, &record.encode_to_vec());
-        engine.write(batch, Durability::Sync)?;
-        return Ok(());
+        write_record(engine, &record)?;
+        return Ok(DataDir {
+            incarnation: record.incarnation,
+            created: true,
+        });
     };
-    let have = NodeRecord::decode(bytes.as_slice())
+    let mut have = NodeRecord::decode(bytes.as_slice())
         .with_context(|| format!("data dir {dir}: decode its node record"))?;
     if have.format != DATA_FORMAT {
         bail!(
@@ -65,7 +88,16 @@ pub(crate) fn check(
             have.partitions,
         );
     }
-    Ok(())
+    if have.incarnation == 0 {
+        // A dir of a release before incarnations: it is the dir the cluster knows (nothing
+        // was registered for it), so choosing one now is safe.
+        have.incarnation = new_incarnation();
+        write_record(engine, &have)?;
+    }
+    Ok(DataDir {
+        incarnation: have.incarnation,
+        created: false,
+    })
 }
 
 #[cfg(test)]
@@ -93,8 +125,11 @@ mod tests {
     fn a_dir_is_recorded_once_and_then_checked() {
         let dir = tempfile::tempdir().unwrap();
         let engine = open(dir.path());
-        check(&engine, dir.path(), 1, 8).unwrap();
-        check(&engine, dir.path(), 1, 8).unwrap();
+        let first = check(&engine, dir.path(), 1, 8).unwrap();
+        assert!(first.created && first.incarnation != 0);
+        let again = check(&engine, dir.path(), 1, 8).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.incarnation, first.incarnation);
         let err = check(&engine, dir.path(), 2, 8).unwrap_err().to_string();
         assert!(err.contains("belongs to node 1 with 8 partitions"), "{err}");
         let err = check(&engine, dir.path(), 1, 4).unwrap_err().to_string();
@@ -118,6 +153,7 @@ mod tests {
             format: DATA_FORMAT + 1,
             node_id: 1,
             partitions: 8,
+            incarnation: 5,
         };
         put(&engine, RECORD_KEY, &newer.encode_to_vec());
         let err = check(&engine, dir.path(), 1, 8).unwrap_err().to_string();

@@ -361,6 +361,8 @@ impl Engine {
         }
         metrics::gauge!("chatd_rocksdb_block_cache_bytes").set(sizes.block_cache as f64);
         metrics::gauge!("chatd_rocksdb_wal_bytes").set(sizes.wal as f64);
+        let syncs = self.stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("chatd_wal_syncs_total").absolute(syncs);
     }
 
     /// The free-space watch of the disk this database is on.
@@ -532,6 +534,24 @@ impl Engine {
         let (start, end) = (codec::partition_start(p), codec::partition_end(p));
         self.db
             .compact_range_cf(self.cf(cf::RAFT_LOG), Some(&start), Some(&end));
+    }
+
+    /// Delete everything partition `p` has in every column family (its replica moved away),
+    /// durably, then compact the ranges so the space is returned.
+    pub fn drop_partition(&self, p: crate::types::PartitionId) -> Result<(), StoreError> {
+        let (start, end) = (codec::partition_start(p), codec::partition_end(p));
+        // Every cf but the node's own records (whose keys are not partition-prefixed).
+        let cfs = cf::ALL.into_iter().filter(|name| *name != cf::NODE);
+        let mut batch = WriteBatch::default();
+        for name in cfs.clone() {
+            self.delete_range(&mut batch, name, &start, &end);
+        }
+        self.write(batch, Durability::Sync)?;
+        for name in cfs {
+            self.db
+                .compact_range_cf(self.cf(name), Some(&start), Some(&end));
+        }
+        Ok(())
     }
 
     /// Re-read every record of every column family and check its frame. Returns how many records

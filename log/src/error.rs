@@ -36,6 +36,23 @@ impl ProposeError {
             partition: partition.0,
             leader_id,
             leader_addr,
+            map_epoch: None,
+        })
+    }
+
+    /// "This node does not hold `partition`": a redirect to the replica this node's partition
+    /// map (of `epoch`) names, its leader when known.
+    pub fn not_here(
+        partition: PartitionId,
+        replica: Option<(NodeId, String)>,
+        epoch: u64,
+    ) -> ProposeError {
+        let (leader_id, leader_addr) = replica.unzip();
+        ProposeError::NotLeader(LeaderHint {
+            partition: partition.0,
+            leader_id,
+            leader_addr,
+            map_epoch: Some(epoch),
         })
     }
 

@@ -1,8 +1,10 @@
 //! `chat-log`: the replicated, partitioned log at the bottom of the chat system.
 //!
-//! A node hosts P partitions; each is one openraft group whose committed entries are applied by a
-//! [`CommandHandler`] into a per-partition event log at dense [`LogOffset`]s. All partitions of a
-//! node share one RocksDB (`engine`) and one tonic connection per peer ([`network`]).
+//! A cluster has P partitions, each held by R of its nodes; each is one openraft group whose
+//! committed entries are applied by a [`CommandHandler`] into a per-partition event log at dense
+//! [`LogOffset`]s. Which nodes hold which partitions is the partition map's to say, kept in a
+//! Raft group of its own ([`placement`]). All groups of a node share one RocksDB (`engine`) and
+//! one tonic connection per peer ([`network`]).
 //! [`LogNode`] is the API the layers above use: propose, read, subscribe, status; and
 //! [`DerivedStore`] is where they keep data derived from the log. The storage itself (codec,
 //! engine, Raft stores, disk watch) is private: nothing above sees RocksDB or a key layout.
@@ -21,7 +23,10 @@
 //! - `error`: [`ProposeError`] and its gRPC status (with a leader hint).
 //! - `batcher`: coalesces concurrent proposals to a partition into one Raft entry.
 //! - [`network`]: Raft RPC over tonic (client and server) and the cluster secret.
-//! - [`node`]: a node hosting every partition.
+//! - [`placement`]: the partition map, its metadata group, the balancer and the driver that
+//!   moves replicas.
+//! - [`node`]: a node: its groups, the API above, and its part in placement.
+//! - [`remote`]: reads of partitions a node does not hold, from a node that does.
 
 pub mod apply;
 mod batcher;
@@ -33,6 +38,8 @@ mod engine;
 mod error;
 pub mod network;
 pub mod node;
+pub mod placement;
+pub mod remote;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -11,12 +11,22 @@ pub type NodeId = u64;
 /// The openraft node description: where a peer's Raft RPC endpoint listens.
 pub type Node = openraft::BasicNode;
 
-/// One partition of the log, i.e. one openraft group. Partitions are numbered `0..P`.
+/// One partition of the log, i.e. one openraft group. Partitions are numbered `0..P`;
+/// [`PartitionId::META`] is the metadata group (the partition map), kept the same way.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PartitionId(pub u32);
 
+impl PartitionId {
+    /// The metadata group: a Raft group like a partition's, on the same storage and links, whose
+    /// one record is the partition map (`placement`). Its keys sort after every partition's.
+    pub const META: PartitionId = PartitionId(u32::MAX);
+}
+
 impl fmt::Display for PartitionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == PartitionId::META {
+            return write!(f, "meta");
+        }
         write!(f, "p{}", self.0)
     }
 }
@@ -71,6 +81,8 @@ pub enum RejectCode {
     PermissionDenied,
     FailedPrecondition,
     ResourceExhausted,
+    /// Made on state that has changed since (a compare-and-set lost): read again and retry.
+    Aborted,
 }
 
 /// The result of applying one command.

@@ -121,6 +121,8 @@ async fn offsets_reads_subscriptions_and_restart() {
         node_id: 1,
         data_dir: dir.path().to_path_buf(),
         partitions: 4,
+        replication: 3,
+        join: false,
         members: [(1, "127.0.0.1:1".to_string())].into(),
         cluster_secret: "s".into(),
         bind_ip: None,

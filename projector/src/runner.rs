@@ -75,7 +75,7 @@ pub struct Projector {
 }
 
 impl Projector {
-    /// Start projecting every partition of `node`. Call inside the tokio runtime.
+    /// Start projecting every partition `node` holds. Call inside the tokio runtime.
     pub fn start(node: Arc<LogNode>, projections: Vec<Arc<dyn Projection>>) -> Arc<Projector> {
         let store = ProjectionStore::new(node.derived());
         for p in 0..node.partition_count() {
@@ -106,11 +106,23 @@ impl Projector {
             changes,
             wake,
         });
-        for p in 0..projector.node.partition_count() {
-            for proj in &projector.projections {
-                tokio::spawn(run(projector.clone(), PartitionId(p), proj.clone()));
+        // The partitions this node holds, as they move here and away: a partition moved here
+        // is projected from its first event (its derived data was deleted with the replica).
+        let runner = projector.clone();
+        projector.node.spawn_per_partition(move |p| {
+            // A task per projection (they run in parallel); the partition's task ends when all
+            // of them have.
+            let runs: Vec<_> = runner
+                .projections
+                .iter()
+                .map(|proj| tokio::spawn(run(runner.clone(), p, proj.clone())))
+                .collect();
+            async move {
+                for run in runs {
+                    let _ = run.await;
+                }
             }
-        }
+        });
         projector
     }
 
@@ -150,8 +162,7 @@ impl Projector {
 
     pub fn status(&self) -> Result<Vec<ProjectionStatus>, StoreError> {
         let mut out = Vec::new();
-        for p in 0..self.node.partition_count() {
-            let p = PartitionId(p);
+        for p in self.node.hosted() {
             for proj in &self.projections {
                 let live = self.store.live(p, proj.id())?;
                 out.push(ProjectionStatus {

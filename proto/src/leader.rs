@@ -3,7 +3,9 @@
 //!
 //! The hint travels as the standard gRPC rich error model (`google.rpc.Status` in the
 //! `grpc-status-details-bin` trailer) with one `google.rpc.ErrorInfo`: reason `NOT_LEADER`,
-//! domain `chat`, metadata `partition`, and when known `leader_id` and `leader_addr`. Any gRPC
+//! domain `chat`, metadata `partition`, and when known `leader_id`, `leader_addr` and `map_epoch`
+//! (the answering node does not host the partition and routed by its partition map of that
+//! epoch: a caller whose map is older should read it again before routing). Any gRPC
 //! client can read it with its language's error-details helper; nothing here is specific to
 //! Rust. It lives in `chat-proto` because the client library depends on nothing else.
 
@@ -25,6 +27,9 @@ pub struct LeaderHint {
     pub leader_id: Option<u64>,
     /// The leader's advertised address (where clients and peers reach it).
     pub leader_addr: Option<String>,
+    /// Set when the answering node does not hold the partition: the epoch of the partition map
+    /// its hint comes from.
+    pub map_epoch: Option<u64>,
 }
 
 impl LeaderHint {
@@ -36,6 +41,9 @@ impl LeaderHint {
         }
         if let Some(addr) = &self.leader_addr {
             metadata.insert("leader_addr".into(), addr.clone());
+        }
+        if let Some(epoch) = self.map_epoch {
+            metadata.insert("map_epoch".into(), epoch.to_string());
         }
         let details = ErrorDetails::with_error_info(NOT_LEADER_REASON, ERROR_DOMAIN, metadata);
         Status::with_error_details(code, message, details)
@@ -51,6 +59,7 @@ impl LeaderHint {
             partition: info.metadata.get("partition")?.parse().ok()?,
             leader_id: info.metadata.get("leader_id").and_then(|v| v.parse().ok()),
             leader_addr: info.metadata.get("leader_addr").cloned(),
+            map_epoch: info.metadata.get("map_epoch").and_then(|v| v.parse().ok()),
         })
     }
 }
@@ -76,6 +85,7 @@ mod tests {
             partition: 3,
             leader_id: Some(2),
             leader_addr: Some("127.0.0.1:7402".into()),
+            map_epoch: Some(7),
         };
         let status = hint.to_status(Code::Unavailable, "not the leader");
         assert_eq!(status.code(), Code::Unavailable);

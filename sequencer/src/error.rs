@@ -35,6 +35,7 @@ impl SeqError {
                 RejectCode::PermissionDenied => Code::PermissionDenied,
                 RejectCode::FailedPrecondition => Code::FailedPrecondition,
                 RejectCode::ResourceExhausted => Code::ResourceExhausted,
+                RejectCode::Aborted => Code::Aborted,
             },
             SeqError::Unavailable { .. } => Code::Unavailable,
             SeqError::Internal(_) => Code::Internal,
@@ -50,6 +51,7 @@ impl SeqError {
             Code::PermissionDenied => RejectCode::PermissionDenied,
             Code::FailedPrecondition => RejectCode::FailedPrecondition,
             Code::ResourceExhausted => RejectCode::ResourceExhausted,
+            Code::Aborted => RejectCode::Aborted,
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
                 return SeqError::Unavailable {
                     message: status.message().to_string(),

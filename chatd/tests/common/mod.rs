@@ -111,6 +111,86 @@ impl Cluster {
         cluster
     }
 
+    /// Configure a new node (the next id) to join the running cluster — `join = true`, its
+    /// own address its only peer — and start it. It holds nothing until it is added to the map
+    /// (`AddNode`). Returns its id.
+    pub fn add_joining(&mut self, extra: &str) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let addr = format!("127.0.0.1:{}", free_port());
+        let data_dir = self.dir.path().join(format!("n{id}"));
+        let config = self.dir.path().join(format!("n{id}.toml"));
+        let extra = extra.replace("{id}", &id.to_string());
+        let (top, tables) = match extra.find('[') {
+            Some(i) => extra.split_at(i),
+            None => (extra.as_str(), ""),
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = {id}\ndata_dir = \"{}\"\npartitions = {}\ncluster_secret = \"{SECRET}\"\njoin = true\n{top}{FAST_RAFT}{tables}[peers]\n{id} = \"{addr}\"\n",
+                data_dir.display(),
+                self.partitions
+            ),
+        )
+        .unwrap();
+        self.nodes.push(NodeProc {
+            id,
+            addr,
+            data_dir,
+            config,
+            log: self.dir.path().join(format!("n{id}.log")),
+            child: None,
+        });
+        self.spawn(id);
+        id
+    }
+
+    /// Whether node `id`'s process has exited (and how), without waiting.
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[id as usize - 1];
+        let status = node.child.as_mut()?.try_wait().unwrap();
+        if status.is_some() {
+            node.child = None;
+        }
+        status
+    }
+
+    /// The partition map as node `via` has it.
+    pub async fn map(&self, via: u64) -> chat_proto::log::PartitionMap {
+        self.admin(via)
+            .await
+            .get_map(GetMapRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Wait until node `via`'s map satisfies `done` (polling; panics with the map after
+    /// `timeout`).
+    pub async fn wait_for_map(
+        &self,
+        via: u64,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&chat_proto::log::PartitionMap) -> bool,
+    ) -> chat_proto::log::PartitionMap {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(reply) = self.admin(via).await.get_map(GetMapRequest {}).await {
+                let map = reply.into_inner();
+                if done(&map) {
+                    return map;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: not within {timeout:?}; the map: {map:#?}"
+                );
+            }
+            assert!(Instant::now() < deadline, "{what}: node {via} has no map");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn node(&self, id: u64) -> &NodeProc {
         &self.nodes[id as usize - 1]
     }
@@ -127,7 +207,11 @@ impl Cluster {
         let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
             .arg("--config")
             .arg(&node.config)
-            .env("RUST_LOG", "info,openraft=warn")
+            // `CHATD_TEST_LOG` overrides the nodes' log filter when a test needs more detail.
+            .env(
+                "RUST_LOG",
+                std::env::var("CHATD_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -203,10 +287,15 @@ impl Cluster {
             if leaders.len() == self.partitions as usize {
                 return leaders;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no leader for every partition via node {via}: {status:?}"
-            );
+            if Instant::now() >= deadline {
+                let log = self.log_of(via);
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "no leader for every partition via node {via}: {status:?}\nits log ends:\n{}",
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_proto::protocol::is_protocol_mismatch;
+use chat_proto::raft::placement_client::PlacementClient;
+use chat_proto::raft::replica_client::ReplicaClient;
 use chat_proto::raft::{self as pb, raft_service_client::RaftServiceClient};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -62,6 +64,31 @@ impl PeerChannels {
         let ch = endpoint.connect_lazy();
         channels.insert((target, addr.to_string()), ch.clone());
         Ok(ch)
+    }
+
+    /// A client of `target`'s placement service at `addr`, and the secret to send with each
+    /// request (over the same channel as Raft).
+    pub(crate) fn placement(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<(PlacementClient<Channel>, MetadataValue<Ascii>), String> {
+        let client = PlacementClient::new(self.channel(target, addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok((client, self.secret.clone()))
+    }
+
+    /// A client of `target`'s replica-read service at `addr`, and the secret to send.
+    pub(crate) fn replica(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<(ReplicaClient<Channel>, MetadataValue<Ascii>), String> {
+        let client = ReplicaClient::new(self.channel(target, addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok((client, self.secret.clone()))
     }
 
     /// The replication link to `target` at `addr`, started on first use.

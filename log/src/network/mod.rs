@@ -23,4 +23,4 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 pub use auth::SecretCheck;
 pub use client::{NetworkFactory, PeerChannels};
-pub use server::RaftServer;
+pub use server::{RaftGroups, RaftServer};

@@ -23,16 +23,24 @@ use crate::store::TypeConfig;
 use crate::types::PartitionId;
 use crate::wire::Wire;
 
-/// Serves Raft RPC for every partition of a node.
+/// The Raft groups a node runs, as the server sees them: which group takes a partition's RPC.
+/// Groups open and close while the node runs (partitions move), so this is asked per request.
+pub trait RaftGroups: Send + Sync + 'static {
+    fn raft(&self, p: PartitionId) -> Option<Raft<TypeConfig>>;
+}
+
+/// Serves Raft RPC for every group of a node.
 #[derive(Clone)]
 pub struct RaftServer {
-    groups: Arc<[Raft<TypeConfig>]>,
+    groups: Arc<dyn RaftGroups>,
+    /// The cluster's partition count, to tell a partition that does not exist from one held
+    /// elsewhere.
+    partitions: u32,
 }
 
 impl RaftServer {
-    /// `groups[p]` is the Raft instance of partition `p`.
-    pub fn new(groups: Arc<[Raft<TypeConfig>]>) -> Self {
-        RaftServer { groups }
+    pub fn new(groups: Arc<dyn RaftGroups>, partitions: u32) -> Self {
+        RaftServer { groups, partitions }
     }
 
     /// The partition's Raft and the request in openraft's terms.
@@ -41,12 +49,17 @@ impl RaftServer {
         rpc: &str,
         partition: u32,
         request: T::Pb,
-    ) -> Result<(&Raft<TypeConfig>, T), Status> {
-        let raft = self.groups.get(partition as usize).ok_or_else(|| {
-            Status::not_found(format!(
-                "{rpc}: partition {partition} does not exist (this node hosts partitions 0..{})",
-                self.groups.len()
-            ))
+    ) -> Result<(Raft<TypeConfig>, T), Status> {
+        let p = PartitionId(partition);
+        let raft = self.groups.raft(p).ok_or_else(|| {
+            if partition >= self.partitions && p != PartitionId::META {
+                Status::not_found(format!(
+                    "{rpc}: partition {partition} does not exist (the cluster has {})",
+                    self.partitions
+                ))
+            } else {
+                Status::not_found(format!("{rpc}: {p} has no replica on this node"))
+            }
         })?;
         let request = T::from_pb(request).map_err(|e| {
             Status::invalid_argument(format!(

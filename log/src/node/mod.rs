@@ -1,9 +1,16 @@
-//! A node of the log: every partition's Raft group on one [`Engine`], and the API the layers above
-//! use — propose, read, subscribe, status, compaction.
+//! A node of the log: the Raft groups of the partitions it holds and of the metadata group, on
+//! one [`Engine`], and the API the layers above use — propose, read, subscribe, status,
+//! compaction.
 //!
-//! Membership is static for now: every node is given the same member list and calls
-//! `initialize` on each partition at start-up; openraft accepts identical initial memberships on
-//! every node, and a node that already has state skips the step.
+//! Which partitions a node holds is the partition map's to say (`crate::placement`): a
+//! cluster's first members compute the same first map from their member list and initialize
+//! the groups it gives them; afterwards groups open and close here as the map moves replicas
+//! (`membership.rs`). The loops beside the groups (disk watch, election grace, heartbeats) are
+//! in `tasks.rs`; one group and the registry of them in `partition.rs`.
+
+mod membership;
+mod partition;
+mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -13,9 +20,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use chat_proto::log::LogEvent;
+use chat_proto::raft::placement_server::PlacementServer;
 use chat_proto::raft::raft_service_server::RaftServiceServer;
-use openraft::error::{InitializeError, RaftError};
-use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{Config, SnapshotPolicy};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -24,16 +31,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::apply::{CommandHandler, StateEntries};
-use crate::batcher::Batcher;
 use crate::codec::{self, cf};
 use crate::datadir;
 use crate::derived::DerivedStore;
-use crate::disk::{DiskConfig, DiskGuard, DiskState, DiskStatus};
+use crate::disk::{DiskConfig, DiskGuard, DiskStatus};
 use crate::engine::{Engine, EngineConfig, EngineSizes, StoreError};
 use crate::error::ProposeError;
-use crate::network::{NetworkFactory, PeerChannels, RaftServer, SecretCheck, MAX_MESSAGE_BYTES};
-use crate::store::{Leading, PartitionLogStore, PartitionStateMachine, StateCache, TypeConfig};
+use crate::network::{PeerChannels, RaftServer, SecretCheck, MAX_MESSAGE_BYTES};
+use crate::placement::{MetaHandler, PartitionMap, PlacementService};
 use crate::types::{LogOffset, NodeId, PartitionId, ProposalOutcome};
+
+pub(crate) use partition::{Groups, Partition};
 
 /// Raft timing and log-compaction knobs.
 ///
@@ -76,8 +84,15 @@ pub struct LogNodeConfig {
     pub data_dir: PathBuf,
     /// Partitions of the cluster (fixed when the data dir is first initialised).
     pub partitions: u32,
-    /// Every voter with its Raft RPC address, this node included.
+    /// Replicas per partition when the cluster forms (fewer if it has fewer members); the
+    /// partition map keeps it afterwards. Must be the same on every first member.
+    pub replication: u32,
+    /// The members the cluster forms with, each with its internal address, this node included.
+    /// A node that joins a running cluster (`join`) lists itself and the nodes it may ask.
     pub members: BTreeMap<NodeId, String>,
+    /// Join a running cluster instead of forming one: the node starts with no partitions and
+    /// waits to be added to the map (`chatctl node add`).
+    pub join: bool,
     pub cluster_secret: String,
     /// Source address for outgoing Raft connections (None: let the OS choose).
     pub bind_ip: Option<IpAddr>,
@@ -130,188 +145,70 @@ pub struct PartitionStatus {
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
     pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
 }
 
 #[derive(Clone, Debug)]
 pub struct NodeStatus {
     pub node_id: NodeId,
+    /// The data partitions this node holds.
     pub partitions: Vec<PartitionStatus>,
+    /// The metadata group.
+    pub meta: Option<PartitionStatus>,
+    /// The epoch of this node's partition map (None before the cluster has one).
+    pub map_epoch: Option<u64>,
     pub disk: DiskStatus,
 }
-
-/// Keep `leading` equal to whether this node leads the partition whose metrics these are, until
-/// the Raft group stops.
-async fn track_leading(
-    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, openraft::BasicNode>>,
-    leading: Leading,
-) {
-    loop {
-        leading.set(metrics.borrow_and_update().state == ServerState::Leader);
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Once a second: publish what the storage engine and caches hold, re-read free space (probing
-/// RocksDB after ENOSPC), and while the disk is below its reserve, step away from leading. A leader that cannot take client writes should not keep its partitions: it stops
-/// sending heartbeats and standing for election, so once the followers' leader lease runs out one
-/// of them (with a disk that can write) is elected. When space is back, both are enabled again.
-/// A partition with no other voter keeps its leader (and refuses writes until space is freed).
-///
-/// A thread of its own, not a tokio task: when the disk fills, RocksDB may stall writes on the
-/// runtime's worker threads, and this watch is what releases the ballast that ends the stall.
-fn watch_disk(node: std::sync::Weak<LogNode>) {
-    let mut stepped_away = false;
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        let Some(node) = node.upgrade() else { return };
-        if node.stopped.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
-        node.publish_sizes();
-        let disk = node.engine.disk();
-        disk.refresh();
-        if disk.waiting_for_space() {
-            // Fails (and changes nothing) until RocksDB has resumed; see `Engine::probe`.
-            let _ = node.engine.probe();
-        }
-        disk.publish_metrics();
-        let low = disk.state() != DiskState::Ok;
-        if low == stepped_away {
-            continue;
-        }
-        stepped_away = low;
-        let open = node.elections_open.lock().expect("elections lock");
-        for part in &node.partitions {
-            if part.voters().len() < 2 {
-                continue;
-            }
-            part.raft.runtime_config().elect(!low && *open);
-        }
-        // Heartbeats are the node's (`send_heartbeats`): stop them all, so the followers' leases
-        // run out and they elect a leader that can write.
-        node.stepped_away
-            .store(low, std::sync::atomic::Ordering::Relaxed);
-        drop(open);
-        if low {
-            tracing::warn!(disk = ?disk.status(), "disk below its reserve: refusing client writes and handing leaderships to other nodes");
-        } else {
-            tracing::info!(disk = ?disk.status(), "disk has room again: taking client writes and standing for election");
-        }
-    }
-}
-
-/// How long a node that has just started waits before its partitions stand for election.
-const ELECTION_GRACE: Duration = Duration::from_secs(1);
-
-/// After `grace`, let every partition stand for election (unless the disk watch has stepped the
-/// node away); a partition whose only voter is this node, as soon as its membership is loaded.
-///
-/// A node that restarts while the others run has missed nothing but heartbeats, yet its election
-/// timers start before its leaders have reconnected to it; if one ran out first, the node would
-/// stand with a higher term and unseat a healthy leader (openraft 0.9 has no pre-vote). Waiting a
-/// grace first costs nothing then: it still votes, and the leaders reach it well within the
-/// grace. When the whole cluster restarts at once there is no leader to hear from, and elections
-/// start `grace` later than they could. A first start initializes its partitions explicitly and
-/// is not delayed; a single node has nobody to unseat and is not delayed either.
-async fn open_elections(node: std::sync::Weak<LogNode>, grace: Duration) {
-    let deadline = tokio::time::Instant::now() + grace;
-    let mut opened: Vec<bool> = Vec::new();
-    loop {
-        let over = tokio::time::Instant::now() >= deadline;
-        {
-            let Some(node) = node.upgrade() else { return };
-            opened.resize(node.partitions.len(), false);
-            let mut open = node.elections_open.lock().expect("elections lock");
-            *open |= over;
-            let stepped_away = node.stepped_away.load(std::sync::atomic::Ordering::Relaxed);
-            for (part, opened) in node.partitions.iter().zip(opened.iter_mut()) {
-                let alone = part.voters() == [node.config.node_id];
-                // The disk watch keeps a group of one leading (it has no one to hand over to).
-                if !*opened && ((over && !stepped_away) || alone) {
-                    part.raft.runtime_config().elect(true);
-                    *opened = true;
-                }
-            }
-        }
-        if over {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Every `every`, a heartbeat from each partition this node leads, all at the same instant.
-///
-/// openraft can time heartbeats itself, but per group, each on its own timer: P partitions then
-/// send P messages per peer per interval at scattered times. Triggered together, they are ready
-/// at once and the peer link (`network/mux.rs`) carries them in one frame per peer, so a node's
-/// heartbeat cost per peer does not grow with its partitions.
-async fn send_heartbeats(node: std::sync::Weak<LogNode>, every: Duration) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let Some(node) = node.upgrade() else { return };
-        if node.stopped.load(Relaxed) {
-            return;
-        }
-        if node.stepped_away.load(Relaxed) {
-            continue;
-        }
-        for part in node.partitions.iter().filter(|p| p.leading.get()) {
-            // Fails only once the group has stopped (shutdown or a fatal storage error).
-            let _ = part.raft.trigger().heartbeat().await;
-        }
-    }
-}
-
-struct Partition {
-    raft: Raft<TypeConfig>,
-    /// Whether this node leads the partition (from its Raft metrics).
-    leading: Leading,
-    batcher: Batcher,
-    offsets: watch::Receiver<LogOffset>,
-    /// The state machine's cache, kept here to report its size.
-    cache: StateCache,
-}
-
-impl Partition {
-    /// The partition's voters, as its Raft metrics say (none before it is initialized).
-    fn voters(&self) -> Vec<NodeId> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.membership_config.membership().voter_ids().collect()
-    }
-}
-
 /// A running node of the partitioned log.
 pub struct LogNode {
     config: LogNodeConfig,
     engine: Arc<Engine>,
     derived: DerivedStore,
-    partitions: Vec<Partition>,
-    rafts: Arc<[Raft<TypeConfig>]>,
-    /// Set by [`LogNode::shutdown`]; ends the disk watch and the heartbeats.
+    /// Applies the data partitions' commands (the metadata group has its own handler).
+    handler: Arc<dyn CommandHandler>,
+    opener: partition::Opener,
+    groups: Groups,
+    /// The random id of this node's data dir (registered in the partition map).
+    incarnation: u64,
+    /// Whether the data dir was created by this start (nothing of the cluster is stored yet).
+    fresh: bool,
+    /// Whether this start forms the cluster (see `placement_at_start`).
+    forming: std::sync::atomic::AtomicBool,
+    /// Whether this data dir comes from a release before placement (partitions with Raft
+    /// state, no map): its cluster's first map keeps every partition on every member, as
+    /// their Raft groups have it.
+    upgraded: std::sync::atomic::AtomicBool,
+    /// This node's copy of the committed partition map (None until the cluster has one).
+    map: watch::Sender<Option<Arc<PartitionMap>>>,
+    /// The data partitions this node runs a group of.
+    hosted: watch::Sender<BTreeSet<PartitionId>>,
+    /// Partitions whose leadership this node is handing over, to whom: no heartbeats, no
+    /// proposals until the target has been elected (or the handover given up).
+    handovers: Mutex<BTreeMap<PartitionId, NodeId>>,
+    /// Set by [`LogNode::shutdown`]; ends the disk watch, heartbeats and placement loop.
     stopped: std::sync::atomic::AtomicBool,
+    /// The same, for tasks that wait on something else meanwhile (they give up at once).
+    stopping: watch::Sender<bool>,
     /// Set while the disk is below its reserve: no heartbeats, so leaderships move away.
     stepped_away: std::sync::atomic::AtomicBool,
-    /// Set once the start-up grace is over (`open_elections`). Whether the partitions stand
+    /// Set once the start-up grace is over (`open_elections`). Whether the groups stand
     /// for election is changed only under this lock, by the grace and by the disk watch.
     elections_open: Mutex<bool>,
 }
 
 impl LogNode {
-    /// Open the node's storage and start a Raft group per partition. Call [`LogNode::initialize`]
-    /// once the Raft service is being served.
+    /// Open the node's storage and start the Raft groups of the metadata group and of the
+    /// partitions this node holds. Call [`LogNode::initialize`] once the Raft service is being
+    /// served.
     pub async fn open(
         config: LogNodeConfig,
         handler: Arc<dyn CommandHandler>,
     ) -> anyhow::Result<Arc<LogNode>> {
         if config.partitions == 0 {
             bail!("a cluster needs at least one partition");
+        }
+        if config.replication == 0 {
+            bail!("replication must be at least 1");
         }
         if !config.members.contains_key(&config.node_id) {
             bail!(
@@ -328,102 +225,77 @@ impl LogNode {
         config.engine.check().map_err(anyhow::Error::msg)?;
         let engine = Engine::open_with(&db_path, Arc::new(disk), &config.engine)
             .with_context(|| format!("open RocksDB at {}", db_path.display()))?;
-        datadir::check(&engine, &config.data_dir, config.node_id, config.partitions)?;
+        let dir = datadir::check(&engine, &config.data_dir, config.node_id, config.partitions)?;
         let derived = DerivedStore::open(engine.clone()).context("open the derived data")?;
 
         let peers = PeerChannels::new(&config.cluster_secret, config.bind_ip)
             .map_err(anyhow::Error::msg)?;
-        let raft_config = Arc::new(raft_config(&config.raft)?);
-        let mut partitions = Vec::with_capacity(config.partitions as usize);
-        for p in (0..config.partitions).map(PartitionId) {
-            let leading = Leading::default();
-            let log = PartitionLogStore::new(engine.clone(), p, leading.clone());
-            let cache = StateCache::for_one_of(config.partitions, config.engine.state_cache_mib);
-            let (sm, offsets) = PartitionStateMachine::open(
-                engine.clone(),
-                p,
-                handler.clone(),
-                leading.clone(),
-                cache.clone(),
-            )
-            .with_context(|| format!("open state machine of {p}"))?;
-            let network = NetworkFactory::new(p, peers.clone());
-            let raft = Raft::new(config.node_id, raft_config.clone(), network, log, sm)
-                .await
-                .with_context(|| format!("start Raft of {p}"))?;
-            // Not a candidate until its leaders have had time to reach it: `open_elections`.
-            raft.runtime_config().elect(false);
-            tokio::spawn(track_leading(raft.metrics(), leading.clone()));
-            let batcher = Batcher::spawn(p, raft.clone());
-            partitions.push(Partition {
-                raft,
-                leading,
-                batcher,
-                offsets,
-                cache,
-            });
-        }
-        let rafts: Arc<[Raft<TypeConfig>]> = partitions.iter().map(|p| p.raft.clone()).collect();
-        tracing::info!(node = config.node_id, partitions = config.partitions, data_dir = %config.data_dir.display(), "log node open");
+        let opener = partition::Opener {
+            node_id: config.node_id,
+            engine: engine.clone(),
+            peers,
+            raft_config: Arc::new(raft_config(&config.raft)?),
+            partitions: config.partitions,
+            state_cache_mib: config.engine.state_cache_mib,
+        };
+        let groups = Groups::default();
+        groups.insert(
+            opener
+                .open(PartitionId::META, Arc::new(MetaHandler))
+                .await?,
+        );
         let node = Arc::new(LogNode {
             config,
             engine,
             derived,
-            partitions,
-            rafts,
+            handler,
+            opener,
+            groups,
+            incarnation: dir.incarnation,
+            fresh: dir.created,
+            forming: std::sync::atomic::AtomicBool::new(false),
+            upgraded: std::sync::atomic::AtomicBool::new(false),
+            map: watch::Sender::new(None),
+            hosted: watch::Sender::new(BTreeSet::new()),
+            handovers: Mutex::default(),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            stopping: watch::Sender::new(false),
             stepped_away: std::sync::atomic::AtomicBool::new(false),
             elections_open: Mutex::new(false),
         });
-        tokio::spawn(open_elections(Arc::downgrade(&node), ELECTION_GRACE));
+        let held = node.partitions_with_state()?;
+        let upgraded = !held.is_empty() && !node.has_raft_state(PartitionId::META)?;
+        node.upgraded
+            .store(upgraded, std::sync::atomic::Ordering::Relaxed);
+        let (placed, forming) = node.placement_at_start().await?;
+        node.forming
+            .store(forming, std::sync::atomic::Ordering::Relaxed);
+        for p in placed.into_iter().chain(held) {
+            node.open_partition(p).await?;
+        }
+        node.map.send_replace(node.stored_map()?.map(Arc::new));
+        tracing::info!(
+            node = node.config.node_id,
+            partitions = node.config.partitions,
+            held = node.hosted.borrow().len(),
+            data_dir = %node.config.data_dir.display(),
+            "log node open"
+        );
+        tokio::spawn(tasks::open_elections(
+            Arc::downgrade(&node),
+            tasks::ELECTION_GRACE,
+        ));
         let every = Duration::from_millis(node.config.raft.heartbeat_ms);
-        tokio::spawn(send_heartbeats(Arc::downgrade(&node), every));
+        tokio::spawn(tasks::send_heartbeats(Arc::downgrade(&node), every));
+        tokio::spawn(tasks::publish_map(Arc::downgrade(&node)));
+        tokio::spawn(tasks::follow_map(Arc::downgrade(&node)));
+        tokio::spawn(crate::placement::driver::run(Arc::downgrade(&node)));
         let weak = Arc::downgrade(&node);
         std::thread::Builder::new()
             .name("disk-watch".into())
-            .spawn(move || watch_disk(weak))
+            .spawn(move || tasks::watch_disk(weak))
             .context("start the disk-watch thread")?;
         Ok(node)
-    }
-
-    /// Form the cluster on first start: every partition gets the configured members. A partition
-    /// that already has Raft state (a restart) is left as it is.
-    ///
-    /// openraft starts an election on the node that initializes, so to spread leadership the
-    /// partition's preferred node (members in id order, round-robin by partition) initializes at
-    /// once and the others only after two maximum election timeouts, and only if by then they
-    /// have heard nothing (the preferred node may be down). Initializing with the same members on
-    /// several nodes is safe: openraft accepts identical initial memberships.
-    pub async fn initialize(&self) -> anyhow::Result<()> {
-        let members: BTreeMap<NodeId, BasicNode> = self
-            .config
-            .members
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode::new(addr)))
-            .collect();
-        let ids: Vec<NodeId> = members.keys().copied().collect();
-        // Long enough for nodes started together to all be up (3 s), whatever the election
-        // timeouts: a partition initialized by the wrong node still works, but leaderships then
-        // gather on whichever node came up first.
-        let grace = Duration::from_millis((2 * self.config.raft.election_timeout_max_ms).max(3000));
-        for (i, part) in self.partitions.iter().enumerate() {
-            if part.raft.is_initialized().await? {
-                continue;
-            }
-            let raft = part.raft.clone();
-            let members = members.clone();
-            if ids[i % ids.len()] == self.config.node_id {
-                initialize_partition(&raft, members).await?;
-            } else {
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    if let Err(e) = initialize_partition(&raft, members).await {
-                        tracing::error!(partition = i, error = %e, "initialize");
-                    }
-                });
-            }
-        }
-        Ok(())
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -433,9 +305,9 @@ impl LogNode {
     /// Whether this node currently leads `p` (as its Raft metrics say; may be stale by an
     /// election).
     pub fn is_leader(&self, p: PartitionId) -> bool {
-        self.partition(p)
-            .map(|part| part.raft.metrics().borrow().current_leader == Some(self.config.node_id))
-            .unwrap_or(false)
+        self.groups
+            .get(p)
+            .is_some_and(|part| part.leader() == Some(self.config.node_id))
     }
 
     /// The source address for connections to other nodes (None: the OS chooses). Every
@@ -445,13 +317,74 @@ impl LogNode {
         self.config.bind_ip
     }
 
-    /// Every configured voter and its address, this node included.
-    pub fn members(&self) -> &BTreeMap<NodeId, String> {
-        &self.config.members
+    /// The cluster's nodes that are not removed, with their internal addresses, this node
+    /// included: from the partition map, or the configured members before there is one.
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
+        match self.map() {
+            Some(map) => map
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.state != crate::placement::NodeState::Removed)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+            None => self.config.members.clone(),
+        }
     }
 
+    /// The cluster's partition count P (partitions are `0..P`; a node holds some of them).
     pub fn partition_count(&self) -> u32 {
         self.config.partitions
+    }
+
+    /// The data partitions this node holds a replica of (voter or learner), in id order.
+    pub fn hosted(&self) -> Vec<PartitionId> {
+        self.hosted.borrow().iter().copied().collect()
+    }
+
+    /// Keep one task per partition this node holds: `start(p)` is spawned for each held now
+    /// (before this returns) and for each moved here later. A partition's task is started
+    /// again only once the previous one has ended, so two never run at once; a task should end
+    /// when its partition moves away (its reads and waits then fail). A task that ends while
+    /// the partition is still held is started again within a second.
+    pub fn spawn_per_partition<F, Fut>(self: &Arc<Self>, start: F)
+    where
+        F: Fn(PartitionId) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut tasks: BTreeMap<PartitionId, tokio::task::JoinHandle<()>> = self
+            .hosted()
+            .into_iter()
+            .map(|p| (p, tokio::spawn(start(p))))
+            .collect();
+        let mut hosted = self.watch_hosted();
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    changed = hosted.changed() => if changed.is_err() { return },
+                    _ = ticks.tick() => {}
+                }
+                let Some(node) = node.upgrade() else { return };
+                if node.is_stopped() {
+                    return;
+                }
+                tasks.retain(|_, task| !task.is_finished());
+                for p in node.hosted() {
+                    tasks.entry(p).or_insert_with(|| tokio::spawn(start(p)));
+                }
+            }
+        });
+    }
+
+    /// Whether this node holds a replica of `p`.
+    pub fn hosts(&self, p: PartitionId) -> bool {
+        self.hosted.borrow().contains(&p)
+    }
+
+    /// Follow the partitions this node holds as they change (a partition moved here or away).
+    pub fn watch_hosted(&self) -> watch::Receiver<BTreeSet<PartitionId>> {
+        self.hosted.subscribe()
     }
 
     /// Read every stored record and check its crc32 (blocking; run it off the runtime): how
@@ -482,7 +415,8 @@ impl LogNode {
 
     /// The tonic service peers call for Raft RPC, behind the cluster-secret check.
     pub fn raft_service(&self) -> InterceptedService<RaftServiceServer<RaftServer>, SecretCheck> {
-        let server = RaftServiceServer::new(RaftServer::new(self.rafts.clone()))
+        let groups = Arc::new(self.groups.clone());
+        let server = RaftServiceServer::new(RaftServer::new(groups, self.config.partitions))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         InterceptedService::new(server, self.internal_check())
@@ -498,10 +432,59 @@ impl LogNode {
         SecretCheck::admin(&self.config.cluster_secret)
     }
 
-    fn partition(&self, p: PartitionId) -> Result<&Partition, ProposeError> {
-        self.partitions
-            .get(p.0 as usize)
-            .ok_or(ProposeError::UnknownPartition(p))
+    /// The placement service peers call to change the map and move replicas.
+    pub fn placement_service(
+        self: &Arc<Self>,
+    ) -> InterceptedService<PlacementServer<PlacementService>, SecretCheck> {
+        let server = PlacementServer::new(PlacementService::new(self.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        InterceptedService::new(server, self.internal_check())
+    }
+
+    /// The service peers call to read partitions this node holds (`crate::remote`).
+    pub fn replica_service(
+        self: &Arc<Self>,
+    ) -> InterceptedService<
+        chat_proto::raft::replica_server::ReplicaServer<crate::remote::ReplicaService>,
+        SecretCheck,
+    > {
+        InterceptedService::new(
+            crate::remote::ReplicaService::server(self.clone()),
+            self.internal_check(),
+        )
+    }
+
+    /// Reads of any partition, from this node's replica or another's.
+    pub fn replicas(self: &Arc<Self>) -> crate::remote::Replicas {
+        crate::remote::Replicas::new(self.clone())
+    }
+
+    /// A client of `node`'s replica-read service, and the secret to send with each request.
+    pub(crate) fn replica_client(
+        &self,
+        node: NodeId,
+        addr: &str,
+    ) -> Result<
+        (
+            chat_proto::raft::replica_client::ReplicaClient<tonic::transport::Channel>,
+            tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        ),
+        String,
+    > {
+        self.opener.peers.replica(node, addr)
+    }
+
+    /// `p`'s group on this node; a partition held elsewhere answers with a redirect to a
+    /// replica the map names (`NotLeader` with the map's epoch).
+    fn partition(&self, p: PartitionId) -> Result<Arc<Partition>, ProposeError> {
+        if let Some(part) = self.groups.get(p) {
+            return Ok(part);
+        }
+        if p.0 >= self.config.partitions && p != PartitionId::META {
+            return Err(ProposeError::UnknownPartition(p));
+        }
+        Err(self.redirect(p))
     }
 
     /// Replicate `commands` (in this order, contiguously) and return each one's outcome once
@@ -516,6 +499,7 @@ impl LogNode {
         commands: Vec<Vec<u8>>,
     ) -> Result<ProposalOutcome, ProposeError> {
         let part = self.partition(p)?;
+        self.refuse_while_handing_over(p)?;
         if self.is_leader(p) {
             self.engine
                 .disk()
@@ -610,8 +594,9 @@ impl LogNode {
     /// before the barrier (a Raft read index). Fails with `NotLeader` elsewhere.
     pub async fn read_index(&self, p: PartitionId) -> Result<LogOffset, ProposeError> {
         let part = self.partition(p)?;
+        self.refuse_while_handing_over(p)?;
         part.raft.ensure_linearizable().await.map_err(|e| {
-            let status = partition_status(p, part);
+            let status = part.status();
             match e {
                 openraft::error::RaftError::APIError(_) => {
                     ProposeError::not_leader(p, status.leader_id, status.leader_addr)
@@ -622,7 +607,8 @@ impl LogNode {
                 },
             }
         })?;
-        Ok(*part.offsets.borrow())
+        let offset = *part.offsets.borrow();
+        Ok(offset)
     }
 
     /// Wait until this replica of `p` has applied `offset`; false on timeout, an error once the
@@ -698,21 +684,23 @@ impl LogNode {
     /// `chatd_state_cache_bytes`), so an SRE sees memory and WAL level off (or not).
     fn publish_sizes(&self) {
         self.engine.publish_metrics();
-        let cached: u64 = self.partitions.iter().map(|p| p.cache.bytes()).sum();
+        let cached: u64 = self.groups.all().iter().map(|p| p.cache.bytes()).sum();
         metrics::gauge!("chatd_state_cache_bytes").set(cached as f64);
     }
 
-    /// Role, term, leader and progress of every partition.
+    /// Role, term, leader and progress of every group on this node.
     pub fn status(&self) -> NodeStatus {
-        let partitions = self
-            .partitions
+        let (meta, partitions): (Vec<_>, Vec<_>) = self
+            .groups
+            .all()
             .iter()
-            .enumerate()
-            .map(|(i, part)| partition_status(PartitionId(i as u32), part))
-            .collect();
+            .map(|part| part.status())
+            .partition(|s| s.partition == PartitionId::META);
         NodeStatus {
             node_id: self.config.node_id,
             partitions,
+            meta: meta.into_iter().next(),
+            map_epoch: self.map().map(|m| m.epoch.0),
             disk: self.engine.disk().status(),
         }
     }
@@ -793,56 +781,13 @@ impl LogNode {
     pub async fn shutdown(&self) {
         self.stopped
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        for (i, part) in self.partitions.iter().enumerate() {
+        self.stopping.send_replace(true);
+        for part in self.groups.all() {
             if let Err(e) = part.raft.shutdown().await {
-                tracing::warn!(partition = i, error = %e, "raft shutdown");
+                tracing::warn!(partition = %part.id, error = %e, "raft shutdown");
             }
         }
         tracing::info!(node = self.config.node_id, "log node stopped");
-    }
-}
-
-/// Initialize one partition's Raft with `members` unless it already has state.
-async fn initialize_partition(
-    raft: &Raft<TypeConfig>,
-    members: BTreeMap<NodeId, BasicNode>,
-) -> anyhow::Result<()> {
-    if raft.is_initialized().await? {
-        return Ok(());
-    }
-    match raft.initialize(members).await {
-        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn partition_status(p: PartitionId, part: &Partition) -> PartitionStatus {
-    let m = part.raft.metrics().borrow().clone();
-    let leader_addr = m.current_leader.and_then(|id| {
-        m.membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
-    });
-    let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
-    PartitionStatus {
-        partition: p,
-        role: match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        },
-        term: m.current_term,
-        leader_id: m.current_leader,
-        leader_addr,
-        last_log_index: m.last_log_index.unwrap_or_default(),
-        applied_index: m.last_applied.map(|l| l.index).unwrap_or_default(),
-        last_offset: *part.offsets.borrow(),
-        snapshot_index: m.snapshot.map(|l| l.index),
-        purged_index: m.purged.map(|l| l.index),
-        voters: voters.into_iter().collect(),
     }
 }
 

@@ -34,6 +34,8 @@ pub async fn single_node_tuned(
         node_id: 1,
         data_dir: dir.to_path_buf(),
         partitions,
+        replication: 3,
+        join: false,
         members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
         cluster_secret: "s".into(),
         bind_ip: None,

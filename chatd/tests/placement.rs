@@ -1,0 +1,246 @@
+//! Placement with real chatd processes: partitions on R of N nodes, a node joining and taking its
+//! share, a node leaving, a leadership handed over, and a node whose data was lost refused and
+//! replaced. After each change every replica of every partition holds the same events, and
+//! nothing appended before is missing.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chat_proto::admin::*;
+use chat_proto::log::PartitionMap;
+use common::Cluster;
+
+const PARTITIONS: u32 = 6;
+const WAIT: Duration = Duration::from_secs(60);
+
+fn settled(map: &PartitionMap) -> bool {
+    map.replicas
+        .values()
+        .all(|r| r.learners.is_empty() && r.leaving.is_empty())
+}
+
+/// Replicas per node that is not removed.
+fn replica_counts(map: &PartitionMap) -> BTreeMap<u64, usize> {
+    let removed = chat_proto::log::NodeState::NodeRemoved as i32;
+    let mut counts: BTreeMap<u64, usize> = map
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.state != removed)
+        .map(|(id, _)| (*id, 0))
+        .collect();
+    for r in map.replicas.values() {
+        for v in &r.voters {
+            *counts.entry(*v).or_default() += 1;
+        }
+    }
+    counts
+}
+
+fn balanced(map: &PartitionMap) -> bool {
+    let counts = replica_counts(map);
+    let (min, max) = (counts.values().min(), counts.values().max());
+    settled(map) && max.unwrap_or(&0) - min.unwrap_or(&0) <= 1
+}
+
+/// Append one record to every partition (through whichever node leads it) and return them.
+async fn append_round(cluster: &Cluster, alive: &[u64], round: u32) -> Vec<(u32, Vec<u8>)> {
+    let mut written = Vec::new();
+    for p in 0..PARTITIONS {
+        let record = format!("round {round} partition {p}").into_bytes();
+        cluster
+            .append(alive, p, vec![record.clone()], Duration::from_secs(30))
+            .await;
+        written.push((p, record));
+    }
+    written
+}
+
+/// Every replica the map names holds the same events of every partition, and those include
+/// every record in `written`.
+async fn check_replicas(cluster: &Cluster, map: &PartitionMap, written: &[(u32, Vec<u8>)]) {
+    for (p, r) in &map.replicas {
+        cluster
+            .assert_identical_replicas(*p, &r.voters, Duration::from_secs(30))
+            .await;
+        let events = cluster.read_all(r.voters[0], *p).await;
+        let payloads: BTreeSet<&[u8]> = events.iter().map(|e| e.payload.as_ref()).collect();
+        for (_, record) in written.iter().filter(|(q, _)| q == p) {
+            assert!(
+                payloads.contains(record.as_slice()),
+                "partition {p} on node {} lost {:?}",
+                r.voters[0],
+                String::from_utf8_lossy(record)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_and_leave_while_every_replica_stays_whole() {
+    let mut cluster = Cluster::start_with(3, PARTITIONS, "replication = 2\n");
+    let first = cluster
+        .wait_for_map(1, WAIT, "the first map", |m| {
+            m.replicas.len() == PARTITIONS as usize
+        })
+        .await;
+    // Two replicas of each partition on three nodes: four each, and node 1 holds only four.
+    assert!(first.replicas.values().all(|r| r.voters.len() == 2));
+    assert_eq!(
+        replica_counts(&first).values().copied().collect::<Vec<_>>(),
+        [4, 4, 4]
+    );
+    assert_eq!(cluster.status(1).await.partitions.len(), 4);
+    let mut written = append_round(&cluster, &[1, 2, 3], 0).await;
+
+    // A fourth node joins and takes its share (12 replicas over 4 nodes: 3 each).
+    let four = cluster.add_joining("");
+    let addr = cluster.node(four).addr.clone();
+    let mut admin = cluster.admin(1).await;
+    admin
+        .add_node(AddNodeRequest {
+            node_id: four,
+            addr,
+        })
+        .await
+        .unwrap();
+    let grown = cluster
+        .wait_for_map(1, WAIT, "node 4 takes its share", |m| {
+            balanced(m) && replica_counts(m).get(&four) == Some(&3)
+        })
+        .await;
+    written.extend(append_round(&cluster, &[1, 2, 3, four], 1).await);
+    check_replicas(&cluster, &grown, &written).await;
+    let hosted: BTreeSet<u32> = cluster
+        .status(four)
+        .await
+        .partitions
+        .iter()
+        .map(|s| s.partition)
+        .collect();
+    let placed: BTreeSet<u32> = grown
+        .replicas
+        .iter()
+        .filter(|(_, r)| r.voters.contains(&four))
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(
+        hosted, placed,
+        "node 4 runs exactly the groups the map gives it"
+    );
+    // A node reads a partition it does not hold from one that does.
+    let (elsewhere, r) = grown
+        .replicas
+        .iter()
+        .find(|(_, r)| !r.voters.contains(&1))
+        .expect("with R = 2 of 4, node 1 lacks some partition");
+    let remote = cluster.read_all(1, *elsewhere).await;
+    let local = cluster.read_all(r.voters[0], *elsewhere).await;
+    assert!(!remote.is_empty());
+    assert_eq!(remote, local);
+
+    // Node 2 leaves: its replicas move to the others first, then it is removed.
+    admin
+        .set_node_state(SetNodeStateRequest {
+            node_id: 2,
+            state: "leaving".into(),
+        })
+        .await
+        .unwrap();
+    let removed = chat_proto::log::NodeState::NodeRemoved as i32;
+    let shrunk = cluster
+        .wait_for_map(1, WAIT, "node 2 is emptied and removed", |m| {
+            m.nodes.get(&2).map(|n| n.state) == Some(removed) && settled(m)
+        })
+        .await;
+    assert!(shrunk
+        .replicas
+        .values()
+        .all(|r| r.voters.len() == 2 && !r.voters.contains(&2)));
+    written.extend(append_round(&cluster, &[1, 3, four], 2).await);
+    check_replicas(&cluster, &shrunk, &written).await;
+    // Node 2 closed its groups (and deleted their data).
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cluster.status(2).await.partitions.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 still runs groups"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A leadership handed over on request.
+    let (p, r) = shrunk.replicas.iter().next().unwrap();
+    let to = *r.voters.iter().find(|v| **v != r.leader_hint).unwrap();
+    let reply = admin
+        .transfer_leader(TransferLeaderRequest {
+            partition: *p,
+            to_node: to,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.leader_id, to);
+    let status = cluster.status(to).await;
+    let role = status
+        .partitions
+        .iter()
+        .find(|s| s.partition == *p)
+        .unwrap();
+    assert_eq!(role.role, "leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_data_is_refused_and_replaced() {
+    let mut cluster = Cluster::start_with(3, PARTITIONS, "");
+    // Node 3 registers its data dir in the map.
+    cluster
+        .wait_for_map(1, WAIT, "node 3 registered", |m| {
+            m.nodes.get(&3).is_some_and(|n| n.incarnation != 0)
+        })
+        .await;
+    let written = append_round(&cluster, &[1, 2, 3], 0).await;
+
+    // Its disk dies: the same id on an empty data dir must not vote again.
+    cluster.kill9(3);
+    std::fs::remove_dir_all(&cluster.node(3).data_dir).unwrap();
+    cluster.spawn(3);
+    let deadline = std::time::Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(status) = cluster.exited(3) {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 3 did not refuse to start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!exit.success());
+    let log = cluster.log_of(3);
+    assert!(log.contains("its data was lost"), "{log}");
+
+    // A new node replaces it; the partitions get their third replica back.
+    let four = cluster.add_joining("");
+    let addr = cluster.node(four).addr.clone();
+    cluster
+        .admin(1)
+        .await
+        .replace_node(ReplaceNodeRequest {
+            old_node_id: 3,
+            new_node_id: four,
+            new_addr: addr,
+        })
+        .await
+        .unwrap();
+    let removed = chat_proto::log::NodeState::NodeRemoved as i32;
+    let replaced = cluster
+        .wait_for_map(1, WAIT, "node 3 replaced by node 4", |m| {
+            m.nodes.get(&3).map(|n| n.state) == Some(removed)
+                && settled(m)
+                && m.replicas.values().all(|r| r.voters == [1, 2, four])
+        })
+        .await;
+    check_replicas(&cluster, &replaced, &written).await;
+}

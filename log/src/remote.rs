@@ -1,0 +1,492 @@
+//! Reads of partitions this node does not hold, answered by a node that does: the server half
+//! of the `Replica` RPC ([`ReplicaService`]) and [`Replicas`], the reads the layers above use,
+//! which go to this node's replica when it holds the partition and otherwise to one the
+//! partition map names (the leader it hints first, then the other voters).
+//!
+//! A remote read sees what that replica has applied, as a local read sees what this one has:
+//! both may trail the leader; callers that need a write's effect use the read barrier of the
+//! layer above, as they do locally.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_proto::log::{LogEvent, StateEntry};
+use chat_proto::raft::replica_client::ReplicaClient;
+use chat_proto::raft::replica_server::{Replica, ReplicaServer};
+use chat_proto::raft::{
+    replica_space, ReplicaEvents, ReplicaEventsRequest, ReplicaGetReply, ReplicaGetRequest,
+    ReplicaScanReply, ReplicaScanRequest, ReplicaSpace,
+};
+use futures::{Stream, StreamExt};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::apply::StateEntries;
+use crate::derived::Namespace;
+use crate::engine::StoreError;
+use crate::network::auth::with_secret;
+use crate::node::LogNode;
+use crate::types::{LogOffset, NodeId, PartitionId};
+
+/// Most events one read returns.
+const MAX_EVENTS: usize = 4096;
+/// Most entries one scan returns.
+const MAX_ENTRIES: usize = 1 << 20;
+/// How long one remote read may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a read of a partition did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The replica's storage failed (a corrupt record, a disk error).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No replica of the partition answered.
+    #[error("no replica of {partition} answered: {detail}")]
+    Unavailable {
+        partition: PartitionId,
+        detail: String,
+    },
+}
+
+impl From<ReadError> for Status {
+    fn from(e: ReadError) -> Status {
+        match e {
+            ReadError::Store(e) => Status::data_loss(e.to_string()),
+            ReadError::Unavailable { .. } => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Which data a get or scan reads.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// The command handler's state.
+    State,
+    /// A namespace of derived data (a read model).
+    Derived(Namespace),
+}
+
+impl Space {
+    fn to_pb(self) -> ReplicaSpace {
+        ReplicaSpace {
+            space: Some(match self {
+                Space::State => replica_space::Space::State(true),
+                Space::Derived(ns) => replica_space::Space::Derived(u32::from(ns.0)),
+            }),
+        }
+    }
+
+    fn from_pb(pb: Option<ReplicaSpace>) -> Result<Space, Status> {
+        match pb.and_then(|s| s.space) {
+            Some(replica_space::Space::State(_)) => Ok(Space::State),
+            Some(replica_space::Space::Derived(ns)) => u8::try_from(ns)
+                .map(|ns| Space::Derived(Namespace(ns)))
+                .map_err(|_| Status::invalid_argument(format!("namespace {ns} is not a byte"))),
+            None => Err(Status::invalid_argument("a read must name its space")),
+        }
+    }
+}
+
+fn entries_to_pb(entries: StateEntries) -> Vec<StateEntry> {
+    entries
+        .into_iter()
+        .map(|(key, value)| StateEntry { key, value })
+        .collect()
+}
+
+fn store_status(e: StoreError) -> Status {
+    Status::data_loss(e.to_string())
+}
+
+/// Serves `Replica` from this node's replicas.
+pub struct ReplicaService {
+    node: Arc<LogNode>,
+}
+
+impl ReplicaService {
+    pub(crate) fn server(node: Arc<LogNode>) -> ReplicaServer<ReplicaService> {
+        ReplicaServer::new(ReplicaService { node })
+            .max_encoding_message_size(crate::network::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(crate::network::MAX_MESSAGE_BYTES)
+    }
+
+    /// `p`, if this node holds it; otherwise a redirect (or NOT_FOUND for no such partition).
+    fn held(&self, p: u32) -> Result<PartitionId, Status> {
+        let p = PartitionId(p);
+        self.node.replica_here(p)?;
+        Ok(p)
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<ReplicaEvents, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replica for ReplicaService {
+    async fn read_events(
+        &self,
+        request: Request<ReplicaEventsRequest>,
+    ) -> Result<Response<ReplicaEvents>, Status> {
+        let r = request.into_inner();
+        let p = self.held(r.partition)?;
+        let limit = (r.limit as usize).clamp(1, MAX_EVENTS);
+        let events = self
+            .node
+            .read_events(p, LogOffset(r.from_offset), limit)
+            .map_err(store_status)?;
+        let last_offset = self.node.last_offset(p)?.0;
+        Ok(Response::new(ReplicaEvents {
+            events,
+            last_offset,
+        }))
+    }
+
+    type TailStream = EventStream;
+
+    async fn tail(
+        &self,
+        request: Request<ReplicaEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        let p = self.held(r.partition)?;
+        let node = self.node.clone();
+        let events = self.node.subscribe(p, LogOffset(r.from_offset))?;
+        let batches = events.ready_chunks(256).map(move |chunk| {
+            let events = chunk
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(store_status)?;
+            let last_offset = node.last_offset(p).map(|o| o.0).unwrap_or_default();
+            Ok(ReplicaEvents {
+                events,
+                last_offset,
+            })
+        });
+        Ok(Response::new(Box::pin(batches)))
+    }
+
+    async fn get(
+        &self,
+        request: Request<ReplicaGetRequest>,
+    ) -> Result<Response<ReplicaGetReply>, Status> {
+        let r = request.into_inner();
+        let p = self.held(r.partition)?;
+        let value = match Space::from_pb(r.space)? {
+            Space::State => self.node.handler_get(p, &r.key),
+            Space::Derived(ns) => self.node.derived().get(p, ns, &r.key),
+        }
+        .map_err(store_status)?;
+        Ok(Response::new(ReplicaGetReply {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<ReplicaScanRequest>,
+    ) -> Result<Response<ReplicaScanReply>, Status> {
+        let r = request.into_inner();
+        let p = self.held(r.partition)?;
+        let limit = (r.limit as usize).clamp(1, MAX_ENTRIES);
+        let entries = match Space::from_pb(r.space)? {
+            Space::State => self.node.handler_scan(p, &r.from, &r.to, limit),
+            Space::Derived(ns) => self
+                .node
+                .derived()
+                .scan(p, ns, &r.prefix, &r.from)
+                .take(limit)
+                .collect(),
+        }
+        .map_err(store_status)?;
+        Ok(Response::new(ReplicaScanReply {
+            entries: entries_to_pb(entries),
+        }))
+    }
+}
+
+/// Reads of any partition, from this node's replica or another's; see the module docs.
+#[derive(Clone)]
+pub struct Replicas {
+    node: Arc<LogNode>,
+}
+
+impl Replicas {
+    pub fn new(node: Arc<LogNode>) -> Self {
+        Replicas { node }
+    }
+
+    /// The nodes to ask for `p`, in order: the leader the map hints, then the other voters.
+    fn candidates(&self, p: PartitionId) -> Vec<(NodeId, String)> {
+        let Some(map) = self.node.map() else {
+            return Vec::new();
+        };
+        let Some(r) = map.replicas(p) else {
+            return Vec::new();
+        };
+        let hint = r
+            .leader_hint
+            .map(|(l, _)| l)
+            .filter(|l| r.voters.contains(l));
+        hint.into_iter()
+            .chain(r.voters.iter().copied().filter(|v| Some(*v) != hint))
+            .filter(|id| *id != self.node.node_id())
+            .filter_map(|id| map.addr(id).map(|a| (id, a.to_string())))
+            .collect()
+    }
+
+    /// Run `call` against the replicas of `p` in turn until one answers.
+    async fn remote<T, F, Fut>(&self, p: PartitionId, call: F) -> Result<T, ReadError>
+    where
+        F: Fn(
+            ReplicaClient<Channel>,
+            tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut detail = format!("the partition map names no replica of {p}");
+        for (id, addr) in self.candidates(p) {
+            let (client, secret) = match self.node.replica_client(id, &addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    detail = e;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(READ_TIMEOUT, call(client, secret)).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(status)) if status.code() == tonic::Code::DataLoss => {
+                    return Err(ReadError::Store(StoreError::decode(
+                        format!("{p} on node {id}"),
+                        status.message(),
+                    )))
+                }
+                Ok(Err(status)) => detail = format!("node {id}: {}", status.message()),
+                Err(_) => detail = format!("node {id}: no answer within {READ_TIMEOUT:?}"),
+            }
+        }
+        Err(ReadError::Unavailable {
+            partition: p,
+            detail,
+        })
+    }
+
+    /// One key of `p`'s handler state or derived data.
+    pub async fn get(
+        &self,
+        p: PartitionId,
+        space: Space,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, ReadError> {
+        if self.node.hosts(p) {
+            return Ok(match space {
+                Space::State => self.node.handler_get(p, key)?,
+                Space::Derived(ns) => self.node.derived().get(p, ns, key)?,
+            });
+        }
+        self.remote(p, |mut client, secret| {
+            let request = ReplicaGetRequest {
+                partition: p.0,
+                space: Some(space.to_pb()),
+                key: key.to_vec(),
+            };
+            async move {
+                let reply = client
+                    .get(with_secret(request, &secret))
+                    .await?
+                    .into_inner();
+                Ok(reply.found.then_some(reply.value))
+            }
+        })
+        .await
+    }
+
+    /// Up to `limit` entries of `p`'s handler state with keys in `from..to`.
+    pub async fn scan_state(
+        &self,
+        p: PartitionId,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<StateEntries, ReadError> {
+        if self.node.hosts(p) {
+            return Ok(self.node.handler_scan(p, from, to, limit)?);
+        }
+        self.remote(p, |mut client, secret| {
+            let request = ReplicaScanRequest {
+                partition: p.0,
+                space: Some(Space::State.to_pb()),
+                from: from.to_vec(),
+                to: to.to_vec(),
+                prefix: Vec::new(),
+                limit: limit.min(MAX_ENTRIES) as u32,
+            };
+            async move { scan_reply(client.scan(with_secret(request, &secret)).await?) }
+        })
+        .await
+    }
+
+    /// Up to `limit` entries of `p`'s derived namespace `ns` whose keys start with `prefix`,
+    /// from `from` on.
+    pub async fn scan_derived(
+        &self,
+        p: PartitionId,
+        ns: Namespace,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<StateEntries, ReadError> {
+        if self.node.hosts(p) {
+            return Ok(self
+                .node
+                .derived()
+                .scan(p, ns, prefix, from)
+                .take(limit)
+                .collect::<Result<_, _>>()?);
+        }
+        self.remote(p, |mut client, secret| {
+            let request = ReplicaScanRequest {
+                partition: p.0,
+                space: Some(Space::Derived(ns).to_pb()),
+                from: from.to_vec(),
+                to: Vec::new(),
+                prefix: prefix.to_vec(),
+                limit: limit.min(MAX_ENTRIES) as u32,
+            };
+            async move { scan_reply(client.scan(with_secret(request, &secret)).await?) }
+        })
+        .await
+    }
+
+    /// Up to `limit` events of `p` from offset `from`, and the last offset the replica that
+    /// answered has applied.
+    pub async fn read_events(
+        &self,
+        p: PartitionId,
+        from: LogOffset,
+        limit: usize,
+    ) -> Result<(Vec<LogEvent>, LogOffset), ReadError> {
+        if let Ok(last) = self.node.last_offset(p) {
+            return Ok((self.node.read_events(p, from, limit)?, last));
+        }
+        self.remote(p, |mut client, secret| {
+            let request = ReplicaEventsRequest {
+                partition: p.0,
+                from_offset: from.0,
+                limit: limit.min(MAX_EVENTS) as u32,
+            };
+            async move {
+                let reply = client.read_events(with_secret(request, &secret)).await?;
+                let reply = reply.into_inner();
+                Ok((reply.events, LogOffset(reply.last_offset)))
+            }
+        })
+        .await
+    }
+
+    /// Follow `p`'s committed events from offset `from`, wherever its replicas are: this
+    /// node's own while it holds `p`, otherwise a remote replica's `Tail`, resumed from the
+    /// next offset at another replica (or this node, once it holds `p`) when a stream ends or
+    /// fails. Ends only when the receiver is dropped or the node stops.
+    pub fn tail(&self, p: PartitionId, from: LogOffset) -> impl Stream<Item = LogEvent> + Send {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let replicas = self.clone();
+        tokio::spawn(async move {
+            let mut next = from.max(LogOffset(1));
+            loop {
+                if replicas.node.is_stopped() {
+                    return;
+                }
+                let follow = async {
+                    if replicas.node.hosts(p) {
+                        replicas.follow_local(p, &mut next, &tx).await
+                    } else {
+                        replicas.follow_remote(p, &mut next, &tx).await
+                    }
+                };
+                let followed = tokio::select! {
+                    followed = follow => followed,
+                    _ = replicas.node.until_stopped() => return,
+                };
+                if followed.is_err() {
+                    return; // the receiver is gone
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    /// Forward this node's events of `p` until its subscription ends; Err once the receiver
+    /// is gone.
+    async fn follow_local(
+        &self,
+        p: PartitionId,
+        next: &mut LogOffset,
+        tx: &tokio::sync::mpsc::Sender<LogEvent>,
+    ) -> Result<(), ()> {
+        let Ok(mut events) = self.node.subscribe(p, *next) else {
+            return Ok(());
+        };
+        while let Some(item) = events.next().await {
+            let Ok(event) = item else {
+                return Ok(());
+            };
+            *next = LogOffset(event.offset + 1);
+            tx.send(event).await.map_err(drop)?;
+        }
+        Ok(())
+    }
+
+    /// Forward a remote replica's `Tail` of `p` until it ends or fails (or this node comes to
+    /// hold `p`); Err once the receiver is gone.
+    async fn follow_remote(
+        &self,
+        p: PartitionId,
+        next: &mut LogOffset,
+        tx: &tokio::sync::mpsc::Sender<LogEvent>,
+    ) -> Result<(), ()> {
+        for (id, addr) in self.candidates(p) {
+            let Ok((mut client, secret)) = self.node.replica_client(id, &addr) else {
+                continue;
+            };
+            let request = ReplicaEventsRequest {
+                partition: p.0,
+                from_offset: next.0,
+                limit: 0,
+            };
+            let Ok(stream) = client.tail(with_secret(request, &secret)).await else {
+                continue;
+            };
+            let mut stream = stream.into_inner();
+            let mut hosted = self.node.watch_hosted();
+            loop {
+                let batch = tokio::select! {
+                    batch = stream.next() => batch,
+                    _ = hosted.wait_for(|h| h.contains(&p)) => return Ok(()),
+                };
+                let Some(Ok(batch)) = batch else { break };
+                for event in batch.events {
+                    // A resumed stream starts where this one stopped: nothing twice.
+                    if event.offset < next.0 {
+                        continue;
+                    }
+                    *next = LogOffset(event.offset + 1);
+                    tx.send(event).await.map_err(drop)?;
+                }
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+}
+
+fn scan_reply(reply: Response<ReplicaScanReply>) -> Result<StateEntries, Status> {
+    Ok(reply
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect())
+}

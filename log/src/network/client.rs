@@ -113,6 +113,36 @@ fn raft_client(channel: Channel) -> RaftServiceClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
+/// Most bytes of entries one AppendEntries carries. openraft hands the network up to
+/// `max_payload_entries` (300) entries at once and cancels the call after one heartbeat
+/// interval; a learner catching up on a long log would be sent 300 entries of up to 4 MiB each
+/// and never answer in time. The follower must append and sync this much within the deadline.
+const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+/// Keep the longest prefix of `entries` within [`MAX_APPEND_BYTES`] (at least one entry). If
+/// any were cut, the log id of the last one kept: the call then answers openraft's
+/// `PartialSuccess` up to it, and openraft sends the rest next.
+fn bound_entries(
+    entries: &mut Vec<openraft::Entry<TypeConfig>>,
+) -> Option<openraft::LogId<NodeId>> {
+    let mut bytes = 0;
+    let keep = entries
+        .iter()
+        .position(|entry| {
+            bytes += match &entry.payload {
+                openraft::EntryPayload::Normal(p) => p.commands.iter().map(Vec::len).sum(),
+                _ => 0,
+            };
+            bytes > MAX_APPEND_BYTES
+        })
+        .map(|cut| cut.max(1))?;
+    if keep >= entries.len() {
+        return None;
+    }
+    entries.truncate(keep);
+    entries.last().map(|e| e.log_id)
+}
+
 /// Creates the per-peer clients of one partition's Raft.
 pub struct NetworkFactory {
     partition: PartitionId,
@@ -255,12 +285,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         let network = |msg: String| RPCError::Network(NetworkError::new(&Message(msg)));
         let unreachable = |msg: String| RPCError::Unreachable(Unreachable::new(&Message(msg)));
         let link = self.link.clone().map_err(unreachable)?;
+        let sent_up_to = bound_entries(&mut rpc.entries);
         let mut request = rpc.into_pb();
         request.partition = self.partition.0;
         let answer = tokio::time::timeout(option.hard_ttl(), link.call(request))
@@ -291,7 +322,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 self.target
             ))
         })?;
-        reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        let reply = reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
+        Ok(match (reply, sent_up_to) {
+            // The follower took what was sent, which is not all openraft asked for.
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (reply, _) => reply,
+        })
     }
 
     async fn install_snapshot(

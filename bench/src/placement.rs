@@ -17,9 +17,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chat_proto::admin::*;
 use chat_proto::log::PartitionMap;
-use chat_proto::{connect_admin, AdminClient, LeaderHint};
+use chat_proto::{connect_admin, AdminClient};
+
+use chat_client::admin::Admin;
 
 use crate::latency::{node_dir, start_processes_with, SECRET};
+
+/// How long one append may keep following redirects and retrying through an election.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -261,11 +266,12 @@ async fn append_evenly(args: &Args, addrs: &[String], map: &PartitionMap) -> any
         let leader = addrs[replicas.leader_hint as usize - 1].clone();
         let (p, bytes) = (*p, args.record_bytes);
         tasks.push(tokio::spawn(async move {
+            let mut admin = Admin::connect(&leader, SECRET).await?;
             let mut sent = 0;
             while sent < per_partition {
                 let batch = (per_partition - sent).min(100);
                 let records = (0..batch).map(|_| vec![0x5a; bytes]).collect();
-                append(&leader, p, records).await?;
+                admin.append(p, records, APPEND_TIMEOUT).await?;
                 sent += batch;
             }
             anyhow::Ok(())
@@ -275,28 +281,6 @@ async fn append_evenly(args: &Args, addrs: &[String], map: &PartitionMap) -> any
         t.await??;
     }
     Ok(())
-}
-
-/// One append to partition `p`, starting at `addr` and following "not the leader" answers.
-async fn append(addr: &str, p: u32, records: Vec<Vec<u8>>) -> anyhow::Result<()> {
-    let mut target = addr.to_string();
-    for _ in 0..50 {
-        let mut admin = connect(&target).await?;
-        let request = AppendRequest {
-            partition: p,
-            records: records.clone(),
-        };
-        match admin.append(request).await {
-            Ok(_) => return Ok(()),
-            Err(status) => {
-                if let Some(leader) = LeaderHint::from_status(&status).and_then(|h| h.leader_addr) {
-                    target = leader;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    anyhow::bail!("append to partition {p} kept failing")
 }
 
 /// Start a chatd that joins the cluster of `secret` as node `id` at `addr`.
@@ -347,10 +331,12 @@ async fn move_partition(args: &Args) -> anyhow::Result<(f64, Duration)> {
     let record = 1024;
     let records = args.move_mib * 1024 * 1024 / record as u64;
     let started = Instant::now();
+    let mut filler = Admin::connect(&leader, SECRET).await?;
     let mut sent = 0;
     while sent < records {
         let batch = (records - sent).min(256);
-        append(&leader, 0, (0..batch).map(|_| vec![0x5a; record]).collect()).await?;
+        let batch_records = (0..batch).map(|_| vec![0x5a; record]).collect();
+        filler.append(0, batch_records, APPEND_TIMEOUT).await?;
         sent += batch;
         if sent % (16 * 1024) < 256 {
             eprintln!(

@@ -225,12 +225,8 @@ impl Replicas {
         let Some(r) = map.replicas(p) else {
             return Vec::new();
         };
-        let hint = r
-            .leader_hint
-            .map(|(l, _)| l)
-            .filter(|l| r.voters.contains(l));
-        hint.into_iter()
-            .chain(r.voters.iter().copied().filter(|v| Some(*v) != hint))
+        r.voters_leader_first()
+            .into_iter()
             .filter(|id| *id != self.node.node_id())
             .filter_map(|id| map.addr(id).map(|a| (id, a.to_string())))
             .collect()

@@ -32,6 +32,32 @@ pub struct Cluster {
     pub partitions: u32,
 }
 
+/// Write node `id`'s config to `path`: `extra` TOML (`{id}` stands for the node's id; keys
+/// before its first table go to the top level), the test Raft settings, and `peers` (the
+/// `[peers]` table's lines).
+fn write_config(
+    path: &std::path::Path,
+    id: u64,
+    data_dir: &std::path::Path,
+    partitions: u32,
+    extra: &str,
+    peers: &str,
+) {
+    let extra = extra.replace("{id}", &id.to_string());
+    let (top, tables) = match extra.find('[') {
+        Some(i) => extra.split_at(i),
+        None => (extra.as_str(), ""),
+    };
+    std::fs::write(
+        path,
+        format!(
+            "node_id = {id}\ndata_dir = \"{}\"\npartitions = {partitions}\ncluster_secret = \"{SECRET}\"\n{top}{FAST_RAFT}{tables}[peers]\n{peers}",
+            data_dir.display()
+        ),
+    )
+    .unwrap();
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -76,20 +102,7 @@ impl Cluster {
                     .cloned()
                     .unwrap_or_else(|| dir.path().join(format!("n{id}")));
                 let config = dir.path().join(format!("n{id}.toml"));
-                // Keys of `extra` before its first table go to the top level.
-                let extra = extra.replace("{id}", &id.to_string());
-                let (top, tables) = match extra.find('[') {
-                    Some(i) => extra.split_at(i),
-                    None => (extra.as_str(), ""),
-                };
-                std::fs::write(
-                    &config,
-                    format!(
-                        "node_id = {id}\ndata_dir = \"{}\"\npartitions = {partitions}\ncluster_secret = \"{SECRET}\"\n{top}{FAST_RAFT}{tables}[peers]\n{peers}",
-                        data_dir.display()
-                    ),
-                )
-                .unwrap();
+                write_config(&config, id, &data_dir, partitions, extra, &peers);
                 NodeProc {
                     id,
                     addr: addrs[id as usize - 1].clone(),
@@ -119,20 +132,9 @@ impl Cluster {
         let addr = format!("127.0.0.1:{}", free_port());
         let data_dir = self.dir.path().join(format!("n{id}"));
         let config = self.dir.path().join(format!("n{id}.toml"));
-        let extra = extra.replace("{id}", &id.to_string());
-        let (top, tables) = match extra.find('[') {
-            Some(i) => extra.split_at(i),
-            None => (extra.as_str(), ""),
-        };
-        std::fs::write(
-            &config,
-            format!(
-                "node_id = {id}\ndata_dir = \"{}\"\npartitions = {}\ncluster_secret = \"{SECRET}\"\njoin = true\n{top}{FAST_RAFT}{tables}[peers]\n{id} = \"{addr}\"\n",
-                data_dir.display(),
-                self.partitions
-            ),
-        )
-        .unwrap();
+        let extra = format!("join = true\n{extra}");
+        let peers = format!("{id} = \"{addr}\"\n");
+        write_config(&config, id, &data_dir, self.partitions, &extra, &peers);
         self.nodes.push(NodeProc {
             id,
             addr,

@@ -214,16 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             );
         }
         Cmd::Digest { partition } => {
-            let partitions = match partition {
-                Some(p) => vec![p],
-                None => admin
-                    .status()
-                    .await?
-                    .partitions
-                    .iter()
-                    .map(|s| s.partition)
-                    .collect(),
-            };
+            let partitions = one_or_held(&mut admin, partition).await?;
             for p in partitions {
                 let d = admin.digest(p).await?;
                 println!(
@@ -259,16 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             partition,
             wait,
         } => {
-            let partitions = match partition {
-                Some(p) => vec![p],
-                None => admin
-                    .status()
-                    .await?
-                    .partitions
-                    .iter()
-                    .map(|s| s.partition)
-                    .collect(),
-            };
+            let partitions = one_or_held(&mut admin, partition).await?;
             for &p in &partitions {
                 admin.rebuild_projection(p, &name).await?;
             }
@@ -390,4 +372,18 @@ async fn wait_until(
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// `partition` if given, else every partition the node holds.
+async fn one_or_held(admin: &mut Admin, partition: Option<u32>) -> anyhow::Result<Vec<u32>> {
+    Ok(match partition {
+        Some(p) => vec![p],
+        None => admin
+            .status()
+            .await?
+            .partitions
+            .iter()
+            .map(|s| s.partition)
+            .collect(),
+    })
 }

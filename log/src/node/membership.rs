@@ -111,7 +111,7 @@ impl LogNode {
         if self.groups.get(p).is_some() {
             return Ok(());
         }
-        if !self.partitions_with_state()?.contains(&p) {
+        if !self.has_raft_state(p)? {
             let engine = self.engine.clone();
             tokio::task::spawn_blocking(move || engine.drop_partition(p))
                 .await
@@ -152,12 +152,9 @@ impl LogNode {
         let Some(map) = self.map() else {
             return ProposeError::not_here(p, None, 0);
         };
-        let target = map.replicas(p).and_then(|r| {
-            r.leader_hint
-                .map(|(leader, _)| leader)
-                .filter(|l| r.voters.contains(l))
-                .or_else(|| r.voters.iter().next().copied())
-        });
+        let target = map
+            .replicas(p)
+            .and_then(|r| r.voters_leader_first().first().copied());
         let with_addr = target.and_then(|id| map.addr(id).map(|a| (id, a.to_string())));
         ProposeError::not_here(p, with_addr, map.epoch.0)
     }

@@ -194,10 +194,8 @@ pub(crate) async fn leader_of(
     map: &PartitionMap,
     p: PartitionId,
 ) -> Result<(NodeId, String), Status> {
-    let r = &map.replicas[p.0 as usize];
-    let hint = r.leader_hint.map(|(l, _)| l);
     let calls = node.peer_calls();
-    for candidate in hint.into_iter().chain(r.voters.iter().copied()) {
+    for candidate in map.replicas[p.0 as usize].voters_leader_first() {
         let Ok(candidate_addr) = addr(map, candidate) else {
             continue;
         };

@@ -105,9 +105,16 @@ impl Replicas {
         self.voters.contains(&node) || self.learners.contains(&node)
     }
 
-    /// Voters and learners, in id order.
-    pub fn all(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.voters.union(&self.learners).copied()
+    /// The voters in the order to ask them: the hinted leader first (if it is still a voter),
+    /// then the others in id order.
+    pub fn voters_leader_first(&self) -> Vec<NodeId> {
+        let hint = self
+            .leader_hint
+            .map(|(leader, _)| leader)
+            .filter(|l| self.voters.contains(l));
+        hint.into_iter()
+            .chain(self.voters.iter().copied().filter(|v| Some(*v) != hint))
+            .collect()
     }
 
     /// The voters once the move under way (if any) is done.

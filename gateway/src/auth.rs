@@ -1,9 +1,9 @@
 //! Device authentication: a bearer token `<user>.<device>.<secret>` is checked against the
 //! device record in the user's partition (which stores only sha256(secret)).
 //!
-//! The record is read from this node's replica. A device registered or linked through another
-//! node may not be applied here yet, so a miss is retried once after a read barrier
-//! ([`Gateway::read_fresh`]) before the token is refused.
+//! The record is read from a replica of the user's partition. A device registered or linked
+//! through another node may not be applied there yet, so a miss is retried once from a replica
+//! that has applied a read index ([`Gateway::read_fresh`]) before the token is refused.
 
 use chat_model::ids::{DeviceId, UserId};
 use chat_proto::token::DeviceToken;
@@ -46,7 +46,9 @@ pub async fn authenticate(gw: &Gateway, token: &str) -> Result<Device, Status> {
         .map_err(|e: chat_proto::token::TokenError| Status::unauthenticated(e.to_string()))?;
     let (user, device) = (UserId(token.user_id), DeviceId(token.device_id));
     let record = gw
-        .read_fresh(gw.reads.partition(user.0), || gw.reads.device(user, device))
+        .read_fresh(gw.reads.partition(user.0), |reads| async move {
+            reads.device(user, device).await
+        })
         .await?;
     let Some(record) = record else {
         return Err(Status::unauthenticated(format!(

@@ -1,11 +1,11 @@
-//! The gateway of one node: what its device sessions share (the write path, reads of this
-//! node's replica, the hub, cluster presence, the projector) and how it starts; plus the
-//! read-or-barrier helper and the storage-error status the sessions and the service use.
+//! The gateway of one node: what its device sessions share (the write path, reads of chat
+//! state wherever it is held, the hub, cluster presence, the projector) and how it starts; plus
+//! the read-or-read-index helper and the read-error status the sessions and the service use.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_log::{PartitionId, StoreError};
+use chat_log::{PartitionId, ReadError};
 use chat_model::StateReader;
 use chat_projector::{Change, Projector};
 use chat_sequencer::Sequencer;
@@ -77,19 +77,12 @@ impl Gateway {
             config.queue_capacity,
             config.member_cache_bytes,
         );
-        let peers = node
-            .members()
-            .iter()
-            .filter(|(&id, _)| id != node.node_id())
-            .map(|(_, addr)| addr.clone())
-            .collect();
         let secret = chat_proto::AttachSecret::new(cluster_secret).map_err(|e| e.to_string())?;
         tokio::spawn(push_ticks(hub.clone(), projector.subscribe()));
         let presence = Arc::new(presence::ClusterPresence::new(
             hub.clone(),
             secret,
-            peers,
-            node.bind_ip(),
+            node.clone(),
         ));
         if let Some(sink) = sink {
             notify::start(
@@ -112,25 +105,37 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Read something from this node's replica; if it is not there, it may only not be applied
-    /// here yet, so read again after a read barrier on partition `p` (a Raft read index from the
-    /// leader). Costs a quorum round trip only on a miss.
-    pub async fn read_fresh<T>(
+    /// Read something of partition `p`; if it is not there, the replica read may only not have
+    /// applied it yet, so read again from a replica that has applied a read index of `p` (asked
+    /// of its leader). Costs a quorum round trip only on a miss.
+    pub async fn read_fresh<T, Fut>(
         &self,
         p: PartitionId,
-        read: impl Fn() -> Result<Option<T>, StoreError>,
-    ) -> Result<Option<T>, Status> {
-        if let Some(found) = read().map_err(storage)? {
+        read: impl Fn(StateReader) -> Fut,
+    ) -> Result<Option<T>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Option<T>, ReadError>>,
+    {
+        if let Some(found) = read(self.reads.clone()).await.map_err(storage)? {
             return Ok(Some(found));
         }
-        self.sequencer.read_barrier(p).await?;
-        read().map_err(storage)
+        read(self.fresh(p).await?).await.map_err(storage)
+    }
+
+    /// A reader that sees, in partition `p`, every write acknowledged before the call.
+    pub async fn fresh(&self, p: PartitionId) -> Result<StateReader, Status> {
+        let offset = self.sequencer.read_index(p).await?;
+        Ok(self.reads.fresh_at(p, offset))
     }
 }
 
-/// A storage error as the gRPC status devices get.
-pub fn storage(e: StoreError) -> Status {
-    Status::internal(e.to_string())
+/// A failed read as the gRPC status devices get: UNAVAILABLE when no replica answered (try
+/// again), INTERNAL for a storage error.
+pub fn storage(e: impl Into<ReadError>) -> Status {
+    match e.into() {
+        ReadError::Store(e) => Status::internal(e.to_string()),
+        e @ ReadError::Unavailable { .. } => Status::unavailable(e.to_string()),
+    }
 }
 
 /// Push each member's tick changes, as the projector announces them, to that member's streams.

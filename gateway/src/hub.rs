@@ -1,20 +1,22 @@
-//! The hub: tails every partition's committed events on this node and offers each one to the
-//! device streams it concerns, without ever waiting on a device.
+//! The hub: tails every partition's committed events and offers each one to the device streams
+//! on this node it concerns, without ever waiting on a device.
 //!
-//! One tailer task per partition follows the log from where it stood when the gateway started
-//! (`LogNode::subscribe`); devices that connect later read what came before from the log
-//! themselves (their backlog). For each chat event the hub finds the chat's members (a moka
-//! cache over the member keys, dropped whenever the chat's membership changes — such events
-//! come through the same partition, in order) and `try_send`s a [`Push`] to each connected
-//! session of those users. A full session queue is never waited on: the session is marked
-//! lagged and later re-reads from the log what it missed (see `session.rs`).
+//! One tailer task per partition follows the log from where it stood when the gateway started,
+//! wherever the partition is held (`chat_log::Replicas::tail`: this node's replica, or a
+//! remote one's `Tail` stream, resumed elsewhere when it ends); devices that connect later read
+//! what came before from the log themselves (their backlog). For each chat event the hub finds
+//! the chat's members (a moka cache over the member keys, read from a replica that has applied
+//! the event, and dropped whenever the chat's membership changes — such events come through the
+//! same partition, in order) and `try_send`s a [`Push`] to each connected session of those
+//! users. A full session queue is never waited on: the session is marked lagged and later
+//! re-reads from the log what it missed (see `session.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chat_log::{LogNode, LogOffset, PartitionId};
+use chat_log::{LogNode, LogOffset, PartitionId, Replicas};
 use chat_model::ids::{ChatId, ChatSeq, DeviceId, UserId};
 use chat_model::{ChatEventAt, StateReader};
 use chat_proto::chat_v1::{self as pb, chat_event};
@@ -97,8 +99,15 @@ pub struct Hub {
     last_seen: Cache<UserId, u64>,
     next_id: AtomicU64,
     queue_capacity: usize,
-    notifier: std::sync::OnceLock<mpsc::Sender<Arc<pb::Message>>>,
+    notifier: std::sync::OnceLock<mpsc::Sender<Notice>>,
+    /// How many partitions the hub follows yet (their tails find where to start once a replica
+    /// answers), of how many.
+    following: tokio::sync::watch::Sender<u32>,
+    partitions: u32,
 }
+
+/// A message for the offline notifier, with the chat's members when it was sent.
+pub type Notice = (Arc<pb::Message>, Arc<Vec<UserId>>);
 
 impl Hub {
     /// Start tailing every partition of `node` from its current end, with at most
@@ -123,12 +132,27 @@ impl Hub {
             next_id: AtomicU64::new(1),
             queue_capacity,
             notifier: std::sync::OnceLock::new(),
+            following: tokio::sync::watch::Sender::new(0),
+            partitions: node.partition_count(),
         });
-        // The partitions this node holds, as they move here and away.
-        let (tail_hub, tail_node) = (hub.clone(), node.clone());
-        node.spawn_per_partition(move |p| tail(tail_hub.clone(), tail_node.clone(), p));
+        // Every partition, wherever it is held: a device here may be in any chat.
+        let replicas = Replicas::new(node.clone());
+        for p in 0..node.partition_count() {
+            tokio::spawn(tail(hub.clone(), replicas.clone(), PartitionId(p)));
+        }
         tokio::spawn(publish_sizes(Arc::downgrade(&hub)));
         hub
+    }
+
+    /// Whether the hub follows every partition, waiting up to `within` for it. A session must
+    /// not read its backlog before: events between the backlog and a tail's start would reach
+    /// it neither way.
+    pub async fn until_following(&self, within: Duration) -> bool {
+        let mut following = self.following.subscribe();
+        let all = self.partitions;
+        tokio::time::timeout(within, following.wait_for(|n| *n >= all))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Register a device stream; it receives pushes until [`Hub::unregister`].
@@ -182,7 +206,7 @@ impl Hub {
     }
 
     /// Hand message events to the offline notifier from now on.
-    pub fn set_notifier(&self, notifier: mpsc::Sender<Arc<pb::Message>>) {
+    pub fn set_notifier(&self, notifier: mpsc::Sender<Notice>) {
         let _ = self.notifier.set(notifier);
     }
 
@@ -215,26 +239,36 @@ impl Hub {
         self.offer_to_users(&[user], &push);
     }
 
-    /// The members of `chat` (cached; dropped on membership events).
-    pub fn chat_members(&self, chat: ChatId) -> Arc<Vec<UserId>> {
-        self.members.get_with(chat, || {
-            Arc::new(self.reads.members(chat).unwrap_or_else(|e| {
+    /// The members of `chat` as of offset `at` of its partition `p` (cached; dropped on
+    /// membership events). Only the partition's tailer calls it, so a miss read here is never
+    /// raced by the membership event that would drop it.
+    async fn chat_members(&self, p: PartitionId, at: LogOffset, chat: ChatId) -> Arc<Vec<UserId>> {
+        if let Some(members) = self.members.get(&chat) {
+            return members;
+        }
+        let members = match self.reads.fresh_at(p, at).members(chat).await {
+            Ok(members) => Arc::new(members),
+            Err(e) => {
+                // Not cached: the next message asks again. Devices of the chat miss this push
+                // and read the message from the log at their next catch-up.
                 tracing::error!(%chat, error = %e, "reading chat members");
-                Vec::new()
-            }))
-        })
+                return Arc::new(Vec::new());
+            }
+        };
+        self.members.insert(chat, members.clone());
+        members
     }
 
-    /// Route one committed chat event.
-    fn dispatch(&self, event: chat_event::Kind) {
-        match event {
+    /// Route one committed chat event of partition `p`.
+    async fn dispatch(&self, p: PartitionId, event: ChatEventAt) {
+        match event.kind {
             chat_event::Kind::Message(m) => {
                 let chat = ChatId(m.chat_id);
-                let members = self.chat_members(chat);
+                let members = self.chat_members(p, event.offset, chat).await;
                 let m = Arc::new(m);
                 self.offer_to_users(&members, &Push::Message(m.clone()));
                 if let Some(notifier) = self.notifier.get() {
-                    if notifier.try_send(m).is_err() {
+                    if notifier.try_send((m, members)).is_err() {
                         tracing::warn!(%chat, "offline notifier is behind; a notification is dropped");
                     }
                 }
@@ -281,33 +315,30 @@ impl Hub {
     }
 }
 
-/// Follow partition `p` from its current end and dispatch its chat events, resubscribing after
-/// a storage error. Ends when the node stops (the subscription ends).
-async fn tail(hub: Arc<Hub>, node: Arc<LogNode>, p: PartitionId) {
-    let Ok(mut next) = node.last_offset(p).map(LogOffset::next) else {
-        return;
-    };
-    'subscribe: loop {
-        let Ok(mut events) = node.subscribe(p, next) else {
-            return;
-        };
-        while let Some(item) = events.next().await {
-            let event = match item {
-                Ok(event) => event,
-                Err(e) => {
-                    tracing::error!(%p, error = %e, "tailing the log; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue 'subscribe;
+/// Follow partition `p` from its current end, wherever it is held, and dispatch its chat
+/// events. Ends when the node stops.
+async fn tail(hub: Arc<Hub>, replicas: Replicas, p: PartitionId) {
+    // Where the partition ends now, as soon as a replica answers.
+    let from = loop {
+        match replicas.read_events(p, LogOffset(u64::MAX), 1).await {
+            Ok((_, last)) => break last.next(),
+            Err(e) => {
+                if replicas.node().is_stopped() {
+                    return;
                 }
-            };
-            next = LogOffset(event.offset).next();
-            match ChatEventAt::decode(&event) {
-                Ok(Some(chat_event)) => hub.dispatch(chat_event.kind),
-                Ok(None) => {}
-                Err(e) => tracing::error!(%p, error = %e, "skipped by the hub"),
+                tracing::debug!(%p, error = %e, "finding where to tail from; again shortly");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        return;
+    };
+    let mut events = std::pin::pin!(replicas.tail(p, from));
+    hub.following.send_modify(|n| *n += 1);
+    while let Some(event) = events.next().await {
+        match ChatEventAt::decode(&event) {
+            Ok(Some(chat_event)) => hub.dispatch(p, chat_event).await,
+            Ok(None) => {}
+            Err(e) => tracing::error!(%p, error = %e, "skipped by the hub"),
+        }
     }
 }
 

@@ -6,8 +6,9 @@
 //!   `SyncComplete`, then live frames; sends, acks, reads and pings from the device.
 //! - [`outbound`]: a stream's two outbound queues, control frames (acks, pongs, errors) ahead
 //!   of data frames (messages, receipts), so a device's answers never wait behind its deliveries.
-//! - [`hub`]: tails every partition on this node and offers each event to the sessions it
-//!   concerns without ever waiting on one (a full session queue makes it catch up from the log).
+//! - [`hub`]: tails every partition (wherever it is held) and offers each event to the sessions
+//!   on this node it concerns without ever waiting on one (a full session queue makes it catch
+//!   up from the log).
 //! - [`auth`]: device bearer tokens checked against the hashed token in the user's partition.
 //! - ticks: the projector's tick changes (see `chat-projector`) go to the member's streams.
 //! - [`notify`]: collapsed notifications for member devices with no stream, and the push sinks
@@ -16,9 +17,10 @@
 //!   `chat.v1.GatewayPeer`).
 //! - [`gateway`]: [`Gateway`], what one node's gateway holds and starts, and its config.
 //!
-//! Writes go through the node's [`Sequencer`] (which forwards to partition leaders); reads come
-//! from this node's replica through [`StateReader`]. Every node hosts every partition today, so
-//! a gateway sees every event locally; see docs/architecture.md for what changes when it won't.
+//! Writes go through the node's [`Sequencer`] (which forwards to partition leaders); reads go
+//! through [`StateReader`] to a replica of the partition that holds the key: this node's when
+//! it holds one, another node's otherwise. So a device can use any node, whichever partitions
+//! that node holds (docs/architecture.md, "Placement").
 
 pub mod auth;
 pub mod gateway;

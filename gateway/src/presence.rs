@@ -2,12 +2,14 @@
 //! and was last seen when its last stream on any node closed. Each node knows only its own
 //! streams (the hub), so a lookup asks every peer's gateway (`chat.v1.GatewayPeer`, behind the
 //! cluster secret) and merges the answers; a peer that does not answer within a short timeout
-//! is left out (a down node holds no streams).
+//! is left out (a down node holds no streams). The peers are the cluster's nodes as this node
+//! knows them at the lookup (the partition map's, so nodes that joined later are asked too).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chat_log::LogNode;
 use chat_model::ids::UserId;
 use chat_proto::chat_v1::gateway_peer_client::GatewayPeerClient;
 use chat_proto::chat_v1::gateway_peer_server::{GatewayPeer, GatewayPeerServer};
@@ -28,27 +30,30 @@ type PeerClient = GatewayPeerClient<InterceptedService<Channel, AttachSecret>>;
 pub struct ClusterPresence {
     hub: Arc<Hub>,
     secret: AttachSecret,
-    /// Peer addresses (this node excluded).
-    peers: Vec<String>,
-    /// Source address of connections to peers (the node's `bind_ip`).
-    bind_ip: Option<std::net::IpAddr>,
+    /// Whose members are asked (this node excluded), and from which source address.
+    node: Arc<LogNode>,
     clients: Mutex<HashMap<String, PeerClient>>,
 }
 
 impl ClusterPresence {
-    pub fn new(
-        hub: Arc<Hub>,
-        secret: AttachSecret,
-        peers: Vec<String>,
-        bind_ip: Option<std::net::IpAddr>,
-    ) -> Self {
+    pub fn new(hub: Arc<Hub>, secret: AttachSecret, node: Arc<LogNode>) -> Self {
         ClusterPresence {
             hub,
             secret,
-            peers,
-            bind_ip,
+            node,
             clients: Mutex::default(),
         }
+    }
+
+    /// The other nodes' addresses, as this node knows the cluster now.
+    fn peers(&self) -> Vec<String> {
+        let me = self.node.node_id();
+        self.node
+            .members()
+            .into_iter()
+            .filter(|(id, _)| *id != me)
+            .map(|(_, addr)| addr)
+            .collect()
     }
 
     fn client(&self, addr: &str) -> Option<PeerClient> {
@@ -60,7 +65,7 @@ impl ClusterPresence {
             .ok()?
             .connect_timeout(PEER_TIMEOUT)
             .tcp_nodelay(true)
-            .local_address(self.bind_ip)
+            .local_address(self.node.bind_ip())
             .connect_lazy();
         let client = GatewayPeerClient::with_interceptor(channel, self.secret.clone());
         clients.insert(addr.to_string(), client.clone());
@@ -73,7 +78,8 @@ impl ClusterPresence {
         let request = pb::LocalPresenceRequest {
             user_ids: users.iter().map(|u| u.0).collect(),
         };
-        let asks = self.peers.iter().filter_map(|addr| {
+        let peers = self.peers();
+        let asks = peers.iter().filter_map(|addr| {
             let mut client = self.client(addr)?;
             let mut req = Request::new(request.clone());
             req.set_timeout(PEER_TIMEOUT);

@@ -8,15 +8,21 @@
 use std::sync::Arc;
 
 use chat_model::ids::{user_id_for_handle, ChatId, ChatSeq, DeviceId, UserId};
+use chat_model::StateReader;
 use chat_proto::chat_v1 as pb;
 use chat_proto::chat_v1::chat_server::{Chat, ChatServer};
 use chat_proto::token::DeviceToken;
+use futures::{StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{authenticate, bearer, secret_digest, Device};
 use crate::gateway::{storage, Gateway};
 use crate::outbound::{FrameStream, Outbound};
 use crate::session;
+
+/// Reads one call makes at once (a group's member records, a user's chats), each perhaps of
+/// another node's replica.
+const READS_AT_ONCE: usize = 32;
 
 /// Data frames (messages, receipts, updates) queued towards one device before its session
 /// waits on the transport; control frames have their own queue (see `outbound.rs`).
@@ -53,11 +59,10 @@ impl ChatService {
 
     /// Whether `user` is registered, asking the leader if this replica does not know it yet.
     async fn user_exists(&self, user: UserId) -> Result<bool, Status> {
-        let reads = &self.gw.reads;
         let found = self
             .gw
-            .read_fresh(reads.partition(user.0), || {
-                Ok(reads.user_exists(user)?.then_some(()))
+            .read_fresh(self.gw.reads.partition(user.0), |reads| async move {
+                Ok(reads.user_exists(user).await?.then_some(()))
             })
             .await?;
         Ok(found.is_some())
@@ -71,17 +76,19 @@ impl ChatService {
         Ok(users)
     }
 
-    /// Fail unless `user` is a member of `chat` (after a read barrier if this replica says no).
+    /// Fail unless `user` is a member of `chat` (asking again at a read index if a replica says
+    /// no).
     async fn require_member(&self, chat: ChatId, user: UserId) -> Result<(), Status> {
-        let reads = &self.gw.reads;
         let member = self
             .gw
-            .read_fresh(reads.partition(chat.0), || reads.member(chat, user))
+            .read_fresh(self.gw.reads.partition(chat.0), |reads| async move {
+                reads.member(chat, user).await
+            })
             .await?;
         if member.is_some() {
             return Ok(());
         }
-        if reads.chat(chat).map_err(storage)?.is_none() {
+        if self.gw.reads.chat(chat).await.map_err(storage)?.is_none() {
             return Err(Status::not_found(format!("chat {chat} does not exist")));
         }
         Err(Status::permission_denied(format!(
@@ -89,18 +96,21 @@ impl ChatService {
         )))
     }
 
-    /// A chat as this replica knows it.
-    fn chat_info(&self, chat: ChatId) -> Result<pb::ChatInfo, Status> {
-        let reads = &self.gw.reads;
+    /// A chat as `reads` sees it.
+    async fn chat_info(&self, reads: &StateReader, chat: ChatId) -> Result<pb::ChatInfo, Status> {
         let record = reads
             .chat(chat)
+            .await
             .map_err(storage)?
             .ok_or_else(|| Status::not_found(format!("chat {chat} does not exist")))?;
-        let members = reads.members(chat).map_err(storage)?;
-        let member_handles = members
-            .iter()
-            .map(|&u| Ok(reads.user(u)?.map(|r| r.handle).unwrap_or_default()))
-            .collect::<Result<Vec<_>, chat_log::StoreError>>()
+        let members = reads.members(chat).await.map_err(storage)?;
+        // Each member's record is in the member's partition: read them all at once.
+        let users = members.clone();
+        let member_handles = futures::stream::iter(users.into_iter().map(|u| reads.user(u)))
+            .buffered(READS_AT_ONCE)
+            .map_ok(|r| r.map(|r| r.handle).unwrap_or_default())
+            .try_collect()
+            .await
             .map_err(storage)?;
         Ok(pb::ChatInfo {
             chat_id: chat.0,
@@ -112,13 +122,10 @@ impl ChatService {
         })
     }
 
-    /// The chat after a write through the leader: this replica may not have applied it yet.
+    /// The chat after a write through the leader, from a replica that has applied it.
     async fn chat_info_after_write(&self, chat: ChatId) -> Result<pb::ChatInfo, Status> {
-        self.gw
-            .sequencer
-            .read_barrier(self.gw.reads.partition(chat.0))
-            .await?;
-        self.chat_info(chat)
+        let reads = self.gw.fresh(self.gw.reads.partition(chat.0)).await?;
+        self.chat_info(&reads, chat).await
     }
 }
 
@@ -175,7 +182,13 @@ impl Chat for ChatService {
         let r = request.into_inner();
         let token = device_token(me.user, r.device_id, r.secret)?;
         let device = DeviceId(token.device_id);
-        if let Some(existing) = self.gw.reads.device(me.user, device).map_err(storage)? {
+        if let Some(existing) = self
+            .gw
+            .reads
+            .device(me.user, device)
+            .await
+            .map_err(storage)?
+        {
             if existing.token_sha256 != secret_digest(&token.secret) {
                 return Err(Status::already_exists(format!(
                     "user {} already has a device {device}; pick another id",
@@ -271,14 +284,12 @@ impl Chat for ChatService {
         request: Request<pb::ListChatsRequest>,
     ) -> Result<Response<pb::ListChatsReply>, Status> {
         let me = self.caller(&request).await?;
-        let chats = self
-            .gw
-            .reads
-            .user_chats(me.user)
-            .map_err(storage)?
-            .into_iter()
-            .map(|c| self.chat_info(c))
-            .collect::<Result<Vec<_>, _>>()?;
+        let reads = &self.gw.reads;
+        let chats = reads.user_chats(me.user).await.map_err(storage)?;
+        let chats = futures::stream::iter(chats.into_iter().map(|c| self.chat_info(reads, c)))
+            .buffered(READS_AT_ONCE)
+            .try_collect()
+            .await?;
         Ok(Response::new(pb::ListChatsReply { chats }))
     }
 
@@ -290,12 +301,16 @@ impl Chat for ChatService {
         let r = request.into_inner();
         let chat = ChatId(r.chat_id);
         self.require_member(chat, me.user).await?;
-        let page = self.gw.sequencer.history(
-            chat,
-            ChatSeq(r.after_seq),
-            ChatSeq::bound(r.before_seq),
-            r.limit,
-        )?;
+        let page = self
+            .gw
+            .sequencer
+            .history(
+                chat,
+                ChatSeq(r.after_seq),
+                ChatSeq::bound(r.before_seq),
+                r.limit,
+            )
+            .await?;
         Ok(Response::new(page))
     }
 
@@ -307,24 +322,33 @@ impl Chat for ChatService {
         // The user's chat list lives in the user's partition (kept by follow-ups); each chat's
         // summary and marks in the chat's partition's projection.
         let mut by_partition: std::collections::BTreeMap<_, Vec<ChatId>> = Default::default();
-        for chat in self.gw.reads.chat_list(me.user).map_err(storage)? {
+        for chat in self.gw.reads.chat_list(me.user).await.map_err(storage)? {
             by_partition
                 .entry(self.gw.reads.partition(chat.0))
                 .or_default()
                 .push(chat);
         }
-        let store = self.gw.projector.store();
+        let replicas = chat_log::Replicas::new(self.gw.sequencer.node().clone());
         let mut entries = Vec::new();
         for (p, chats) in by_partition {
-            let view = store
-                .read(p, chat_projector::chats::CHATS_PROJECTION_ID)
-                .map_err(storage)?;
-            for chat in chats {
-                entries.extend(
-                    chat_projector::chats::inbox_entry(&view, me.user.0, chat.0)
-                        .map_err(storage)?,
-                );
-            }
+            let view = chat_projector::store::ReplicaView::open(
+                replicas.clone(),
+                p,
+                chat_projector::chats::CHATS_PROJECTION_ID,
+            )
+            .await
+            .map_err(storage)?;
+            let view = &view;
+            let found: Vec<_> = futures::stream::iter(
+                chats
+                    .into_iter()
+                    .map(|chat| chat_projector::chats::inbox_entry(view, me.user.0, chat.0)),
+            )
+            .buffered(READS_AT_ONCE)
+            .try_collect()
+            .await
+            .map_err(storage)?;
+            entries.extend(found.into_iter().flatten());
         }
         // Most recent activity first; ties by chat id so the order is stable.
         entries.sort_by(|a, b| {

@@ -34,6 +34,9 @@ use crate::outbound::Outbound;
 
 /// Messages read from the log per catch-up page.
 const CATCH_UP_PAGE: u32 = 256;
+/// How long a new stream waits for its node's hub to follow every partition (at start, until
+/// a replica of each answers).
+const FOLLOW_WAIT: Duration = Duration::from_secs(10);
 
 /// Serve one stream until the device leaves, the stream fails, or the device is revoked.
 pub async fn serve(gw: Arc<Gateway>, inbound: Streaming<pb::ClientFrame>, out: Outbound) {
@@ -62,7 +65,13 @@ async fn run(
         Ok(Some(Ok(_))) => return Err(Status::unauthenticated("the first frame must be Hello")),
     };
     let me = authenticate(&gw, &hello.token).await?;
-    // Register before reading the backlog, so nothing committed from now on can be missed.
+    // Register before reading the backlog, with the hub following every partition, so nothing
+    // committed from now on can be missed.
+    if !gw.hub.until_following(FOLLOW_WAIT).await {
+        return Err(Status::unavailable(
+            "this node does not follow every partition yet; try again or another node",
+        ));
+    }
     let (handle, pushes) = gw.hub.register(me.user, me.device);
     let welcome = server_frame::Kind::Welcome(pb::Welcome {
         user_id: me.user.0,
@@ -128,19 +137,15 @@ impl Deliveries {
 
     /// Where a chat starts for this device when it names no cursor: after what it acknowledged,
     /// and never before the user joined.
-    fn default_cursor(&self, chat: ChatId) -> Result<ChatSeq, Status> {
+    async fn default_cursor(&self, chat: ChatId) -> Result<ChatSeq, Status> {
         let (user, device) = (self.me.user, self.me.device);
-        let acked = self
-            .gw
-            .reads
-            .device_cursor(chat, user, device)
-            .map_err(storage)?;
-        let joined = self
-            .gw
-            .reads
-            .member(chat, user)
-            .map_err(storage)?
-            .map_or(ChatSeq::ZERO, |m| m.joined_after());
+        let reads = &self.gw.reads;
+        let (acked, member) = futures::try_join!(
+            reads.device_cursor(chat, user, device),
+            reads.member(chat, user),
+        )
+        .map_err(storage)?;
+        let joined = member.map_or(ChatSeq::ZERO, |m| m.joined_after());
         Ok(acked.max(joined))
     }
 
@@ -150,10 +155,16 @@ impl Deliveries {
             .iter()
             .map(|c| (ChatId(c.chat_id), ChatSeq(c.seq)))
             .collect();
-        for chat in self.gw.reads.user_chats(self.me.user).map_err(storage)? {
+        for chat in self
+            .gw
+            .reads
+            .user_chats(self.me.user)
+            .await
+            .map_err(storage)?
+        {
             let cursor = match given.get(&chat) {
                 Some(&seq) => seq,
-                None => self.default_cursor(chat)?,
+                None => self.default_cursor(chat).await?,
             };
             self.chats.insert(chat, cursor.next());
         }
@@ -189,6 +200,7 @@ impl Deliveries {
                 .gw
                 .sequencer
                 .history(chat, ChatSeq(next.0 - 1), before, CATCH_UP_PAGE)
+                .await
                 .map_err(Status::from)?;
             if page.messages.is_empty() {
                 return Ok(());
@@ -291,7 +303,7 @@ impl Deliveries {
     /// After pushes were dropped: re-check the device, re-read the chat list, catch up every chat.
     async fn recover(&mut self) -> Result<(), Status> {
         let (user, device) = (self.me.user, self.me.device);
-        match self.gw.reads.device(user, device).map_err(storage)? {
+        match self.gw.reads.device(user, device).await.map_err(storage)? {
             Some(d) if !d.revoked => {}
             _ => {
                 return Err(Status::unauthenticated(format!(
@@ -303,6 +315,7 @@ impl Deliveries {
             .gw
             .reads
             .user_chats(user)
+            .await
             .map_err(storage)?
             .into_iter()
             .collect();
@@ -318,7 +331,7 @@ impl Deliveries {
         }
         for &chat in &current {
             if !self.chats.contains_key(&chat) {
-                let after = self.default_cursor(chat)?;
+                let after = self.default_cursor(chat).await?;
                 self.join(chat, after).await?;
             }
         }
@@ -453,7 +466,12 @@ impl DeviceFrames {
     async fn on_receipt(&mut self, a: pb::AckFrame, kind: ReceiptKind) -> Result<(), Status> {
         let chat = ChatId(a.chat_id);
         if !self.member_of.contains(&chat) {
-            let member = self.gw.reads.member(chat, self.me.user).map_err(storage)?;
+            let member = self
+                .gw
+                .reads
+                .member(chat, self.me.user)
+                .await
+                .map_err(storage)?;
             if member.is_none() {
                 return self
                     .out

@@ -378,6 +378,11 @@ impl Engine {
     }
 
     /// Read a framed value and check its crc32.
+    /// The database's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn get(&self, cf_name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.get_at(None, cf_name, key)
     }

@@ -59,6 +59,7 @@ pub use network::MAX_MESSAGE_BYTES;
 pub use node::{
     LogNode, LogNodeConfig, NodeStatus, PartitionStatus, RaftTuning, StorageClosed, SyncCounts,
 };
+pub use remote::{ReadError, Replicas, Space};
 pub use store::TypeConfig;
 pub use types::{
     CommandOutcome, LogOffset, NodeId, PartitionId, Proposal, ProposalOutcome, RejectCode,

@@ -3,9 +3,11 @@
 //! which go to this node's replica when it holds the partition and otherwise to one the
 //! partition map names (the leader it hints first, then the other voters).
 //!
-//! A remote read sees what that replica has applied, as a local read sees what this one has:
-//! both may trail the leader; callers that need a write's effect use the read barrier of the
-//! layer above, as they do locally.
+//! A read sees what the replica that answers has applied, and may trail the leader. A read that
+//! must see every write acknowledged before it names a floor: an offset (a read index from the
+//! leader, see `chat_sequencer::Sequencer::read_index`) the answering replica must have applied
+//! first — this node's waits for it, a remote one waits a little or says UNAVAILABLE and the next
+//! is asked.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +37,9 @@ const MAX_EVENTS: usize = 4096;
 const MAX_ENTRIES: usize = 1 << 20;
 /// How long one remote read may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a replica waits to reach a read's floor before it says UNAVAILABLE (well inside
+/// `READ_TIMEOUT`, so the reader still has time to ask another).
+const FLOOR_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a read of a partition did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +123,24 @@ impl ReplicaService {
         self.node.replica_here(p)?;
         Ok(p)
     }
+
+    /// Wait until this replica of `p` has applied `floor` (0: at once).
+    async fn reach(&self, p: PartitionId, floor: u64) -> Result<(), Status> {
+        if floor == 0 {
+            return Ok(());
+        }
+        match self
+            .node
+            .wait_for_offset(p, LogOffset(floor), FLOOR_WAIT)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Status::unavailable(format!(
+                "this replica of {p} has not applied offset {floor} yet"
+            ))),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<ReplicaEvents, Status>> + Send>>;
@@ -130,11 +153,25 @@ impl Replica for ReplicaService {
     ) -> Result<Response<ReplicaEvents>, Status> {
         let r = request.into_inner();
         let p = self.held(r.partition)?;
-        let limit = (r.limit as usize).clamp(1, MAX_EVENTS);
-        let events = self
-            .node
-            .read_events(p, LogOffset(r.from_offset), limit)
-            .map_err(store_status)?;
+        let events = if r.offsets.is_empty() {
+            let limit = (r.limit as usize).clamp(1, MAX_EVENTS);
+            self.node
+                .read_events(p, LogOffset(r.from_offset), limit)
+                .map_err(store_status)?
+        } else {
+            // The offsets come from an index read elsewhere: hold them before answering.
+            let highest = r.offsets.iter().copied().max().unwrap_or(0);
+            self.reach(p, highest).await?;
+            let mut events = Vec::with_capacity(r.offsets.len().min(MAX_EVENTS));
+            for &offset in r.offsets.iter().take(MAX_EVENTS) {
+                events.extend(
+                    self.node
+                        .read_event(p, LogOffset(offset))
+                        .map_err(store_status)?,
+                );
+            }
+            events
+        };
         let last_offset = self.node.last_offset(p)?.0;
         Ok(Response::new(ReplicaEvents {
             events,
@@ -172,6 +209,7 @@ impl Replica for ReplicaService {
     ) -> Result<Response<ReplicaGetReply>, Status> {
         let r = request.into_inner();
         let p = self.held(r.partition)?;
+        self.reach(p, r.min_offset).await?;
         let value = match Space::from_pb(r.space)? {
             Space::State => self.node.handler_get(p, &r.key),
             Space::Derived(ns) => self.node.derived().get(p, ns, &r.key),
@@ -189,6 +227,7 @@ impl Replica for ReplicaService {
     ) -> Result<Response<ReplicaScanReply>, Status> {
         let r = request.into_inner();
         let p = self.held(r.partition)?;
+        self.reach(p, r.min_offset).await?;
         let limit = (r.limit as usize).clamp(1, MAX_ENTRIES);
         let entries = match Space::from_pb(r.space)? {
             Space::State => self.node.handler_scan(p, &r.from, &r.to, limit),
@@ -215,6 +254,43 @@ pub struct Replicas {
 impl Replicas {
     pub fn new(node: Arc<LogNode>) -> Self {
         Replicas { node }
+    }
+
+    /// The node these reads start from.
+    pub fn node(&self) -> &Arc<LogNode> {
+        &self.node
+    }
+
+    /// Whether to read `p` here: this node holds it as a voter (a learner still catching up
+    /// would answer from far behind), or there is no map yet (every node holds every partition).
+    fn here(&self, p: PartitionId) -> bool {
+        if !self.node.hosts(p) {
+            return false;
+        }
+        match self.node.map() {
+            Some(map) => map
+                .replicas(p)
+                .is_none_or(|r| r.voters.contains(&self.node.node_id())),
+            None => true,
+        }
+    }
+
+    /// Wait until this node's replica of `p` has applied `floor`.
+    async fn reach_here(&self, p: PartitionId, floor: LogOffset) -> Result<(), ReadError> {
+        if floor == LogOffset(0) {
+            return Ok(());
+        }
+        let unavailable = |detail: String| ReadError::Unavailable {
+            partition: p,
+            detail,
+        };
+        match self.node.wait_for_offset(p, floor, READ_TIMEOUT).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(unavailable(format!(
+                "this node has not applied offset {floor} within {READ_TIMEOUT:?}"
+            ))),
+            Err(e) => Err(unavailable(e.to_string())),
+        }
     }
 
     /// The nodes to ask for `p`, in order: the leader the map hints, then the other voters.
@@ -268,14 +344,16 @@ impl Replicas {
         })
     }
 
-    /// One key of `p`'s handler state or derived data.
+    /// One key of `p`'s handler state or derived data, from a replica that has applied `floor`.
     pub async fn get(
         &self,
         p: PartitionId,
         space: Space,
         key: &[u8],
+        floor: LogOffset,
     ) -> Result<Option<Vec<u8>>, ReadError> {
-        if self.node.hosts(p) {
+        if self.here(p) {
+            self.reach_here(p, floor).await?;
             return Ok(match space {
                 Space::State => self.node.handler_get(p, key)?,
                 Space::Derived(ns) => self.node.derived().get(p, ns, key)?,
@@ -286,6 +364,7 @@ impl Replicas {
                 partition: p.0,
                 space: Some(space.to_pb()),
                 key: key.to_vec(),
+                min_offset: floor.0,
             };
             async move {
                 let reply = client
@@ -298,15 +377,18 @@ impl Replicas {
         .await
     }
 
-    /// Up to `limit` entries of `p`'s handler state with keys in `from..to`.
+    /// Up to `limit` entries of `p`'s handler state with keys in `from..to`, from a replica
+    /// that has applied `floor`.
     pub async fn scan_state(
         &self,
         p: PartitionId,
         from: &[u8],
         to: &[u8],
         limit: usize,
+        floor: LogOffset,
     ) -> Result<StateEntries, ReadError> {
-        if self.node.hosts(p) {
+        if self.here(p) {
+            self.reach_here(p, floor).await?;
             return Ok(self.node.handler_scan(p, from, to, limit)?);
         }
         self.remote(p, |mut client, secret| {
@@ -317,14 +399,28 @@ impl Replicas {
                 to: to.to_vec(),
                 prefix: Vec::new(),
                 limit: limit.min(MAX_ENTRIES) as u32,
+                min_offset: floor.0,
             };
             async move { scan_reply(client.scan(with_secret(request, &secret)).await?) }
         })
         .await
     }
 
+    /// Up to `limit` entries of `p`'s handler state whose keys start with `prefix`, from a
+    /// replica that has applied `floor`.
+    pub async fn scan_state_prefix(
+        &self,
+        p: PartitionId,
+        prefix: &[u8],
+        limit: usize,
+        floor: LogOffset,
+    ) -> Result<StateEntries, ReadError> {
+        let end = crate::codec::prefix_end(prefix);
+        self.scan_state(p, prefix, &end, limit, floor).await
+    }
+
     /// Up to `limit` entries of `p`'s derived namespace `ns` whose keys start with `prefix`,
-    /// from `from` on.
+    /// from `from` on, from a replica that has applied `floor`.
     pub async fn scan_derived(
         &self,
         p: PartitionId,
@@ -332,8 +428,10 @@ impl Replicas {
         prefix: &[u8],
         from: &[u8],
         limit: usize,
+        floor: LogOffset,
     ) -> Result<StateEntries, ReadError> {
-        if self.node.hosts(p) {
+        if self.here(p) {
+            self.reach_here(p, floor).await?;
             return Ok(self
                 .node
                 .derived()
@@ -349,6 +447,7 @@ impl Replicas {
                 to: Vec::new(),
                 prefix: prefix.to_vec(),
                 limit: limit.min(MAX_ENTRIES) as u32,
+                min_offset: floor.0,
             };
             async move { scan_reply(client.scan(with_secret(request, &secret)).await?) }
         })
@@ -363,19 +462,61 @@ impl Replicas {
         from: LogOffset,
         limit: usize,
     ) -> Result<(Vec<LogEvent>, LogOffset), ReadError> {
-        if let Ok(last) = self.node.last_offset(p) {
-            return Ok((self.node.read_events(p, from, limit)?, last));
+        if self.here(p) {
+            if let Ok(last) = self.node.last_offset(p) {
+                return Ok((self.node.read_events(p, from, limit)?, last));
+            }
         }
         self.remote(p, |mut client, secret| {
             let request = ReplicaEventsRequest {
                 partition: p.0,
                 from_offset: from.0,
                 limit: limit.min(MAX_EVENTS) as u32,
+                offsets: Vec::new(),
             };
             async move {
                 let reply = client.read_events(with_secret(request, &secret)).await?;
                 let reply = reply.into_inner();
                 Ok((reply.events, LogOffset(reply.last_offset)))
+            }
+        })
+        .await
+    }
+
+    /// The events of `p` at `offsets` (those that exist, in the order asked; at most
+    /// `MAX_EVENTS`), from a replica that has applied `floor`. The offsets come from a read of
+    /// the same partition (an index), so a replica that has applied them holds them.
+    pub async fn events_at(
+        &self,
+        p: PartitionId,
+        offsets: &[LogOffset],
+        floor: LogOffset,
+    ) -> Result<Vec<LogEvent>, ReadError> {
+        let offsets = &offsets[..offsets.len().min(MAX_EVENTS)];
+        let highest = offsets
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(LogOffset(0))
+            .max(floor);
+        if self.here(p) {
+            self.reach_here(p, highest).await?;
+            let mut events = Vec::with_capacity(offsets.len());
+            for &offset in offsets {
+                events.extend(self.node.read_event(p, offset)?);
+            }
+            return Ok(events);
+        }
+        self.remote(p, |mut client, secret| {
+            let request = ReplicaEventsRequest {
+                partition: p.0,
+                from_offset: 0,
+                limit: 0,
+                offsets: offsets.iter().map(|o| o.0).collect(),
+            };
+            async move {
+                let reply = client.read_events(with_secret(request, &secret)).await?;
+                Ok(reply.into_inner().events)
             }
         })
         .await
@@ -444,16 +585,25 @@ impl Replicas {
         tx: &tokio::sync::mpsc::Sender<LogEvent>,
     ) -> Result<(), ()> {
         for (id, addr) in self.candidates(p) {
-            let Ok((mut client, secret)) = self.node.replica_client(id, &addr) else {
-                continue;
+            let (mut client, secret) = match self.node.replica_client(id, &addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(%p, node = id, error = %e, "tail: no client");
+                    continue;
+                }
             };
             let request = ReplicaEventsRequest {
                 partition: p.0,
                 from_offset: next.0,
                 limit: 0,
+                offsets: Vec::new(),
             };
-            let Ok(stream) = client.tail(with_secret(request, &secret)).await else {
-                continue;
+            let stream = match client.tail(with_secret(request, &secret)).await {
+                Ok(stream) => stream,
+                Err(status) => {
+                    tracing::debug!(%p, node = id, %status, "tail: refused");
+                    continue;
+                }
             };
             let mut stream = stream.into_inner();
             let mut hosted = self.node.watch_hosted();
@@ -462,7 +612,14 @@ impl Replicas {
                     batch = stream.next() => batch,
                     _ = hosted.wait_for(|h| h.contains(&p)) => return Ok(()),
                 };
-                let Some(Ok(batch)) = batch else { break };
+                let batch = match batch {
+                    Some(Ok(batch)) => batch,
+                    Some(Err(status)) => {
+                        tracing::debug!(%p, node = id, %status, "tail: stream failed");
+                        break;
+                    }
+                    None => break,
+                };
                 for event in batch.events {
                     // A resumed stream starts where this one stopped: nothing twice.
                     if event.offset < next.0 {

@@ -6,7 +6,7 @@
 //! - [`event`]: [`ChatEventAt`], a chat event decoded from the log with its offset and time.
 //! - [`commands`]: one file per chat command, its checks before proposing beside its
 //!   deterministic apply; [`ChatHandler`] applies them on every replica.
-//! - [`reads`]: [`StateReader`], typed reads of chat state from this node's replica.
+//! - [`reads`]: [`StateReader`], typed reads of chat state from whichever replica holds it.
 //!
 //! The write path (validation, rate limits, routing, proposing or forwarding) is `chat-sequencer`;
 //! read models are `chat-projector`. Both build on this crate, as do the gateway, the bench and

@@ -1,13 +1,17 @@
-//! Typed reads of the chat state from this node's replica: who a device is, which chats a user
-//! is in, who is in a chat, where a device's cursor stands, a page of a chat's history. The
-//! gateway serves devices from these; they may lag the leader by what is not yet applied here
-//! (see `chat_sequencer::Sequencer::read_barrier` for the cases where that matters).
+//! Typed reads of the chat state: who a device is, which chats a user is in, who is in a chat,
+//! where a device's cursor stands, a page of a chat's history. Each read goes to the replica of
+//! the partition that owns the key — this node's when it holds it, another node's otherwise
+//! (`chat_log::Replicas`) — and sees what that replica has applied, which may trail the leader.
+//! A reader made with [`StateReader::fresh_at`] reads one partition only from a replica that has
+//! applied a given offset (a read index), for the cases where a write's effect must be seen
+//! (see `chat_sequencer::Sequencer::read_index`).
 
-use std::sync::Arc;
-
-use chat_log::{LogNode, LogOffset, PartitionId, StateEntries, StoreError};
+use chat_log::{
+    LogNode, LogOffset, PartitionId, ReadError, Replicas, Space, StateEntries, StoreError,
+};
 use chat_proto::chat_v1 as pb;
 use prost::Message as _;
+use std::sync::Arc;
 
 use crate::event::ChatEventAt;
 use crate::ids::{partition_of, ChatId, ChatSeq, DeviceId, UserId};
@@ -19,48 +23,85 @@ const SCAN_LIMIT: usize = 1 << 20;
 /// Most bytes of messages in one history page: well under gRPC's default 4 MiB message limit.
 /// A page of big messages stops short (the client asks again from its last seq).
 const MAX_HISTORY_PAGE_BYTES: usize = 2 * 1024 * 1024;
+/// Events fetched per read while a history page is filled.
+const HISTORY_CHUNK: usize = 64;
 
 #[derive(Clone)]
 pub struct StateReader {
-    node: Arc<LogNode>,
+    replicas: Replicas,
+    partitions: u32,
+    /// Reads of this partition go only to a replica that has applied this offset.
+    floor: Option<(PartitionId, LogOffset)>,
 }
 
 impl StateReader {
     pub fn new(node: Arc<LogNode>) -> Self {
-        StateReader { node }
+        StateReader {
+            partitions: node.partition_count(),
+            replicas: Replicas::new(node),
+            floor: None,
+        }
+    }
+
+    /// This reader, reading partition `p` only from a replica that has applied `offset`.
+    pub fn fresh_at(&self, p: PartitionId, offset: LogOffset) -> StateReader {
+        StateReader {
+            floor: Some((p, offset)),
+            ..self.clone()
+        }
     }
 
     /// The partition that owns `id`.
     pub fn partition(&self, id: u64) -> PartitionId {
-        partition_of(id, self.node.partition_count())
+        partition_of(id, self.partitions)
     }
 
-    fn get<T: state::Record>(
+    /// How many partitions the chat state is spread over.
+    pub fn partition_count(&self) -> u32 {
+        self.partitions
+    }
+
+    fn floor(&self, p: PartitionId) -> LogOffset {
+        match self.floor {
+            Some((q, offset)) if q == p => offset,
+            _ => LogOffset(0),
+        }
+    }
+
+    async fn get_raw(&self, p: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        self.replicas.get(p, Space::State, key, self.floor(p)).await
+    }
+
+    async fn get<T: state::Record>(
         &self,
         owner: u64,
         what: &str,
         key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
-        self.node
-            .handler_get(self.partition(owner), key)?
+    ) -> Result<Option<T>, ReadError> {
+        Ok(self
+            .get_raw(self.partition(owner), key)
+            .await?
             .map(|b| state::decode(what, &b))
-            .transpose()
+            .transpose()?)
     }
 
     /// Every handler entry of `p` whose key starts with `prefix`.
-    fn scan_prefix(&self, p: PartitionId, prefix: &[u8]) -> Result<StateEntries, StoreError> {
-        self.node.handler_scan_prefix(p, prefix, SCAN_LIMIT)
+    async fn scan_prefix(&self, p: PartitionId, prefix: &[u8]) -> Result<StateEntries, ReadError> {
+        self.replicas
+            .scan_state_prefix(p, prefix, SCAN_LIMIT, self.floor(p))
+            .await
     }
 
     /// `scan_prefix`, with each entry's id at `id_at` of its key and its decoded record.
-    fn scan_records<T: state::Record>(
+    async fn scan_records<T: state::Record>(
         &self,
         p: PartitionId,
         prefix: &[u8],
         id_at: usize,
         what: &str,
-    ) -> Result<Vec<(u64, T)>, StoreError> {
-        self.scan_prefix(p, prefix)?
+    ) -> Result<Vec<(u64, T)>, ReadError> {
+        self.scan_prefix(p, prefix)
+            .await?
             .into_iter()
             .map(|(k, v)| {
                 let id = state::u64_at(&k, id_at)
@@ -70,55 +111,65 @@ impl StateReader {
             .collect()
     }
 
-    pub fn user_exists(&self, user: UserId) -> Result<bool, StoreError> {
+    pub async fn user_exists(&self, user: UserId) -> Result<bool, ReadError> {
         Ok(self
-            .node
-            .handler_get(self.partition(user.0), &state::user_key(user))?
+            .get_raw(self.partition(user.0), &state::user_key(user))
+            .await?
             .is_some())
     }
 
-    pub fn user(&self, user: UserId) -> Result<Option<UserRecord>, StoreError> {
-        self.get(user.0, "user", &state::user_key(user))
+    pub async fn user(&self, user: UserId) -> Result<Option<UserRecord>, ReadError> {
+        self.get(user.0, "user", &state::user_key(user)).await
     }
 
-    pub fn device(
+    pub async fn device(
         &self,
         user: UserId,
         device: DeviceId,
-    ) -> Result<Option<DeviceRecord>, StoreError> {
+    ) -> Result<Option<DeviceRecord>, ReadError> {
         self.get(user.0, "device", &state::device_key(user, device))
+            .await
     }
 
     /// Every device of `user` with its record (revoked ones included).
-    pub fn devices(&self, user: UserId) -> Result<Vec<(DeviceId, DeviceRecord)>, StoreError> {
+    pub async fn devices(&self, user: UserId) -> Result<Vec<(DeviceId, DeviceRecord)>, ReadError> {
         let p = self.partition(user.0);
         Ok(self
-            .scan_records(p, &state::devices_prefix(user), 9, "device")?
+            .scan_records(p, &state::devices_prefix(user), 9, "device")
+            .await?
             .into_iter()
             .map(|(d, r)| (DeviceId(d), r))
             .collect())
     }
 
-    pub fn chat(&self, chat: ChatId) -> Result<Option<ChatRecord>, StoreError> {
-        self.get(chat.0, "chat", &state::chat_key(chat))
+    pub async fn chat(&self, chat: ChatId) -> Result<Option<ChatRecord>, ReadError> {
+        self.get(chat.0, "chat", &state::chat_key(chat)).await
     }
 
-    pub fn member(&self, chat: ChatId, user: UserId) -> Result<Option<MemberRecord>, StoreError> {
+    pub async fn member(
+        &self,
+        chat: ChatId,
+        user: UserId,
+    ) -> Result<Option<MemberRecord>, ReadError> {
         self.get(chat.0, "member", &state::member_key(chat, user))
+            .await
     }
 
     /// Every chat whose home is partition `p`, with its record.
-    pub fn chats_in(&self, p: PartitionId) -> Result<Vec<(ChatId, ChatRecord)>, StoreError> {
+    pub async fn chats_in(&self, p: PartitionId) -> Result<Vec<(ChatId, ChatRecord)>, ReadError> {
         Ok(self
-            .scan_records(p, state::CHATS_PREFIX, 1, "chat")?
+            .scan_records(p, state::CHATS_PREFIX, 1, "chat")
+            .await?
             .into_iter()
             .map(|(c, r)| (ChatId(c), r))
             .collect())
     }
 
     /// The members of `chat`, in user id order.
-    pub fn members(&self, chat: ChatId) -> Result<Vec<UserId>, StoreError> {
-        let entries = self.scan_prefix(self.partition(chat.0), &state::members_prefix(chat))?;
+    pub async fn members(&self, chat: ChatId) -> Result<Vec<UserId>, ReadError> {
+        let entries = self
+            .scan_prefix(self.partition(chat.0), &state::members_prefix(chat))
+            .await?;
         Ok(entries
             .iter()
             .filter_map(|(k, _)| state::u64_at(k, 9).map(UserId))
@@ -126,12 +177,13 @@ impl StateReader {
     }
 
     /// Every chat `user` is a member of: the `j` index of each partition (a chat's members are
-    /// recorded in the chat's partition, so this visits all of them).
-    pub fn user_chats(&self, user: UserId) -> Result<Vec<ChatId>, StoreError> {
+    /// recorded in the chat's partition, so this visits all of them, at once).
+    pub async fn user_chats(&self, user: UserId) -> Result<Vec<ChatId>, ReadError> {
         let prefix = state::user_chats_prefix(user);
+        let scans = (0..self.partitions).map(|p| self.scan_prefix(PartitionId(p), &prefix));
         let mut chats = Vec::new();
-        for p in 0..self.node.partition_count() {
-            for (key, _) in self.scan_prefix(PartitionId(p), &prefix)? {
+        for entries in futures::future::try_join_all(scans).await? {
+            for (key, _) in entries {
                 chats.extend(state::parse_user_chat_key(&key));
             }
         }
@@ -141,35 +193,34 @@ impl StateReader {
 
     /// The user's chat list as kept in the user's own partition by follow-ups (it trails the
     /// chats' partitions by the follow-up delay).
-    pub fn chat_list(&self, user: UserId) -> Result<Vec<ChatId>, StoreError> {
+    pub async fn chat_list(&self, user: UserId) -> Result<Vec<ChatId>, ReadError> {
         let p = self.partition(user.0);
         Ok(self
-            .scan_prefix(p, &state::chat_list_prefix(user))?
+            .scan_prefix(p, &state::chat_list_prefix(user))
+            .await?
             .into_iter()
             .filter_map(|(k, _)| state::parse_user_chat_key(&k))
             .collect())
     }
 
     /// How far partition `p`'s follow-ups are recorded as applied.
-    pub fn follow_ups_sent(&self, p: PartitionId) -> Result<u64, StoreError> {
-        match self.node.handler_get(p, state::FOLLOW_UPS_SENT_KEY)? {
-            Some(b) => state::decode_u64("follow-ups sent", &b),
+    pub async fn follow_ups_sent(&self, p: PartitionId) -> Result<u64, ReadError> {
+        match self.get_raw(p, state::FOLLOW_UPS_SENT_KEY).await? {
+            Some(b) => Ok(state::decode_u64("follow-ups sent", &b)?),
             None => Ok(0),
         }
     }
 
     /// The last seq acknowledged as delivered by `device` in `chat` (zero: none).
-    pub fn device_cursor(
+    pub async fn device_cursor(
         &self,
         chat: ChatId,
         user: UserId,
         device: DeviceId,
-    ) -> Result<ChatSeq, StoreError> {
-        match self.node.handler_get(
-            self.partition(chat.0),
-            &state::device_cursor_key(chat, user, device),
-        )? {
-            Some(b) => state::decode_u64("device cursor", &b).map(ChatSeq),
+    ) -> Result<ChatSeq, ReadError> {
+        let key = state::device_cursor_key(chat, user, device);
+        match self.get_raw(self.partition(chat.0), &key).await? {
+            Some(b) => Ok(state::decode_u64("device cursor", &b).map(ChatSeq)?),
             None => Ok(ChatSeq::ZERO),
         }
     }
@@ -177,43 +228,56 @@ impl StateReader {
 
 impl StateReader {
     /// Up to `limit` messages of `chat` with `after < seq < before` (`None`: no upper bound),
-    /// oldest first, and the chat's last seq; `None` if the chat does not exist here.
-    pub fn history(
+    /// oldest first, and the chat's last seq; `None` if the chat does not exist (as the replica
+    /// read knows it).
+    pub async fn history(
         &self,
         chat: ChatId,
         after: ChatSeq,
         before: Option<ChatSeq>,
         limit: u32,
-    ) -> Result<Option<pb::HistoryReply>, StoreError> {
-        let Some(record) = self.chat(chat)? else {
+    ) -> Result<Option<pb::HistoryReply>, ReadError> {
+        let Some(record) = self.chat(chat).await? else {
             return Ok(None);
         };
         let p = self.partition(chat.0);
         let from = state::index_key(chat, ChatSeq(after.0.saturating_add(1)));
         let to = state::index_key(chat, before.unwrap_or(ChatSeq(u64::MAX)));
+        let index = self
+            .replicas
+            .scan_state(p, &from, &to, limit as usize, self.floor(p))
+            .await?;
+        let offsets = index
+            .iter()
+            .map(|(_, offset)| state::decode_offset(offset).map(LogOffset))
+            .collect::<Result<Vec<_>, _>>()?;
+        let context = || format!("history of chat {chat}");
         let mut messages = Vec::new();
         let mut page_bytes = 0;
-        for (_, offset) in self.node.handler_scan(p, &from, &to, limit as usize)? {
-            let offset = LogOffset(state::decode_offset(&offset)?);
-            let event = self.node.read_event(p, offset)?.ok_or_else(|| {
-                StoreError::decode(
-                    format!("history of chat {chat}"),
-                    format!("index points at missing offset {offset}"),
-                )
-            })?;
-            let message = ChatEventAt::message(&event)
-                .map_err(|e| StoreError::decode(format!("history of chat {chat}"), e))?
-                .ok_or_else(|| {
-                    StoreError::decode(
-                        format!("history of chat {chat}"),
-                        format!("offset {offset} is not a message"),
+        // A few events per read: a page stops at MAX_HISTORY_PAGE_BYTES, so most of a page of
+        // big messages is never fetched.
+        'page: for chunk in offsets.chunks(HISTORY_CHUNK) {
+            let events = self.replicas.events_at(p, chunk, self.floor(p)).await?;
+            let mut events = events.into_iter();
+            for &offset in chunk {
+                let Some(event) = events.next().filter(|e| e.offset == offset.0) else {
+                    return Err(StoreError::decode(
+                        context(),
+                        format!("index points at missing offset {offset}"),
                     )
-                })?;
-            page_bytes += message.encoded_len();
-            if page_bytes > MAX_HISTORY_PAGE_BYTES && !messages.is_empty() {
-                break;
+                    .into());
+                };
+                let message = ChatEventAt::message(&event)
+                    .map_err(|e| StoreError::decode(context(), e))?
+                    .ok_or_else(|| {
+                        StoreError::decode(context(), format!("offset {offset} is not a message"))
+                    })?;
+                page_bytes += message.encoded_len();
+                if page_bytes > MAX_HISTORY_PAGE_BYTES && !messages.is_empty() {
+                    break 'page;
+                }
+                messages.push(message);
             }
-            messages.push(message);
         }
         Ok(Some(pb::HistoryReply {
             messages,

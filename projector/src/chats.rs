@@ -30,7 +30,7 @@
 
 use std::collections::HashSet;
 
-use chat_log::StoreError;
+use chat_log::{ReadError, StoreError};
 use chat_model::ids::{ChatId, ChatSeq, UserId};
 use chat_model::state::{decode, encode};
 use chat_model::ChatEventAt;
@@ -38,7 +38,7 @@ use chat_proto::chat_v1::chat_event;
 use chat_proto::log::LogEvent;
 
 use crate::runner::{Change, Projection};
-use crate::store::{LiveView, ProjectionId, Txn};
+use crate::store::{ProjectionId, ReplicaView, Txn};
 
 pub const CHATS_PROJECTION_ID: ProjectionId = ProjectionId(2);
 pub const CHATS_PROJECTION: &str = "chats";
@@ -538,21 +538,29 @@ pub struct InboxEntry {
     pub ticks: Ticks,
 }
 
-/// `user`'s inbox entry for `chat`, from the partition `view` reads (the chat's).
-pub fn inbox_entry(
-    view: &LiveView<'_>,
+/// `user`'s inbox entry for `chat`, from the partition `view` reads (the chat's). Its three
+/// keys are read at once.
+pub async fn inbox_entry(
+    view: &ReplicaView,
     user: u64,
     chat: u64,
-) -> Result<Option<InboxEntry>, StoreError> {
-    let summary: ChatSummary = match view.get(&summary_key(chat))? {
+) -> Result<Option<InboxEntry>, ReadError> {
+    let keys = [
+        summary_key(chat),
+        mark_key(chat, user),
+        chat_prefix(LOWEST, chat),
+    ];
+    let (summary, mark, lowest) =
+        futures::try_join!(view.get(&keys[0]), view.get(&keys[1]), view.get(&keys[2]))?;
+    let summary: ChatSummary = match summary {
         Some(b) => decode("chat summary", &b)?,
         None => return Ok(None),
     };
-    let Some(mark) = view.get(&mark_key(chat, user))? else {
+    let Some(mark) = mark else {
         return Ok(None); // not (or no longer) a member
     };
     let mark: Mark = decode("chat mark", &mark)?;
-    let lowest = match view.get(&chat_prefix(LOWEST, chat))? {
+    let lowest = match lowest {
         Some(bytes) => Lowest::decode(&bytes)?,
         None => Lowest::default(),
     };

@@ -16,7 +16,10 @@
 
 use std::collections::BTreeMap;
 
-use chat_log::{DerivedStore, DerivedView, Durability, Namespace, PartitionId, StoreError};
+use chat_log::{
+    DerivedStore, DerivedView, Durability, LogOffset, Namespace, PartitionId, ReadError, Replicas,
+    Space, StoreError,
+};
 use chat_model::state::{decode, encode};
 use sha2::{Digest, Sha256};
 
@@ -193,6 +196,49 @@ impl ProjectionStore {
 
 /// (key, value) pairs of a projection, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A projection's live copy read key by key through [`Replicas`]: from this node's replica of
+/// the partition when it holds one, otherwise from a node that does. Unlike [`LiveView`], each
+/// read is its own (two keys may come from two points of the partition's history).
+pub struct ReplicaView {
+    replicas: Replicas,
+    partition: PartitionId,
+    namespace: Namespace,
+    prefix: Vec<u8>,
+}
+
+impl ReplicaView {
+    /// The live copy of `projection` in partition `p`, as a replica of `p` has it now.
+    pub async fn open(
+        replicas: Replicas,
+        p: PartitionId,
+        projection: ProjectionId,
+    ) -> Result<ReplicaView, ReadError> {
+        let namespace = Namespace::from(projection);
+        let live = replicas
+            .get(p, Space::Derived(namespace), LIVE, LogOffset(0))
+            .await?;
+        let cursor = decode_cursor(live)?.unwrap_or_default();
+        Ok(ReplicaView {
+            replicas,
+            partition: p,
+            namespace,
+            prefix: data_prefix(cursor.generation),
+        })
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        let key = [self.prefix.as_slice(), key].concat();
+        self.replicas
+            .get(
+                self.partition,
+                Space::Derived(self.namespace),
+                &key,
+                LogOffset(0),
+            )
+            .await
+    }
+}
 
 /// A consistent read-only view of a projection's live copy.
 pub struct LiveView<'a> {

@@ -1,8 +1,8 @@
 //! [`SeqError`], why a command was not applied, and its mappings: onto gRPC statuses (and back,
-//! for a forwarded call's answer), from the log's [`ProposeError`], from a command's failed
+//! for a forwarded call's answer), from the log's [`ProposeError`] and [`ReadError`], from a command's failed
 //! checks ([`Invalid`]), and from a proposal's outcome (`reply_of`).
 
-use chat_log::{CommandOutcome, ProposalOutcome, ProposeError, RejectCode};
+use chat_log::{CommandOutcome, ProposalOutcome, ProposeError, ReadError, RejectCode};
 use chat_model::commands::Invalid;
 use chat_proto::chat_v1::{self as pb, command_reply};
 use chat_proto::LeaderHint;
@@ -100,6 +100,20 @@ impl From<ProposeError> for SeqError {
                 code: RejectCode::NotFound,
                 message,
             },
+        }
+    }
+}
+
+/// A read of chat state failed: UNAVAILABLE when no replica answered, INTERNAL for a storage
+/// error (a corrupt record, a disk error).
+impl From<ReadError> for SeqError {
+    fn from(e: ReadError) -> SeqError {
+        match e {
+            ReadError::Unavailable { .. } => SeqError::Unavailable {
+                message: e.to_string(),
+                hint: None,
+            },
+            ReadError::Store(e) => SeqError::Internal(e.to_string()),
         }
     }
 }

@@ -1,8 +1,7 @@
 //! Reaching the leader of a partition on another node: one `chat.v1.Sequencer` client per peer
 //! address (behind the cluster secret, from this node's bind address), forwarding a command to
 //! the leader once (on the peer's `Forward` stream, shared by every forwarded command; see
-//! `chat_log::network::mux`), and the read barrier (the leader's Raft read index, then a wait
-//! for the local apply).
+//! `chat_log::network::mux`), and the read index (the leader's, asked of it where it is).
 //!
 //! Used by [`Sequencer`](crate::Sequencer), which decides when to forward; uses nothing of it.
 
@@ -160,13 +159,12 @@ impl Forwarder {
         Ok(client)
     }
 
-    /// See [`Sequencer::read_barrier`](crate::Sequencer::read_barrier); `timeout` bounds each
-    /// wait.
-    pub(crate) async fn read_barrier(
+    /// See [`Sequencer::read_index`](crate::Sequencer::read_index); `timeout` bounds the wait.
+    pub(crate) async fn read_index(
         &self,
         p: PartitionId,
         timeout: Duration,
-    ) -> Result<(), SeqError> {
+    ) -> Result<LogOffset, SeqError> {
         // Without a quorum the leader cannot confirm its term; do not wait for ever.
         let local = tokio::time::timeout(timeout, self.node.read_index(p))
             .await
@@ -191,13 +189,6 @@ impl Forwarder {
                 None => return Err(e.into()),
             },
         };
-        if self.node.wait_for_offset(p, offset, timeout).await? {
-            Ok(())
-        } else {
-            Err(SeqError::Unavailable {
-                message: format!("this node's replica of {p} is behind offset {offset}"),
-                hint: None,
-            })
-        }
+        Ok(offset)
     }
 }

@@ -171,9 +171,10 @@ impl Sequencer {
     }
 
     /// Messages of `chat` with `after < seq < before` (no `before`: unbounded), oldest first,
-    /// from this node's replica (which may lag the leader by what is not yet applied here).
-    /// `limit` is clamped to the configured page size (0: 50).
-    pub fn history(
+    /// from a replica of the chat's partition (this node's if it holds it; it may lag the
+    /// leader by what it has not applied yet). `limit` is clamped to the configured page size
+    /// (0: 50).
+    pub async fn history(
         &self,
         chat: ChatId,
         after: ChatSeq,
@@ -186,7 +187,8 @@ impl Sequencer {
         };
         StateReader::new(self.node.clone())
             .history(chat, after, before, limit)
-            .map_err(|e| SeqError::Internal(e.to_string()))?
+            .await
+            .map_err(SeqError::from)?
             .ok_or_else(|| SeqError::Rejected {
                 code: RejectCode::NotFound,
                 message: format!("chat {chat} does not exist"),

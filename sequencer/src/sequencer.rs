@@ -16,7 +16,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_log::{Dispatch, LogNode, PartitionId, RejectCode};
+use chat_log::{Dispatch, LogNode, LogOffset, PartitionId, RejectCode};
 use chat_model::commands::{self, ChatCommand, CheckContext, CHAT_COMMAND_TAG};
 use chat_proto::chat_v1::{self as pb, command, command_reply};
 use chat_proto::AttachSecret;
@@ -178,13 +178,12 @@ impl Sequencer {
         C::reply(self.run(command.into_kind(), within).await?).map_err(unexpected)
     }
 
-    /// Make this node's replica of `p` reflect every write acknowledged before the call (a Raft
-    /// read index, asked of the leader, then a wait for the local apply). Costs a quorum round
-    /// trip: callers use it when a local read missed something that may just not be applied
-    /// here yet (a device registered through another node, say).
-    pub async fn read_barrier(&self, p: PartitionId) -> Result<(), SeqError> {
+    /// An offset of `p` that covers every write acknowledged before the call: a Raft read index,
+    /// asked of the leader (a quorum round trip). A read from a replica that has applied it
+    /// (`chat_model::StateReader::fresh_at`) sees all those writes, wherever the replica is.
+    pub async fn read_index(&self, p: PartitionId) -> Result<LogOffset, SeqError> {
         self.forwarder
-            .read_barrier(p, self.config.submit_timeout)
+            .read_index(p, self.config.submit_timeout)
             .await
     }
 }

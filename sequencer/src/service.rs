@@ -90,12 +90,15 @@ impl SequencerRpc for SequencerService {
         request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryReply>, Status> {
         let r = request.into_inner();
-        let reply = self.sequencer.history(
-            ChatId(r.chat_id),
-            ChatSeq(r.after_seq),
-            ChatSeq::bound(r.before_seq),
-            r.limit,
-        )?;
+        let reply = self
+            .sequencer
+            .history(
+                ChatId(r.chat_id),
+                ChatSeq(r.after_seq),
+                ChatSeq::bound(r.before_seq),
+                r.limit,
+            )
+            .await?;
         Ok(Response::new(reply))
     }
 

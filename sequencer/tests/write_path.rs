@@ -202,7 +202,7 @@ async fn sends_are_ordered_idempotent_and_validated() {
             i
         );
     }
-    let page = seq.history(chat, ChatSeq(0), None, 10).unwrap();
+    let page = seq.history(chat, ChatSeq(0), None, 10).await.unwrap();
     assert_eq!(
         page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
         (1..=10).collect::<Vec<_>>()
@@ -211,6 +211,7 @@ async fn sends_are_ordered_idempotent_and_validated() {
     assert_eq!(page.messages[0].payload, b"hi bob");
     let mid = seq
         .history(chat, ChatSeq(10), Some(ChatSeq(15)), 100)
+        .await
         .unwrap();
     assert_eq!(
         mid.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
@@ -221,7 +222,11 @@ async fn sends_are_ordered_idempotent_and_validated() {
         .iter()
         .all(|m| m.chat_id == chat.0 && m.offset > 0));
     assert_eq!(
-        code(seq.history(unknown, ChatSeq(0), None, 10).unwrap_err()),
+        code(
+            seq.history(unknown, ChatSeq(0), None, 10)
+                .await
+                .unwrap_err()
+        ),
         RejectCode::NotFound
     );
 
@@ -257,7 +262,7 @@ async fn sends_are_ordered_idempotent_and_validated() {
     assert_eq!(code(e), RejectCode::PermissionDenied);
 
     // A partition the cluster does not have: NOT_FOUND, as the log maps it.
-    let e = seq.read_barrier(PartitionId(PARTITIONS)).await.unwrap_err();
+    let e = seq.read_index(PartitionId(PARTITIONS)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     assert!(e.to_string().contains("does not exist"), "{e}");
 

@@ -24,7 +24,7 @@ pub mod sink;
 
 pub use sink::{LogSink, Notification, PushSink, WebhookConfig, WebhookSink};
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Notice};
 use crate::presence::ClusterPresence;
 
 /// Messages waiting to be counted, and batches waiting for the sink.
@@ -46,7 +46,6 @@ pub fn start(
     let notifier = Notifier {
         reads: StateReader::new(node.clone()),
         node,
-        hub,
         presence,
         batches,
         pending: BTreeMap::new(),
@@ -57,7 +56,6 @@ pub fn start(
 struct Notifier {
     node: Arc<LogNode>,
     reads: StateReader,
-    hub: Arc<Hub>,
     presence: Arc<ClusterPresence>,
     batches: mpsc::Sender<Vec<Notification>>,
     /// (user, chat) → (messages, last seq) since the last flush.
@@ -65,12 +63,12 @@ struct Notifier {
 }
 
 impl Notifier {
-    async fn run(mut self, mut messages: mpsc::Receiver<Arc<pb::Message>>, every: Duration) {
+    async fn run(mut self, mut messages: mpsc::Receiver<Notice>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
                 m = messages.recv() => match m {
-                    Some(m) => self.count(&m),
+                    Some((m, members)) => self.count(&m, &members),
                     None => return,
                 },
                 _ = tick.tick() => self.flush().await,
@@ -78,12 +76,12 @@ impl Notifier {
         }
     }
 
-    fn count(&mut self, m: &pb::Message) {
+    fn count(&mut self, m: &pb::Message, members: &[UserId]) {
         let chat = ChatId(m.chat_id);
         if !self.node.is_leader(self.reads.partition(chat.0)) {
             return;
         }
-        for &user in self.hub.chat_members(chat).iter() {
+        for &user in members {
             if user.0 == m.sender_user {
                 continue;
             }
@@ -107,7 +105,7 @@ impl Notifier {
             .collect();
         let mut batch = Vec::new();
         for ((user, chat), (count, last_seq)) in pending {
-            let devices = match self.reads.devices(user) {
+            let devices = match self.reads.devices(user).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(%user, error = %e, "reading devices for notifications");

@@ -1,5 +1,6 @@
 //! Snapshots as RocksDB views: taking one writes nothing, what it holds does not move when the
-//! partition applies more, and installing it elsewhere gives the same partition.
+//! partition applies more, it travels as a stream of parts, and installing it elsewhere (even
+//! across a stop part way through) gives the same partition.
 
 use std::sync::Arc;
 
@@ -10,6 +11,8 @@ use tokio::io::AsyncReadExt;
 use crate::apply::{ApplyContext, CommandHandler};
 use crate::disk::{DiskConfig, DiskGuard};
 use crate::engine::{Engine, StoreError};
+use crate::store::snapshot::{PartReader, SnapshotContent, PART_BYTES};
+use crate::store::state_machine::{AppliedState, Install};
 use crate::store::{Leading, PartitionStateMachine, StateCache, TypeConfig};
 use crate::types::{CommandOutcome, PartitionId, Proposal};
 
@@ -59,14 +62,40 @@ fn open(dir: &std::path::Path) -> (Arc<Engine>, PartitionStateMachine) {
 
 /// Apply entries `from..to`, one command each.
 async fn apply(sm: &mut PartitionStateMachine, from: u64, to: u64) {
+    apply_sized(sm, from, to, 0).await
+}
+
+/// Apply entries `from..to`, one command each, padded with `pad` bytes.
+async fn apply_sized(sm: &mut PartitionStateMachine, from: u64, to: u64, pad: usize) {
     let entries = (from..to).map(|index| Entry::<TypeConfig> {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(Proposal {
             timestamp_ms: 0,
-            commands: vec![format!("command {index}").into_bytes()],
+            commands: vec![format!("command {index} {}", "x".repeat(pad)).into_bytes()],
         }),
     });
     sm.apply(entries).await.unwrap();
+}
+
+/// The parts of a snapshot stream.
+fn parts_of(bytes: &[u8]) -> Vec<SnapshotContent> {
+    let mut reader = PartReader::new(P, bytes).unwrap();
+    std::iter::from_fn(|| reader.next_part().unwrap()).collect()
+}
+
+/// A snapshot stream's parts merged into one content.
+fn content_of(bytes: &[u8]) -> SnapshotContent {
+    let parts = parts_of(bytes);
+    let mut whole = SnapshotContent {
+        last_offset: parts[0].last_offset,
+        state: Vec::new(),
+        events: Vec::new(),
+    };
+    for part in parts {
+        whole.state.extend(part.state);
+        whole.events.extend(part.events);
+    }
+    whole
 }
 
 async fn bytes_of(snapshot: Snapshot<TypeConfig>) -> Vec<u8> {
@@ -99,7 +128,7 @@ async fn building_a_snapshot_writes_nothing_and_its_view_stays_put() {
     // The partition moves on; the snapshot still shows the point it was taken at.
     apply(&mut sm, 501, 601).await;
     let bytes = bytes_of(snapshot).await;
-    let content = super::snapshot::SnapshotContent::from_bytes(P, &bytes).unwrap();
+    let content = content_of(&bytes);
     assert_eq!(content.last_offset.0, 500);
     assert_eq!(content.events.len(), 500);
     let count = content.state.iter().find(|(k, _)| k == b"count").unwrap();
@@ -145,4 +174,90 @@ async fn a_snapshot_installed_elsewhere_gives_the_same_partition() {
         .get(crate::codec::cf::EVENTS, &key)
         .unwrap()
         .is_some());
+}
+
+#[tokio::test]
+async fn a_big_snapshot_travels_in_parts_and_an_interrupted_install_finishes_at_open() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_, mut source) = open(a.path());
+    // About 4 MiB of state and 4 MiB of events: several parts each.
+    apply_sized(&mut source, 1, 2001, 2000).await;
+    let snapshot = source.get_current_snapshot().await.unwrap().unwrap();
+    let meta = snapshot.meta.clone();
+    let bytes = bytes_of(snapshot).await;
+    let parts = parts_of(&bytes);
+    assert!(parts.len() >= 6, "{} parts", parts.len());
+    for part in &parts {
+        let size: usize = part
+            .state
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            + part.events.iter().map(|(_, e)| e.len() + 8).sum::<usize>();
+        assert!(size < PART_BYTES + 8 * 1024, "a part of {size} bytes");
+    }
+    let whole = content_of(&bytes);
+    assert_eq!(whole.events.len(), 2000);
+    assert_eq!(whole.state.len(), 2001);
+
+    // Receive it, then stop after the partition was emptied and one part written.
+    let (target_engine, mut target) = open(b.path());
+    apply(&mut target, 1, 11).await;
+    let mut incoming = target.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut incoming, &bytes)
+        .await
+        .unwrap();
+    let received = incoming.into_received(&target_engine, P).await.unwrap();
+    let install = Install {
+        engine: &target_engine,
+        partition: P,
+    };
+    let last_offset = install.check_and_keep(&received).unwrap();
+    assert_eq!(last_offset.0, 2000);
+    let state = AppliedState {
+        applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+        last_offset,
+    };
+    target_engine
+        .write(install.begin_batch(&state), crate::engine::Durability::Sync)
+        .unwrap();
+    let first = install.part_batches().unwrap().next().unwrap().unwrap();
+    target_engine
+        .write(first, crate::engine::Durability::Sync)
+        .unwrap();
+    drop(target);
+    drop(target_engine);
+
+    // The next open finishes it: the same partition as the source's, and the file is gone.
+    let (target_engine, mut target) = open(b.path());
+    let (applied, _) = target.applied_state().await.unwrap();
+    assert_eq!(applied, meta.last_log_id);
+    let again = target.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(bytes_of(again).await, bytes);
+    assert!(!crate::store::snapshot::installing_path(&target_engine, P).exists());
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_is_refused_and_changes_nothing() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_, mut source) = open(a.path());
+    apply(&mut source, 1, 101).await;
+    let snapshot = source.get_current_snapshot().await.unwrap().unwrap();
+    let meta = snapshot.meta.clone();
+    let mut bytes = bytes_of(snapshot).await;
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0xff;
+
+    let (_, mut target) = open(b.path());
+    apply(&mut target, 1, 11).await;
+    let before = target.applied_state().await.unwrap().0;
+    let mut incoming = target.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut incoming, &bytes)
+        .await
+        .unwrap();
+    let err = target.install_snapshot(&meta, incoming).await.unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+    assert_eq!(target.applied_state().await.unwrap().0, before);
+    apply(&mut target, 11, 12).await;
 }

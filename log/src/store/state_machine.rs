@@ -18,7 +18,7 @@ use openraft::{
 use rocksdb::WriteBatch;
 use tokio::sync::{watch, Mutex};
 
-use super::snapshot::{self, SnapshotContent, SnapshotData, SnapshotMeta};
+use super::snapshot::{self, PartReader, SnapshotContent, SnapshotData, SnapshotMeta};
 use super::storage_error;
 use crate::apply::{ApplyBatch, ApplyContext, CommandHandler};
 use crate::codec::{self, cf, StateNs};
@@ -33,6 +33,9 @@ type Membership = StoredMembership<NodeId, Node>;
 
 /// The log's own state key of a partition: its [`AppliedState`].
 const KEY_APPLIED: &[u8] = b"applied";
+/// The log's own state key of a partition whose snapshot install is under way: the
+/// [`AppliedState`] the install ends at (see [`Install`]).
+const KEY_INSTALLING: &[u8] = b"installing";
 
 /// The state machine of one partition.
 pub struct PartitionStateMachine {
@@ -55,10 +58,10 @@ pub struct PartitionStateMachine {
 
 /// The applied position of a partition, stored as one record so its parts change together.
 #[derive(Default)]
-struct AppliedState {
-    applied: Option<LogId<NodeId>>,
-    membership: Membership,
-    last_offset: LogOffset,
+pub(super) struct AppliedState {
+    pub(super) applied: Option<LogId<NodeId>>,
+    pub(super) membership: Membership,
+    pub(super) last_offset: LogOffset,
 }
 
 impl Wire for AppliedState {
@@ -81,6 +84,138 @@ impl Wire for AppliedState {
 
 fn applied_key(p: PartitionId) -> Vec<u8> {
     codec::state_key(p, StateNs::System, KEY_APPLIED)
+}
+
+fn installing_key(p: PartitionId) -> Vec<u8> {
+    codec::state_key(p, StateNs::System, KEY_INSTALLING)
+}
+
+/// Installing a received snapshot, part by part, so that memory does not grow with the
+/// partition, and crash-safe through a journal:
+///
+/// 1. every part of the received file is checked (crc32, format, one last offset) before
+///    anything is replaced, and the file is renamed to `<p>.installing` (synced);
+/// 2. one synced batch deletes the partition's state and events and records `installing`
+///    with the applied state the install ends at;
+/// 3. each part is written in a batch of its own;
+/// 4. one synced batch writes the applied state and deletes `installing`; the file goes.
+///
+/// A node that stops between 2 and 4 finds `installing` at the next start and does 3 and 4
+/// again from the kept file ([`Install::resume`]): the parts' writes are idempotent.
+pub(super) struct Install<'a> {
+    pub(super) engine: &'a Engine,
+    pub(super) partition: PartitionId,
+}
+
+impl Install<'_> {
+    /// Step 1: the received file checked and renamed; its last offset.
+    pub(super) fn check_and_keep(
+        &self,
+        received: &std::path::Path,
+    ) -> Result<LogOffset, StoreError> {
+        let p = self.partition;
+        let mut parts = PartReader::new(p, self.open(received)?)?;
+        let mut last_offset = None;
+        while let Some(part) = parts.next_part()? {
+            last_offset = Some(part.last_offset);
+        }
+        let last_offset = last_offset
+            .ok_or_else(|| StoreError::decode(format!("snapshot data of {p}"), "no parts"))?;
+        let keep = snapshot::installing_path(self.engine, p);
+        snapshot::rename_synced(received, &keep).map_err(|e| self.file_error(&keep, e))?;
+        Ok(last_offset)
+    }
+
+    /// Step 2: the partition emptied, and the install recorded as under way.
+    pub(super) fn begin_batch(&self, target: &AppliedState) -> WriteBatch {
+        let p = self.partition;
+        let mut batch = WriteBatch::default();
+        let (start, end) = (codec::partition_start(p), codec::partition_end(p));
+        self.engine
+            .delete_range(&mut batch, cf::STATE, &start, &end);
+        self.engine
+            .delete_range(&mut batch, cf::EVENTS, &start, &end);
+        self.engine
+            .put_framed(&mut batch, cf::STATE, &installing_key(p), &encode(target));
+        batch
+    }
+
+    /// Step 3: the kept file's parts, a batch each.
+    pub(super) fn part_batches(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<WriteBatch, StoreError>> + '_, StoreError> {
+        let p = self.partition;
+        let keep = snapshot::installing_path(self.engine, p);
+        let mut parts = PartReader::new(p, self.open(&keep)?)?;
+        Ok(std::iter::from_fn(move || parts.next_part().transpose())
+            .map(move |part| part.map(|part| self.part_batch(&part))))
+    }
+
+    fn part_batch(&self, part: &SnapshotContent) -> WriteBatch {
+        let p = self.partition;
+        let mut batch = WriteBatch::default();
+        for (key, value) in &part.state {
+            let key = codec::state_key(p, StateNs::Handler, key);
+            self.engine.put_framed(&mut batch, cf::STATE, &key, value);
+        }
+        for (offset, event) in &part.events {
+            self.engine
+                .put_framed(&mut batch, cf::EVENTS, &codec::event_key(p, *offset), event);
+        }
+        batch
+    }
+
+    /// Step 4: the applied state written, the install no longer under way.
+    pub(super) fn end_batch(&self, target: &AppliedState) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        put_applied_state(self.engine, &mut batch, self.partition, target);
+        self.engine
+            .delete(&mut batch, cf::STATE, &installing_key(self.partition));
+        batch
+    }
+
+    /// After step 4: the kept file is no longer needed.
+    fn remove_file(&self) {
+        let keep = snapshot::installing_path(self.engine, self.partition);
+        if let Err(e) = std::fs::remove_file(&keep) {
+            tracing::warn!(path = %keep.display(), error = %e, "an installed snapshot's file was not removed");
+        }
+    }
+
+    /// At open: finish an install a stop interrupted (steps 3 and 4), and drop a half-received
+    /// snapshot (its sender sends it again).
+    fn resume(&self) -> Result<(), StoreError> {
+        let p = self.partition;
+        let _ = std::fs::remove_file(snapshot::receiving_path(self.engine, p));
+        let Some(bytes) = self.engine.get(cf::STATE, &installing_key(p))? else {
+            return Ok(());
+        };
+        let target: AppliedState = decode(&format!("{p} snapshot install"), &bytes)?;
+        tracing::warn!(partition = %p, "finishing a snapshot install that a stop interrupted");
+        for batch in self.part_batches()? {
+            self.engine.write(batch?, Durability::Buffered)?;
+        }
+        self.engine
+            .write(self.end_batch(&target), Durability::Sync)?;
+        self.remove_file();
+        Ok(())
+    }
+
+    fn open(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<std::io::BufReader<std::fs::File>, StoreError> {
+        std::fs::File::open(path)
+            .map(|f| std::io::BufReader::with_capacity(1 << 20, f))
+            .map_err(|e| self.file_error(path, e))
+    }
+
+    fn file_error(&self, path: &std::path::Path, e: std::io::Error) -> StoreError {
+        StoreError::decode(
+            format!("the snapshot file {} of {}", path.display(), self.partition),
+            e,
+        )
+    }
 }
 
 /// Partition `p`'s applied state as of `at` when given (nothing applied yet: the default).
@@ -162,6 +297,11 @@ impl PartitionStateMachine {
         leading: Leading,
         cache: StateCache,
     ) -> Result<(Self, watch::Receiver<LogOffset>), StoreError> {
+        Install {
+            engine: &engine,
+            partition,
+        }
+        .resume()?;
         let stored = read_applied_state(&engine, None, partition)?;
         // Best effort: a node restarted on a full disk must still open (see `disk.rs`).
         if let Err(e) = clear_legacy_manifest(&engine, partition) {
@@ -277,7 +417,13 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotData>> {
-        Ok(Box::new(SnapshotData::empty()))
+        let data = SnapshotData::receiving(&self.engine, self.partition)
+            .await
+            .map_err(|e| {
+                let e = StoreError::decode("a file to receive a snapshot into", e);
+                storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e)
+            })?;
+        Ok(Box::new(data))
     }
 
     async fn install_snapshot(
@@ -293,40 +439,46 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                 e,
             )
         };
-        let bytes = snapshot.into_bytes().map_err(snapshot_error)?;
-        let content = SnapshotContent::from_bytes(p, &bytes).map_err(snapshot_error)?;
+        let received = snapshot
+            .into_received(&self.engine, p)
+            .await
+            .map_err(snapshot_error)?;
+        let install = Install {
+            engine: &self.engine,
+            partition: p,
+        };
+        // Checked whole before anything is replaced: a damaged snapshot changes nothing.
+        let last_offset = install.check_and_keep(&received).map_err(snapshot_error)?;
+        let state = AppliedState {
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            last_offset,
+        };
 
         let write_lock = self.write_lock.clone();
         let _guard = write_lock.lock().await;
         // Whether or not the install succeeds, an empty cache is a true one.
         self.cache.clear();
-
-        // Replace everything the partition's state machine owns with the snapshot, atomically.
-        let mut batch = WriteBatch::default();
-        let (start, end) = (codec::partition_start(p), codec::partition_end(p));
-        batch.delete_range_cf(self.engine.cf(cf::STATE), &start, &end);
-        batch.delete_range_cf(self.engine.cf(cf::EVENTS), &start, &end);
-        for (key, value) in &content.state {
-            let key = codec::state_key(p, StateNs::Handler, key);
-            self.engine.put_framed(&mut batch, cf::STATE, &key, value);
-        }
-        for (offset, event) in &content.events {
-            self.engine
-                .put_framed(&mut batch, cf::EVENTS, &codec::event_key(p, *offset), event);
-        }
-        let state = AppliedState {
-            applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-            last_offset: content.last_offset,
-        };
-        put_applied_state(&self.engine, &mut batch, p, &state);
-        self.engine
-            .write_growing(batch, Durability::Sync, false)
+        let engine = &self.engine;
+        engine
+            .write_growing(install.begin_batch(&state), Durability::Sync, false)
             .await
             .map_err(snapshot_error)?;
+        for batch in install.part_batches().map_err(snapshot_error)? {
+            let batch = batch.map_err(snapshot_error)?;
+            engine
+                .write_growing(batch, Durability::Buffered, false)
+                .await
+                .map_err(snapshot_error)?;
+        }
+        engine
+            .write_growing(install.end_batch(&state), Durability::Sync, false)
+            .await
+            .map_err(snapshot_error)?;
+        install.remove_file();
 
         metrics::counter!("chatd_snapshots_installed_total").increment(1);
-        tracing::info!(partition = %p, last_log_id = ?meta.last_log_id, last_offset = %content.last_offset, "installed snapshot");
+        tracing::info!(partition = %p, last_log_id = ?meta.last_log_id, last_offset = %state.last_offset, "installed snapshot");
         self.applied = state.applied;
         self.membership = state.membership;
         self.last_offset = state.last_offset;

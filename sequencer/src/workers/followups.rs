@@ -97,7 +97,7 @@ async fn round(
     let (next, recorded) = match cursors.get(&p.0) {
         Some(&c) => c,
         None => (
-            reads.follow_ups_sent(p).map_err(|e| e.to_string())? + 1,
+            reads.follow_ups_sent(p).await.map_err(|e| e.to_string())? + 1,
             Instant::now(),
         ),
     };

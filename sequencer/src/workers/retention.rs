@@ -79,14 +79,14 @@ async fn sweep(
     p: PartitionId,
 ) -> Result<(), String> {
     let cutoff = now_ms().saturating_sub(config.expire_after.as_millis() as u64);
-    for (chat, record) in reads.chats_in(p).map_err(|e| e.to_string())? {
+    for (chat, record) in reads.chats_in(p).await.map_err(|e| e.to_string())? {
         let expired = ChatSeq(record.expired_up_to);
         if record.last_seq() <= expired {
             continue;
         }
-        let mut cut = time_cut(sequencer, chat, &record, cutoff)?;
+        let mut cut = time_cut(sequencer, chat, &record, cutoff).await?;
         if config.delete_when_delivered {
-            cut = cut.max(delivered_cut(reads, chat)?);
+            cut = cut.max(delivered_cut(reads, chat).await?);
         }
         let cut = cut.min(record.last_seq());
         if cut > expired {
@@ -101,7 +101,7 @@ async fn sweep(
 }
 
 /// The last seq (after what is already expired) whose message is older than `cutoff`.
-fn time_cut(
+async fn time_cut(
     sequencer: &Sequencer,
     chat: ChatId,
     record: &ChatRecord,
@@ -113,6 +113,7 @@ fn time_cut(
     while cut.0 - record.expired_up_to < u64::from(SCAN_PER_SWEEP) {
         let page = sequencer
             .history(chat, cut, None, PAGE)
+            .await
             .map_err(|e| e.to_string())?;
         let full = page.messages.len() == PAGE as usize;
         for m in page.messages {
@@ -132,19 +133,21 @@ fn time_cut(
 /// The seq every device of every member has acknowledged (members with no device do not hold
 /// expiry back, but a chat with no device at all expires nothing this way; nothing before a
 /// member joined is theirs to acknowledge).
-fn delivered_cut(reads: &StateReader, chat: ChatId) -> Result<ChatSeq, String> {
-    let err = |e: chat_log::StoreError| e.to_string();
+async fn delivered_cut(reads: &StateReader, chat: ChatId) -> Result<ChatSeq, String> {
+    let err = |e: chat_log::ReadError| e.to_string();
     let mut cut = ChatSeq(u64::MAX);
-    for user in reads.members(chat).map_err(err)? {
+    for user in reads.members(chat).await.map_err(err)? {
         let joined = reads
             .member(chat, user)
+            .await
             .map_err(err)?
             .map_or(ChatSeq::ZERO, |m| m.joined_after());
-        for (device, record) in reads.devices(UserId(user.0)).map_err(err)? {
+        // A member's devices are in the member's partition, which may be held elsewhere.
+        for (device, record) in reads.devices(UserId(user.0)).await.map_err(err)? {
             if record.revoked {
                 continue;
             }
-            let acked = reads.device_cursor(chat, user, device).map_err(err)?;
+            let acked = reads.device_cursor(chat, user, device).await.map_err(err)?;
             cut = cut.min(acked.max(joined));
         }
     }

@@ -104,6 +104,8 @@ pub struct Hub {
     /// answers), of how many.
     following: tokio::sync::watch::Sender<u32>,
     partitions: u32,
+    /// Per partition, the offset of the last event handed out (set before it is offered).
+    dispatched: Vec<AtomicU64>,
 }
 
 /// A message for the offline notifier, with the chat's members when it was sent.
@@ -134,6 +136,9 @@ impl Hub {
             notifier: std::sync::OnceLock::new(),
             following: tokio::sync::watch::Sender::new(0),
             partitions: node.partition_count(),
+            dispatched: (0..node.partition_count())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         });
         // Every partition, wherever it is held: a device here may be in any chat.
         let replicas = Replicas::new(node.clone());
@@ -153,6 +158,15 @@ impl Hub {
         tokio::time::timeout(within, following.wait_for(|n| *n >= all))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The offset of the last event of `p` the hub has offered to sessions. A session that
+    /// reads its backlog at this offset or later (a floor) after registering misses nothing:
+    /// what was offered before it registered is in what it reads, whichever replica answers.
+    pub fn dispatched(&self, p: PartitionId) -> LogOffset {
+        self.dispatched
+            .get(p.0 as usize)
+            .map_or(LogOffset(0), |o| LogOffset(o.load(Ordering::SeqCst)))
     }
 
     /// Register a device stream; it receives pushes until [`Hub::unregister`].
@@ -334,6 +348,9 @@ async fn tail(hub: Arc<Hub>, replicas: Replicas, p: PartitionId) {
     let mut events = std::pin::pin!(replicas.tail(p, from));
     hub.following.send_modify(|n| *n += 1);
     while let Some(event) = events.next().await {
+        if let Some(last) = hub.dispatched.get(p.0 as usize) {
+            last.store(event.offset, Ordering::SeqCst);
+        }
         match ChatEventAt::decode(&event) {
             Ok(Some(chat_event)) => hub.dispatch(p, chat_event).await,
             Ok(None) => {}

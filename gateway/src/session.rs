@@ -186,8 +186,10 @@ impl Deliveries {
         .await
     }
 
-    /// Send `chat`'s messages from its cursor up to `up_to` (None: all that are applied here).
+    /// Send `chat`'s messages from its cursor up to `up_to` (None: all that the replica read
+    /// holds), read from a replica that has applied everything the hub has offered so far.
     async fn catch_up(&mut self, chat: ChatId, up_to: Option<ChatSeq>) -> Result<(), Status> {
+        let p = self.gw.reads.partition(chat.0);
         loop {
             let Some(&next) = self.chats.get(&chat) else {
                 return Ok(());
@@ -198,10 +200,12 @@ impl Deliveries {
             let before = up_to.map(ChatSeq::next);
             let page = self
                 .gw
-                .sequencer
+                .reads
+                .fresh_at(p, self.gw.hub.dispatched(p))
                 .history(chat, ChatSeq(next.0 - 1), before, CATCH_UP_PAGE)
                 .await
-                .map_err(Status::from)?;
+                .map_err(storage)?
+                .ok_or_else(|| Status::not_found(format!("chat {chat} does not exist")))?;
             if page.messages.is_empty() {
                 return Ok(());
             }

@@ -182,12 +182,13 @@ impl Install<'_> {
         }
     }
 
-    /// At open: finish an install a stop interrupted (steps 3 and 4), and drop a half-received
-    /// snapshot (its sender sends it again).
+    /// At open: finish an install a stop interrupted (steps 3 and 4), and drop what an
+    /// interrupted receive (or a stop between steps 1 and 2) left: the sender sends it again.
     fn resume(&self) -> Result<(), StoreError> {
         let p = self.partition;
         let _ = std::fs::remove_file(snapshot::receiving_path(self.engine, p));
         let Some(bytes) = self.engine.get(cf::STATE, &installing_key(p))? else {
+            let _ = std::fs::remove_file(snapshot::installing_path(self.engine, p));
             return Ok(());
         };
         let target: AppliedState = decode(&format!("{p} snapshot install"), &bytes)?;

@@ -707,7 +707,14 @@ struct Metrics {
     memtable_by_cf: BTreeMap<String, u64>,
     wal: Option<u64>,
     block_cache: Option<u64>,
+    /// SST readers' memory outside the block cache.
+    table_readers: Option<u64>,
     state_cache: Option<u64>,
+    /// jemalloc's live bytes and resident bytes (what RSS holds of the heap).
+    heap_allocated: Option<u64>,
+    heap_resident: Option<u64>,
+    /// The sum of every group's Raft term on the node: it rises by one per election.
+    terms: Option<u64>,
     /// [`SNAPSHOT_COUNTERS`], so far.
     snapshots: [Option<u64>; 3],
 }
@@ -739,7 +746,11 @@ impl Metrics {
                 }
                 ("chatd_rocksdb_wal_bytes", _) => m.wal = Some(value),
                 ("chatd_rocksdb_block_cache_bytes", _) => m.block_cache = Some(value),
+                ("chatd_rocksdb_table_readers_bytes", _) => m.table_readers = Some(value),
                 ("chatd_state_cache_bytes", _) => m.state_cache = Some(value),
+                ("chatd_heap_allocated_bytes", _) => m.heap_allocated = Some(value),
+                ("chatd_heap_resident_bytes", _) => m.heap_resident = Some(value),
+                ("chatd_raft_term", _) => *m.terms.get_or_insert(0) += value,
                 (name, _) => {
                     if let Some(i) = SNAPSHOT_COUNTERS.iter().position(|c| *c == name) {
                         m.snapshots[i] = Some(value);
@@ -936,6 +947,8 @@ struct NodeMinute {
     cpu_pct: Option<f64>,
     /// [`SNAPSHOT_COUNTERS`] counted during the minute.
     snapshots: [Option<u64>; 3],
+    /// Elections during the minute, in the groups this node holds (terms risen).
+    elections: Option<u64>,
 }
 
 fn quantiles_ms(h: &Histogram<u64>) -> Option<[f64; 3]> {
@@ -962,7 +975,10 @@ impl Minute {
                     .zip(before.cpu_ticks)
                     .map(|(now, then)| pct(now.saturating_sub(then), secs));
                 let mut snapshots = [None; 3];
+                let mut elections = None;
                 if let Some(now) = &sample.metrics {
+                    let terms_then = before.metrics.as_ref().and_then(|m| m.terms);
+                    elections = now.terms.map(|t| t.saturating_sub(terms_then.unwrap_or(t)));
                     let then = before.metrics.as_ref().map(|m| m.snapshots);
                     for (k, slot) in snapshots.iter_mut().enumerate() {
                         // A counter not there before had not counted anything yet.
@@ -975,6 +991,7 @@ impl Minute {
                     sample,
                     cpu_pct,
                     snapshots,
+                    elections,
                 }
             })
             .collect();
@@ -1023,9 +1040,11 @@ impl Minute {
             };
             let snapshots = n.snapshots.map(opt).join("/");
             println!(
-                "  n{}: RSS {} MiB, CPU {}% | files {} MiB (SST {}, WAL {}) | metrics WAL {}, SST by cf [{}], memtables {}, block cache {}, state cache {} MiB | snapshots built/sent/installed {}",
+                "  n{}: RSS {} MiB (heap {} live, {} resident), CPU {}% | files {} MiB (SST {}, WAL {}) | metrics WAL {}, SST by cf [{}], memtables {}, block cache {}, table readers {}, state cache {} MiB | snapshots built/sent/installed {} | elections {}",
                 n.node,
                 opt(s.rss_kib.map(|k| k / 1024)),
+                opt(m.and_then(|m| m.heap_allocated).map(mib)),
+                opt(m.and_then(|m| m.heap_resident).map(mib)),
                 opt(n.cpu_pct.map(|c| format!("{c:.0}"))),
                 mib(s.files.total),
                 mib(s.files.sst),
@@ -1034,8 +1053,10 @@ impl Minute {
                 by_cf(m.map(|m| &m.sst_by_cf)),
                 opt(m.and_then(Metrics::memtable_total).map(mib)),
                 opt(m.and_then(|m| m.block_cache).map(mib)),
+                opt(m.and_then(|m| m.table_readers).map(mib)),
                 opt(m.and_then(|m| m.state_cache).map(mib)),
                 snapshots,
+                opt(n.elections),
             );
         }
     }
@@ -1059,7 +1080,11 @@ impl Minute {
                     "memtable_bytes_by_cf": m.map(|m| &m.memtable_by_cf),
                     "wal_bytes": m.and_then(|m| m.wal),
                     "block_cache_bytes": m.and_then(|m| m.block_cache),
+                    "table_readers_bytes": m.and_then(|m| m.table_readers),
                     "state_cache_bytes": m.and_then(|m| m.state_cache),
+                    "heap_allocated_bytes": m.and_then(|m| m.heap_allocated),
+                    "heap_resident_bytes": m.and_then(|m| m.heap_resident),
+                    "elections": n.elections,
                     "snapshots_built": n.snapshots[0],
                     "snapshots_sent": n.snapshots[1],
                     "snapshots_installed": n.snapshots[2],
@@ -1279,6 +1304,9 @@ mod tests {
                     chatd_rocksdb_memtable_bytes{cf=\"state\"} 10\n\
                     chatd_rocksdb_wal_bytes 4096\n\
                     chatd_snapshots_built_total 3\n\
+                    chatd_raft_term{partition=\"0\"} 4\n\
+                    chatd_raft_term{partition=\"1\"} 2\n\
+                    chatd_heap_allocated_bytes 77\n\
                     chatd_disk_free_bytes 123\n";
         let m = Metrics::parse(page);
         assert_eq!(m.sst_total(), Some(3072));
@@ -1287,6 +1315,9 @@ mod tests {
         assert_eq!(m.wal, Some(4096));
         assert_eq!(m.block_cache, None);
         assert_eq!(m.snapshots, [Some(3), None, None]);
+        assert_eq!(m.terms, Some(6));
+        assert_eq!(m.heap_allocated, Some(77));
+        assert_eq!(m.heap_resident, None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `chatd`: with no flags, a single-node cluster in `./data`; see `chatd --help`.
 
+mod heap;
+
 use chatd::config::{Flags, ServerConfig};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -22,6 +24,7 @@ async fn main() -> std::process::ExitCode {
                 .with_http_listener(addr)
                 .install()
                 .map_err(|e| anyhow::anyhow!("metrics exporter on {addr}: {e}"))?;
+            heap::publish_every(std::time::Duration::from_secs(1));
         }
         chatd::server::run(config, chatd::server::shutdown_signal()).await
     }

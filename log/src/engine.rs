@@ -183,6 +183,10 @@ pub struct EngineSizes {
     /// Memtable bytes per column family.
     pub memtables: Vec<(&'static str, u64)>,
     pub block_cache: u64,
+    /// Memory the open SST files' readers hold outside the block cache (the pinned top-level
+    /// index and filter partitions), summed over column families: grows with the number of SST
+    /// files, so it is reported beside the capped caches.
+    pub table_readers: u64,
     /// The WAL files on disk.
     pub wal: u64,
 }
@@ -346,6 +350,10 @@ impl Engine {
                 .map(|&name| (name, property(name, "rocksdb.cur-size-all-mem-tables")))
                 .collect(),
             block_cache: self.block_cache.get_usage() as u64,
+            table_readers: cf::ALL
+                .iter()
+                .map(|&name| property(name, "rocksdb.estimate-table-readers-mem"))
+                .sum(),
             wal: wal_bytes(&self.path),
         }
     }
@@ -360,6 +368,7 @@ impl Engine {
             metrics::gauge!("chatd_rocksdb_memtable_bytes", "cf" => *cf_name).set(*bytes as f64);
         }
         metrics::gauge!("chatd_rocksdb_block_cache_bytes").set(sizes.block_cache as f64);
+        metrics::gauge!("chatd_rocksdb_table_readers_bytes").set(sizes.table_readers as f64);
         metrics::gauge!("chatd_rocksdb_wal_bytes").set(sizes.wal as f64);
         let syncs = self.stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("chatd_wal_syncs_total").absolute(syncs);

@@ -681,11 +681,28 @@ impl LogNode {
     }
 
     /// Publish what RocksDB and the state caches hold as metrics (`chatd_rocksdb_*`,
-    /// `chatd_state_cache_bytes`), so an SRE sees memory and WAL level off (or not).
+    /// `chatd_state_cache_bytes`), so an SRE sees memory and WAL level off (or not), and each
+    /// group's term and how many this node leads (`chatd_raft_term`,
+    /// `chatd_raft_leading_partitions`).
     fn publish_sizes(&self) {
         self.engine.publish_metrics();
-        let cached: u64 = self.groups.all().iter().map(|p| p.cache.bytes()).sum();
+        let groups = self.groups.all();
+        let cached: u64 = groups.iter().map(|p| p.cache.bytes()).sum();
         metrics::gauge!("chatd_state_cache_bytes").set(cached as f64);
+        // Terms only rise, once per election: a scraper that sees one move counts an election
+        // (a stall a client felt) without this node watching every group's metrics.
+        let mut leading = 0;
+        for part in &groups {
+            let (term, leader) = {
+                let metrics = part.raft.metrics();
+                let m = metrics.borrow();
+                (m.current_term, m.current_leader)
+            };
+            let partition = part.id.0.to_string();
+            metrics::gauge!("chatd_raft_term", "partition" => partition).set(term as f64);
+            leading += usize::from(leader == Some(self.config.node_id));
+        }
+        metrics::gauge!("chatd_raft_leading_partitions").set(leading as f64);
     }
 
     /// Role, term, leader and progress of every group on this node.

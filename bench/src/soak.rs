@@ -1144,6 +1144,27 @@ impl Summary<'_> {
         [a, b, ratio]
     }
 
+    /// The median of the first and of the last (up to) ten minutes' ack p99, and their ratio:
+    /// the target's comparison, less at the mercy of one noisy minute.
+    fn drift_over_ten(&self) -> [Option<f64>; 3] {
+        let window = (self.reports.len() / 2).clamp(1, 10);
+        let median = |minutes: &[Minute]| {
+            let mut p99: Vec<f64> = minutes
+                .iter()
+                .filter_map(|m| m.ack_ms.map(|q| q[1]))
+                .collect();
+            p99.sort_by(f64::total_cmp);
+            (!p99.is_empty()).then(|| p99[p99.len() / 2])
+        };
+        let first = median(&self.reports[..window]);
+        let last = median(&self.reports[self.reports.len() - window..]);
+        let ratio = first
+            .zip(last)
+            .filter(|(a, _)| *a > 0.0)
+            .map(|(a, b)| b / a);
+        [first, last, ratio]
+    }
+
     fn per_message(&self, bytes: u64) -> Option<f64> {
         (self.held > 0).then(|| bytes as f64 / self.held as f64)
     }
@@ -1176,6 +1197,13 @@ impl Summary<'_> {
                 opt(ratio.map(|r| format!("{r:.2}"))),
             );
         }
+        let [a, b, ratio] = self.drift_over_ten();
+        println!(
+            "  ack p99, median of the first ten minutes {} ms, of the last ten {} ms, last/first {}",
+            opt(a.map(|v| format!("{v:.2}"))),
+            opt(b.map(|v| format!("{v:.2}"))),
+            opt(ratio.map(|r| format!("{r:.2}"))),
+        );
         for (f, l) in first.nodes.iter().zip(&last.nodes) {
             let metric_wal = |n: &NodeMinute| n.sample.metrics.as_ref().and_then(|m| m.wal);
             let files = l.sample.files;
@@ -1246,6 +1274,7 @@ impl Summary<'_> {
             .collect();
         let errors: BTreeMap<&String, u64> =
             self.errors.iter().map(|(k, (n, _))| (k, *n)).collect();
+        let [ten_first, ten_last, ten_ratio] = self.drift_over_ten();
         json!({
             "bench": "soak/summary",
             "label": args.label,
@@ -1268,6 +1297,9 @@ impl Summary<'_> {
             "delivery_p99_first_ms": del_first,
             "delivery_p99_last_ms": del_last,
             "delivery_p99_ratio": del_ratio,
+            "ack_p99_median_first_ten_ms": ten_first,
+            "ack_p99_median_last_ten_ms": ten_last,
+            "ack_p99_median_ten_ratio": ten_ratio,
             "fsync_p99_first_ms": first.fsync_ms.map(|q| q[1]),
             "fsync_p99_last_ms": last.fsync_ms.map(|q| q[1]),
             "per_node": nodes,

@@ -95,7 +95,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     )
     .map_err(anyhow::Error::msg)?;
     let gateway_peer = tonic::service::interceptor::InterceptedService::new(
-        GatewayPeerService::server(gateway.hub.clone()),
+        GatewayPeerService::server(&gateway),
         node.internal_check(),
     );
     let chat_service = ChatService::server(gateway.clone());

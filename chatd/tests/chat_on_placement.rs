@@ -1,9 +1,10 @@
 //! The device API on real `chatd` processes whose partitions are spread out: three nodes with
 //! one replica of each partition (R = 1 of N = 3), so each node holds a third of the chat state
 //! and every device below talks to a node that does *not* hold its user's or its chat's
-//! partition. Registering, authenticating, creating a group, live pushes, a later device's
-//! backlog, history, the inbox and the chat list all work through such a node: its reads go to
-//! the node that holds the partition, its hub tails partitions it does not hold.
+//! partition. Registering, authenticating, creating a group, live pushes and ticks, a later
+//! device's backlog, history, the inbox and the chat list all work through such a node: its
+//! reads go to the node that holds the partition, its hub tails partitions it does not hold and
+//! follows their tick changes at a node that projects them.
 
 mod common;
 
@@ -102,7 +103,7 @@ async fn devices_use_nodes_that_do_not_hold_their_partitions() {
     let away = not_holding(&holders, chat_p);
     let device =
         |node: u64, token: &str| Device::start(DeviceOptions::new(vec![addr(node)], token));
-    let alice_dev = device(away[0], &alice_token);
+    let mut alice_dev = device(away[0], &alice_token);
     let mut bob_dev = device(away[0], &bob_token);
     let mut carol_dev = device(away[1], &carol_token);
     for dev in [&mut bob_dev, &mut carol_dev] {
@@ -125,9 +126,38 @@ async fn devices_use_nodes_that_do_not_hold_their_partitions() {
         assert_eq!(payloads, expected);
     }
 
+    // Ticks live on a node that does not project the chat's partition: Bob and Carol read
+    // everything, and Alice's device (on such a node) hears that her messages are read.
+    bob_dev.read(chat, 30).await;
+    carol_dev.read(chat, 30).await;
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, alice_dev.next_event()).await {
+            Ok(Some(DeviceEvent::Ticks(t))) if t.chat_id == chat => {
+                seen.push((t.delivered_up_to, t.read_up_to));
+                if (t.delivered_up_to, t.read_up_to) == (30, 30) {
+                    break;
+                }
+            }
+            Ok(Some(_)) => continue,
+            other => {
+                let logs: String = (1..=3)
+                    .map(|id| format!("--- node {id}\n{}", cluster.log_of(id)))
+                    .collect();
+                panic!("alice's ticks stopped at {seen:?}: {other:?}\n{logs}")
+            }
+        }
+    }
+
     // A device that connects later gets the backlog: its chats from every partition, their
-    // messages from the chat's.
-    let mut late = device(away[1], &bob_token);
+    // messages from the chat's (from the start: bob's device has acknowledged them all, and a
+    // device naming no cursor would resume after that).
+    let mut late = Device::start(DeviceOptions {
+        cursors: BTreeMap::from([(chat, 0)]),
+        ..DeviceOptions::new(vec![addr(away[1])], &bob_token)
+    });
     let backlog = until_synced(&mut late, WAIT).await;
     assert_eq!(
         backlog.iter().map(|m| m.seq).collect::<Vec<_>>(),
@@ -149,7 +179,13 @@ async fn devices_use_nodes_that_do_not_hold_their_partitions() {
     loop {
         let inbox = bob.inbox().await.unwrap();
         if let Some(entry) = inbox.iter().find(|e| e.chat_id == chat && e.last_seq == 30) {
-            assert_eq!(entry.unread, 30, "{entry:?}");
+            // Bob has read everything, and his ticks say the others have not read his nothing.
+            assert_eq!(entry.unread, 0, "{entry:?}");
+            assert_eq!(
+                (entry.delivered_up_to, entry.read_up_to),
+                (30, 30),
+                "{entry:?}"
+            );
             assert_eq!(entry.name, "spread out");
             break;
         }

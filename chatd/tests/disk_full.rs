@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use chat_client::{ChatClient, Device, DeviceOptions};
 use chat_proto::admin::DiskStatus;
-use common::{register, Cluster};
+use common::{register, scrape, Cluster};
 use tempfile::TempDir;
 use tonic::Code;
 
@@ -229,17 +229,6 @@ async fn disk_when(
         assert!(Instant::now() < deadline, "{what}: {d:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The node's Prometheus page, fetched as a scraper would (plain HTTP/1.0 GET).
-fn scrape(addr: &str) -> String {
-    use std::io::Read;
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: chatd\r\n\r\n")
-        .unwrap();
-    let mut page = String::new();
-    conn.read_to_string(&mut page).unwrap();
-    page
 }
 
 async fn health(addr: &str) -> i32 {

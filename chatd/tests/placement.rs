@@ -1,7 +1,7 @@
 //! Placement with real chatd processes: partitions on R of N nodes, a node joining and taking its
-//! share, a node leaving, a leadership handed over, and a node whose data was lost refused and
-//! replaced. After each change every replica of every partition holds the same events, and
-//! nothing appended before is missing.
+//! share, a node leaving, a leadership handed over, a node whose data was lost refused and
+//! replaced, and moves under load with a node killed half-way. After each change every replica
+//! of every partition holds the same events, and nothing appended before is missing.
 
 mod common;
 
@@ -243,4 +243,134 @@ async fn a_node_that_lost_its_data_is_refused_and_replaced() {
         })
         .await;
     check_replicas(&cluster, &replaced, &written).await;
+}
+
+/// `count` records to partition `p` in one append (through whichever of `alive` leads it).
+async fn append_many(
+    cluster: &Cluster,
+    alive: &[u64],
+    p: u32,
+    round: u32,
+    count: usize,
+) -> Vec<(u32, Vec<u8>)> {
+    let records: Vec<Vec<u8>> = (0..count)
+        .map(|i| format!("round {round} partition {p} record {i}").into_bytes())
+        .collect();
+    cluster
+        .append(alive, p, records.clone(), Duration::from_secs(30))
+        .await;
+    records.into_iter().map(|r| (p, r)).collect()
+}
+
+/// Appends to every partition, `count` records each.
+async fn load_round(
+    cluster: &Cluster,
+    alive: &[u64],
+    round: u32,
+    count: usize,
+) -> Vec<(u32, Vec<u8>)> {
+    let mut written = Vec::new();
+    for p in 0..PARTITIONS {
+        written.extend(append_many(cluster, alive, p, round, count).await);
+    }
+    written
+}
+
+/// Move one replica of `p` from `from` to `to` (the request only; the move runs in the
+/// background).
+async fn start_move(cluster: &Cluster, via: u64, p: u32, from: u64, to: u64) {
+    cluster
+        .admin(via)
+        .await
+        .move_replica(MoveReplicaRequest {
+            partition: p,
+            from_node: from,
+            to_node: to,
+        })
+        .await
+        .unwrap();
+}
+
+/// Five nodes, three replicas of each partition. Replicas move while every partition takes
+/// appends, and a node is killed half-way through each move: first the node receiving the
+/// replica, then the node giving one up while it leads the partition. Each comes back on its
+/// data; each move finishes; nothing acknowledged is lost and every replica ends identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_finish_when_a_node_is_killed_half_way() {
+    let mut cluster = Cluster::start_with(5, PARTITIONS, "replication = 3\n");
+    let all = [1, 2, 3, 4, 5];
+    cluster
+        .wait_for_map(1, WAIT, "the first map, settled", |m| {
+            m.replicas.len() == PARTITIONS as usize && settled(m)
+        })
+        .await;
+    // Only these moves change the map (the balancer would move replicas of its own).
+    cluster
+        .admin(1)
+        .await
+        .set_balancing(SetBalancingRequest { enabled: false })
+        .await
+        .unwrap();
+    let map = cluster
+        .wait_for_map(1, WAIT, "every partition's leader known", |m| {
+            m.replicas.values().all(|r| r.leader_hint != 0)
+        })
+        .await;
+    let mut written = load_round(&cluster, &all, 0, 50).await;
+
+    // The receiving node dies just after the move is asked for.
+    let r = &map.replicas[&0];
+    let from = *r.voters.iter().find(|v| **v != r.leader_hint).unwrap();
+    let to = *all.iter().find(|n| !r.voters.contains(n)).unwrap();
+    start_move(&cluster, 1, 0, from, to).await;
+    cluster.kill9(to);
+    let alive: Vec<u64> = all.iter().copied().filter(|n| *n != to).collect();
+    written.extend(load_round(&cluster, &alive, 1, 50).await);
+    cluster.spawn(to);
+    written.extend(load_round(&cluster, &all, 2, 50).await);
+    let moved = cluster
+        .wait_for_map(1, WAIT, "partition 0 moved to the restarted node", |m| {
+            settled(m)
+                && m.replicas[&0].voters.contains(&to)
+                && !m.replicas[&0].voters.contains(&from)
+        })
+        .await;
+    assert_eq!(moved.replicas[&0].voters.len(), 3);
+
+    // The giving node leads the partition and dies while its replica is being replaced.
+    let map = cluster.map(1).await;
+    let r = &map.replicas[&1];
+    let from = r.leader_hint;
+    let to = *all.iter().find(|n| !r.voters.contains(n)).unwrap();
+    let via = *all.iter().find(|n| **n != from).unwrap();
+    start_move(&cluster, via, 1, from, to).await;
+    written.extend(append_many(&cluster, &all, 1, 3, 200).await);
+    cluster.kill9(from);
+    let alive: Vec<u64> = all.iter().copied().filter(|n| *n != from).collect();
+    written.extend(load_round(&cluster, &alive, 4, 50).await);
+    cluster.spawn(from);
+    let moved = cluster
+        .wait_for_map(via, WAIT, "partition 1 moved off its killed leader", |m| {
+            settled(m)
+                && m.replicas[&1].voters.contains(&to)
+                && !m.replicas[&1].voters.contains(&from)
+        })
+        .await;
+    assert_eq!(moved.replicas[&1].voters.len(), 3);
+
+    written.extend(load_round(&cluster, &all, 5, 10).await);
+    check_replicas(&cluster, &moved, &written).await;
+    // The nodes that gave up a replica closed that group.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let held = cluster.status(from).await.partitions;
+        if !held.iter().any(|s| s.partition == 1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {from} still runs partition 1"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

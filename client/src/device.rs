@@ -496,7 +496,7 @@ impl Actor {
             let backoff = Duration::from_millis(50 * 2u64.pow(self.attempt.min(10)));
             tokio::time::sleep(backoff.min(self.options.max_backoff)).await;
             self.attempt += 1;
-            if self.commands.is_closed() {
+            if self.events.is_closed() {
                 return;
             }
         }
@@ -539,6 +539,9 @@ impl Actor {
                         Err(ended) => return ended,
                     }
                 }
+                // The owner dropped the device (the command channel never closes: the actor
+                // holds a sender of its own for resends).
+                _ = self.events.closed() => return Ended::Dropped,
                 command = self.commands.recv() => {
                     let Some(command) = command else { return Ended::Dropped };
                     if let Err(status) = self.on_command(&stream, command).await {

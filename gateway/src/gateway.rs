@@ -12,7 +12,7 @@ use chat_sequencer::Sequencer;
 use tonic::Status;
 
 use crate::notify::{self, PushSink};
-use crate::{hub, presence};
+use crate::{hub, presence, registry, ticks};
 
 /// Gateway limits and timers (the `[gateway]` table of chatd's config).
 #[derive(Debug, Clone)]
@@ -84,6 +84,8 @@ impl Gateway {
             secret,
             node.clone(),
         ));
+        registry::Announcer::start(node.clone(), hub.clone(), presence.clone());
+        ticks::follow_remote(node.clone(), hub.clone(), presence.clone());
         if let Some(sink) = sink {
             notify::start(
                 node.clone(),

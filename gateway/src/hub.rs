@@ -24,6 +24,8 @@ use futures::StreamExt;
 use moka::sync::Cache;
 use tokio::sync::{mpsc, Notify};
 
+use crate::registry::StreamChange;
+
 /// What the hub hands a session.
 #[derive(Debug, Clone)]
 pub enum Push {
@@ -100,9 +102,14 @@ pub struct Hub {
     next_id: AtomicU64,
     queue_capacity: usize,
     notifier: std::sync::OnceLock<mpsc::Sender<Notice>>,
+    /// Where streams opening and closing are reported (the registry's announcer).
+    announcer: std::sync::OnceLock<mpsc::UnboundedSender<StreamChange>>,
     /// How many partitions the hub follows yet (their tails find where to start once a replica
     /// answers), of how many.
     following: tokio::sync::watch::Sender<u32>,
+    /// How many partitions' tick changes reach the hub yet (their own projector's, or a holder's
+    /// stream once open; see `ticks.rs`).
+    ticks_following: tokio::sync::watch::Sender<u32>,
     partitions: u32,
     /// Per partition, the offset of the last event handed out (set before it is offered).
     dispatched: Vec<AtomicU64>,
@@ -134,7 +141,9 @@ impl Hub {
             next_id: AtomicU64::new(1),
             queue_capacity,
             notifier: std::sync::OnceLock::new(),
+            announcer: std::sync::OnceLock::new(),
             following: tokio::sync::watch::Sender::new(0),
+            ticks_following: tokio::sync::watch::Sender::new(0),
             partitions: node.partition_count(),
             dispatched: (0..node.partition_count())
                 .map(|_| AtomicU64::new(0))
@@ -149,15 +158,25 @@ impl Hub {
         hub
     }
 
-    /// Whether the hub follows every partition, waiting up to `within` for it. A session must
-    /// not read its backlog before: events between the backlog and a tail's start would reach
-    /// it neither way.
+    /// Whether the hub follows every partition — its events and its tick changes — waiting up
+    /// to `within` for it. A session must not read its backlog before: events between the
+    /// backlog and a tail's start would reach it neither way, and tick changes announced before
+    /// would reach it only through the Inbox.
     pub async fn until_following(&self, within: Duration) -> bool {
         let mut following = self.following.subscribe();
+        let mut ticks = self.ticks_following.subscribe();
         let all = self.partitions;
-        tokio::time::timeout(within, following.wait_for(|n| *n >= all))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let both = async {
+            following.wait_for(|n| *n >= all).await.is_ok()
+                && ticks.wait_for(|n| *n >= all).await.is_ok()
+        };
+        tokio::time::timeout(within, both).await.unwrap_or(false)
+    }
+
+    /// One more partition's tick changes reach the hub (called once per partition, the first
+    /// time; see `ticks.rs`).
+    pub fn ticks_followed(&self) {
+        self.ticks_following.send_modify(|n| *n += 1);
     }
 
     /// The offset of the last event of `p` the hub has offered to sessions. A session that
@@ -184,12 +203,15 @@ impl Hub {
             lagged: AtomicBool::new(false),
             wake: Notify::new(),
         });
-        self.sessions
-            .write()
-            .expect("sessions lock")
-            .entry(user)
-            .or_default()
-            .push(handle.clone());
+        let mut sessions = self.sessions.write().expect("sessions lock");
+        let list = sessions.entry(user).or_default();
+        let first_of_device = !list.iter().any(|s| s.device == device);
+        list.push(handle.clone());
+        // Under the lock, so the announcer hears of a device's streams in the order they change.
+        if first_of_device {
+            self.announce(user, device, true);
+        }
+        drop(sessions);
         (handle, rx)
     }
 
@@ -197,6 +219,9 @@ impl Hub {
         let mut sessions = self.sessions.write().expect("sessions lock");
         if let Some(list) = sessions.get_mut(&handle.user) {
             list.retain(|s| s.id != handle.id);
+            if !list.iter().any(|s| s.device == handle.device) {
+                self.announce(handle.user, handle.device, false);
+            }
             if list.is_empty() {
                 sessions.remove(&handle.user);
                 self.last_seen.insert(handle.user, now_ms());
@@ -217,6 +242,29 @@ impl Hub {
             last_seen_ms: self.last_seen.get(&user).unwrap_or(0),
             devices,
         }
+    }
+
+    /// Report streams opening and closing here from now on.
+    pub fn set_announcer(&self, announcer: mpsc::UnboundedSender<StreamChange>) {
+        let _ = self.announcer.set(announcer);
+    }
+
+    fn announce(&self, user: UserId, device: DeviceId, open: bool) {
+        if let Some(announcer) = self.announcer.get() {
+            let _ = announcer.send(StreamChange { user, device, open });
+        }
+    }
+
+    /// Every (user, device) with a stream on this node.
+    pub fn streams(&self) -> Vec<(UserId, DeviceId)> {
+        let sessions = self.sessions.read().expect("sessions lock");
+        let mut streams: Vec<(UserId, DeviceId)> = sessions
+            .iter()
+            .flat_map(|(user, list)| list.iter().map(move |s| (*user, s.device)))
+            .collect();
+        streams.sort_unstable();
+        streams.dedup();
+        streams
     }
 
     /// Hand message events to the offline notifier from now on.

@@ -10,11 +10,16 @@
 //!   on this node it concerns without ever waiting on one (a full session queue makes it catch
 //!   up from the log).
 //! - [`auth`]: device bearer tokens checked against the hashed token in the user's partition.
-//! - ticks: the projector's tick changes (see `chat-projector`) go to the member's streams.
+//! - [`ticks`]: the projector's tick changes (see `chat-projector`) go to the member's streams:
+//!   this node's projector's, and for partitions this node does not hold, a holder's (over
+//!   `chat.v1.GatewayPeer.WatchTicks`).
 //! - [`notify`]: collapsed notifications for member devices with no stream, and the push sinks
 //!   they go to (log, webhook).
-//! - [`presence`]: cluster-wide presence (this node's hub plus every peer's, over
-//!   `chat.v1.GatewayPeer`).
+//! - [`presence`]: cluster-wide presence: each user's home node answers (the connection
+//!   registry), this node's hub adds its own streams; every peer is asked only while a home
+//!   cannot answer for sure (`chat.v1.GatewayPeer`).
+//! - [`registry`]: the connection registry: which node holds which device's stream, kept at
+//!   each user's home node (rendezvous hashing over the nodes).
 //! - [`gateway`]: [`Gateway`], what one node's gateway holds and starts, and its config.
 //!
 //! Writes go through the node's [`Sequencer`] (which forwards to partition leaders); reads go
@@ -28,8 +33,10 @@ pub mod hub;
 pub mod notify;
 pub mod outbound;
 pub mod presence;
+pub mod registry;
 pub mod service;
 pub mod session;
+pub mod ticks;
 
 pub use gateway::{Gateway, GatewayConfig};
 pub use service::ChatService;

@@ -293,8 +293,9 @@ impl Replicas {
         }
     }
 
-    /// The nodes to ask for `p`, in order: the leader the map hints, then the other voters.
-    fn candidates(&self, p: PartitionId) -> Vec<(NodeId, String)> {
+    /// The other nodes to ask for `p`, in order: the leader the map hints, then the other
+    /// voters (none without a map).
+    pub fn candidates(&self, p: PartitionId) -> Vec<(NodeId, String)> {
         let Some(map) = self.node.map() else {
             return Vec::new();
         };

@@ -464,6 +464,18 @@ pub async fn until_synced(
     }
 }
 
+/// A node's Prometheus page (`metrics_listen` at `addr`), fetched as a scraper would (plain
+/// HTTP/1.0 GET).
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: chatd\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    conn.read_to_string(&mut page).unwrap();
+    page
+}
+
 /// A bare gRPC client to `addr`, ready for calls with a [`RawCodec`].
 pub async fn raw_grpc(addr: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

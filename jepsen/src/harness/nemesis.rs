@@ -10,13 +10,21 @@
 //!   touched): a bump (one jump, held, then back) or a strobe (flipping back and forth);
 //! - `compact`: a snapshot + Raft-log purge of a partition on a node, under load;
 //! - `slow`: delay (with jitter) and loss on the links of one node or on one link, through the
-//!   harness's per-link proxy (`proxy.rs`), since this kernel has no netem.
+//!   harness's per-link proxy (`proxy.rs`), since this kernel has no netem;
+//! - `membership`: the partition map changed under load — a leadership transferred, a replica
+//!   moved to a node that does not hold the partition (with more nodes than replicas, e.g.
+//!   `--nodes 5`), or a node drained of its leaderships for a while. Mixed with the others, a
+//!   move meets kills, pauses and cuts half-way.
 
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
-use chat_proto::admin::{CompactRequest, StatusRequest};
+use chat_proto::admin::{
+    CompactRequest, GetMapRequest, MoveReplicaRequest, SetNodeStateRequest, StatusRequest,
+    TransferLeaderRequest,
+};
+use chat_proto::log::PartitionMap;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -32,6 +40,7 @@ pub enum Fault {
     Clock,
     Compact,
     Slow,
+    Membership,
 }
 
 fn nft(script: &str) -> anyhow::Result<()> {
@@ -109,6 +118,123 @@ async fn some_leader(nodes: &std::sync::Mutex<Nodes>, n: u64, rng: &mut StdRng) 
     let status = client.status(request).await.ok()?.into_inner();
     let leaders: Vec<u64> = status.leaders().into_values().collect();
     leaders.choose(rng).copied()
+}
+
+/// The partition map as a running node (not paused) has it.
+async fn current_map(nodes: &std::sync::Mutex<Nodes>, n: u64) -> Option<(u64, PartitionMap)> {
+    let running: Vec<u64> = {
+        let nodes = nodes.lock().unwrap();
+        (1..=n)
+            .filter(|&i| nodes.is_running(i) && !nodes.nodes[i as usize - 1].paused)
+            .collect()
+    };
+    for ask in running {
+        let Ok(mut client) = admin(ask) else { continue };
+        let mut request = tonic::Request::new(GetMapRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        if let Ok(map) = client.get_map(request).await {
+            return Some((ask, map.into_inner()));
+        }
+    }
+    None
+}
+
+/// Set `node`'s state in the map through any running node, a few tries; a description.
+async fn set_node_state(nodes: &std::sync::Mutex<Nodes>, n: u64, node: u64, state: &str) -> String {
+    let mut last = String::from("no running node answered");
+    for _ in 0..5 {
+        if let Some((ask, _)) = current_map(nodes, n).await {
+            let mut client = match admin(ask) {
+                Ok(c) => c,
+                Err(e) => return format!("{state}: {e}"),
+            };
+            let mut request = tonic::Request::new(SetNodeStateRequest {
+                node_id: node,
+                state: state.into(),
+            });
+            request.set_timeout(Duration::from_secs(5));
+            match client.set_node_state(request).await {
+                Ok(r) => return format!("{state} (epoch {})", r.into_inner().epoch),
+                Err(e) => last = e.message().to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    format!("{state}: {last}")
+}
+
+/// One change of the partition map: a leadership transferred, a replica moved, or a node
+/// drained for a while and made active again.
+async fn change_membership(
+    nodes: &std::sync::Mutex<Nodes>,
+    n: u64,
+    rng: &mut StdRng,
+) -> anyhow::Result<String> {
+    let Some((ask, map)) = current_map(nodes, n).await else {
+        return Ok("membership: no node answered with a map".into());
+    };
+    let p = rng.gen_range(0..map.partitions.max(1));
+    let Some(replicas) = map.replicas.get(&p) else {
+        return Ok(format!("membership: the map has no partition {p}"));
+    };
+    let holds = |id: &u64| {
+        replicas.voters.contains(id)
+            || replicas.learners.contains(id)
+            || replicas.leaving.contains(id)
+    };
+    let outside: Vec<u64> = map.nodes.keys().copied().filter(|id| !holds(id)).collect();
+    let mut client = admin(ask)?;
+    match rng.gen_range(0..3) {
+        1 if !outside.is_empty() && !replicas.voters.is_empty() => {
+            let from = *replicas.voters.choose(rng).expect("voters");
+            let to = *outside.choose(rng).expect("outside");
+            let mut request = tonic::Request::new(MoveReplicaRequest {
+                partition: p,
+                from_node: from,
+                to_node: to,
+            });
+            request.set_timeout(Duration::from_secs(5));
+            let answer = match client.move_replica(request).await {
+                Ok(r) => format!("epoch {}", r.into_inner().epoch),
+                Err(e) => e.message().to_string(),
+            };
+            // The move goes on in the background while the load and other faults go on.
+            hold(rng, 2000..5000).await;
+            Ok(format!(
+                "move partition {p} from node {from} to node {to}: {answer}"
+            ))
+        }
+        2 => {
+            let node = rng.gen_range(1..=n);
+            let drained = set_node_state(nodes, n, node, "draining").await;
+            hold(rng, 2000..5000).await;
+            let back = set_node_state(nodes, n, node, "active").await;
+            Ok(format!("drain node {node}: {drained}; back: {back}"))
+        }
+        _ => {
+            let others: Vec<u64> = replicas
+                .voters
+                .iter()
+                .copied()
+                .filter(|v| *v != replicas.leader_hint)
+                .collect();
+            let Some(&to) = others.choose(rng) else {
+                return Ok(format!("transfer: partition {p} has one voter"));
+            };
+            let mut request = tonic::Request::new(TransferLeaderRequest {
+                partition: p,
+                to_node: to,
+            });
+            request.set_timeout(Duration::from_secs(5));
+            let answer = match client.transfer_leader(request).await {
+                Ok(r) => format!("leader now node {}", r.into_inner().leader_id),
+                Err(e) => e.message().to_string(),
+            };
+            Ok(format!(
+                "transfer leadership of partition {p} to node {to}: {answer}"
+            ))
+        }
+    }
 }
 
 async fn hold(rng: &mut StdRng, ms: std::ops::Range<u64>) {
@@ -253,6 +379,7 @@ pub async fn strike(
                 fault.delay, fault.jitter, fault.loss
             ))
         }
+        Fault::Membership => change_membership(nodes, n, rng).await,
         Fault::Compact => {
             let p = rng.gen_range(0..4u32);
             let running = nodes.lock().unwrap().is_running(random);

@@ -200,7 +200,7 @@ impl LogNode {
 
     /// Resolves once [`LogNode::shutdown`] has begun. Tasks that hold the node while they wait
     /// on something else (a peer, a catch-up) race it, so the node's storage closes promptly.
-    pub(crate) async fn until_stopped(&self) {
+    pub async fn until_stopped(&self) {
         let mut stopping = self.stopping.subscribe();
         let _ = stopping.wait_for(|s| *s).await;
     }

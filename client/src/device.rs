@@ -15,7 +15,7 @@ use chat_proto::chat_v1::{self as pb, chat_client::ChatClient as ChatRpc};
 use chat_proto::chat_v1::{client_frame, server_frame};
 use rand::distributions::{Alphanumeric, DistString};
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
@@ -178,7 +178,11 @@ impl ChatClient {
         token: &str,
         cursors: &BTreeMap<u64, u64>,
     ) -> Result<DeviceStream, Status> {
-        let (tx, rx) = mpsc::channel(64);
+        // Unbounded: a write must never wait while the same task should be reading. The server
+        // stops reading a stream's sends while too many are in flight and frees them only as
+        // their acks are read here; a writer blocked on a full queue would stop that reading,
+        // and both ends would wait on each other. What queues here is what the caller sent.
+        let (tx, rx) = mpsc::unbounded_channel();
         let hello = client_frame::Kind::Hello(pb::Hello {
             token: token.to_string(),
             cursors: cursors
@@ -187,11 +191,10 @@ impl ChatClient {
                 .collect(),
         });
         tx.send(pb::ClientFrame { kind: Some(hello) })
-            .await
             .expect("receiver held below");
         let frames = self
             .rpc
-            .connect(ReceiverStream::new(rx))
+            .connect(UnboundedReceiverStream::new(rx))
             .await?
             .into_inner();
         Ok(DeviceStream {
@@ -209,7 +212,7 @@ pub struct DeviceStream {
 
 /// The sending half of a [`DeviceStream`], for writing from another task while one reads.
 #[derive(Clone)]
-pub struct FrameSender(mpsc::Sender<pb::ClientFrame>);
+pub struct FrameSender(mpsc::UnboundedSender<pb::ClientFrame>);
 
 impl DeviceStream {
     /// A handle that sends on this stream.
@@ -255,7 +258,6 @@ impl FrameSender {
     pub async fn send_frame(&self, kind: client_frame::Kind) -> Result<(), Status> {
         self.0
             .send(pb::ClientFrame { kind: Some(kind) })
-            .await
             .map_err(|_| Status::unavailable("the stream is closed"))
     }
 

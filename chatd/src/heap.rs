@@ -1,10 +1,14 @@
-//! The chatd process's allocator: jemalloc, for Rust and RocksDB's C++ alike (the unprefixed
-//! `malloc` symbols replace glibc's), with its own figures published as metrics.
+//! The chatd process's allocator for Rust: jemalloc, with its own figures published as metrics.
 //!
-//! Why not glibc's malloc: RocksDB allocates and frees blocks, memtable arenas and iterators from
-//! every thread, and glibc's per-thread arenas hold on to the freed pages, so a node's RSS crept
-//! upward long after its caches had reached their caps. jemalloc returns dirty pages on a decay
-//! timer (in background threads), as TiKV runs it. Declared by the binary (`main.rs`) only, so
+//! Why not glibc's malloc: tokio's workers allocate and free buffers, entries and messages on
+//! every thread (often freeing on another than allocated), and glibc's per-thread arenas hold on
+//! to the freed pages, so a node's RSS crept upward long after its caches had reached their
+//! caps. jemalloc returns dirty pages on a decay timer (in background threads), as TiKV runs it.
+//!
+//! RocksDB's C++ keeps glibc's malloc: jemalloc can replace `malloc` itself (tikv-jemalloc-sys's
+//! unprefixed symbols), but then libfaketime — which the fault-injection suite's clock nemesis
+//! preloads — cannot start beside it (its first `clock_gettime` recurses through jemalloc's
+//! initialisation; libfaketime issue #130). Declared by the binary (`main.rs`) only, so
 //! processes that link chatd as a library keep their own allocator.
 
 use std::time::Duration;

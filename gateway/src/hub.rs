@@ -134,10 +134,7 @@ impl Hub {
                         .unwrap_or(u32::MAX)
                 })
                 .build(),
-            last_seen: Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(Duration::from_secs(30 * 24 * 3600))
-                .build(),
+            last_seen: last_seen_cache(),
             next_id: AtomicU64::new(1),
             queue_capacity,
             notifier: std::sync::OnceLock::new(),
@@ -405,6 +402,15 @@ async fn tail(hub: Arc<Hub>, replicas: Replicas, p: PartitionId) {
             Err(e) => tracing::error!(%p, error = %e, "skipped by the hub"),
         }
     }
+}
+
+/// When users were last seen (ms since the epoch): at most a million, each kept 30 days. The
+/// hub's (its own streams) and the registry's (its users' streams anywhere) alike.
+pub(crate) fn last_seen_cache() -> Cache<UserId, u64> {
+    Cache::builder()
+        .max_capacity(1_000_000)
+        .time_to_live(Duration::from_secs(30 * 24 * 3600))
+        .build()
 }
 
 pub fn now_ms() -> u64 {

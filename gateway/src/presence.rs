@@ -199,7 +199,8 @@ fn presence_of(p: pb::UserPresence) -> Presence {
     }
 }
 
-fn to_pb(user: u64, p: Presence) -> pb::UserPresence {
+/// `p` as a peer or device reads it (handle left empty).
+pub(crate) fn to_pb(user: u64, p: Presence) -> pb::UserPresence {
     pb::UserPresence {
         handle: String::new(),
         user_id: user,

@@ -26,7 +26,7 @@ use chat_proto::chat_v1::{self as pb};
 use moka::sync::Cache;
 use tokio::sync::mpsc;
 
-use crate::hub::{now_ms, Hub, Presence};
+use crate::hub::{last_seen_cache, now_ms, Hub, Presence};
 use crate::presence::ClusterPresence;
 
 /// How often every node sends each home the full list of its streams.
@@ -80,10 +80,7 @@ impl Default for Registry {
     fn default() -> Self {
         Registry {
             streams: Mutex::default(),
-            last_seen: Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(Duration::from_secs(30 * 24 * 3600))
-                .build(),
+            last_seen: last_seen_cache(),
             since: Mutex::new(Instant::now()),
         }
     }
@@ -114,14 +111,8 @@ impl Registry {
         let mut streams = self.streams.lock().expect("registry lock");
         if full {
             let listed: BTreeSet<(UserId, DeviceId)> = opened.iter().copied().collect();
-            let gone: Vec<(UserId, DeviceId)> = streams
-                .iter()
-                .flat_map(|(user, devices)| {
-                    devices
-                        .iter()
-                        .filter(|(_, e)| e.node == node)
-                        .map(move |(device, _)| (*user, *device))
-                })
+            let gone: Vec<(UserId, DeviceId)> = held_where(&streams, |e| e.node == node)
+                .into_iter()
                 .filter(|s| !listed.contains(s))
                 .collect();
             for (user, device) in gone {
@@ -169,15 +160,7 @@ impl Registry {
     /// Drop the streams nobody refreshed within [`TTL`].
     pub fn expire(&self) {
         let mut streams = self.streams.lock().expect("registry lock");
-        let stale: Vec<(UserId, DeviceId)> = streams
-            .iter()
-            .flat_map(|(user, devices)| {
-                devices
-                    .iter()
-                    .filter(|(_, e)| e.refreshed.elapsed() > TTL)
-                    .map(move |(device, _)| (*user, *device))
-            })
-            .collect();
+        let stale = held_where(&streams, |e| e.refreshed.elapsed() > TTL);
         for (user, device) in stale {
             self.close(&mut streams, user, device, None);
         }
@@ -212,6 +195,22 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The (user, device) streams whose entries satisfy `pred`.
+fn held_where(
+    streams: &HashMap<UserId, HashMap<DeviceId, Entry>>,
+    pred: impl Fn(&Entry) -> bool,
+) -> Vec<(UserId, DeviceId)> {
+    streams
+        .iter()
+        .flat_map(|(user, devices)| {
+            devices
+                .iter()
+                .filter(|(_, e)| pred(e))
+                .map(move |(device, _)| (*user, *device))
+        })
+        .collect()
 }
 
 /// The sending side: this node's stream changes to their users' homes.

@@ -390,10 +390,7 @@ impl Chat for ChatService {
             .zip(found)
             .map(|((handle, user), p)| pb::UserPresence {
                 handle,
-                user_id: user.0,
-                online: p.online(),
-                last_seen_ms: p.last_seen_ms,
-                online_devices: p.devices.into_iter().collect(),
+                ..crate::presence::to_pb(user.0, p)
             })
             .collect();
         Ok(Response::new(pb::PresenceReply { users }))

@@ -27,11 +27,12 @@ const FIXTURE: &str = concat!(
 const WAIT: Duration = Duration::from_secs(20);
 /// No ballast, so the fixture holds only RocksDB's files.
 const STORAGE: &str = "[storage]\nreserve_mib = 0\nballast_mib = 0\n";
-/// The reader's config: the dedup window is measured against the sends' stored timestamps, so
-/// with the default (24 h) the fixture's retry would be a new send a day after it was written.
-/// Ten years keeps the dedup check about the format, not the fixture's age.
-const READER: &str =
-    "[storage]\nreserve_mib = 0\nballast_mib = 0\n[chat]\ndedup_window_secs = 315360000\n";
+/// The reader's config. The dedup window (default 24 h) and retention (default 30 days) are
+/// measured against the messages' stored timestamps, so with the defaults the fixture's retry
+/// would be a new send a day after it was written, and its payloads would expire a month later.
+/// Ten years of each keeps this test about the format, not the fixture's age.
+const READER: &str = "[storage]\nreserve_mib = 0\nballast_mib = 0\n\
+    [chat]\ndedup_window_secs = 315360000\n[retention]\nexpire_after_secs = 315360000\n";
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
 const DIRECT_MESSAGES: u64 = 50;
 const GROUP_MESSAGES: u64 = 5;

@@ -6,8 +6,23 @@ use chatd::config::{Flags, ServerConfig};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before the runtime starts any thread: glibc reads these when threads first allocate.
+    heap::tune_c_malloc();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("chatd: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve())
+}
+
+async fn serve() -> std::process::ExitCode {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         // Colour codes only for a terminal: logs redirected to files stay greppable.

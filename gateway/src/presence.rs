@@ -32,6 +32,11 @@ use crate::ticks;
 
 /// How long a lookup waits for a peer.
 const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+/// HTTP/2 pings on a peer connection while a stream is open, and how long one may go unanswered:
+/// a peer cut off without closing its connection (a partition, a frozen process) fails the
+/// long-lived streams (`WatchTicks`) within seconds instead of leaving them open and silent.
+pub(crate) const PEER_KEEPALIVE: Duration = Duration::from_secs(2);
+pub(crate) const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 type PeerClient = GatewayPeerClient<InterceptedService<Channel, AttachSecret>>;
 
@@ -83,6 +88,8 @@ impl ClusterPresence {
             .ok()?
             .connect_timeout(PEER_TIMEOUT)
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(PEER_KEEPALIVE)
+            .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
             .local_address(self.node.bind_ip())
             .connect_lazy();
         let client = GatewayPeerClient::with_interceptor(channel, self.secret.clone());

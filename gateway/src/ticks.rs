@@ -34,6 +34,8 @@ use crate::presence::ClusterPresence;
 const STILL_HERE_EVERY: Duration = Duration::from_secs(1);
 /// Pause before a follower tries the replicas again.
 const RETRY: Duration = Duration::from_millis(500);
+/// How long a holder may take to open its stream before the next candidate is tried.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The tick changes of partition `p` that this node's projector announces from now on, as a
 /// `WatchTicks` reply stream; FAILED_PRECONDITION if this node does not hold `p`.
@@ -155,7 +157,10 @@ async fn follow_one_holder(
             continue;
         };
         let request = pb::WatchTicksRequest { partition: p.0 };
-        let mut stream = match client.watch_ticks(request).await {
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, client.watch_ticks(request)).await;
+        let opened =
+            opened.unwrap_or_else(|_| Err(Status::deadline_exceeded("the holder did not answer")));
+        let mut stream = match opened {
             Ok(reply) => {
                 tracing::debug!(%p, node = id, "tick changes: following");
                 if !std::mem::replace(counted, true) {

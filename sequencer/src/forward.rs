@@ -152,6 +152,11 @@ impl Forwarder {
             .map_err(|e| Status::internal(format!("bad leader address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            // The forwarding stream is long-lived: a leader cut off without closing the
+            // connection fails it within seconds, so later commands open a fresh stream rather
+            // than each waiting out FORWARD_TRY on a dead one.
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(3))
             .local_address(self.node.bind_ip())
             .connect_lazy();
         let client = SequencerClient::with_interceptor(channel, self.secret.clone());

@@ -60,6 +60,9 @@ impl PeerChannels {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
+            // A peer cut off without closing the connection fails its open streams (a remote
+            // `Tail`) within seconds, not after the 20 s default.
+            .keep_alive_timeout(Duration::from_secs(3))
             .local_address(self.local_ip);
         let ch = endpoint.connect_lazy();
         channels.insert((target, addr.to_string()), ch.clone());

@@ -46,6 +46,7 @@ impl Cluster {
                     node_id: id,
                     data_dir: dir.path().join(format!("n{id}")),
                     partitions,
+                    partitions_chosen: true,
                     replication: 3,
                     join: false,
                     members: members.clone(),

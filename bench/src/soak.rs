@@ -716,6 +716,8 @@ struct Metrics {
     /// glibc's bytes in use and free but kept (RocksDB's C++ allocations).
     malloc_in_use: Option<u64>,
     malloc_free: Option<u64>,
+    /// Time spent giving glibc's free pages back, so far (µs).
+    malloc_trim_micros: Option<u64>,
     /// The sum of every group's Raft term on the node: it rises by one per election.
     terms: Option<u64>,
     /// [`SNAPSHOT_COUNTERS`], so far.
@@ -755,6 +757,7 @@ impl Metrics {
                 ("chatd_heap_resident_bytes", _) => m.heap_resident = Some(value),
                 ("chatd_malloc_in_use_bytes", _) => m.malloc_in_use = Some(value),
                 ("chatd_malloc_free_bytes", _) => m.malloc_free = Some(value),
+                ("chatd_malloc_trim_micros_total", _) => m.malloc_trim_micros = Some(value),
                 ("chatd_raft_term", _) => *m.terms.get_or_insert(0) += value,
                 (name, _) => {
                     if let Some(i) = SNAPSHOT_COUNTERS.iter().position(|c| *c == name) {
@@ -1045,13 +1048,14 @@ impl Minute {
             };
             let snapshots = n.snapshots.map(opt).join("/");
             println!(
-                "  n{}: RSS {} MiB (heap {} live, {} resident; malloc {} in use, {} free), CPU {}% | files {} MiB (SST {}, WAL {}) | metrics WAL {}, SST by cf [{}], memtables {}, block cache {}, table readers {}, state cache {} MiB | snapshots built/sent/installed {} | elections {}",
+                "  n{}: RSS {} MiB (heap {} live, {} resident; malloc {} in use, {} free, trimmed in {} ms so far), CPU {}% | files {} MiB (SST {}, WAL {}) | metrics WAL {}, SST by cf [{}], memtables {}, block cache {}, table readers {}, state cache {} MiB | snapshots built/sent/installed {} | elections {}",
                 n.node,
                 opt(s.rss_kib.map(|k| k / 1024)),
                 opt(m.and_then(|m| m.heap_allocated).map(mib)),
                 opt(m.and_then(|m| m.heap_resident).map(mib)),
                 opt(m.and_then(|m| m.malloc_in_use).map(mib)),
                 opt(m.and_then(|m| m.malloc_free).map(mib)),
+                opt(m.and_then(|m| m.malloc_trim_micros).map(|us| us / 1000)),
                 opt(n.cpu_pct.map(|c| format!("{c:.0}"))),
                 mib(s.files.total),
                 mib(s.files.sst),
@@ -1093,6 +1097,7 @@ impl Minute {
                     "heap_resident_bytes": m.and_then(|m| m.heap_resident),
                     "malloc_in_use_bytes": m.and_then(|m| m.malloc_in_use),
                     "malloc_free_bytes": m.and_then(|m| m.malloc_free),
+                    "malloc_trim_micros_total": m.and_then(|m| m.malloc_trim_micros),
                     "elections": n.elections,
                     "snapshots_built": n.snapshots[0],
                     "snapshots_sent": n.snapshots[1],

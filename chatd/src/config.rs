@@ -49,7 +49,8 @@ pub struct Flags {
     /// Where the node keeps its data [default: ./data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Partitions of the cluster; fixed when the data dir is first created [default: 8].
+    /// Partitions of the cluster; fixed when the cluster forms. Left out, a data dir keeps the
+    /// count it was made with [default for a new one: 8].
     #[arg(long)]
     pub partitions: Option<u32>,
     /// Replicas of each partition when the cluster forms (all members if fewer); the same on
@@ -351,10 +352,7 @@ impl ServerConfig {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("data"));
-        let partitions = flags
-            .partitions
-            .or(file.partitions)
-            .unwrap_or(DEFAULT_PARTITIONS);
+        let chosen_partitions = flags.partitions.or(file.partitions);
         let join = flags.join || file.join;
         let replication = flags
             .replication
@@ -379,7 +377,8 @@ impl ServerConfig {
             log: LogNodeConfig {
                 node_id,
                 data_dir,
-                partitions,
+                partitions: chosen_partitions.unwrap_or(DEFAULT_PARTITIONS),
+                partitions_chosen: chosen_partitions.is_some(),
                 replication,
                 members,
                 join,
@@ -457,7 +456,8 @@ mod tests {
         let c = ServerConfig::resolve(flags).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.log.node_id, 1);
-        assert_eq!(c.log.partitions, 8);
+        assert_eq!(c.log.partitions, DEFAULT_PARTITIONS);
+        assert!(!c.log.partitions_chosen);
         assert_eq!(c.log.members.len(), 1);
         // The generated secret is stable across restarts.
         let again = ServerConfig::resolve(Flags {

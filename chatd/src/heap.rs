@@ -10,11 +10,15 @@
 //! unprefixed symbols, which the rocksdb crate's `jemalloc` feature also forces), but then
 //! libfaketime — which the fault-injection suite's clock nemesis preloads — cannot start beside
 //! it (its first `clock_gettime` recurses through jemalloc's initialisation; libfaketime issue
-//! #130). So glibc is tuned instead ([`tune_c_malloc`]), against the two ways it lets a
-//! long-running RocksDB process grow: many arenas each keeping its own free pages, and the
-//! *dynamic* mmap threshold, which after the first large block is freed moves every later large
-//! block (memtable arenas, compaction buffers) from `mmap` (returned on free) into the arenas
-//! (kept, and fragmented by the small blocks between them).
+//! #130). So glibc is tuned instead ([`tune_c_malloc`]), against the ways it lets a
+//! long-running RocksDB process grow: many arenas each keeping its own free pages; the *dynamic*
+//! mmap threshold, which after the first large block is freed moves every later large block
+//! (memtable arenas, compaction buffers) from `mmap` (returned on free) into the arenas (kept,
+//! and fragmented by the small blocks between them); and free pages inside an arena, which
+//! glibc returns only from the arena's top. The last is what the block cache's churn leaves
+//! (measured: 2 arenas and the fixed threshold still let "free" climb 11 → 45 MiB in 20 minutes
+//! on one node of a 3-node soak), so [`start`] also gives those pages back every 10 s
+//! (`malloc_trim`, which hands whole free pages to the kernel wherever they lie).
 //!
 //! Declared by the binary (`main.rs`) only, so processes that link chatd as a library keep their
 //! own allocator.
@@ -55,35 +59,63 @@ pub fn tune_c_malloc() {
     }
 }
 
-/// Once every `every`, on a thread of its own, both allocators' figures:
-/// - jemalloc (Rust): what the heap holds live (`chatd_heap_allocated_bytes`) and what it keeps
-///   resident (`chatd_heap_resident_bytes`); resident well above allocated is fragmentation,
-///   allocated rising is something that keeps growing.
-/// - glibc (RocksDB's C++), every tenth time (reading them walks the arenas' free lists under
-///   their locks): bytes in use (`chatd_malloc_in_use_bytes`, mapped blocks included) and bytes
-///   free but kept by its arenas (`chatd_malloc_free_bytes`). Free rising while in use is level
-///   is the fragmentation [`tune_c_malloc`] is there to stop.
-pub fn publish_every(every: Duration) {
+/// Start the allocator thread: every [`TRIM_EVERY`] it gives glibc's free pages back to the
+/// kernel. With `metrics`, it also publishes both allocators' figures:
+/// - jemalloc (Rust), every second: what the heap holds live (`chatd_heap_allocated_bytes`) and
+///   what it keeps resident (`chatd_heap_resident_bytes`); resident well above allocated is
+///   fragmentation, allocated rising is something that keeps growing.
+/// - glibc (RocksDB's C++), after each trim: bytes in use (`chatd_malloc_in_use_bytes`, mapped
+///   blocks included) and bytes free in its arenas (`chatd_malloc_free_bytes`; the trim gives
+///   their whole pages back, so not all of it is resident), and the time spent trimming
+///   (`chatd_malloc_trim_micros_total`).
+pub fn start(metrics: bool) {
     std::thread::Builder::new()
-        .name("heap-metrics".into())
+        .name("heap".into())
         .spawn(move || {
+            let rounds_per_trim = (TRIM_EVERY.as_secs() / PUBLISH_EVERY.as_secs()).max(1);
             for round in 0u64.. {
-                // jemalloc's statistics are a snapshot refreshed when the epoch advances.
-                if epoch::advance().is_ok() {
-                    if let (Ok(allocated), Ok(resident)) =
-                        (stats::allocated::read(), stats::resident::read())
-                    {
-                        metrics::gauge!("chatd_heap_allocated_bytes").set(allocated as f64);
-                        metrics::gauge!("chatd_heap_resident_bytes").set(resident as f64);
+                if round % rounds_per_trim == 0 {
+                    trim_c_malloc();
+                    if metrics {
+                        publish_c_malloc();
                     }
                 }
-                if round % 10 == 0 {
-                    publish_c_malloc();
+                if metrics {
+                    publish_jemalloc();
                 }
-                std::thread::sleep(every);
+                std::thread::sleep(PUBLISH_EVERY);
             }
         })
-        .expect("spawn the heap metrics thread");
+        .expect("spawn the heap thread");
+}
+
+/// How often jemalloc's figures are published.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// How often glibc's free pages are given back (and its figures read: both walk its arenas
+/// under their locks, which is why not every second).
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+fn trim_c_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let started = std::time::Instant::now();
+        // SAFETY: malloc_trim only releases free memory of glibc's arenas; no pointers.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        metrics::counter!("chatd_malloc_trim_micros_total")
+            .increment(started.elapsed().as_micros() as u64);
+    }
+}
+
+fn publish_jemalloc() {
+    // jemalloc's statistics are a snapshot refreshed when the epoch advances.
+    if epoch::advance().is_ok() {
+        if let (Ok(allocated), Ok(resident)) = (stats::allocated::read(), stats::resident::read()) {
+            metrics::gauge!("chatd_heap_allocated_bytes").set(allocated as f64);
+            metrics::gauge!("chatd_heap_resident_bytes").set(resident as f64);
+        }
+    }
 }
 
 fn publish_c_malloc() {

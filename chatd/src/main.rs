@@ -39,8 +39,8 @@ async fn serve() -> std::process::ExitCode {
                 .with_http_listener(addr)
                 .install()
                 .map_err(|e| anyhow::anyhow!("metrics exporter on {addr}: {e}"))?;
-            heap::publish_every(std::time::Duration::from_secs(1));
         }
+        heap::start(config.metrics_listen.is_some());
         chatd::server::run(config, chatd::server::shutdown_signal()).await
     }
     .await;

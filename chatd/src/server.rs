@@ -28,6 +28,9 @@ const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 /// ...and is dropped after this many go unanswered (about 90 s after the peer vanished).
 const KEEPALIVE_RETRIES: u32 = 3;
 
+/// How long a stopping node lets open calls and streams finish.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A node being served; dropping it does not stop it, call [`Running::stop`].
 pub struct Running {
     pub node: Arc<LogNode>,
@@ -41,9 +44,19 @@ pub struct Running {
 
 impl Running {
     /// Stop serving, then stop every Raft group.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// Stop serving: end the device streams (devices resume elsewhere), let the gRPC server
+    /// finish what is in flight for up to [`STOP_GRACE`] (streams other nodes hold open, such as
+    /// a remote tail, are then cut), and shut the log node.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.gateway.close_streams();
         let _ = self.stop_tx.send(());
-        self.server.await?.context("gRPC server")?;
+        match tokio::time::timeout(STOP_GRACE, &mut self.server).await {
+            Ok(served) => served?.context("gRPC server")?,
+            Err(_) => {
+                tracing::info!(grace = ?STOP_GRACE, "streams still open after the grace period: closed");
+                self.server.abort();
+            }
+        }
         self.node.shutdown().await;
         Ok(())
     }
@@ -171,8 +184,10 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
 /// Serve until `shutdown` resolves.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let data_dir = config.log.data_dir.clone();
-    let (partitions, members) = (config.log.partitions, config.log.members.len());
+    let members = config.log.members.len();
     let running = start(config).await?;
+    // The data dir's count, which is not the configured one when it was left to the dir.
+    let partitions = running.node.partition_count();
     tracing::info!(
         node = running.node.node_id(),
         listen = %running.local_addr,
@@ -181,9 +196,20 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         members,
         "chatd serving"
     );
-    shutdown.await;
+    // The log node stops by itself only when it must not go on (removed from the cluster, its
+    // data lost, a partition count unlike the cluster's): the process ends with it, so the
+    // operator sees it exit with the reason logged rather than a node serving nothing.
+    let node = running.node.clone();
+    let stopped_by_itself = tokio::select! {
+        () = shutdown => false,
+        () = node.until_stopped() => true,
+    };
     tracing::info!("shutting down");
-    running.stop().await
+    running.stop().await?;
+    if stopped_by_itself {
+        anyhow::bail!("the log node stopped (the reason is logged above)");
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -245,6 +245,74 @@ async fn a_node_that_lost_its_data_is_refused_and_replaced() {
     check_replicas(&cluster, &replaced, &written).await;
 }
 
+/// A node joining with a partition count unlike the cluster's would route every chat to the
+/// wrong partition: once added it stops, before it registers its data dir or becomes a voter,
+/// and exits saying why. Started again on a new data dir with the cluster's count, it joins
+/// under the same id and takes its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_with_another_partition_count_stops_and_says_why() {
+    let mut cluster = Cluster::start_with(3, PARTITIONS, "");
+    cluster
+        .wait_for_map(1, WAIT, "the cluster formed", |m| {
+            m.replicas.len() == PARTITIONS as usize && settled(m)
+        })
+        .await;
+    cluster.partitions = PARTITIONS + 2;
+    let four = cluster.add_joining("");
+    cluster.partitions = PARTITIONS;
+    let addr = cluster.node(four).addr.clone();
+    cluster
+        .admin(1)
+        .await
+        .add_node(AddNodeRequest {
+            node_id: four,
+            addr,
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(status) = cluster.exited(four) {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {four} did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!exit.success());
+    let log = cluster.log_of(four);
+    let says = format!(
+        "the cluster has {PARTITIONS} partitions but this node was started with {}",
+        PARTITIONS + 2
+    );
+    assert!(log.contains(&says), "{log}");
+    let map = cluster.map(1).await;
+    assert_eq!(map.nodes[&four].incarnation, 0, "{map:?}");
+    assert!(
+        map.replicas.values().all(|r| !r.voters.contains(&four)),
+        "{map:?}"
+    );
+
+    // On a new data dir with the cluster's count, the same id joins.
+    std::fs::remove_dir_all(&cluster.node(four).data_dir).unwrap();
+    let config = &cluster.node(four).config;
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        &format!("partitions = {}", PARTITIONS + 2),
+        &format!("partitions = {PARTITIONS}"),
+    );
+    std::fs::write(config, text).unwrap();
+    cluster.spawn(four);
+    cluster
+        .wait_for_map(1, WAIT, "node 4 registered and holding replicas", |m| {
+            m.nodes.get(&four).is_some_and(|n| n.incarnation != 0)
+                && m.replicas.values().any(|r| r.voters.contains(&four))
+                && settled(m)
+        })
+        .await;
+}
+
 /// `count` records to partition `p` in one append (through whichever of `alive` leads it).
 async fn append_many(
     cluster: &Cluster,

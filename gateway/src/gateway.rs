@@ -58,6 +58,8 @@ pub struct Gateway {
     pub presence: Arc<presence::ClusterPresence>,
     pub projector: Arc<Projector>,
     pub config: GatewayConfig,
+    /// Set when the node is going away: every device stream ends (see [`Gateway::until_closing`]).
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -102,7 +104,25 @@ impl Gateway {
             sequencer,
             projector,
             config,
+            closing: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// End every device stream (with UNAVAILABLE, so devices resume on another node): the node
+    /// is shutting down. Without it a graceful stop would wait on streams that never end.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves when device streams must end: [`Gateway::close_streams`] was called, or the log
+    /// node stopped by itself (removed from the cluster, its data lost), after which this node
+    /// can serve no chat.
+    pub async fn until_closing(&self) {
+        let mut closing = self.closing.subscribe();
+        tokio::select! {
+            _ = closing.wait_for(|c| *c) => {}
+            () = self.sequencer.node().until_stopped() => {}
+        }
     }
 }
 

@@ -90,9 +90,13 @@ async fn run(
     // The answer to Hello, so on the control queue: it is the stream's first frame whatever
     // comes after it on either queue.
     out.control(welcome).await?;
+    let gw = deliveries.gw.clone();
     tokio::select! {
         ended = deliveries.run(&hello.cursors, pushes) => ended,
         ended = frames.run(inbound) => ended,
+        () = gw.until_closing() => Err(Status::unavailable(
+            "this node is shutting down; resume on another node",
+        )),
     }
 }
 

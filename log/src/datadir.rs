@@ -28,6 +28,8 @@ pub(crate) struct DataDir {
     pub(crate) incarnation: u64,
     /// Whether the dir was created by this start.
     pub(crate) created: bool,
+    /// The dir's partition count.
+    pub(crate) partitions: u32,
 }
 
 fn new_incarnation() -> u64 {
@@ -42,13 +44,15 @@ fn write_record(engine: &Engine, record: &NodeRecord) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Check the data dir at `dir` (open as `engine`) is node `node_id` with `partitions`
-/// partitions in [`DATA_FORMAT`]; record it so on first start.
+/// Check the data dir at `dir` (open as `engine`) is node `node_id` in [`DATA_FORMAT`] with
+/// `partitions` partitions — or, unless `chosen`, with whatever count it was made with; record it
+/// so on first start.
 pub(crate) fn check(
     engine: &Engine,
     dir: &Path,
     node_id: NodeId,
     partitions: u32,
+    chosen: bool,
 ) -> anyhow::Result<DataDir> {
     let dir = dir.display();
     let Some(bytes) = engine.get(cf::NODE, RECORD_KEY)? else {
@@ -69,6 +73,7 @@ pub(crate) fn check(
         return Ok(DataDir {
             incarnation: record.incarnation,
             created: true,
+            partitions,
         });
     };
     let mut have = NodeRecord::decode(bytes.as_slice())
@@ -80,11 +85,16 @@ pub(crate) fn check(
             have.format
         );
     }
-    if (have.node_id, have.partitions) != (node_id, partitions) {
+    if have.node_id != node_id {
         bail!(
-            "data dir {dir} belongs to node {} with {} partitions; refusing to start it as node \
-             {node_id} with {partitions} partitions",
+            "data dir {dir} belongs to node {}; refusing to start it as node {node_id}",
             have.node_id,
+        );
+    }
+    if chosen && have.partitions != partitions {
+        bail!(
+            "data dir {dir} was made with {} partitions; refusing to start it with {partitions} \
+             (the count is fixed when a cluster forms; leave --partitions out to use the dir's)",
             have.partitions,
         );
     }
@@ -97,6 +107,7 @@ pub(crate) fn check(
     Ok(DataDir {
         incarnation: have.incarnation,
         created: false,
+        partitions: have.partitions,
     })
 }
 
@@ -125,15 +136,41 @@ mod tests {
     fn a_dir_is_recorded_once_and_then_checked() {
         let dir = tempfile::tempdir().unwrap();
         let engine = open(dir.path());
-        let first = check(&engine, dir.path(), 1, 8).unwrap();
+        let first = check(&engine, dir.path(), 1, 8, true).unwrap();
         assert!(first.created && first.incarnation != 0);
-        let again = check(&engine, dir.path(), 1, 8).unwrap();
+        assert_eq!(first.partitions, 8);
+        let again = check(&engine, dir.path(), 1, 8, true).unwrap();
         assert!(!again.created);
         assert_eq!(again.incarnation, first.incarnation);
-        let err = check(&engine, dir.path(), 2, 8).unwrap_err().to_string();
-        assert!(err.contains("belongs to node 1 with 8 partitions"), "{err}");
-        let err = check(&engine, dir.path(), 1, 4).unwrap_err().to_string();
-        assert!(err.contains("as node 1 with 4 partitions"), "{err}");
+        let err = check(&engine, dir.path(), 2, 8, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("belongs to node 1;"), "{err}");
+        let err = check(&engine, dir.path(), 1, 4, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("made with 8 partitions"), "{err}");
+    }
+
+    #[test]
+    fn a_dir_keeps_its_partition_count_unless_another_is_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path());
+        // Made when the default was 8; opened by a release whose default is 64.
+        check(&engine, dir.path(), 1, 8, false).unwrap();
+        let reopened = check(&engine, dir.path(), 1, 64, false).unwrap();
+        assert!(!reopened.created);
+        assert_eq!(reopened.partitions, 8);
+        assert!(check(&engine, dir.path(), 1, 64, true).is_err());
+        // A new dir takes the count it is given, chosen or not.
+        let other = tempfile::tempdir().unwrap();
+        let engine = open(other.path());
+        assert_eq!(
+            check(&engine, other.path(), 1, 64, false)
+                .unwrap()
+                .partitions,
+            64
+        );
     }
 
     #[test]
@@ -146,7 +183,9 @@ mod tests {
             LEGACY_RECORD_KEY,
             &[1, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0],
         );
-        let err = check(&engine, dir.path(), 1, 8).unwrap_err().to_string();
+        let err = check(&engine, dir.path(), 1, 8, true)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("before 0.2 (data format 0"), "{err}");
 
         let newer = NodeRecord {
@@ -156,7 +195,9 @@ mod tests {
             incarnation: 5,
         };
         put(&engine, RECORD_KEY, &newer.encode_to_vec());
-        let err = check(&engine, dir.path(), 1, 8).unwrap_err().to_string();
+        let err = check(&engine, dir.path(), 1, 8, true)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains(&format!("data format {}", DATA_FORMAT + 1)),
             "{err}"

@@ -121,6 +121,7 @@ async fn offsets_reads_subscriptions_and_restart() {
         node_id: 1,
         data_dir: dir.path().to_path_buf(),
         partitions: 4,
+        partitions_chosen: true,
         replication: 3,
         join: false,
         members: [(1, "127.0.0.1:1".to_string())].into(),

@@ -22,6 +22,7 @@ async fn start(dir: &std::path::Path, limits: ApplyLimits, config: SequencerConf
         node_id: 1,
         data_dir: dir.to_path_buf(),
         partitions: PARTITIONS,
+        partitions_chosen: true,
         replication: 3,
         join: false,
         members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),

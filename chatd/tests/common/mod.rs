@@ -21,7 +21,7 @@ pub struct NodeProc {
     pub id: u64,
     pub addr: String,
     pub data_dir: PathBuf,
-    config: PathBuf,
+    pub config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }

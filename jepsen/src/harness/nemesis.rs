@@ -13,23 +13,28 @@
 //!   harness's per-link proxy (`proxy.rs`), since this kernel has no netem;
 //! - `membership`: the partition map changed under load — a leadership transferred, a replica
 //!   moved to a node that does not hold the partition (with more nodes than replicas, e.g.
-//!   `--nodes 5`), or a node drained of its leaderships for a while. Mixed with the others, a
-//!   move meets kills, pauses and cuts half-way.
+//!   `--nodes 5`), a node drained of its leaderships for a while, a node replaced by a wiped one
+//!   (its disk lost: killed, data dir removed, started again under a new id and put in the old
+//!   one's place with `ReplaceNode`), or a node removed while it runs (`leaving` until its
+//!   replicas have moved off) and a new one added in its place (`AddNode`). Mixed with the
+//!   others, a move meets kills, pauses and cuts half-way.
+//!
+//! Faults pick *slots* (see `nodes.rs`); node ids read from the cluster are turned into slots.
 
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
 use chat_proto::admin::{
-    CompactRequest, GetMapRequest, MoveReplicaRequest, SetNodeStateRequest, StatusRequest,
-    TransferLeaderRequest,
+    AddNodeRequest, CompactRequest, GetMapRequest, MoveReplicaRequest, ReplaceNodeRequest,
+    SetNodeStateRequest, StatusRequest, TransferLeaderRequest,
 };
-use chat_proto::log::PartitionMap;
+use chat_proto::log::{NodeState, PartitionMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::nodes::{admin, ip, Nodes};
+use super::nodes::{addr, admin, ip, Nodes};
 use super::proxy::{LinkFault, Links};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,7 +108,7 @@ pub fn heal_network() -> anyhow::Result<()> {
     nft("flush ruleset")
 }
 
-/// The node leading a random partition, as a running node reports it.
+/// The slot of the node leading a random partition, as a running node reports it.
 async fn some_leader(nodes: &std::sync::Mutex<Nodes>, n: u64, rng: &mut StdRng) -> Option<u64> {
     let candidates: Vec<u64> = {
         let nodes = nodes.lock().unwrap();
@@ -117,18 +122,21 @@ async fn some_leader(nodes: &std::sync::Mutex<Nodes>, n: u64, rng: &mut StdRng) 
     request.set_timeout(Duration::from_secs(1));
     let status = client.status(request).await.ok()?.into_inner();
     let leaders: Vec<u64> = status.leaders().into_values().collect();
-    leaders.choose(rng).copied()
+    let leader = leaders.choose(rng).copied()?;
+    nodes.lock().unwrap().slot_of(leader)
+}
+
+/// The slots running and not paused.
+fn running(nodes: &std::sync::Mutex<Nodes>, n: u64) -> Vec<u64> {
+    let nodes = nodes.lock().unwrap();
+    (1..=n)
+        .filter(|&i| nodes.is_running(i) && !nodes.nodes[i as usize - 1].paused)
+        .collect()
 }
 
 /// The partition map as a running node (not paused) has it.
 async fn current_map(nodes: &std::sync::Mutex<Nodes>, n: u64) -> Option<(u64, PartitionMap)> {
-    let running: Vec<u64> = {
-        let nodes = nodes.lock().unwrap();
-        (1..=n)
-            .filter(|&i| nodes.is_running(i) && !nodes.nodes[i as usize - 1].paused)
-            .collect()
-    };
-    for ask in running {
+    for ask in running(nodes, n) {
         let Ok(mut client) = admin(ask) else { continue };
         let mut request = tonic::Request::new(GetMapRequest {});
         request.set_timeout(Duration::from_secs(1));
@@ -163,8 +171,8 @@ async fn set_node_state(nodes: &std::sync::Mutex<Nodes>, n: u64, node: u64, stat
     format!("{state}: {last}")
 }
 
-/// One change of the partition map: a leadership transferred, a replica moved, or a node
-/// drained for a while and made active again.
+/// One change of the partition map: a leadership transferred, a replica moved, a node drained
+/// for a while and made active again, or a node replaced by a wiped one.
 async fn change_membership(
     nodes: &std::sync::Mutex<Nodes>,
     n: u64,
@@ -182,9 +190,17 @@ async fn change_membership(
             || replicas.learners.contains(id)
             || replicas.leaving.contains(id)
     };
-    let outside: Vec<u64> = map.nodes.keys().copied().filter(|id| !holds(id)).collect();
+    let active = NodeState::NodeActive as i32;
+    let outside: Vec<u64> = map
+        .nodes
+        .iter()
+        .filter(|(id, node)| node.state == active && !holds(id))
+        .map(|(id, _)| *id)
+        .collect();
     let mut client = admin(ask)?;
-    match rng.gen_range(0..3) {
+    match rng.gen_range(0..5) {
+        3 => replace_wiped(nodes, n, &map, rng).await,
+        4 => remove_then_add(nodes, n, &map, rng).await,
         1 if !outside.is_empty() && !replicas.voters.is_empty() => {
             let from = *replicas.voters.choose(rng).expect("voters");
             let to = *outside.choose(rng).expect("outside");
@@ -205,7 +221,8 @@ async fn change_membership(
             ))
         }
         2 => {
-            let node = rng.gen_range(1..=n);
+            let slot = rng.gen_range(1..=n);
+            let node = nodes.lock().unwrap().nodes[slot as usize - 1].id;
             let drained = set_node_state(nodes, n, node, "draining").await;
             hold(rng, 2000..5000).await;
             let back = set_node_state(nodes, n, node, "active").await;
@@ -235,6 +252,131 @@ async fn change_membership(
             ))
         }
     }
+}
+
+/// Replace a random slot's node by a wiped one under a new id, as when a disk dies and a new
+/// machine takes its place: the node is killed, its data dir removed, a node with the next unused
+/// id started there joining the cluster, and `ReplaceNode` (old → new) asked of another node;
+/// the old node's replicas then move to the new one in the background, under the other faults.
+///
+/// Skipped while a node is leaving or a replica is moving: an operator replaces one node at a
+/// time, since wiping a second before the first is rebuilt can take two of a partition's three
+/// copies, which no consensus protocol survives.
+async fn replace_wiped(
+    nodes: &std::sync::Mutex<Nodes>,
+    n: u64,
+    map: &PartitionMap,
+    rng: &mut StdRng,
+) -> anyhow::Result<String> {
+    if busy(map) {
+        return Ok("replace: skipped, a node is leaving or a replica moving".into());
+    }
+    let slot = rng.gen_range(1..=n);
+    let Some(&via) = running(nodes, n)
+        .iter()
+        .filter(|&&s| s != slot)
+        .collect::<Vec<_>>()
+        .choose(rng)
+        .copied()
+    else {
+        return Ok("replace: no other node running".into());
+    };
+    let new_id = map.nodes.keys().max().copied().unwrap_or(n) + 1;
+    let old_id = {
+        let mut nodes = nodes.lock().unwrap();
+        let old_id = nodes.nodes[slot as usize - 1].id;
+        nodes.replace_wiped(slot, new_id)?;
+        old_id
+    };
+    // Until ReplaceNode lands, the old id is a dead voter in its partitions: keep asking.
+    let mut answer = String::from("no answer");
+    for _ in 0..10 {
+        let mut request = tonic::Request::new(ReplaceNodeRequest {
+            old_node_id: old_id,
+            new_node_id: new_id,
+            new_addr: addr(slot),
+        });
+        request.set_timeout(Duration::from_secs(5));
+        match admin(via)?.replace_node(request).await {
+            Ok(r) => {
+                answer = format!("epoch {}", r.into_inner().epoch);
+                break;
+            }
+            Err(e) => answer = e.message().to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    hold(rng, 2000..5000).await;
+    Ok(format!(
+        "replace node {old_id} (slot {slot}) by wiped node {new_id}: {answer}"
+    ))
+}
+
+/// Whether a node is leaving or a replica moving (see [`replace_wiped`] for why that matters).
+fn busy(map: &PartitionMap) -> bool {
+    let leaving = NodeState::NodeLeaving as i32;
+    map.nodes.values().any(|node| node.state == leaving)
+        || map
+            .replicas
+            .values()
+            .any(|r| !r.learners.is_empty() || !r.leaving.is_empty())
+}
+
+/// Remove a random slot's node the way an operator retires a machine — `leaving` while it runs,
+/// so its replicas move off it first and the map marks it removed once it holds nothing — then
+/// add a new node (wiped, next unused id) in the slot with `AddNode`, which balancing fills.
+/// Waits up to 2 minutes for the removal (other faults wait meanwhile; between faults a small
+/// partition moves in seconds); if it has not finished by then the node is left to finish
+/// leaving and nothing is added (the removed node's process ends by itself, and the final
+/// drain reports that slot as failing).
+async fn remove_then_add(
+    nodes: &std::sync::Mutex<Nodes>,
+    n: u64,
+    map: &PartitionMap,
+    rng: &mut StdRng,
+) -> anyhow::Result<String> {
+    if busy(map) {
+        return Ok("remove: skipped, a node is leaving or a replica moving".into());
+    }
+    let slot = rng.gen_range(1..=n);
+    let old_id = nodes.lock().unwrap().nodes[slot as usize - 1].id;
+    let left = set_node_state(nodes, n, old_id, "leaving").await;
+    let removed = NodeState::NodeRemoved as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let gone = current_map(nodes, n)
+            .await
+            .is_some_and(|(_, m)| m.nodes.get(&old_id).is_some_and(|x| x.state == removed));
+        if gone {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Ok(format!(
+                "remove node {old_id} (slot {slot}): {left}; not removed within 2 minutes"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let Some((via, map)) = current_map(nodes, n).await else {
+        return Ok(format!(
+            "remove node {old_id} (slot {slot}): removed; no map to add"
+        ));
+    };
+    let new_id = map.nodes.keys().max().copied().unwrap_or(n) + 1;
+    nodes.lock().unwrap().replace_wiped(slot, new_id)?;
+    let mut request = tonic::Request::new(AddNodeRequest {
+        node_id: new_id,
+        addr: addr(slot),
+    });
+    request.set_timeout(Duration::from_secs(5));
+    let added = match admin(via)?.add_node(request).await {
+        Ok(r) => format!("epoch {}", r.into_inner().epoch),
+        Err(e) => e.message().to_string(),
+    };
+    hold(rng, 1000..3000).await;
+    Ok(format!(
+        "remove node {old_id} (slot {slot}): {left}, removed; add node {new_id} there: {added}"
+    ))
 }
 
 async fn hold(rng: &mut StdRng, ms: std::ops::Range<u64>) {

@@ -1,7 +1,11 @@
-//! The chatd processes of a run: node i is known to its peers as 127.0.0.i:7400 (the harness's
-//! link proxy, see `proxy.rs`), really listens on 127.0.0.i:7401, and binds its outgoing Raft
-//! connections to 127.0.0.i, so network faults can tell every link apart. Clients talk to
-//! 127.0.0.i:7401 directly.
+//! The chatd processes of a run: the node in slot i is known to its peers as 127.0.0.i:7400 (the
+//! harness's link proxy, see `proxy.rs`), really listens on 127.0.0.i:7401, and binds its
+//! outgoing Raft connections to 127.0.0.i, so network faults can tell every link apart. Clients
+//! talk to 127.0.0.i:7401 directly.
+//!
+//! Faults address slots. A slot's node id is its number until the membership nemesis replaces
+//! the node with a wiped one, which joins under a new id (an id is never reused); ids that come
+//! from the cluster (leaders, replicas) are turned into slots with [`Nodes::slot_of`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,8 +54,10 @@ pub fn admin(node: u64) -> anyhow::Result<chat_proto::AdminClient> {
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 pub struct Node {
+    /// The chatd node id in this slot now.
     pub id: u64,
     config: PathBuf,
+    data: PathBuf,
     log: PathBuf,
     /// The node's clock offset for libfaketime ("+0", "+25s", "-3s"), re-read every second.
     pub clock: PathBuf,
@@ -61,49 +67,83 @@ pub struct Node {
 
 pub struct Nodes {
     chatd: PathBuf,
+    partitions: u32,
+    /// By slot (slot i at index i - 1).
     pub nodes: Vec<Node>,
     /// Start processes under libfaketime (for the clock nemesis).
     pub fake_clocks: bool,
 }
 
 impl Nodes {
-    /// Write every node's config into `dir`.
+    /// Write every node's config into `dir` (slot i runs node id i).
     pub fn new(chatd: PathBuf, dir: &Path, n: u64, partitions: u32) -> anyhow::Result<Nodes> {
         let peers: String = (1..=n)
             .map(|i| format!("{i} = \"{}\"\n", addr(i)))
             .collect();
-        let mut nodes = Vec::new();
-        for id in 1..=n {
-            let config = dir.join(format!("n{id}.toml"));
-            let data = dir.join(format!("n{id}"));
-            std::fs::write(
-                &config,
-                format!(
-                    "node_id = {id}\nlisten = \"{}:{}\"\nbind_ip = \"{}\"\ndata_dir = \"{}\"\npartitions = {partitions}\ncluster_secret = \"{SECRET}\"\n\
-                     [raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_after_logs = 200\nlogs_kept_after_snapshot = 50\n\
-                     [chat]\nsends_per_second = 100000\nsend_burst = 100000\n[peers]\n{peers}",
-                    ip(id),
-                    super::proxy::NODE_PORT,
-                    ip(id),
-                    data.display()
-                ),
-            )?;
-            let clock = dir.join(format!("n{id}.clock"));
+        let mut nodes = Nodes {
+            chatd,
+            partitions,
+            nodes: Vec::new(),
+            fake_clocks: false,
+        };
+        for slot in 1..=n {
+            let clock = dir.join(format!("n{slot}.clock"));
             std::fs::write(&clock, "+0\n")?;
-            nodes.push(Node {
-                id,
-                config,
-                log: dir.join(format!("n{id}.log")),
+            nodes.nodes.push(Node {
+                id: slot,
+                config: dir.join(format!("n{slot}.toml")),
+                data: dir.join(format!("n{slot}")),
+                log: dir.join(format!("n{slot}.log")),
                 clock,
                 child: None,
                 paused: false,
             });
+            nodes.write_config(slot, false, &peers)?;
         }
-        Ok(Nodes {
-            chatd,
-            nodes,
-            fake_clocks: false,
-        })
+        Ok(nodes)
+    }
+
+    /// The config of slot `slot`'s node as it is now (its id; joining or forming).
+    fn write_config(&self, slot: u64, join: bool, peers: &str) -> anyhow::Result<()> {
+        let node = &self.nodes[slot as usize - 1];
+        std::fs::write(
+            &node.config,
+            format!(
+                "node_id = {}\njoin = {join}\nlisten = \"{}:{}\"\nbind_ip = \"{}\"\ndata_dir = \"{}\"\npartitions = {}\ncluster_secret = \"{SECRET}\"\n\
+                 [raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_after_logs = 200\nlogs_kept_after_snapshot = 50\n\
+                 [chat]\nsends_per_second = 100000\nsend_burst = 100000\n[peers]\n{peers}",
+                node.id,
+                ip(slot),
+                super::proxy::NODE_PORT,
+                ip(slot),
+                node.data.display(),
+                self.partitions,
+            ),
+        )
+        .with_context(|| format!("write {}", node.config.display()))
+    }
+
+    /// The slot whose node has id `id` now (None for a node replaced since).
+    pub fn slot_of(&self, id: u64) -> Option<u64> {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .map(|i| i as u64 + 1)
+    }
+
+    /// Replace slot `slot`'s node by a new one with an empty data dir and the id `new_id`, as
+    /// when a disk dies: SIGKILL, the data dir removed, and the new node started joining the
+    /// cluster (it holds nothing until the map gives it replicas).
+    pub fn replace_wiped(&mut self, slot: u64, new_id: u64) -> anyhow::Result<()> {
+        self.kill(slot)?;
+        let data = self.nodes[slot as usize - 1].data.clone();
+        if data.exists() {
+            std::fs::remove_dir_all(&data).with_context(|| format!("wipe {}", data.display()))?;
+        }
+        self.node(slot).id = new_id;
+        // A joining node lists itself alone; the cluster tells it the rest.
+        self.write_config(slot, true, &format!("{new_id} = \"{}\"\n", addr(slot)))?;
+        self.start(slot)
     }
 
     fn node(&mut self, id: u64) -> &mut Node {

@@ -461,6 +461,21 @@ impl LogNode {
                 self.shutdown().await;
                 return;
             }
+            // Checked before this node registers its data dir: a joining node started with
+            // another partition count would route every chat to the wrong partition. Its dir
+            // is still unregistered, so it may start again on a new dir under the same id.
+            Some(_) if map.partitions != self.config.partitions => {
+                tracing::error!(
+                    node = me,
+                    "the cluster has {} partitions but this node was started with {}: stopping. \
+                     Remove its data dir and start it again with --partitions {}",
+                    map.partitions,
+                    self.config.partitions,
+                    map.partitions
+                );
+                self.shutdown().await;
+                return;
+            }
             Some(n) if n.incarnation == 0 => {
                 let change = MapChange::RegisterIncarnation {
                     id: me,

@@ -84,6 +84,10 @@ pub struct LogNodeConfig {
     pub data_dir: PathBuf,
     /// Partitions of the cluster (fixed when the data dir is first initialised).
     pub partitions: u32,
+    /// Whether the operator chose `partitions`. If not (the default was taken), a data dir made
+    /// earlier keeps the count it was made with, so a release that changes the default never
+    /// strands a node; if so, a data dir made with another count is refused.
+    pub partitions_chosen: bool,
     /// Replicas per partition when the cluster forms (fewer if it has fewer members); the
     /// partition map keeps it afterwards. Must be the same on every first member.
     pub replication: u32,
@@ -201,7 +205,7 @@ impl LogNode {
     /// partitions this node holds. Call [`LogNode::initialize`] once the Raft service is being
     /// served.
     pub async fn open(
-        config: LogNodeConfig,
+        mut config: LogNodeConfig,
         handler: Arc<dyn CommandHandler>,
     ) -> anyhow::Result<Arc<LogNode>> {
         if config.partitions == 0 {
@@ -225,7 +229,14 @@ impl LogNode {
         config.engine.check().map_err(anyhow::Error::msg)?;
         let engine = Engine::open_with(&db_path, Arc::new(disk), &config.engine)
             .with_context(|| format!("open RocksDB at {}", db_path.display()))?;
-        let dir = datadir::check(&engine, &config.data_dir, config.node_id, config.partitions)?;
+        let dir = datadir::check(
+            &engine,
+            &config.data_dir,
+            config.node_id,
+            config.partitions,
+            config.partitions_chosen,
+        )?;
+        config.partitions = dir.partitions;
         let derived = DerivedStore::open(engine.clone()).context("open the derived data")?;
 
         let peers = PeerChannels::new(&config.cluster_secret, config.bind_ip)

@@ -34,6 +34,7 @@ pub async fn single_node_tuned(
         node_id: 1,
         data_dir: dir.to_path_buf(),
         partitions,
+        partitions_chosen: true,
         replication: 3,
         join: false,
         members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),

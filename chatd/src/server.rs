@@ -43,7 +43,6 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stop serving, then stop every Raft group.
     /// Stop serving: end the device streams (devices resume elsewhere), let the gRPC server
     /// finish what is in flight for up to [`STOP_GRACE`] (streams other nodes hold open, such as
     /// a remote tail, are then cut), and shut the log node.

@@ -160,14 +160,26 @@ async fn nodes_join_and_leave_while_every_replica_stays_whole() {
         .all(|r| r.voters.len() == 2 && !r.voters.contains(&2)));
     written.extend(append_round(&cluster, &[1, 3, four], 2).await);
     check_replicas(&cluster, &shrunk, &written).await;
-    // Node 2 closed its groups (and deleted their data).
+    // Node 2 closed its groups, deleted their data, and exited: a removed node serves nothing.
     let deadline = std::time::Instant::now() + WAIT;
-    while !cluster.status(2).await.partitions.is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node 2 still runs groups"
-        );
+    let exit = loop {
+        if let Some(status) = cluster.exited(2) {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 2 still runs");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!exit.success());
+    let log = cluster.log_of(2);
+    assert!(
+        log.contains("this node was removed from the cluster"),
+        "{log}"
+    );
+    for (p, r) in &grown.replicas {
+        if r.voters.contains(&2) {
+            let closed = format!("its data deleted partition=p{p}");
+            assert!(log.contains(&closed), "node 2 kept partition {p}: {log}");
+        }
     }
 
     // A leadership handed over on request.

@@ -31,7 +31,8 @@ use tikv_jemalloc_ctl::{epoch, stats};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Arenas glibc may create for the C++ side (its default is 8 per core). RocksDB's allocations
-/// are few per operation next to Rust's, so two arenas cost no measurable contention.
+/// are few per operation next to Rust's: with two, the 3-node soak hour's latency matched the
+/// build that had RocksDB on jemalloc (benchmarks.md, "60 minutes on 3 nodes, what ships").
 const C_ARENAS: i32 = 2;
 /// Blocks at least this large are `mmap`ed and unmapped on free. Setting it (glibc's default
 /// value) turns off glibc's dynamic threshold, which would otherwise climb to 32 MiB.

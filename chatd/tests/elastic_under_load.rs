@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use chat_client::{Device, DeviceEvent, DeviceOptions};
 use chat_proto::admin::*;
 use chat_proto::log::{NodeState, PartitionMap};
-use common::{register, Cluster};
+use common::{balanced, register, settled, Cluster};
 
 const PARTITIONS: u32 = 6;
 const CHATS: usize = 6;
@@ -29,33 +29,8 @@ const WAIT: Duration = Duration::from_secs(90);
 /// Between two sends: a steady trickle (~40/s) that every change below happens under.
 const SEND_EVERY: Duration = Duration::from_millis(25);
 
-/// Every partition has only voters (no move under way).
-fn settled(map: &PartitionMap) -> bool {
-    map.replicas
-        .values()
-        .all(|r| r.learners.is_empty() && r.leaving.is_empty())
-}
-
 fn state_of(map: &PartitionMap, id: u64) -> Option<i32> {
     map.nodes.get(&id).map(|n| n.state)
-}
-
-/// Settled, and the voters spread over the nodes not removed within one of each other.
-fn balanced(map: &PartitionMap) -> bool {
-    let removed = NodeState::NodeRemoved as i32;
-    let mut counts: BTreeMap<u64, usize> = map
-        .nodes
-        .iter()
-        .filter(|(_, n)| n.state != removed)
-        .map(|(id, _)| (*id, 0))
-        .collect();
-    for r in map.replicas.values() {
-        for v in &r.voters {
-            *counts.entry(*v).or_default() += 1;
-        }
-    }
-    let (min, max) = (counts.values().min(), counts.values().max());
-    settled(map) && max.unwrap_or(&0) - min.unwrap_or(&0) <= 1
 }
 
 /// What the sender had acknowledged: per chat, (seq, payload) in ack order.

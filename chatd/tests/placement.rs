@@ -5,44 +5,15 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chat_proto::admin::*;
 use chat_proto::log::PartitionMap;
-use common::Cluster;
+use common::{balanced, replica_counts, settled, Cluster};
 
 const PARTITIONS: u32 = 6;
 const WAIT: Duration = Duration::from_secs(60);
-
-fn settled(map: &PartitionMap) -> bool {
-    map.replicas
-        .values()
-        .all(|r| r.learners.is_empty() && r.leaving.is_empty())
-}
-
-/// Replicas per node that is not removed.
-fn replica_counts(map: &PartitionMap) -> BTreeMap<u64, usize> {
-    let removed = chat_proto::log::NodeState::NodeRemoved as i32;
-    let mut counts: BTreeMap<u64, usize> = map
-        .nodes
-        .iter()
-        .filter(|(_, n)| n.state != removed)
-        .map(|(id, _)| (*id, 0))
-        .collect();
-    for r in map.replicas.values() {
-        for v in &r.voters {
-            *counts.entry(*v).or_default() += 1;
-        }
-    }
-    counts
-}
-
-fn balanced(map: &PartitionMap) -> bool {
-    let counts = replica_counts(map);
-    let (min, max) = (counts.values().min(), counts.values().max());
-    settled(map) && max.unwrap_or(&0) - min.unwrap_or(&0) <= 1
-}
 
 /// Append one record to every partition (through whichever node leads it) and return them.
 async fn append_round(cluster: &Cluster, alive: &[u64], round: u32) -> Vec<(u32, Vec<u8>)> {
@@ -161,14 +132,7 @@ async fn nodes_join_and_leave_while_every_replica_stays_whole() {
     written.extend(append_round(&cluster, &[1, 3, four], 2).await);
     check_replicas(&cluster, &shrunk, &written).await;
     // Node 2 closed its groups, deleted their data, and exited: a removed node serves nothing.
-    let deadline = std::time::Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(status) = cluster.exited(2) {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "node 2 still runs");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let exit = cluster.wait_for_exit(2, WAIT, "node 2 exits").await;
     assert!(!exit.success());
     let log = cluster.log_of(2);
     assert!(
@@ -218,17 +182,9 @@ async fn a_node_that_lost_its_data_is_refused_and_replaced() {
     cluster.kill9(3);
     std::fs::remove_dir_all(&cluster.node(3).data_dir).unwrap();
     cluster.spawn(3);
-    let deadline = std::time::Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(status) = cluster.exited(3) {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node 3 did not refuse to start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exit = cluster
+        .wait_for_exit(3, WAIT, "node 3 refuses to start")
+        .await;
     assert!(!exit.success());
     let log = cluster.log_of(3);
     assert!(log.contains("its data was lost"), "{log}");
@@ -282,17 +238,9 @@ async fn a_joining_node_with_another_partition_count_stops_and_says_why() {
         })
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(status) = cluster.exited(four) {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node {four} did not stop"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exit = cluster
+        .wait_for_exit(four, WAIT, "the joining node stops")
+        .await;
     assert!(!exit.success());
     let log = cluster.log_of(four);
     let says = format!(

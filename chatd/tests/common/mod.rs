@@ -157,6 +157,23 @@ impl Cluster {
         status
     }
 
+    /// Wait until node `id`'s process exits by itself; panics saying `what` after `timeout`.
+    pub async fn wait_for_exit(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+        what: &str,
+    ) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited(id) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The partition map as node `via` has it.
     pub async fn map(&self, via: u64) -> chat_proto::log::PartitionMap {
         self.admin(via)
@@ -528,4 +545,35 @@ impl<D: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCo
     fn decoder(&mut self) -> Self::Decoder {
         tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<(), D>::default())
     }
+}
+
+/// No partition has a move under way (only voters).
+pub fn settled(map: &chat_proto::log::PartitionMap) -> bool {
+    map.replicas
+        .values()
+        .all(|r| r.learners.is_empty() && r.leaving.is_empty())
+}
+
+/// Replicas per node that is not removed.
+pub fn replica_counts(map: &chat_proto::log::PartitionMap) -> BTreeMap<u64, usize> {
+    let removed = chat_proto::log::NodeState::NodeRemoved as i32;
+    let mut counts: BTreeMap<u64, usize> = map
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.state != removed)
+        .map(|(id, _)| (*id, 0))
+        .collect();
+    for r in map.replicas.values() {
+        for v in &r.voters {
+            *counts.entry(*v).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Settled, and the replicas spread over the nodes not removed within one of each other.
+pub fn balanced(map: &chat_proto::log::PartitionMap) -> bool {
+    let counts = replica_counts(map);
+    let (min, max) = (counts.values().min(), counts.values().max());
+    settled(map) && max.unwrap_or(&0) - min.unwrap_or(&0) <= 1
 }

@@ -281,7 +281,7 @@ async fn replace_wiped(
     else {
         return Ok("replace: no other node running".into());
     };
-    let new_id = map.nodes.keys().max().copied().unwrap_or(n) + 1;
+    let new_id = next_id(map, n);
     let old_id = {
         let mut nodes = nodes.lock().unwrap();
         let old_id = nodes.nodes[slot as usize - 1].id;
@@ -310,6 +310,12 @@ async fn replace_wiped(
     Ok(format!(
         "replace node {old_id} (slot {slot}) by wiped node {new_id}: {answer}"
     ))
+}
+
+/// The id a new node takes: one above every id the map has known (removed nodes stay in it, so
+/// an id is never used twice).
+fn next_id(map: &PartitionMap, n: u64) -> u64 {
+    map.nodes.keys().max().copied().unwrap_or(n) + 1
 }
 
 /// Whether a node is leaving or a replica moving (see [`replace_wiped`] for why that matters).
@@ -362,7 +368,7 @@ async fn remove_then_add(
             "remove node {old_id} (slot {slot}): removed; no map to add"
         ));
     };
-    let new_id = map.nodes.keys().max().copied().unwrap_or(n) + 1;
+    let new_id = next_id(&map, n);
     nodes.lock().unwrap().replace_wiped(slot, new_id)?;
     let mut request = tonic::Request::new(AddNodeRequest {
         node_id: new_id,

@@ -16,16 +16,28 @@ use chat_model::{ApplyLimits, CommandLimits};
 use chat_sequencer::workers::retention::RetentionConfig;
 use chat_sequencer::SequencerConfig;
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
-pub const DEFAULT_PARTITIONS: u32 = 8;
+/// Partitions of a new cluster, fixed when it forms (a data dir keeps its count afterwards).
+///
+/// Placement moves whole partitions, so P bounds how far a cluster spreads: with R = 3 at most P
+/// nodes lead something and at most 3P hold something, and the spread is even only while each
+/// node gets several. At 32 a cluster grows to 32 nodes with one leadership and three replicas
+/// each (96 replica slots), and at 12 nodes each still holds eight. What more partitions cost at
+/// small sizes (proposals batch per partition) is measured in `docs/benchmarks.md`, "The
+/// partition count": 32 keeps 0.56x of 8's throughput on 3 saturated nodes sharing 2 cores and
+/// 1.07x at one send in flight; 64 would halve it. A node that will never grow can be formed
+/// with `--partitions 8`.
+pub const DEFAULT_PARTITIONS: u32 = 32;
 /// Replicas per partition: a cluster of three or more keeps working with one node down and
 /// stores each partition three times, however many nodes it has.
 pub const DEFAULT_REPLICATION: u32 = 3;
 const SECRET_FILE: &str = "cluster_secret";
 
-/// Command-line flags. Each overrides the same key of the config file.
+/// Command-line flags. Each overrides the same key of the config file, and each can be given as
+/// a `CHATD_*` environment variable instead (`--data-dir` as `CHATD_DATA_DIR`); a flag on the
+/// command line wins over its variable.
 #[derive(Parser, Debug, Default)]
 #[command(
     name = "chatd",
@@ -34,43 +46,68 @@ const SECRET_FILE: &str = "cluster_secret";
 )]
 pub struct Flags {
     /// TOML config file (keys as the long flags, with underscores, plus `[peers]` and `[raft]`).
-    #[arg(long, short)]
+    #[arg(long, env = "CHATD_CONFIG", short)]
     pub config: Option<PathBuf>,
     /// This node's id (a positive integer, unique in the cluster).
-    #[arg(long)]
+    #[arg(long, env = "CHATD_NODE_ID")]
     pub node_id: Option<NodeId>,
     /// Address to serve Raft and admin RPC on [default: the node's address in --peers, or 127.0.0.1:7400].
-    #[arg(long)]
+    #[arg(long, env = "CHATD_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Every node of the cluster as id=host:port, comma separated, this node included
     /// (e.g. 1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403). Empty: a single-node cluster.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "CHATD_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
     /// Where the node keeps its data [default: ./data].
-    #[arg(long)]
+    #[arg(long, env = "CHATD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Partitions of the cluster; fixed when the cluster forms. Left out, a data dir keeps the
-    /// count it was made with [default for a new one: 8].
-    #[arg(long)]
+    /// count it was made with [default for a new one: 32].
+    #[arg(long, env = "CHATD_PARTITIONS")]
     pub partitions: Option<u32>,
     /// Replicas of each partition when the cluster forms (all members if fewer); the same on
     /// every first member. The partition map keeps it afterwards [default: 3].
-    #[arg(long)]
+    #[arg(long, env = "CHATD_REPLICATION")]
     pub replication: Option<u32>,
     /// Join a running cluster instead of forming one: start with no partitions and wait to be
     /// added (`chatctl node add <id> <addr>` on any node). --peers names this node.
-    #[arg(long)]
+    #[arg(long, env = "CHATD_JOIN")]
     pub join: bool,
     /// Shared secret every internal and admin RPC must carry. Required for a multi-node cluster;
     /// a single node generates one into `<data-dir>/cluster_secret`.
     #[arg(long, env = "CHATD_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
     /// Source IP for outgoing Raft connections (lets fault injection tell links apart).
-    #[arg(long)]
+    #[arg(long, env = "CHATD_BIND_IP")]
     pub bind_ip: Option<IpAddr>,
     /// Serve Prometheus metrics over HTTP at this address (`/metrics`) [default: off].
-    #[arg(long)]
+    #[arg(long, env = "CHATD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as text, or as one JSON object per line with the fields of the spans they
+    /// happened in (`grpc` per request, `device_stream` per device stream). RUST_LOG filters.
+    #[arg(long, env = "CHATD_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+    /// Print the configuration chatd would run with, as a config file (every key filled in, the
+    /// secret left out), and exit without starting.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
 }
 
 /// The TOML file's shape.
@@ -106,7 +143,7 @@ struct FileConfig {
 }
 
 /// The `[retention]` table: how long messages stay on the server.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionSection {
     /// Messages older than this are expired (payload removed).
@@ -139,7 +176,7 @@ impl RetentionSection {
 }
 
 /// The `[notifications]` table: where offline notifications go.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(default, deny_unknown_fields)]
 pub struct NotificationsSection {
     /// "log" (the default), "webhook" or "none".
@@ -204,7 +241,7 @@ impl NotificationsSection {
 }
 
 /// The `[gateway]` table: device streams.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewaySection {
     /// Pushes queued per device stream before it catches up from the log instead.
@@ -242,7 +279,7 @@ impl GatewaySection {
 }
 
 /// The `[chat]` table: limits of the write path.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChatConfig {
     /// Most members of a group, creator included. Decides what is applied: same on every node.
@@ -365,6 +402,8 @@ impl ServerConfig {
             Some(s) if s.is_empty() => bail!("the cluster secret must not be empty"),
             Some(s) => s,
             None if join => bail!("a joining node needs the cluster's --cluster-secret"),
+            // Printing the configuration changes nothing on disk.
+            None if members.len() == 1 && flags.print_config => String::new(),
             None if members.len() == 1 => load_or_create_secret(&data_dir)?,
             None => bail!(
                 "a multi-node cluster needs a shared --cluster-secret (or CHATD_CLUSTER_SECRET)"
@@ -393,6 +432,72 @@ impl ServerConfig {
             notifications: file.notifications,
             retention: file.retention,
         })
+    }
+}
+
+/// The configuration as `--print-config` shows it: the config file's shape with every key
+/// filled in. Fed back with `--config` (and the secret), it resolves to the same settings.
+#[derive(Serialize)]
+struct Printed<'a> {
+    node_id: NodeId,
+    listen: SocketAddr,
+    data_dir: &'a Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partitions: Option<u32>,
+    replication: u32,
+    join: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bind_ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<SocketAddr>,
+    peers: BTreeMap<String, String>,
+    raft: &'a RaftTuning,
+    chat: &'a ChatConfig,
+    gateway: &'a GatewaySection,
+    notifications: &'a NotificationsSection,
+    retention: &'a RetentionSection,
+    storage: &'a DiskConfig,
+    engine: &'a EngineConfig,
+}
+
+impl ServerConfig {
+    /// The effective configuration as a TOML config file (`chatd --print-config`).
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        let log = &self.log;
+        let printed = Printed {
+            node_id: log.node_id,
+            listen: self.listen,
+            data_dir: &log.data_dir,
+            partitions: log.partitions_chosen.then_some(log.partitions),
+            replication: log.replication,
+            join: log.join,
+            bind_ip: log.bind_ip,
+            metrics_listen: self.metrics_listen,
+            peers: log
+                .members
+                .iter()
+                .map(|(id, addr)| (id.to_string(), addr.clone()))
+                .collect(),
+            raft: &log.raft,
+            chat: &self.chat,
+            gateway: &self.gateway,
+            notifications: &self.notifications,
+            retention: &self.retention,
+            storage: &log.disk,
+            engine: &log.engine,
+        };
+        let mut text = String::from(
+            "# chatd's effective configuration (chatd --print-config).\n\
+             # cluster_secret is left out: give it with --cluster-secret or CHATD_CLUSTER_SECRET\n\
+             # (a single node without one keeps a generated one in <data_dir>/cluster_secret).\n",
+        );
+        if !log.partitions_chosen {
+            text.push_str(&format!(
+                "# partitions is left to the data dir: the count it was made with, or {DEFAULT_PARTITIONS} for a new one.\n"
+            ));
+        }
+        text.push_str(&toml::to_string(&printed).context("printing the configuration")?);
+        Ok(text)
     }
 }
 
@@ -543,5 +648,46 @@ mod tests {
             (3, 4, 50)
         );
         assert_eq!(c.listen.to_string(), "127.0.0.1:3");
+    }
+
+    #[test]
+    fn printed_config_resolves_to_the_same_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let given = dir.path().join("given.toml");
+        std::fs::write(
+            &given,
+            "node_id = 2\npartitions = 16\nmetrics_listen = \"127.0.0.1:9100\"\n[peers]\n1 = \"127.0.0.1:7401\"\n2 = \"127.0.0.1:7402\"\n[raft]\nheartbeat_ms = 70\n[chat]\nmax_group_members = 64\n[notifications]\nsink = \"webhook\"\nwebhook_url = \"http://127.0.0.1:1/hook\"\n[storage]\nreserve_mib = 512\n",
+        )
+        .unwrap();
+        let resolve = |path: PathBuf| {
+            ServerConfig::resolve(Flags {
+                config: Some(path),
+                data_dir: Some(dir.path().join("data")),
+                cluster_secret: Some("s".into()),
+                ..Flags::default()
+            })
+            .unwrap()
+        };
+        let first = resolve(given);
+        let text = first.to_toml().unwrap();
+        assert!(!text.contains("cluster_secret ="), "{text}");
+        let printed = dir.path().join("printed.toml");
+        std::fs::write(&printed, &text).unwrap();
+        let second = resolve(printed);
+        assert_eq!(format!("{first:?}"), format!("{second:?}"), "{text}");
+        assert_eq!(second.log.raft.heartbeat_ms, 70);
+        assert_eq!(second.chat.max_group_members, 64);
+
+        // Left out, the partition count stays left to the data dir.
+        let c = ServerConfig::resolve(Flags {
+            data_dir: Some(dir.path().join("data")),
+            print_config: true,
+            ..Flags::default()
+        })
+        .unwrap();
+        let text = c.to_toml().unwrap();
+        assert!(!text.contains("\npartitions ="), "{text}");
+        // Printing alone writes nothing: no generated secret in the data dir.
+        assert!(!dir.path().join("data").exists());
     }
 }

@@ -2,7 +2,7 @@
 
 mod heap;
 
-use chatd::config::{Flags, ServerConfig};
+use chatd::config::{Flags, LogFormat, ServerConfig};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -23,20 +23,27 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve() -> std::process::ExitCode {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        // Colour codes only for a terminal: logs redirected to files stay greppable.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
-        )
-        .init();
+    let flags = Flags::parse();
+    init_logs(flags.log_format);
     let result = async {
-        let config = ServerConfig::resolve(Flags::parse())?;
+        let print = flags.print_config;
+        let config = ServerConfig::resolve(flags)?;
+        if print {
+            print!("{}", config.to_toml()?);
+            return Ok(());
+        }
         if let Some(addr) = config.metrics_listen {
+            // Buckets (not summaries) for call times, so dashboards can add nodes up.
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("chatd_grpc_request_seconds".into()),
+                    &[
+                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+                        5.0, 10.0,
+                    ],
+                )
+                .map_err(|e| anyhow::anyhow!("metrics buckets: {e}"))?
                 .install()
                 .map_err(|e| anyhow::anyhow!("metrics exporter on {addr}: {e}"))?;
         }
@@ -51,5 +58,25 @@ async fn serve() -> std::process::ExitCode {
             eprintln!("chatd: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr, filtered by RUST_LOG (default: info, openraft's warnings).
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        // Colour codes only for a terminal: logs redirected to files stay greppable.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line, with the request's or device stream's span fields.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
 }

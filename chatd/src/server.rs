@@ -2,6 +2,13 @@
 //! commands), serves on one address the device API (`chat.v1.Chat`, public) and, behind the
 //! cluster secret, Raft, admin and the sequencer's forwarding service, plus gRPC health and
 //! reflection; forms the cluster, and shuts down gracefully on SIGTERM / Ctrl-C.
+//!
+//! Health is what load balancers and orchestrators go by: NOT_SERVING until the node knows the
+//! partition map and a leader of every group it holds, SERVING from then, and NOT_SERVING again
+//! as soon as a stop begins. A stop hands the node's leaderships to other voters first (so its
+//! partitions go on after a lease instead of an election timeout), then ends device streams with
+//! UNAVAILABLE (devices reconnect to another node and resume from their last seq), lets calls in
+//! flight finish, and exits within [`HANDOVER_WAIT`] + [`STOP_GRACE`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +23,10 @@ use chat_proto::admin::admin_server::AdminServer;
 use chat_sequencer::service::SequencerService;
 use chat_sequencer::Sequencer;
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
 use crate::config::ServerConfig;
@@ -31,6 +41,20 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// How long a stopping node lets open calls and streams finish.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a stopping node waits for its leaderships to be taken by other voters (about a
+/// lease, 0.3 s with the default timings, when they are caught up).
+const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Ids of the calls this process has served, for their log spans.
+static REQUEST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The names health is reported under: the whole server ("") and each service clients use.
+const HEALTH_NAMES: [&str; 3] = [
+    "",
+    <chat_proto::chat_v1::chat_server::ChatServer<ChatService> as NamedService>::NAME,
+    <AdminServer<AdminService> as NamedService>::NAME,
+];
+
 /// A node being served; dropping it does not stop it, call [`Running::stop`].
 pub struct Running {
     pub node: Arc<LogNode>,
@@ -38,15 +62,24 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     pub projector: Arc<Projector>,
     pub local_addr: std::net::SocketAddr,
+    health: HealthReporter,
     stop_tx: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl Running {
-    /// Stop serving: end the device streams (devices resume elsewhere), let the gRPC server
-    /// finish what is in flight for up to [`STOP_GRACE`] (streams other nodes hold open, such as
-    /// a remote tail, are then cut), and shut the log node.
+    /// Stop serving: report NOT_SERVING, hand this node's leaderships to other voters (for up
+    /// to [`HANDOVER_WAIT`]), end the device streams (devices resume elsewhere), let the gRPC
+    /// server finish what is in flight for up to [`STOP_GRACE`] (streams other nodes hold open,
+    /// such as a remote tail, are then cut), and shut the log node.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        set_health(&self.health, ServingStatus::NotServing).await;
+        if !self.node.is_stopped() {
+            let (moved, kept) = self.node.hand_over_leaderships(HANDOVER_WAIT).await;
+            if moved + kept > 0 {
+                tracing::info!(moved, kept, "leaderships handed over before stopping");
+            }
+        }
         self.gateway.close_streams();
         let _ = self.stop_tx.send(());
         match tokio::time::timeout(STOP_GRACE, &mut self.server).await {
@@ -113,10 +146,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     let chat_service = ChatService::server(gateway.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AdminServer<AdminService>>().await;
-    health
-        .set_serving::<chat_proto::chat_v1::chat_server::ChatServer<ChatService>>()
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
     // Both reflection versions: grpcurl asks v1 first, many libraries still only speak v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -139,6 +169,16 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         node.internal_check(),
     );
     let router = tonic::transport::Server::builder()
+        // A span per call (a stream's lasts as long as the stream): what a call logs carries
+        // its method and an id, in text and in JSON logs alike.
+        .trace_fn(|request| {
+            tracing::info_span!(
+                "grpc",
+                method = request.uri().path(),
+                id = REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+        })
+        .layer(crate::grpc_metrics::GrpcMetricsLayer)
         .add_service(chat_service)
         .add_service(gateway_peer)
         .add_service(reflection_v1)
@@ -169,15 +209,40 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     );
 
     node.initialize().await?;
+    tokio::spawn(report_ready(node.clone(), health.clone()));
     Ok(Running {
         node,
         sequencer,
         gateway,
         projector,
         local_addr,
+        health,
         stop_tx,
         server,
     })
+}
+
+/// Report SERVING once the node can serve (see [`LogNode::can_serve`]); a node that stops
+/// first never does.
+async fn report_ready(node: Arc<LogNode>, health: HealthReporter) {
+    let started = std::time::Instant::now();
+    loop {
+        if node.is_stopped() {
+            return;
+        }
+        if node.can_serve() {
+            set_health(&health, ServingStatus::Serving).await;
+            tracing::info!(after = ?started.elapsed(), "ready: health SERVING");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for name in HEALTH_NAMES {
+        health.set_service_status(name, status).await;
+    }
 }
 
 /// Serve until `shutdown` resolves.

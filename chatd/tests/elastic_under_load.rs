@@ -12,14 +12,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chat_client::{Device, DeviceEvent, DeviceOptions};
+use chat_client::{Device, DeviceOptions};
 use chat_proto::admin::*;
 use chat_proto::log::{NodeState, PartitionMap};
+use common::load::{check_delivered, start_reader, start_sender, Acked, Received};
 use common::{balanced, register, settled, Cluster};
 
 const PARTITIONS: u32 = 6;
@@ -31,69 +31,6 @@ const SEND_EVERY: Duration = Duration::from_millis(25);
 
 fn state_of(map: &PartitionMap, id: u64) -> Option<i32> {
     map.nodes.get(&id).map(|n| n.state)
-}
-
-/// What the sender had acknowledged: per chat, (seq, payload) in ack order.
-type Acked = Arc<Mutex<BTreeMap<u64, Vec<(u64, Vec<u8>)>>>>;
-/// What a device received: per chat, the seqs in arrival order.
-type Received = Arc<Mutex<BTreeMap<u64, Vec<u64>>>>;
-
-/// Send round-robin to `chats` until `stop`; every send is awaited until acknowledged (the
-/// device resends it across reconnects with its original id).
-fn start_sender(device: Device, chats: Vec<u64>, stop: Arc<AtomicBool>, acked: Acked) {
-    tokio::spawn(async move {
-        let mut i = 0usize;
-        while !stop.load(Ordering::Relaxed) {
-            let chat = chats[i % chats.len()];
-            let payload = format!("chat {chat} send {i}").into_bytes();
-            let ack = device
-                .send(chat, payload.clone())
-                .await
-                .unwrap_or_else(|e| panic!("send {i} to chat {chat} refused: {e:?}"));
-            acked
-                .lock()
-                .unwrap()
-                .entry(chat)
-                .or_default()
-                .push((ack.seq, payload));
-            i += 1;
-            tokio::time::sleep(SEND_EVERY).await;
-        }
-    });
-}
-
-/// Record every message `device` receives, and which nodes it was connected to.
-fn start_reader(mut device: Device, received: Received, nodes: Arc<Mutex<Vec<u64>>>) {
-    tokio::spawn(async move {
-        while let Some(event) = device.next_event().await {
-            match event {
-                DeviceEvent::Message(m) => received
-                    .lock()
-                    .unwrap()
-                    .entry(m.chat_id)
-                    .or_default()
-                    .push(m.seq),
-                DeviceEvent::Connected { node_id, .. } => nodes.lock().unwrap().push(node_id),
-                _ => {}
-            }
-        }
-    });
-}
-
-/// Every message of `chat`, page by page (a page holds at most 1,000).
-async fn whole_history(
-    client: &mut chat_client::ChatClient,
-    chat: u64,
-) -> Vec<chat_proto::chat_v1::Message> {
-    let mut all: Vec<chat_proto::chat_v1::Message> = Vec::new();
-    loop {
-        let after = all.last().map_or(0, |m| m.seq);
-        let page = client.history(chat, after, 0, 1000).await.unwrap().messages;
-        if page.is_empty() {
-            return all;
-        }
-        all.extend(page);
-    }
 }
 
 /// Map changes go through node 1, which stays up throughout.
@@ -161,7 +98,13 @@ async fn membership_changes_under_sends_and_device_streams() {
         max_backoff: Duration::from_millis(500),
         ..DeviceOptions::new(servers(&cluster, &[1, 2, 3]), &sender_token)
     });
-    start_sender(sender_device, chats.clone(), stop.clone(), acked.clone());
+    start_sender(
+        sender_device,
+        chats.clone(),
+        SEND_EVERY,
+        stop.clone(),
+        acked.clone(),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // 1. A sixth node joins and takes its share.
@@ -288,80 +231,15 @@ async fn membership_changes_under_sends_and_device_streams() {
         .await;
     assert!(!map.replicas[&p].voters.contains(&from), "{map:?}");
 
-    // The load stops; the devices catch up with everything acknowledged.
+    // The load stops; the devices catch up with everything acknowledged, which is in each
+    // chat's history once, at its seq, and reached each device in order.
     stop.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let acked = acked.lock().unwrap().clone();
-    let last: BTreeMap<u64, u64> = chats
-        .iter()
-        .map(|c| {
-            (
-                *c,
-                acked
-                    .get(c)
-                    .map_or(0, |v| v.iter().map(|a| a.0).max().unwrap_or(0)),
-            )
-        })
-        .collect();
-    let sent: usize = acked.values().map(Vec::len).sum();
+    let sent = check_delivered(&mut reader, &chats, &acked, &received, WAIT).await;
     assert!(
         sent > 100,
         "only {sent} sends were acknowledged during the changes"
     );
-    let deadline = Instant::now() + WAIT;
-    for (i, got) in received.iter().enumerate() {
-        loop {
-            let caught_up = {
-                let got = got.lock().unwrap();
-                last.iter()
-                    .all(|(c, l)| got.get(c).and_then(|s| s.last()).copied().unwrap_or(0) >= *l)
-            };
-            if caught_up {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "device {} did not catch up: {last:?}",
-                i + 1
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    // Each chat's history holds every acknowledged send once, at its acknowledged seq, and
-    // nothing else: seqs 1..=last with no gap.
-    for &chat in &chats {
-        let history = whole_history(&mut reader, chat).await;
-        let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, (1..=last[&chat]).collect::<Vec<_>>(), "chat {chat}");
-        let by_seq: BTreeMap<u64, &[u8]> = history
-            .iter()
-            .map(|m| (m.seq, m.payload.as_slice()))
-            .collect();
-        let ours = acked.get(&chat).cloned().unwrap_or_default();
-        assert_eq!(
-            ours.len() as u64,
-            last[&chat],
-            "chat {chat}: a send was duplicated"
-        );
-        for (seq, payload) in &ours {
-            assert_eq!(by_seq[seq], payload.as_slice(), "chat {chat} seq {seq}");
-        }
-    }
-
-    // Each device received every chat's messages in order: no gap, no duplicate.
-    for (i, got) in received.iter().enumerate() {
-        let got = got.lock().unwrap();
-        for &chat in &chats {
-            let seqs = got.get(&chat).cloned().unwrap_or_default();
-            assert_eq!(
-                seqs,
-                (1..=last[&chat]).collect::<Vec<_>>(),
-                "device {} in chat {chat}",
-                i + 1
-            );
-        }
-    }
     // The second device lost its first two nodes and went on elsewhere.
     let second = connected[1].lock().unwrap().clone();
     assert!(

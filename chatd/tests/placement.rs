@@ -213,6 +213,65 @@ async fn a_node_that_lost_its_data_is_refused_and_replaced() {
     check_replicas(&cluster, &replaced, &written).await;
 }
 
+/// A dead node replaced by a new id on the same host and port: the leaders go on sending what
+/// they meant for the old node to its address until it has left every group, and the new node
+/// must refuse it (each Raft call names its addressee) rather than take the old node's place in
+/// the log. Found by the fault-injection suite: a new replica took entries meant for the one it
+/// replaced, its group stopped on a log with a hole, and the move never finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_replaced_on_the_same_address_takes_nothing_meant_for_the_old_one() {
+    let mut cluster = Cluster::start_with(3, PARTITIONS, "");
+    cluster
+        .wait_for_map(1, WAIT, "node 3 registered", |m| {
+            m.nodes.get(&3).is_some_and(|n| n.incarnation != 0)
+        })
+        .await;
+    // Enough entries that the leaders snapshot and purge: the old node's log position is far
+    // past anything a new replica has.
+    let mut written = Vec::new();
+    for round in 0..80 {
+        written.extend(append_round(&cluster, &[1, 2, 3], round).await);
+    }
+
+    cluster.kill9(3);
+    std::fs::remove_dir_all(&cluster.node(3).data_dir).unwrap();
+    let addr = cluster.node(3).addr.clone();
+    let four = cluster.add_joining_at("", &addr);
+    cluster
+        .admin(1)
+        .await
+        .replace_node(ReplaceNodeRequest {
+            old_node_id: 3,
+            new_node_id: four,
+            new_addr: addr,
+        })
+        .await
+        .unwrap();
+    for round in 80..120 {
+        written.extend(append_round(&cluster, &[1, 2], round).await);
+    }
+    let removed = chat_proto::log::NodeState::NodeRemoved as i32;
+    let replaced = cluster
+        .wait_for_map(1, WAIT, "node 3 replaced by node 4 on its address", |m| {
+            m.nodes.get(&3).map(|n| n.state) == Some(removed)
+                && settled(m)
+                && m.replicas.values().all(|r| r.voters == [1, 2, four])
+        })
+        .await;
+    check_replicas(&cluster, &replaced, &written).await;
+
+    // The leaders' calls meant for node 3 did reach node 4, and were refused.
+    let refused = format!("this is node {four}, not node 3");
+    assert!(
+        [1, 2]
+            .iter()
+            .any(|id| cluster.log_of(*id).contains(&refused)),
+        "no leader was refused by node {four}"
+    );
+    let log = cluster.log_of(four);
+    assert!(!log.contains("quit RaftCore"), "{log}");
+}
+
 /// A node joining with a partition count unlike the cluster's would route every chat to the
 /// wrong partition: once added it stops, before it registers its data dir or becomes a voter,
 /// and exits saying why. Started again on a new data dir with the cluster's count, it joins

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chat_proto::admin::*;
-use chat_proto::{connect_admin, AdminClient, LeaderHint};
+use chat_proto::{connect_admin_with, AdminClient, LeaderHint};
 use tonic::Code;
 
 /// Where the secret comes from, in order: an explicit value, then `<data_dir>/cluster_secret`
@@ -29,17 +29,28 @@ pub fn resolve_secret(explicit: Option<String>, data_dir: &Path) -> anyhow::Resu
 pub struct Admin {
     addr: String,
     secret: String,
+    timeout: Option<Duration>,
     client: AdminClient,
 }
 
 impl Admin {
     pub async fn connect(addr: &str, secret: &str) -> anyhow::Result<Admin> {
-        let client = connect_admin(addr, secret)
+        Admin::connect_with(addr, secret, None).await
+    }
+
+    /// Connect; with a `timeout`, every call (and the connection) gives up after it.
+    pub async fn connect_with(
+        addr: &str,
+        secret: &str,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<Admin> {
+        let client = connect_admin_with(addr, secret, timeout)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to chatd at {addr}: {e}"))?;
         Ok(Admin {
             addr: addr.to_string(),
             secret: secret.to_string(),
+            timeout,
             client,
         })
     }
@@ -69,7 +80,7 @@ impl Admin {
             let mut client = if target == self.addr {
                 self.client.clone()
             } else {
-                connect_admin(&target, &self.secret)
+                connect_admin_with(&target, &self.secret, self.timeout)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot connect to leader at {target}: {e}"))?
             };
@@ -332,4 +343,77 @@ pub fn format_map(m: &chat_proto::log::PartitionMap) -> String {
         ));
     }
     out
+}
+
+/// A partition's status as JSON (`chatctl -o json`).
+fn partition_json(p: &PartitionStatus) -> serde_json::Value {
+    serde_json::json!({
+        "partition": p.partition,
+        "role": p.role,
+        "term": p.term,
+        "leader_id": (p.leader_id != 0).then_some(p.leader_id),
+        "leader_addr": (!p.leader_addr.is_empty()).then_some(&p.leader_addr),
+        "last_log_index": p.last_log_index,
+        "applied_index": p.applied_index,
+        "last_offset": p.last_offset,
+        "snapshot_index": p.snapshot_index,
+        "purged_index": p.purged_index,
+        "voters": p.voters,
+        "learners": p.learners,
+    })
+}
+
+/// A node's status as JSON: the same fields as [`format_status`], numbers as numbers.
+pub fn status_json(s: &StatusReply) -> serde_json::Value {
+    serde_json::json!({
+        "node_id": s.node_id,
+        "partition_count": s.partition_count,
+        "map_epoch": s.map_epoch,
+        "disk": s.disk.as_ref().map(|d| serde_json::json!({
+            "state": d.state,
+            "free_bytes": d.free_bytes,
+            "reserve_bytes": d.reserve_bytes,
+            "ballast_bytes": d.ballast_bytes,
+            "ballast_held": d.ballast_held,
+            "refused_writes": d.refused_writes,
+            "no_space_errors": d.no_space_errors,
+        })),
+        "partitions": s.partitions.iter().map(partition_json).collect::<Vec<_>>(),
+        "meta": s.meta.as_ref().map(partition_json),
+    })
+}
+
+/// The partition map as JSON: nodes with their state by name, partitions with their replicas.
+pub fn map_json(m: &chat_proto::log::PartitionMap) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = m
+        .nodes
+        .iter()
+        .map(|(id, n)| {
+            let state = chat_proto::log::NodeState::try_from(n.state)
+                .map(|s| s.as_str_name().trim_start_matches("NODE_").to_lowercase())
+                .unwrap_or_else(|_| n.state.to_string());
+            serde_json::json!({"node_id": id, "addr": n.addr, "state": state})
+        })
+        .collect();
+    let partitions: Vec<serde_json::Value> = m
+        .replicas
+        .iter()
+        .map(|(p, r)| {
+            serde_json::json!({
+                "partition": p,
+                "leader": (r.leader_hint != 0).then_some(r.leader_hint),
+                "voters": r.voters,
+                "joining": r.learners,
+                "leaving": r.leaving,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "epoch": m.epoch,
+        "partitions": m.partitions,
+        "replication": m.replication,
+        "balancing": m.balancing,
+        "nodes": nodes,
+        "replicas": partitions,
+    })
 }

@@ -5,9 +5,11 @@
 //!   from its cursors, resends unacknowledged sends with their ids, pings, acks).
 //! - [`profile`]: the `chat` CLI's local profile (servers, token, cursors).
 //! - [`admin`]: the admin-API client behind `chatctl` (status, append with leader following,
-//!   reads, digests, compaction, checksum verification).
+//!   reads, digests, compaction, checksum verification), and [`cluster_view`]: several nodes'
+//!   answers side by side (`chatctl --endpoints`).
 
 pub mod admin;
+pub mod cluster_view;
 pub mod device;
 pub mod profile;
 

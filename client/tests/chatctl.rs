@@ -31,11 +31,12 @@ async fn chatctl_status_append_read_digest_compact_verify() {
     })
     .unwrap();
     let running = chatd::server::start(config).await.unwrap();
-    running
-        .node
-        .wait_for_leader(chat_log::PartitionId(1), std::time::Duration::from_secs(10))
-        .await
-        .unwrap();
+    // Ready (what health says SERVING on): the partition map made, every group led.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !running.node.can_serve() {
+        assert!(std::time::Instant::now() < deadline, "not ready in 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let addr = running.local_addr.to_string();
     let data = dir.path().to_path_buf();
 
@@ -91,6 +92,33 @@ async fn chatctl_status_append_read_digest_compact_verify() {
     assert!(ok);
     assert!(out.contains(", 0 corrupt"), "{out}");
 
+    // The same answers as JSON documents, for scripts.
+    let json = |out: &str| -> serde_json::Value {
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    };
+    let (ok, out, err) = run(&["-o", "json", "status"]).await.unwrap();
+    assert!(ok, "{err}");
+    let status = json(&out);
+    assert_eq!(status["status"]["node_id"], 1, "{out}");
+    let parts = status["status"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{out}");
+    assert!(parts.iter().all(|p| p["role"] == "leader"), "{out}");
+    assert_eq!(status["map"]["partitions"], 2, "{out}");
+    let (ok, out, _) = run(&["--output", "json", "digest", "-p", "1"])
+        .await
+        .unwrap();
+    assert!(ok);
+    let digest = json(&out);
+    assert_eq!(digest[0]["last_offset"], 2, "{out}");
+    assert_eq!(digest[0]["sha256"].as_str().unwrap().len(), 64, "{out}");
+    let (ok, out, _) = run(&["-o", "json", "read", "-p", "1"]).await.unwrap();
+    assert!(ok);
+    let events = json(&out)["events"].clone();
+    assert_eq!(events[1]["payload"], "world", "{out}");
+    let (ok, out, _) = run(&["-o", "json", "verify"]).await.unwrap();
+    assert!(ok);
+    assert_eq!(json(&out)["errors"].as_array().unwrap().len(), 0, "{out}");
+
     // Errors are clear and the exit status says so.
     let (ok, _, err) = run(&["append", "-p", "9", "x"]).await.unwrap();
     assert!(!ok);
@@ -105,4 +133,141 @@ async fn chatctl_status_append_read_digest_compact_verify() {
     assert!(err.contains("cluster_secret"), "{err}");
 
     running.stop().await.unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `--endpoints`: three nodes of one cluster (served in-process, talking over loopback), their
+/// status in one table and each partition's digests compared across its replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chatctl_across_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+        .collect();
+    let starts = (1..=3u64).map(|id| {
+        let config = ServerConfig::resolve(Flags {
+            node_id: Some(id),
+            data_dir: Some(dir.path().join(format!("n{id}"))),
+            peers: peers.clone(),
+            partitions: Some(2),
+            cluster_secret: Some("across".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        chatd::server::start(config)
+    });
+    let nodes: Vec<_> = futures::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for p in 0..2 {
+        nodes[0]
+            .node
+            .wait_for_leader(chat_log::PartitionId(p), std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let endpoints = addrs.join(",");
+    let across = |args: Vec<String>| {
+        let out = Command::new(env!("CARGO_BIN_EXE_chatctl"))
+            .args(["--secret", "across", "--endpoints"])
+            .arg(&endpoints)
+            .args(args)
+            .output()
+            .expect("run chatctl");
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let (ok, out, err) = tokio::task::block_in_place(|| across(args(&["append", "-p", "1", "x"])));
+    assert!(!ok, "append is not a command for several nodes: {out}");
+    assert!(err.contains("--endpoints is for"), "{err}");
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_chatctl"))
+            .args([
+                "--secret", "across", "--addr", &addrs[0], "append", "-p", "1", "a", "b",
+            ])
+            .output()
+            .map(|o| (o.status.success(), (), String::from_utf8(o.stderr).unwrap()))
+            .unwrap()
+    });
+    assert!(ok, "{err}");
+
+    // Every node in one table: each holds both partitions (R = 3 of 3).
+    let (ok, out, err) = tokio::task::block_in_place(|| across(args(&["status"])));
+    assert!(ok, "{err}");
+    for (i, addr) in addrs.iter().enumerate() {
+        let row = out
+            .lines()
+            .find(|l| l.contains(addr.as_str()))
+            .unwrap_or_else(|| panic!("no row for {addr}: {out}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols[0], (i + 1).to_string(), "{row}");
+        assert_eq!(cols[2], "2", "held: {row}");
+    }
+
+    // Digests: identical once the followers have applied the appends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let value = loop {
+        let (ok, out, err) =
+            tokio::task::block_in_place(|| across(args(&["-o", "json", "digest"])));
+        assert!(ok, "{err}");
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let all_identical = value
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["verdict"] == "identical");
+        if all_identical {
+            break value;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(value.as_array().unwrap().len(), 2, "{value}");
+    let p1 = &value[1]["replicas"];
+    assert_eq!(p1.as_array().unwrap().len(), 3, "{value}");
+    assert!(
+        p1.as_array().unwrap().iter().all(|r| r["last_offset"] == 2),
+        "{value}"
+    );
+
+    // A node that does not answer is named, and the exit status says so.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_chatctl"))
+            .args(["--secret", "across", "--timeout", "2s", "--endpoints"])
+            .arg(format!("{endpoints},{dead}"))
+            .arg("status")
+            .output()
+            .unwrap()
+    });
+    assert!(!out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&dead) && l.contains("unreachable")),
+        "{table}"
+    );
+
+    for stopped in futures::future::join_all(nodes.into_iter().map(|n| n.stop())).await {
+        stopped.unwrap();
+    }
 }

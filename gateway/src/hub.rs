@@ -61,6 +61,7 @@ impl SessionHandle {
     /// Queue `push`, or mark the session lagged if its queue is full (or it is closing).
     fn offer(&self, push: Push) {
         if self.queue.try_send(push).is_err() && !self.lagged.swap(true, Ordering::AcqRel) {
+            metrics::counter!("chatd_device_queue_overflows_total").increment(1);
             tracing::info!(user = %self.user, device = %self.device,
                 "device stream lagged: its queue is full, it will catch up from the log");
             self.wake.notify_one();
@@ -122,6 +123,8 @@ impl Hub {
     /// Start tailing every partition of `node` from its current end, with at most
     /// `member_cache_bytes` of member lists cached.
     pub fn start(node: Arc<LogNode>, queue_capacity: usize, member_cache_bytes: u64) -> Arc<Hub> {
+        // Shown as 0 until the first overflow, rather than absent.
+        metrics::counter!("chatd_device_queue_overflows_total").increment(0);
         let hub = Arc::new(Hub {
             reads: StateReader::new(node.clone()),
             sessions: RwLock::default(),
@@ -151,7 +154,7 @@ impl Hub {
         for p in 0..node.partition_count() {
             tokio::spawn(tail(hub.clone(), replicas.clone(), PartitionId(p)));
         }
-        tokio::spawn(publish_sizes(Arc::downgrade(&hub)));
+        tokio::spawn(publish_sizes(Arc::downgrade(&hub), Arc::downgrade(&node)));
         hub
     }
 
@@ -421,13 +424,24 @@ pub fn now_ms() -> u64 {
 }
 
 /// Every few seconds, what the hub's caches hold (`chatd_member_cache_bytes`,
-/// `chatd_last_seen_entries`), until the hub is gone.
-async fn publish_sizes(hub: std::sync::Weak<Hub>) {
+/// `chatd_last_seen_entries`) and how far its pushes are behind each partition this node holds
+/// (`chatd_hub_lag_events`), until the hub or the node is gone. Weak handles: the node's
+/// storage closes when its last handle goes.
+async fn publish_sizes(hub: std::sync::Weak<Hub>, node: std::sync::Weak<LogNode>) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         every.tick().await;
-        let Some(hub) = hub.upgrade() else { return };
+        let (Some(hub), Some(node)) = (hub.upgrade(), node.upgrade()) else {
+            return;
+        };
         metrics::gauge!("chatd_member_cache_bytes").set(hub.members.weighted_size() as f64);
         metrics::gauge!("chatd_last_seen_entries").set(hub.last_seen.entry_count() as f64);
+        for p in node.hosted() {
+            let Ok(last) = node.last_offset(p) else {
+                continue;
+            };
+            let lag = last.0.saturating_sub(hub.dispatched(p).0);
+            metrics::gauge!("chatd_hub_lag_events", "partition" => p.0.to_string()).set(lag as f64);
+        }
     }
 }

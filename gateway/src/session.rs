@@ -26,6 +26,7 @@ use chat_proto::chat_v1::{self as pb, client_frame, server_frame, ReceiptKind};
 use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use crate::auth::{authenticate, Device};
 use crate::gateway::{storage, Gateway};
@@ -40,11 +41,26 @@ const FOLLOW_WAIT: Duration = Duration::from_secs(10);
 
 /// Serve one stream until the device leaves, the stream fails, or the device is revoked.
 pub async fn serve(gw: Arc<Gateway>, inbound: Streaming<pb::ClientFrame>, out: Outbound) {
-    if let Err(status) = run(gw, inbound, &out).await {
-        tracing::debug!(code = ?status.code(), message = status.message(), "device stream ended");
-        out.end(status).await;
+    // The stream's span: what it logs carries the stream's id, and its user and device once
+    // the Hello has named them.
+    let span = tracing::info_span!(
+        "device_stream",
+        stream = STREAM_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        user = tracing::field::Empty,
+        device = tracing::field::Empty,
+    );
+    async move {
+        if let Err(status) = run(gw, inbound, &out).await {
+            tracing::debug!(code = ?status.code(), message = status.message(), "device stream ended");
+            out.end(status).await;
+        }
     }
+    .instrument(span)
+    .await
 }
+
+/// Ids of the device streams this process has served, for their log spans.
+static STREAM_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Hello, then two halves side by side until either ends: [`Deliveries`] (the backlog, then
 /// live pushes) and [`DeviceFrames`] (what the device sends). They share only the outbound
@@ -65,6 +81,9 @@ async fn run(
         Ok(Some(Ok(_))) => return Err(Status::unauthenticated("the first frame must be Hello")),
     };
     let me = authenticate(&gw, &hello.token).await?;
+    let span = tracing::Span::current();
+    span.record("user", me.user.0);
+    span.record("device", me.device.0);
     // Register before reading the backlog, with the hub following every partition, so nothing
     // committed from now on can be missed.
     if !gw.hub.until_following(FOLLOW_WAIT).await {

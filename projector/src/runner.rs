@@ -123,6 +123,7 @@ impl Projector {
                 }
             }
         });
+        tokio::spawn(publish_lag(Arc::downgrade(&projector)));
         projector
     }
 
@@ -187,6 +188,32 @@ impl Projector {
             view.cursor.checkpoint,
             view.digest().map_err(|e| e.to_string())?,
         ))
+    }
+}
+
+/// Every few seconds, how many events each projection of each partition this node holds has
+/// still to apply (`chatd_projection_lag_events`), until the projector is gone.
+async fn publish_lag(projector: std::sync::Weak<Projector>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        let Some(projector) = projector.upgrade() else {
+            return;
+        };
+        for p in projector.node.hosted() {
+            let Ok(last) = projector.node.last_offset(p) else {
+                continue;
+            };
+            for proj in &projector.projections {
+                let Ok(live) = projector.store.live(p, proj.id()) else {
+                    continue;
+                };
+                let lag = last.0.saturating_sub(live.checkpoint);
+                metrics::gauge!("chatd_projection_lag_events",
+                    "partition" => p.0.to_string(), "projection" => proj.name())
+                .set(lag as f64);
+            }
+        }
     }
 }
 

@@ -89,11 +89,24 @@ pub async fn connect_admin(
     addr: &str,
     secret: &str,
 ) -> Result<AdminClient, Box<dyn std::error::Error + Send + Sync>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    connect_admin_with(addr, secret, None).await
+}
+
+/// [`connect_admin`], every call on the client given up after `timeout` (DEADLINE_EXCEEDED),
+/// and the connection too if that is shorter than the usual 2 s.
+pub async fn connect_admin_with(
+    addr: &str,
+    secret: &str,
+    timeout: Option<std::time::Duration>,
+) -> Result<AdminClient, Box<dyn std::error::Error + Send + Sync>> {
+    let connect = std::time::Duration::from_secs(2);
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(timeout.map_or(connect, |t| t.min(connect)))
+        .tcp_nodelay(true);
+    if let Some(t) = timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    let channel = endpoint.connect().await?;
     Ok(
         admin::admin_client::AdminClient::with_interceptor(channel, AttachSecret::new(secret)?)
             .max_decoding_message_size(64 * 1024 * 1024),

@@ -48,6 +48,8 @@ impl Sequencer {
             NonZeroU32::new(config.sends_per_second).ok_or("sends_per_second must be positive")?;
         let burst = NonZeroU32::new(config.send_burst).ok_or("send_burst must be positive")?;
         let secret = AttachSecret::new(cluster_secret).map_err(|e| e.to_string())?;
+        // Shown as 0 until the first refusal, rather than absent.
+        metrics::counter!("chatd_sends_rate_limited_total").increment(0);
         Ok(Sequencer {
             forwarder: Forwarder::new(node.clone(), secret),
             node,
@@ -139,6 +141,7 @@ impl Sequencer {
         // Counted once, where the send entered the cluster.
         if let Some(command::Kind::SendMessage(m)) = &command.kind {
             if !forwarded && self.send_limiter.check_key(&m.sender_user).is_err() {
+                metrics::counter!("chatd_sends_rate_limited_total").increment(1);
                 return Err(SeqError::Rejected {
                     code: RejectCode::ResourceExhausted,
                     message: format!(

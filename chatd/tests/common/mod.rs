@@ -2,6 +2,8 @@
 //! restart on the same data dir, and talk to the nodes through the admin API.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod load;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -128,8 +130,15 @@ impl Cluster {
     /// own address its only peer — and start it. It holds nothing until it is added to the map
     /// (`AddNode`). Returns its id.
     pub fn add_joining(&mut self, extra: &str) -> u64 {
-        let id = self.nodes.len() as u64 + 1;
         let addr = format!("127.0.0.1:{}", free_port());
+        self.add_joining_at(extra, &addr)
+    }
+
+    /// [`Cluster::add_joining`] on a given address (say, a dead node's: a machine replaced by
+    /// a new node id on the same host and port).
+    pub fn add_joining_at(&mut self, extra: &str, addr: &str) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let addr = addr.to_string();
         let data_dir = self.dir.path().join(format!("n{id}"));
         let config = self.dir.path().join(format!("n{id}.toml"));
         let extra = format!("join = true\n{extra}");
@@ -479,6 +488,23 @@ pub async fn until_synced(
             Err(_) => panic!("no SyncComplete within {wait:?}"),
         }
     }
+}
+
+/// The node's gRPC health for the device API (1 SERVING, 2 NOT_SERVING), or None when it does
+/// not answer (not listening, stopped).
+pub async fn health(addr: &str) -> Option<i32> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: "chat.v1.Chat".into(),
+    };
+    Some(client.check(request).await.ok()?.into_inner().status)
 }
 
 /// A node's Prometheus page (`metrics_listen` at `addr`), fetched as a scraper would (plain

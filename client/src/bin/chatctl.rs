@@ -1,10 +1,18 @@
-//! `chatctl`: the admin CLI for SREs. Talks to one chatd node's admin API.
+//! `chatctl`: the admin CLI for SREs. Talks to one chatd node's admin API, or with
+//! `--endpoints` to several (`status` and `digest` put their answers side by side).
+//!
+//! Every command prints a table for people or, with `-o json`, one JSON document for scripts;
+//! progress of long waits goes to stderr, so stdout stays parseable.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chat_client::admin::{format_map, format_status, resolve_secret, Admin};
-use clap::{Parser, Subcommand};
+use chat_client::admin::{format_map, format_status, map_json, resolve_secret, status_json, Admin};
+use chat_client::cluster_view::{
+    cluster_status_json, format_cluster_status, verdict, NodeAnswer, ReplicaDigest, Verdict,
+};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
 
 #[derive(Parser)]
 #[command(name = "chatctl", version, about = "Admin CLI for chatd")]
@@ -23,8 +31,32 @@ struct Cli {
     /// The node's data dir, to find a generated secret.
     #[arg(long, global = true, default_value = "data")]
     data_dir: PathBuf,
+    /// Tables for people, or one JSON document per command for scripts.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Give up on each call after this long (`500ms`, `10s`, `2m`) [default: no limit].
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// For `status` and `digest`: ask each of these nodes (host:port, comma separated) instead
+    /// of --addr, and put their answers side by side.
+    #[arg(long, global = true, value_delimiter = ',')]
+    endpoints: Vec<String>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// Print `value` as JSON when asked for, else the table `table()` makes.
+fn emit(output: Output, value: serde_json::Value, table: impl FnOnce() -> String) {
+    match output {
+        Output::Json => println!("{value:#}"),
+        Output::Table => print!("{}", table()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -145,17 +177,33 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let secret = resolve_secret(cli.secret, &cli.data_dir)?;
-    let mut admin = Admin::connect(&cli.addr, &secret).await?;
+    let output = cli.output;
+    if !cli.endpoints.is_empty() {
+        return across(&cli.endpoints, &secret, cli.timeout, output, cli.command).await;
+    }
+    let mut admin = Admin::connect_with(&cli.addr, &secret, cli.timeout).await?;
     match cli.command {
         Cmd::Status => {
-            print!("{}", format_status(&admin.status().await?));
-            match admin.map().await {
-                Ok(map) => print!("{}", format_map(&map)),
-                Err(e) => println!("partition map: {e:#}"),
-            }
+            let status = admin.status().await?;
+            let map = admin.map().await;
+            let value = json!({
+                "status": status_json(&status),
+                "map": map.as_ref().ok().map(map_json),
+                "map_error": map.as_ref().err().map(|e| format!("{e:#}")),
+            });
+            emit(output, value, || {
+                let map = match &map {
+                    Ok(map) => format_map(map),
+                    Err(e) => format!("partition map: {e:#}\n"),
+                };
+                format!("{}{map}", format_status(&status))
+            });
         }
-        Cmd::Map => print!("{}", format_map(&admin.map().await?)),
-        Cmd::Node(cmd) => return node(&mut admin, cmd).await,
+        Cmd::Map => {
+            let map = admin.map().await?;
+            emit(output, map_json(&map), || format_map(&map));
+        }
+        Cmd::Node(cmd) => return node(&mut admin, cmd, output).await,
         Cmd::Move {
             partition,
             from,
@@ -163,9 +211,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             wait,
         } => {
             let epoch = admin.move_replica(partition, from, to).await?;
-            println!("partition {partition}: moving its replica from node {from} to node {to} (map epoch {epoch})");
+            let value = json!({"partition": partition, "from": from, "to": to, "epoch": epoch});
+            emit(output, value, || {
+                format!("partition {partition}: moving its replica from node {from} to node {to} (map epoch {epoch})\n")
+            });
             if wait {
-                wait_until(&mut admin, |m| {
+                wait_until(&mut admin, output, |m| {
                     let r = m.replicas.get(&partition)?;
                     let done =
                         r.learners.is_empty() && r.leaving.is_empty() && r.voters.contains(&to);
@@ -176,21 +227,37 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Cmd::TransferLeader { partition, to } => {
             let leader = admin.transfer_leader(partition, to).await?;
-            println!("partition {partition}: node {leader} leads it");
+            emit(
+                output,
+                json!({"partition": partition, "leader": leader}),
+                || format!("partition {partition}: node {leader} leads it\n"),
+            );
         }
         Cmd::Balancing { state } => {
             let epoch = admin.set_balancing(state == "on").await?;
-            println!("balancing {state} (map epoch {epoch})");
+            emit(
+                output,
+                json!({"balancing": state == "on", "epoch": epoch}),
+                || format!("balancing {state} (map epoch {epoch})\n"),
+            );
         }
         Cmd::Append { partition, records } => {
             let records = records.into_iter().map(String::into_bytes).collect();
             let (reply, via) = admin
                 .append(partition, records, Duration::from_secs(10))
                 .await?;
-            println!(
-                "partition {partition}: offsets {:?} (raft index {}, via {via})",
-                reply.offsets, reply.raft_index
-            );
+            let value = json!({
+                "partition": partition,
+                "offsets": reply.offsets,
+                "raft_index": reply.raft_index,
+                "via": via,
+            });
+            emit(output, value, || {
+                format!(
+                    "partition {partition}: offsets {:?} (raft index {}, via {via})\n",
+                    reply.offsets, reply.raft_index
+                )
+            });
         }
         Cmd::Read {
             partition,
@@ -198,15 +265,31 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             limit,
         } => {
             let reply = admin.read(partition, from, limit).await?;
-            for e in &reply.events {
-                println!(
-                    "{}\t{}\t{}\t{}",
-                    e.offset,
-                    e.raft_index,
-                    e.timestamp_ms,
-                    String::from_utf8_lossy(&e.payload)
-                );
-            }
+            let events: Vec<serde_json::Value> = reply
+                .events
+                .iter()
+                .map(|e| {
+                    json!({
+                        "offset": e.offset,
+                        "raft_index": e.raft_index,
+                        "timestamp_ms": e.timestamp_ms,
+                        "payload": String::from_utf8_lossy(&e.payload),
+                    })
+                })
+                .collect();
+            let value = json!({"events": events, "last_offset": reply.last_offset});
+            emit(output, value, || {
+                let rows = reply.events.iter().map(|e| {
+                    format!(
+                        "{}\t{}\t{}\t{}\n",
+                        e.offset,
+                        e.raft_index,
+                        e.timestamp_ms,
+                        String::from_utf8_lossy(&e.payload)
+                    )
+                });
+                rows.collect()
+            });
             eprintln!(
                 "{} events; last offset on this replica: {}",
                 reply.events.len(),
@@ -215,35 +298,74 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Cmd::Digest { partition } => {
             let partitions = one_or_held(&mut admin, partition).await?;
+            let mut digests = Vec::new();
             for p in partitions {
-                let d = admin.digest(p).await?;
-                println!(
-                    "partition {p}\tlast_offset {}\tapplied_index {}\tsha256 {}",
-                    d.last_offset,
-                    d.applied_index,
-                    hex::encode(&d.sha256)
-                );
+                digests.push((p, admin.digest(p).await?));
             }
+            let value: Vec<serde_json::Value> = digests
+                .iter()
+                .map(|(p, d)| {
+                    json!({
+                        "partition": p,
+                        "last_offset": d.last_offset,
+                        "applied_index": d.applied_index,
+                        "sha256": hex::encode(&d.sha256),
+                    })
+                })
+                .collect();
+            emit(output, value.into(), || {
+                let rows = digests.iter().map(|(p, d)| {
+                    format!(
+                        "partition {p}\tlast_offset {}\tapplied_index {}\tsha256 {}\n",
+                        d.last_offset,
+                        d.applied_index,
+                        hex::encode(&d.sha256)
+                    )
+                });
+                rows.collect()
+            });
         }
         Cmd::Compact { partition } => {
-            let reply = admin.compact(partition).await?;
-            println!(
-                "partition {partition}: snapshot at raft index {}",
-                reply.snapshot_index
+            let working = spinner(&format!("building a snapshot of partition {partition}"));
+            let reply = admin.compact(partition).await;
+            working.finish_and_clear();
+            let reply = reply?;
+            let index = reply.snapshot_index;
+            emit(
+                output,
+                json!({"partition": partition, "snapshot_index": index}),
+                || format!("partition {partition}: snapshot at raft index {index}\n"),
             );
         }
         Cmd::Projections => {
-            for p in admin.projections().await?.projections {
-                let rebuild = if p.rebuilding {
-                    format!("\trebuilding at {}", p.rebuild_checkpoint)
-                } else {
-                    String::new()
-                };
-                println!(
-                    "partition {}	{}	checkpoint {}	generation {}	sha256 {}{rebuild}",
-                    p.partition, p.name, p.checkpoint, p.generation, p.digest
-                );
-            }
+            let all = admin.projections().await?.projections;
+            let value: Vec<serde_json::Value> = all
+                .iter()
+                .map(|p| {
+                    json!({
+                        "partition": p.partition,
+                        "name": p.name,
+                        "checkpoint": p.checkpoint,
+                        "generation": p.generation,
+                        "rebuilding_at": p.rebuilding.then_some(p.rebuild_checkpoint),
+                        "sha256": p.digest,
+                    })
+                })
+                .collect();
+            emit(output, value.into(), || {
+                let rows = all.iter().map(|p| {
+                    let rebuild = if p.rebuilding {
+                        format!("\trebuilding at {}", p.rebuild_checkpoint)
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "partition {}\t{}\tcheckpoint {}\tgeneration {}\tsha256 {}{rebuild}\n",
+                        p.partition, p.name, p.checkpoint, p.generation, p.digest
+                    )
+                });
+                rows.collect()
+            });
         }
         Cmd::Rebuild {
             name,
@@ -254,8 +376,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             for &p in &partitions {
                 admin.rebuild_projection(p, &name).await?;
             }
-            println!("rebuilding {name} of partitions {partitions:?}");
+            emit(
+                output,
+                json!({"rebuilding": name, "partitions": partitions}),
+                || format!("rebuilding {name} of partitions {partitions:?}\n"),
+            );
             if wait {
+                // Events replayed of the events to replay, over every partition rebuilding.
+                let bar = progress_bar("events replayed");
                 loop {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     let all = admin.projections().await?.projections;
@@ -266,28 +394,35 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         })
                         .collect();
                     if pending.is_empty() {
-                        println!("done: the rebuilt copies are live");
+                        bar.finish_and_clear();
+                        if output == Output::Table {
+                            println!("done: the rebuilt copies are live");
+                        }
                         break;
                     }
-                    for s in pending {
-                        eprintln!(
-                            "partition {}: replayed {} of {}",
-                            s.partition, s.rebuild_checkpoint, s.checkpoint
-                        );
-                    }
+                    bar.set_length(pending.iter().map(|s| s.checkpoint).sum());
+                    bar.set_position(pending.iter().map(|s| s.rebuild_checkpoint).sum());
+                    bar.set_message(format!("{} partition(s) rebuilding", pending.len()));
                 }
             }
         }
         Cmd::Verify => {
-            let reply = admin.verify().await?;
-            println!(
-                "{} records checked, {} corrupt",
-                reply.records_checked,
-                reply.errors.len()
-            );
-            for e in &reply.errors {
-                println!("  {e}");
-            }
+            let working = spinner("re-reading every stored record and checking its crc32");
+            let reply = admin.verify().await;
+            working.finish_and_clear();
+            let reply = reply?;
+            let value = json!({"records_checked": reply.records_checked, "errors": reply.errors});
+            emit(output, value, || {
+                let mut out = format!(
+                    "{} records checked, {} corrupt\n",
+                    reply.records_checked,
+                    reply.errors.len()
+                );
+                for e in &reply.errors {
+                    out.push_str(&format!("  {e}\n"));
+                }
+                out
+            });
             if !reply.errors.is_empty() {
                 return Ok(std::process::ExitCode::FAILURE);
             }
@@ -296,7 +431,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn node(admin: &mut Admin, cmd: NodeCmd) -> anyhow::Result<std::process::ExitCode> {
+async fn node(
+    admin: &mut Admin,
+    cmd: NodeCmd,
+    output: Output,
+) -> anyhow::Result<std::process::ExitCode> {
     let removed = |id: u64| {
         move |m: &chat_proto::log::PartitionMap| {
             let state = m.nodes.get(&id).map(|n| n.state);
@@ -307,23 +446,39 @@ async fn node(admin: &mut Admin, cmd: NodeCmd) -> anyhow::Result<std::process::E
     match cmd {
         NodeCmd::Add { id, addr } => {
             let epoch = admin.add_node(id, &addr).await?;
-            println!("node {id} at {addr} added (map epoch {epoch}); start it with --join");
+            emit(
+                output,
+                json!({"added": id, "addr": addr, "epoch": epoch}),
+                || format!("node {id} at {addr} added (map epoch {epoch}); start it with --join\n"),
+            );
         }
         NodeCmd::Drain { id } => {
             let epoch = admin.set_node_state(id, "draining").await?;
-            println!("node {id} draining: its leaderships move away (map epoch {epoch})");
+            emit(
+                output,
+                json!({"node": id, "state": "draining", "epoch": epoch}),
+                || format!("node {id} draining: its leaderships move away (map epoch {epoch})\n"),
+            );
         }
         NodeCmd::Activate { id } => {
             let epoch = admin.set_node_state(id, "active").await?;
-            println!("node {id} active (map epoch {epoch})");
+            emit(
+                output,
+                json!({"node": id, "state": "active", "epoch": epoch}),
+                || format!("node {id} active (map epoch {epoch})\n"),
+            );
         }
         NodeCmd::Remove { id, wait } => {
             let epoch = admin.set_node_state(id, "leaving").await?;
-            println!(
-                "node {id} leaving: its replicas move away, then it is removed (map epoch {epoch})"
+            emit(
+                output,
+                json!({"node": id, "state": "leaving", "epoch": epoch}),
+                || {
+                    format!("node {id} leaving: its replicas move away, then it is removed (map epoch {epoch})\n")
+                },
             );
             if wait {
-                wait_until(admin, removed(id)).await?;
+                wait_until(admin, output, removed(id)).await?;
             }
         }
         NodeCmd::Replace {
@@ -333,26 +488,33 @@ async fn node(admin: &mut Admin, cmd: NodeCmd) -> anyhow::Result<std::process::E
             wait,
         } => {
             let epoch = admin.replace_node(old, by, &addr).await?;
-            println!(
-                "node {by} at {addr} replaces node {old} (map epoch {epoch}); start it with --join"
-            );
+            let value = json!({"replaced": old, "by": by, "addr": addr, "epoch": epoch});
+            emit(output, value, || {
+                format!("node {by} at {addr} replaces node {old} (map epoch {epoch}); start it with --join\n")
+            });
             if wait {
-                wait_until(admin, removed(old)).await?;
+                wait_until(admin, output, removed(old)).await?;
             }
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// Poll the map every second until `done` says so, printing the moves under way meanwhile.
+/// Poll the map every second until `done` says so, printing the moves under way meanwhile (on
+/// stderr; the final word on stdout, for tables).
 async fn wait_until(
     admin: &mut Admin,
+    output: Output,
     done: impl Fn(&chat_proto::log::PartitionMap) -> Option<String>,
 ) -> anyhow::Result<()> {
+    let working = spinner("waiting");
     loop {
         let map = admin.map().await?;
         if let Some(message) = done(&map) {
-            println!("{message}");
+            working.finish_and_clear();
+            if output == Output::Table {
+                println!("{message}");
+            }
             return Ok(());
         }
         let moving: Vec<String> = map
@@ -361,7 +523,7 @@ async fn wait_until(
             .filter(|(_, r)| !r.learners.is_empty() || !r.leaving.is_empty())
             .map(|(p, r)| format!("partition {p}: {:?} -> {:?}", r.leaving, r.learners))
             .collect();
-        eprintln!(
+        working.set_message(format!(
             "map epoch {}: {}",
             map.epoch,
             if moving.is_empty() {
@@ -369,9 +531,26 @@ async fn wait_until(
             } else {
                 moving.join("; ")
             }
-        );
+        ));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// A spinner on stderr with `message`, ticking while a long call runs (drawn only when stderr
+/// is a terminal: scripts and logs get none of it).
+fn spinner(message: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner().with_message(message.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// A progress bar on stderr counting `unit` (drawn only when stderr is a terminal).
+fn progress_bar(unit: &str) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:40}} {{pos}}/{{len}} {unit} ({{percent}}%, {{eta}} left) {{msg}}"
+    ))
+    .expect("a valid template");
+    indicatif::ProgressBar::new(0).with_style(style)
 }
 
 /// `partition` if given, else every partition the node holds.
@@ -386,4 +565,119 @@ async fn one_or_held(admin: &mut Admin, partition: Option<u32>) -> anyhow::Resul
             .map(|s| s.partition)
             .collect(),
     })
+}
+
+/// `status` or `digest` asked of every node of `endpoints`; other commands are refused.
+async fn across(
+    endpoints: &[String],
+    secret: &str,
+    timeout: Option<Duration>,
+    output: Output,
+    command: Cmd,
+) -> anyhow::Result<std::process::ExitCode> {
+    let mut answers: Vec<NodeAnswer> = Vec::new();
+    let mut admins = Vec::new();
+    for addr in endpoints {
+        let answer = async {
+            let mut admin = Admin::connect_with(addr, secret, timeout).await?;
+            let status = admin.status().await?;
+            anyhow::Ok((admin, status))
+        }
+        .await;
+        match answer {
+            Ok((admin, status)) => {
+                answers.push((addr.clone(), Ok(status)));
+                admins.push(Some(admin));
+            }
+            Err(e) => {
+                answers.push((addr.clone(), Err(format!("{e:#}"))));
+                admins.push(None);
+            }
+        }
+    }
+    let unreachable = answers.iter().any(|(_, a)| a.is_err());
+    match command {
+        Cmd::Status => {
+            emit(output, cluster_status_json(&answers), || {
+                format_cluster_status(&answers)
+            });
+        }
+        Cmd::Digest { partition } => {
+            // Every replica of each partition among the endpoints, then a verdict per partition.
+            let mut replicas: std::collections::BTreeMap<u32, Vec<ReplicaDigest>> =
+                Default::default();
+            for ((addr, answer), admin) in answers.iter().zip(&mut admins) {
+                let (Ok(status), Some(admin)) = (answer, admin) else {
+                    continue;
+                };
+                for p in status.partitions.iter().map(|p| p.partition) {
+                    if partition.is_some_and(|only| only != p) {
+                        continue;
+                    }
+                    let digest = admin.digest(p).await?;
+                    replicas.entry(p).or_default().push(ReplicaDigest {
+                        addr: addr.clone(),
+                        node_id: status.node_id,
+                        digest,
+                    });
+                }
+            }
+            let verdicts: Vec<(u32, Verdict)> =
+                replicas.iter().map(|(p, r)| (*p, verdict(r))).collect();
+            let value: Vec<serde_json::Value> = replicas
+                .iter()
+                .zip(&verdicts)
+                .map(|((p, r), (_, v))| {
+                    let nodes: Vec<serde_json::Value> = r
+                        .iter()
+                        .map(|r| {
+                            json!({
+                                "node_id": r.node_id,
+                                "addr": r.addr,
+                                "last_offset": r.digest.last_offset,
+                                "sha256": hex::encode(&r.digest.sha256),
+                            })
+                        })
+                        .collect();
+                    json!({"partition": p, "verdict": v.as_str(), "replicas": nodes})
+                })
+                .collect();
+            emit(output, value.into(), || {
+                let mut out =
+                    String::from("partition  node  last_offset  sha256            verdict\n");
+                for ((p, r), (_, v)) in replicas.iter().zip(&verdicts) {
+                    for r in r {
+                        let sha = hex::encode(&r.digest.sha256);
+                        out.push_str(&format!(
+                            "{p:<10} {:<5} {:<12} {:<17} {}\n",
+                            r.node_id,
+                            r.digest.last_offset,
+                            &sha[..16.min(sha.len())],
+                            v.as_str()
+                        ));
+                    }
+                }
+                out
+            });
+            for (p, v) in &verdicts {
+                if let Verdict::Diverged(groups) = v {
+                    eprintln!(
+                        "partition {p}: replicas DIVERGED: nodes grouped by digest {groups:?}"
+                    );
+                }
+            }
+            if verdicts
+                .iter()
+                .any(|(_, v)| matches!(v, Verdict::Diverged(_)))
+            {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        _ => anyhow::bail!("--endpoints is for `status` and `digest`; give other commands --addr"),
+    }
+    if unreachable {
+        eprintln!("chatctl: some endpoints did not answer (see above)");
+        return Ok(std::process::ExitCode::FAILURE);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }

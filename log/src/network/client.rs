@@ -20,7 +20,7 @@ use openraft::raft::{
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use super::auth::{secret_header, with_secret};
+use super::auth::{address_to, secret_header, with_secret};
 use super::link::{self, PeerLink};
 use super::mux::MuxError;
 use super::MAX_MESSAGE_BYTES;
@@ -217,6 +217,7 @@ impl PeerClient {
         let mut message = req.into_pb();
         message.set_partition(self.partition);
         let mut request = with_secret(message, &self.secret);
+        address_to(&mut request, self.target);
         request.set_timeout(ttl);
         let reply = match send(client, request).await {
             Ok(r) => r.into_inner(),

@@ -8,7 +8,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
-use super::auth::with_secret;
+use super::auth::{address_to, with_secret};
 use super::mux::{Mux, MuxProtocol};
 use crate::types::NodeId;
 
@@ -17,6 +17,7 @@ pub type PeerLink = Mux<Replication>;
 
 /// `Replicate` streams to one peer.
 pub struct Replication {
+    target: NodeId,
     client: RaftServiceClient<Channel>,
     secret: MetadataValue<Ascii>,
 }
@@ -27,7 +28,12 @@ pub fn start(
     client: RaftServiceClient<Channel>,
     secret: MetadataValue<Ascii>,
 ) -> PeerLink {
-    Mux::start(format!("node {target}"), Replication { client, secret })
+    let replication = Replication {
+        target,
+        client,
+        secret,
+    };
+    Mux::start(format!("node {target}"), replication)
 }
 
 impl MuxProtocol for Replication {
@@ -69,7 +75,8 @@ impl MuxProtocol for Replication {
         &mut self,
         batches: ReceiverStream<pb::AppendBatch>,
     ) -> Result<Streaming<pb::AppendAnswers>, Status> {
-        let request = with_secret(batches, &self.secret);
+        let mut request = with_secret(batches, &self.secret);
+        address_to(&mut request, self.target);
         Ok(self.client.replicate(request).await?.into_inner())
     }
 }

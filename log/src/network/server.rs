@@ -27,6 +27,9 @@ use crate::wire::Wire;
 /// Groups open and close while the node runs (partitions move), so this is asked per request.
 pub trait RaftGroups: Send + Sync + 'static {
     fn raft(&self, p: PartitionId) -> Option<Raft<TypeConfig>>;
+    /// A leader of `p` as current as this node's vote was just heard from (an AppendEntries
+    /// taken): what readiness goes by on a follower.
+    fn heard_from_leader(&self, _p: PartitionId) {}
 }
 
 /// Serves Raft RPC for every group of a node.
@@ -70,16 +73,35 @@ impl RaftServer {
         Ok((raft, request))
     }
 
+    /// Hand an AppendEntries to its group; one it takes (not refused for a stale vote) is news
+    /// from a current leader.
+    async fn append(
+        &self,
+        partition: u32,
+        raft: Raft<TypeConfig>,
+        rpc: openraft::raft::AppendEntriesRequest<TypeConfig>,
+    ) -> AppendEntriesReply {
+        let result = raft.append_entries(rpc).await;
+        if matches!(&result, Ok(reply) if !matches!(reply, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
+            self.groups.heard_from_leader(PartitionId(partition));
+        }
+        result.to_pb()
+    }
+
     /// Answer one call of a replication stream.
     async fn answer(&self, id: u64, request: Option<AppendEntriesRequest>) -> AppendAnswer {
         let answer = match request {
             None => append_answer::Answer::Refused("a call without a request".into()),
-            Some(request) => match self.route("AppendEntries", request.partition, request) {
-                Ok((raft, rpc)) => {
-                    append_answer::Answer::Reply(raft.append_entries(rpc).await.to_pb())
+            Some(request) => {
+                let partition = request.partition;
+                match self.route("AppendEntries", partition, request) {
+                    Ok((raft, rpc)) => {
+                        append_answer::Answer::Reply(self.append(partition, raft, rpc).await)
+                    }
+                    Err(status) => append_answer::Answer::Refused(status.message().to_string()),
                 }
-                Err(status) => append_answer::Answer::Refused(status.message().to_string()),
-            },
+            }
         };
         AppendAnswer {
             id,
@@ -114,8 +136,9 @@ impl RaftService for RaftServer {
         request: Request<AppendEntriesRequest>,
     ) -> Result<Response<AppendEntriesReply>, Status> {
         let request = request.into_inner();
-        let (raft, rpc) = self.route("AppendEntries", request.partition, request)?;
-        Ok(Response::new(raft.append_entries(rpc).await.to_pb()))
+        let partition = request.partition;
+        let (raft, rpc) = self.route("AppendEntries", partition, request)?;
+        Ok(Response::new(self.append(partition, raft, rpc).await))
     }
 
     async fn vote(&self, request: Request<VoteRequest>) -> Result<Response<VoteReply>, Status> {

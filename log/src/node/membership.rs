@@ -198,6 +198,83 @@ impl LogNode {
         self.stopped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether this node can serve clients: it knows the partition map, and every group it
+    /// holds has a live leader — this node with a quorum's acknowledgement, or another that it
+    /// has heard from within a lease (partitions held elsewhere are reached through the map's
+    /// leader hints). A leader remembered from before a restart does not count. False once the
+    /// node has stopped.
+    pub fn can_serve(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.is_stopped() || self.map().is_none() {
+            return false;
+        }
+        // About two leases: a follower hears from its leader every heartbeat.
+        let live = 2 * self
+            .config
+            .raft
+            .election_timeout_max_ms
+            .max(self.config.raft.heartbeat_ms);
+        let me = self.config.node_id;
+        self.groups.all().iter().all(|part| {
+            let m = part.raft.metrics();
+            let m = m.borrow();
+            match m.current_leader {
+                None => false,
+                Some(leader) if leader == me => {
+                    let alone = m.membership_config.membership().voter_ids().eq([me]);
+                    alone || m.millis_since_quorum_ack.is_some_and(|ms| ms <= live)
+                }
+                Some(_) => {
+                    let heard = part.leader_heard_ms.load(Relaxed);
+                    heard != 0 && super::partition::clock_ms().saturating_sub(heard) <= live
+                }
+            }
+        })
+    }
+
+    /// Before a planned stop: stop standing for election (and refuse handovers to this node, so
+    /// the balancer does not give leaderships back), then hand every leadership this node holds
+    /// to the voter furthest along, all at once, waiting up to `within`. A leader stopping
+    /// without this leaves its partitions without one for an election timeout or more; handed
+    /// over, they go on after about a lease. Answers (handed over, still led here).
+    pub async fn hand_over_leaderships(&self, within: Duration) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        *self.elections_open.lock().expect("elections lock") = false;
+        self.stepped_away.store(true, Relaxed);
+        let me = self.config.node_id;
+        let mut handovers = Vec::new();
+        for part in self.groups.all() {
+            part.raft.runtime_config().elect(false);
+            let target = {
+                let m = part.raft.metrics();
+                let m = m.borrow();
+                if m.state != ServerState::Leader {
+                    continue;
+                }
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .filter(|v| *v != me)
+                    .max_by_key(|v| matched(&m, *v).unwrap_or_default())
+            };
+            // A group whose only voter is this node has nobody to hand to.
+            let Some(to) = target else { continue };
+            let p = part.id;
+            handovers.push(async move {
+                let result = tokio::time::timeout(within, self.transfer_leader(p, to, within))
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("no new leader in time")));
+                if let Err(e) = &result {
+                    tracing::warn!(partition = %p, to, error = %e.message(), "leadership not handed over before stopping");
+                }
+                result.is_ok()
+            });
+        }
+        let results = futures::future::join_all(handovers).await;
+        let moved = results.iter().filter(|ok| **ok).count();
+        (moved, results.len() - moved)
+    }
+
     /// Resolves once [`LogNode::shutdown`] has begun. Tasks that hold the node while they wait
     /// on something else (a peer, a catch-up) race it, so the node's storage closes promptly.
     pub async fn until_stopped(&self) {

@@ -435,7 +435,7 @@ impl LogNode {
 
     /// The interceptor of this node's other internal services (secret and protocol version).
     pub fn internal_check(&self) -> SecretCheck {
-        SecretCheck::internal(&self.config.cluster_secret)
+        SecretCheck::internal(&self.config.cluster_secret, self.config.node_id)
     }
 
     /// The interceptor of the admin API (the secret only).
@@ -692,26 +692,39 @@ impl LogNode {
     }
 
     /// Publish what RocksDB and the state caches hold as metrics (`chatd_rocksdb_*`,
-    /// `chatd_state_cache_bytes`), so an SRE sees memory and WAL level off (or not), and each
-    /// group's term and how many this node leads (`chatd_raft_term`,
-    /// `chatd_raft_leading_partitions`).
+    /// `chatd_state_cache_bytes`), so an SRE sees memory and WAL level off (or not), how many
+    /// groups this node leads (`chatd_raft_leading_partitions`), and per group (label
+    /// `partition`, `meta` for the metadata group) where it stands: `chatd_raft_term`,
+    /// `chatd_raft_role`, the commit and apply lags and the entries since the last snapshot.
     fn publish_sizes(&self) {
         self.engine.publish_metrics();
         let groups = self.groups.all();
         let cached: u64 = groups.iter().map(|p| p.cache.bytes()).sum();
         metrics::gauge!("chatd_state_cache_bytes").set(cached as f64);
-        // Terms only rise, once per election: a scraper that sees one move counts an election
-        // (a stall a client felt) without this node watching every group's metrics.
         let mut leading = 0;
         for part in &groups {
-            let (term, leader) = {
+            let status = part.status();
+            let replication_lag = {
                 let metrics = part.raft.metrics();
                 let m = metrics.borrow();
-                (m.current_term, m.current_leader)
+                m.replication.as_ref().map(|progress| {
+                    progress
+                        .values()
+                        .map(|matched| {
+                            let matched = matched.as_ref().map(|l| l.index).unwrap_or_default();
+                            status.last_log_index.saturating_sub(matched)
+                        })
+                        .max()
+                        .unwrap_or_default()
+                })
             };
-            let partition = part.id.0.to_string();
-            metrics::gauge!("chatd_raft_term", "partition" => partition).set(term as f64);
-            leading += usize::from(leader == Some(self.config.node_id));
+            let partition = if part.id == PartitionId::META {
+                "meta".to_string()
+            } else {
+                part.id.0.to_string()
+            };
+            publish_group(&partition, &status, replication_lag);
+            leading += usize::from(status.role == "leader");
         }
         metrics::gauge!("chatd_raft_leading_partitions").set(leading as f64);
     }
@@ -817,6 +830,33 @@ impl LogNode {
         }
         tracing::info!(node = self.config.node_id, "log node stopped");
     }
+}
+
+/// One group's gauges. Terms only rise, once per election: a scraper that sees one move counts
+/// an election (a stall a client felt) without this node watching every group's metrics.
+fn publish_group(partition: &str, s: &PartitionStatus, replication_lag: Option<u64>) {
+    let role = match s.role {
+        "follower" => 0.0,
+        "candidate" => 1.0,
+        "leader" => 2.0,
+        "learner" => 3.0,
+        _ => 4.0,
+    };
+    let p = partition.to_string();
+    metrics::gauge!("chatd_raft_term", "partition" => p.clone()).set(s.term as f64);
+    metrics::gauge!("chatd_raft_role", "partition" => p.clone()).set(role);
+    // Appended here but not applied yet (uncommitted entries included).
+    let apply_lag = s.last_log_index.saturating_sub(s.applied_index);
+    metrics::gauge!("chatd_raft_apply_lag_entries", "partition" => p.clone()).set(apply_lag as f64);
+    // What a restart or a new replica would replay beyond the snapshot.
+    let since = s
+        .last_log_index
+        .saturating_sub(s.snapshot_index.unwrap_or_default());
+    metrics::gauge!("chatd_raft_entries_since_snapshot", "partition" => p.clone())
+        .set(since as f64);
+    // At the leader: how far its furthest-behind follower is (0 elsewhere).
+    metrics::gauge!("chatd_raft_replication_lag_entries", "partition" => p)
+        .set(replication_lag.unwrap_or_default() as f64);
 }
 
 fn raft_config(t: &RaftTuning) -> anyhow::Result<Config> {

@@ -7,7 +7,7 @@
 //! which routes each request to its group.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
@@ -35,6 +35,18 @@ pub(crate) struct Partition {
     pub(crate) cache: StateCache,
     /// Whether the group has been let stand for election (see `tasks::open_elections`).
     pub(crate) standing: AtomicBool,
+    /// When a current leader was last heard from (ms on [`clock_ms`]; 0: never), for readiness.
+    pub(crate) leader_heard_ms: AtomicU64,
+}
+
+/// Milliseconds since this process first asked: a monotonic clock for `leader_heard_ms`.
+pub(crate) fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 impl Partition {
@@ -128,6 +140,7 @@ impl Opener {
             offsets,
             cache,
             standing: AtomicBool::new(false),
+            leader_heard_ms: AtomicU64::new(0),
         }))
     }
 }
@@ -188,5 +201,11 @@ impl Groups {
 impl RaftGroups for Groups {
     fn raft(&self, p: PartitionId) -> Option<Raft<TypeConfig>> {
         self.get(p).map(|part| part.raft.clone())
+    }
+
+    fn heard_from_leader(&self, p: PartitionId) {
+        if let Some(part) = self.get(p) {
+            part.leader_heard_ms.store(clock_ms(), Ordering::Relaxed);
+        }
     }
 }

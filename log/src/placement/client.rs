@@ -12,7 +12,7 @@ use chat_proto::raft::{
 use tonic::{Code, Status};
 
 use super::map::{MapEpoch, PartitionMap};
-use crate::network::auth::with_secret;
+use crate::network::auth::{address_to, with_secret};
 use crate::network::PeerChannels;
 use crate::types::{NodeId, PartitionId};
 
@@ -34,6 +34,7 @@ macro_rules! call {
             .placement($node, $addr)
             .map_err(Status::invalid_argument)?;
         let mut request = with_secret($message, &secret);
+        address_to(&mut request, $node);
         request.set_timeout($deadline);
         client.$method(request).await.map(|r| r.into_inner())
     }};

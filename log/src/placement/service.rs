@@ -43,6 +43,15 @@ impl PlacementService {
         }
         Ok(PartitionId(p))
     }
+
+    /// `p` as a data partition or the metadata group (whose leadership is handed over too: a
+    /// node that stops hands over every group it leads).
+    fn group(&self, p: u32) -> Result<PartitionId, Status> {
+        if PartitionId(p) == PartitionId::META {
+            return Ok(PartitionId::META);
+        }
+        self.partition(p)
+    }
 }
 
 fn step_timeout(ms: u64) -> Duration {
@@ -136,7 +145,7 @@ impl Placement for PlacementService {
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignReply>, Status> {
         let r = request.into_inner();
-        let p = self.partition(r.partition)?;
+        let p = self.group(r.partition)?;
         self.node.campaign(p, r.term)?;
         Ok(Response::new(CampaignReply {}))
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use chat_client::{ChatClient, Device, DeviceOptions};
 use chat_proto::admin::DiskStatus;
-use common::{health, register, scrape, Cluster};
+use common::{health, register, scrape, wait_for_health, Cluster, SERVING};
 use tempfile::TempDir;
 use tonic::Code;
 
@@ -261,6 +261,8 @@ async fn one_node_refuses_writes_on_a_full_disk_keeps_serving_and_recovers_by_it
     let config = format!("metrics_listen = \"{metrics}\"\n{LIMITS}{STORAGE}");
     let mut cluster = Cluster::start_on(1, 2, &config, &dirs);
     cluster.wait_for_leaders(1, WAIT).await;
+    // Serving (its partition map made) before its disk fills.
+    wait_for_health(&cluster.node(1).addr, SERVING, WAIT).await;
     let addr = cluster.node(1).addr.clone();
     let d = disk(&cluster, 1).await;
     assert_eq!((d.state.as_str(), d.ballast_held), ("ok", true), "{d:?}");
@@ -296,7 +298,12 @@ async fn one_node_refuses_writes_on_a_full_disk_keeps_serving_and_recovers_by_it
     // Reads, a new device stream of the stored messages, and health go on.
     let got = history(&mut bob, chat).await;
     assert_all_acked_kept(&acked, &got, &["a-"]);
-    assert_eq!(health(&addr).await, Some(1), "SERVING");
+    assert_eq!(
+        health(&addr).await,
+        Some(1),
+        "SERVING: {}",
+        cluster.log_of(1)
+    );
     let mut bob_dev = Device::start(DeviceOptions::new(vec![addr.clone()], &bob_token));
     let backlog = common::until_synced(&mut bob_dev, WAIT).await;
     assert_eq!(backlog.len(), got.len(), "bob's backlog is the whole chat");
@@ -308,6 +315,8 @@ async fn one_node_refuses_writes_on_a_full_disk_keeps_serving_and_recovers_by_it
     small.fill_up("filler2");
     cluster.spawn(1);
     cluster.wait_for_leaders(1, WAIT).await;
+    // Serving (its partition map made) before its disk fills.
+    wait_for_health(&cluster.node(1).addr, SERVING, WAIT).await;
     assert!(cluster
         .log_of(1)
         .contains("reason=\"starting with less than the reserve free\""));
@@ -359,6 +368,8 @@ async fn a_disk_filled_from_outside_is_waited_out_not_fatal() {
     let dirs = BTreeMap::from([(1, small.mnt.join("n1"))]);
     let cluster = Cluster::start_on(1, 2, &format!("{LIMITS}{STORAGE}"), &dirs);
     cluster.wait_for_leaders(1, WAIT).await;
+    // Serving (its partition map made) before its disk fills.
+    wait_for_health(&cluster.node(1).addr, SERVING, WAIT).await;
     let addr = cluster.node(1).addr.clone();
     let (mut alice, alice_token) = register(&addr, "alice").await;
     let chat = alice.create_group("g", "", &[]).await.unwrap().chat_id;
@@ -391,7 +402,12 @@ async fn a_disk_filled_from_outside_is_waited_out_not_fatal() {
         })
         .await;
         assert!(cluster.log_of(1).contains("released the emergency ballast"));
-        assert_eq!(health(&addr).await, Some(1), "SERVING");
+        assert_eq!(
+            health(&addr).await,
+            Some(1),
+            "SERVING: {}",
+            cluster.log_of(1)
+        );
         let prefixes = ["e-", "f-", "resumed"];
         assert_all_acked_kept(&acked, &history(&mut alice, chat).await, &prefixes);
 
@@ -425,6 +441,8 @@ async fn a_full_node_of_three_hands_off_its_leaderships_and_catches_up_later() {
     let partitions = 3;
     let mut cluster = Cluster::start_on(3, partitions, &format!("{LIMITS}{STORAGE}"), &dirs);
     cluster.wait_for_leaders(1, WAIT).await;
+    // Serving (its partition map made) before its disk fills.
+    wait_for_health(&cluster.node(1).addr, SERVING, WAIT).await;
     let addrs: Vec<String> = (1..=3).map(|i| cluster.node(i).addr.clone()).collect();
     assert!(
         leaders(&cluster, 1).await.values().any(|&l| l == 3),

@@ -15,35 +15,17 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_client::{Device, DeviceOptions};
 use common::load::{check_delivered, start_reader, start_sender, Acked, Received};
-use common::{health, register, Cluster};
+use common::{health, register, wait_for_health, Cluster, NOT_SERVING, SERVING};
 
 const PARTITIONS: u32 = 4;
 const CHATS: usize = 4;
 const CONFIG: &str = "[chat]\nsends_per_second = 100000\nsend_burst = 100000\n";
 const WAIT: Duration = Duration::from_secs(60);
 const SEND_EVERY: Duration = Duration::from_millis(20);
-const SERVING: i32 = 1;
-const NOT_SERVING: i32 = 2;
-
-/// Poll `addr`'s health until it answers `want`, for up to `wait`.
-async fn wait_for_health(addr: &str, want: i32, wait: Duration) {
-    let deadline = Instant::now() + wait;
-    loop {
-        let now = health(addr).await;
-        if now == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr}: health {now:?}, waited for {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Each partition's leader as node `via` knows it (0 when it knows none).
 async fn leaders(cluster: &Cluster, via: u64) -> BTreeMap<u32, u64> {

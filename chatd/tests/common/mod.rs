@@ -490,6 +490,26 @@ pub async fn until_synced(
     }
 }
 
+/// gRPC health's SERVING and NOT_SERVING.
+pub const SERVING: i32 = 1;
+pub const NOT_SERVING: i32 = 2;
+
+/// Poll `addr`'s health until it answers `want`, for up to `wait`.
+pub async fn wait_for_health(addr: &str, want: i32, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let now = health(addr).await;
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr}: health {now:?}, waited for {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The node's gRPC health for the device API (1 SERVING, 2 NOT_SERVING), or None when it does
 /// not answer (not listening, stopped).
 pub async fn health(addr: &str) -> Option<i32> {

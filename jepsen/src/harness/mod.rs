@@ -175,6 +175,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     links.clear();
     nodes.lock().unwrap().heal()?;
     workload::drain(&w, n, Duration::from_secs(60)).await?;
+    // With membership faults, every change begun must also finish once the faults stop.
+    let settled = if args.nemesis.contains(&Fault::Membership) {
+        Some(nemesis::settle(&nodes, n, Duration::from_secs(180)).await)
+    } else {
+        None
+    };
     drop(nodes);
 
     let history = w.history.lock().unwrap().clone();
@@ -187,10 +193,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     timeline::write_svg(&dir.join("timeline.svg"), &history, &timeline)?;
     let report = check_all(&history);
     let summary = summarize(&history);
-    let text = format!("{summary}\nnemesis:\n{}\n\n{report}\n", faults.join("\n"));
+    let membership = match &settled {
+        None => String::new(),
+        Some(Ok(took)) => format!(
+            "membership   ok     every change finished ({:.1} s after the faults)\n",
+            took.as_secs_f64()
+        ),
+        Some(Err(moving)) => format!("membership   FAILED a change never finished: {moving}\n"),
+    };
+    let text = format!(
+        "{summary}\nnemesis:\n{}\n\n{report}\n{membership}",
+        faults.join("\n")
+    );
     std::fs::File::create(dir.join("report.txt"))?.write_all(text.as_bytes())?;
     println!("{text}");
-    Ok(report.valid())
+    Ok(report.valid() && !matches!(settled, Some(Err(_))))
 }
 
 fn summarize(h: &crate::history::History) -> String {

@@ -551,6 +551,36 @@ pub async fn strike(
     }
 }
 
+/// After the faults have healed: wait up to `within` for the partition map to settle (no node
+/// leaving, no replica moving). A membership change that never finishes is a liveness failure
+/// the history checks cannot see: the 30-minute membership run of 2026-11-25 passed them all
+/// while one move was stuck for 25 minutes. Answers how long settling took, or what was still
+/// under way.
+pub async fn settle(
+    nodes: &std::sync::Mutex<Nodes>,
+    n: u64,
+    within: Duration,
+) -> Result<Duration, String> {
+    let started = std::time::Instant::now();
+    let mut last = String::from("no running node answered");
+    while started.elapsed() < within {
+        if let Some((_, map)) = current_map(nodes, n).await {
+            if !busy(&map) {
+                return Ok(started.elapsed());
+            }
+            let moving: Vec<String> = map
+                .replicas
+                .iter()
+                .filter(|(_, r)| !r.learners.is_empty() || !r.leaving.is_empty())
+                .map(|(p, r)| format!("p{p} {:?} -> {:?}", r.leaving, r.learners))
+                .collect();
+            last = format!("map epoch {}: {}", map.epoch, moving.join(", "));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::ring_cuts;

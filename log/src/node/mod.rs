@@ -504,6 +504,8 @@ impl LogNode {
     ///
     /// A leader whose disk is below its reserve refuses with [`ProposeError::DiskFull`]; other
     /// nodes answer `NotLeader` as usual, so a proposal is judged by the disk that takes it first.
+    /// The metadata group is exempt: its changes are a few hundred bytes, rare, and what an
+    /// operator needs most on a full disk (the first map, moving replicas off a full node).
     pub async fn propose(
         &self,
         p: PartitionId,
@@ -511,7 +513,7 @@ impl LogNode {
     ) -> Result<ProposalOutcome, ProposeError> {
         let part = self.partition(p)?;
         self.refuse_while_handing_over(p)?;
-        if self.is_leader(p) {
+        if p != PartitionId::META && self.is_leader(p) {
             self.engine
                 .disk()
                 .admit()

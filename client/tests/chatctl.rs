@@ -45,6 +45,13 @@ async fn chatctl_status_append_read_digest_compact_verify() {
         tokio::task::spawn_blocking(move || chatctl(&addr, &data, args))
     };
 
+    let (ok, out, err) = run(&["health"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("SERVING") && !out.contains("NOT_SERVING"),
+        "{out}"
+    );
+
     let (ok, out, err) = run(&["status"]).await.unwrap();
     assert!(ok, "{err}");
     assert!(out.contains("node 1 — holds 2 of 2 partitions"), "{out}");
@@ -178,6 +185,12 @@ async fn chatctl_across_a_cluster() {
             .await
             .unwrap();
     }
+    // Every node ready (what health says SERVING on): the map made, every group led.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !nodes.iter().all(|n| n.node.can_serve()) {
+        assert!(std::time::Instant::now() < deadline, "not ready in 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let endpoints = addrs.join(",");
     let across = |args: Vec<String>| {
@@ -265,6 +278,29 @@ async fn chatctl_across_a_cluster() {
             .lines()
             .any(|l| l.contains(&dead) && l.contains("unreachable")),
         "{table}"
+    );
+    // Health asks no secret; one node down makes the answer a failure, naming it.
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_chatctl"))
+            .env_remove("CHATD_CLUSTER_SECRET")
+            .args(["-o", "json", "--timeout", "2s", "--endpoints"])
+            .arg(format!("{endpoints},{dead}"))
+            .arg("health")
+            .output()
+            .unwrap()
+    });
+    assert!(!out.status.success());
+    let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let health: Vec<&str> = answers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["health"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        health,
+        ["SERVING", "SERVING", "SERVING", "UNREACHABLE"],
+        "{answers}"
     );
 
     for stopped in futures::future::join_all(nodes.into_iter().map(|n| n.stop())).await {

@@ -61,6 +61,10 @@ fn emit(output: Output, value: serde_json::Value, table: impl FnOnce() -> String
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Whether the node can serve (its gRPC health: SERVING once it knows the partition map and
+    /// a live leader of every group it holds). Exit status 1 unless every node asked is
+    /// SERVING. Needs no secret.
+    Health,
     /// Role, term, leader and progress of every partition on the node, and the partition map.
     Status,
     /// The partition map: nodes, each partition's replicas and leader, moves under way.
@@ -176,6 +180,14 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Cmd::Health = cli.command {
+        let addrs = if cli.endpoints.is_empty() {
+            vec![cli.addr.clone()]
+        } else {
+            cli.endpoints.clone()
+        };
+        return health(&addrs, cli.timeout, cli.output).await;
+    }
     let secret = resolve_secret(cli.secret, &cli.data_dir)?;
     let output = cli.output;
     if !cli.endpoints.is_empty() {
@@ -183,6 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
     let mut admin = Admin::connect_with(&cli.addr, &secret, cli.timeout).await?;
     match cli.command {
+        Cmd::Health => unreachable!("answered above, before the secret is read"),
         Cmd::Status => {
             let status = admin.status().await?;
             let map = admin.map().await;
@@ -673,11 +686,74 @@ async fn across(
                 return Ok(std::process::ExitCode::FAILURE);
             }
         }
-        _ => anyhow::bail!("--endpoints is for `status` and `digest`; give other commands --addr"),
+        _ => anyhow::bail!(
+            "--endpoints is for `health`, `status` and `digest`; give other commands --addr"
+        ),
     }
     if unreachable {
         eprintln!("chatctl: some endpoints did not answer (see above)");
         return Ok(std::process::ExitCode::FAILURE);
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `chatctl health`: each node's gRPC health, SERVING or why not.
+async fn health(
+    addrs: &[String],
+    timeout: Option<Duration>,
+    output: Output,
+) -> anyhow::Result<std::process::ExitCode> {
+    let mut answers = Vec::new();
+    for addr in addrs {
+        answers.push((addr.clone(), health_of(addr, timeout).await));
+    }
+    let value: Vec<serde_json::Value> = answers
+        .iter()
+        .map(|(addr, answer)| match answer {
+            Ok(status) => json!({"addr": addr, "health": status}),
+            Err(e) => json!({"addr": addr, "health": "UNREACHABLE", "error": e}),
+        })
+        .collect();
+    emit(output, value.into(), || {
+        let rows = answers.iter().map(|(addr, answer)| match answer {
+            Ok(status) => format!("{addr:<22} {status}\n"),
+            Err(e) => format!("{addr:<22} unreachable: {e}\n"),
+        });
+        rows.collect()
+    });
+    let all_serving = answers
+        .iter()
+        .all(|(_, answer)| matches!(answer, Ok(s) if *s == "SERVING"));
+    Ok(if all_serving {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// The gRPC health of the node at `addr` (the whole server), as gRPC names it.
+async fn health_of(addr: &str, timeout: Option<Duration>) -> Result<&'static str, String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let limit = timeout.unwrap_or(Duration::from_secs(5));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address: {e}"))?
+        .connect_timeout(limit)
+        .timeout(limit)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    let reply = client
+        .check(request)
+        .await
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?;
+    Ok(match reply.into_inner().status() {
+        ServingStatus::Serving => "SERVING",
+        ServingStatus::NotServing => "NOT_SERVING",
+        ServingStatus::ServiceUnknown => "SERVICE_UNKNOWN",
+        ServingStatus::Unknown => "UNKNOWN",
+    })
 }

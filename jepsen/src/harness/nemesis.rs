@@ -288,16 +288,22 @@ async fn replace_wiped(
         nodes.replace_wiped(slot, new_id)?;
         old_id
     };
-    // Until ReplaceNode lands, the old id is a dead voter in its partitions: keep asking.
+    // Until ReplaceNode lands, the old id is a dead voter in its partitions (and the balancer
+    // may move replicas onto it): keep asking, any running node (the one asked first may be
+    // the next one killed), for up to a minute.
     let mut answer = String::from("no answer");
-    for _ in 0..10 {
+    for _ in 0..60 {
+        let ask = match current_map(nodes, n).await {
+            Some((ask, _)) => ask,
+            None => via,
+        };
         let mut request = tonic::Request::new(ReplaceNodeRequest {
             old_node_id: old_id,
             new_node_id: new_id,
             new_addr: addr(slot),
         });
         request.set_timeout(Duration::from_secs(5));
-        match admin(via)?.replace_node(request).await {
+        match admin(ask)?.replace_node(request).await {
             Ok(r) => {
                 answer = format!("epoch {}", r.into_inner().epoch);
                 break;

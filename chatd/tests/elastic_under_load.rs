@@ -12,14 +12,14 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_client::{Device, DeviceOptions};
 use chat_proto::admin::*;
 use chat_proto::log::{NodeState, PartitionMap};
-use common::load::{check_delivered, start_reader, start_sender, Acked, Received};
+use common::load::{check_delivered, start_reader, start_sender, Received};
 use common::{balanced, register, settled, Cluster};
 
 const PARTITIONS: u32 = 6;
@@ -92,19 +92,11 @@ async fn membership_changes_under_sends_and_device_streams() {
         });
         start_reader(device, received[i].clone(), connected[i].clone());
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Acked = Arc::default();
     let sender_device = Device::start(DeviceOptions {
         max_backoff: Duration::from_millis(500),
         ..DeviceOptions::new(servers(&cluster, &[1, 2, 3]), &sender_token)
     });
-    start_sender(
-        sender_device,
-        chats.clone(),
-        SEND_EVERY,
-        stop.clone(),
-        acked.clone(),
-    );
+    let (stop, acked) = start_sender(sender_device, chats.clone(), SEND_EVERY);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // 1. A sixth node joins and takes its share.

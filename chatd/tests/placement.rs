@@ -191,26 +191,32 @@ async fn a_node_that_lost_its_data_is_refused_and_replaced() {
 
     // A new node replaces it; the partitions get their third replica back.
     let four = cluster.add_joining("");
-    let addr = cluster.node(four).addr.clone();
-    cluster
-        .admin(1)
-        .await
-        .replace_node(ReplaceNodeRequest {
-            old_node_id: 3,
-            new_node_id: four,
-            new_addr: addr,
-        })
-        .await
-        .unwrap();
+    replace_node_3(&cluster, four).await;
+    let replaced = until_node_3_replaced(&cluster, four).await;
+    check_replicas(&cluster, &replaced, &written).await;
+}
+
+/// Ask (through node 1) for node 3 to be replaced by `new` at its address.
+async fn replace_node_3(cluster: &Cluster, new: u64) {
+    let new_addr = cluster.node(new).addr.clone();
+    let request = ReplaceNodeRequest {
+        old_node_id: 3,
+        new_node_id: new,
+        new_addr,
+    };
+    cluster.admin(1).await.replace_node(request).await.unwrap();
+}
+
+/// Wait until node 3 is removed and every partition's voters are nodes 1, 2 and `new`.
+async fn until_node_3_replaced(cluster: &Cluster, new: u64) -> PartitionMap {
     let removed = chat_proto::log::NodeState::NodeRemoved as i32;
-    let replaced = cluster
-        .wait_for_map(1, WAIT, "node 3 replaced by node 4", |m| {
+    cluster
+        .wait_for_map(1, WAIT, &format!("node 3 replaced by node {new}"), |m| {
             m.nodes.get(&3).map(|n| n.state) == Some(removed)
                 && settled(m)
-                && m.replicas.values().all(|r| r.voters == [1, 2, four])
+                && m.replicas.values().all(|r| r.voters == [1, 2, new])
         })
-        .await;
-    check_replicas(&cluster, &replaced, &written).await;
+        .await
 }
 
 /// A dead node replaced by a new id on the same host and port: the leaders go on sending what
@@ -237,27 +243,11 @@ async fn a_node_replaced_on_the_same_address_takes_nothing_meant_for_the_old_one
     std::fs::remove_dir_all(&cluster.node(3).data_dir).unwrap();
     let addr = cluster.node(3).addr.clone();
     let four = cluster.add_joining_at("", &addr);
-    cluster
-        .admin(1)
-        .await
-        .replace_node(ReplaceNodeRequest {
-            old_node_id: 3,
-            new_node_id: four,
-            new_addr: addr,
-        })
-        .await
-        .unwrap();
+    replace_node_3(&cluster, four).await;
     for round in 80..120 {
         written.extend(append_round(&cluster, &[1, 2], round).await);
     }
-    let removed = chat_proto::log::NodeState::NodeRemoved as i32;
-    let replaced = cluster
-        .wait_for_map(1, WAIT, "node 3 replaced by node 4 on its address", |m| {
-            m.nodes.get(&3).map(|n| n.state) == Some(removed)
-                && settled(m)
-                && m.replicas.values().all(|r| r.voters == [1, 2, four])
-        })
-        .await;
+    let replaced = until_node_3_replaced(&cluster, four).await;
     check_replicas(&cluster, &replaced, &written).await;
 
     // The leaders' calls meant for node 3 did reach node 4, and were refused.

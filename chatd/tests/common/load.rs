@@ -14,15 +14,13 @@ pub type Acked = Arc<Mutex<BTreeMap<u64, Vec<(u64, Vec<u8>)>>>>;
 /// What a device received: per chat, the seqs in arrival order.
 pub type Received = Arc<Mutex<BTreeMap<u64, Vec<u64>>>>;
 
-/// Send round-robin to `chats`, one every `every`, until `stop`; every send is awaited until
-/// acknowledged (the device resends it across reconnects with its original id).
-pub fn start_sender(
-    device: Device,
-    chats: Vec<u64>,
-    every: Duration,
-    stop: Arc<AtomicBool>,
-    acked: Acked,
-) {
+/// Send round-robin to `chats`, one every `every`, until the returned flag is set; every send
+/// is awaited until acknowledged (the device resends it across reconnects with its original
+/// id). Answers the flag and what was acknowledged.
+pub fn start_sender(device: Device, chats: Vec<u64>, every: Duration) -> (Arc<AtomicBool>, Acked) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let (stopped, acks) = (stop.clone(), acked.clone());
     tokio::spawn(async move {
         let mut i = 0usize;
         while !stop.load(Ordering::Relaxed) {
@@ -42,6 +40,7 @@ pub fn start_sender(
             tokio::time::sleep(every).await;
         }
     });
+    (stopped, acks)
 }
 
 /// Record every message `device` receives, and which nodes it was connected to.

@@ -451,3 +451,66 @@ async fn moves_finish_when_a_node_is_killed_half_way() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A node that dies and is not replaced must not hold placement up: a move onto it is given up
+/// once it has answered nothing for a while (the group goes back to its voters, the map with
+/// it), and the same move asked again once the node is back finishes. Found by the
+/// fault-injection suite: a move onto a node that died unreplaced waited on it for 25 minutes,
+/// and every other placement step with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_onto_a_node_that_died_is_given_up() {
+    let mut cluster = Cluster::start_with(4, PARTITIONS, "replication = 3\n");
+    let all = [1, 2, 3, 4];
+    cluster
+        .wait_for_map(1, WAIT, "the first map, settled", |m| {
+            m.replicas.len() == PARTITIONS as usize && settled(m)
+        })
+        .await;
+    cluster
+        .admin(1)
+        .await
+        .set_balancing(SetBalancingRequest { enabled: false })
+        .await
+        .unwrap();
+    let written = load_round(&cluster, &all, 0, 20).await;
+
+    // A partition node 4 does not hold; node 4 dies, then a move onto it is asked for.
+    let map = cluster.map(1).await;
+    let (&p, r) = map
+        .replicas
+        .iter()
+        .find(|(_, r)| !r.voters.contains(&4))
+        .expect("4 nodes, 3 replicas: node 4 lacks a partition");
+    let before = r.voters.clone();
+    let from = *before.iter().find(|v| **v != r.leader_hint).unwrap();
+    cluster.kill9(4);
+    let alive = [1, 2, 3];
+    let via = 1;
+    start_move(&cluster, via, p, from, 4).await;
+    cluster
+        .wait_for_map(via, Duration::from_secs(150), "the move given up", |m| {
+            settled(m) && m.replicas[&p].voters == before
+        })
+        .await;
+    assert!(
+        alive
+            .iter()
+            .any(|id| cluster.log_of(*id).contains("move given up")),
+        "no driver says it gave the move up"
+    );
+    let mut written = written;
+    written.extend(load_round(&cluster, &alive, 1, 20).await);
+
+    // Back, it takes the replica when asked again.
+    cluster.spawn(4);
+    start_move(&cluster, via, p, from, 4).await;
+    let moved = cluster
+        .wait_for_map(via, WAIT, "the move, asked again, done", |m| {
+            settled(m)
+                && m.replicas[&p].voters.contains(&4)
+                && !m.replicas[&p].voters.contains(&from)
+        })
+        .await;
+    written.extend(load_round(&cluster, &all, 2, 20).await);
+    check_replicas(&cluster, &moved, &written).await;
+}

@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::auth::{address_to, secret_header, with_secret};
 use super::link::{self, PeerLink};
 use super::mux::MuxError;
+use super::reach::PeerReach;
 use super::MAX_MESSAGE_BYTES;
 use crate::store::TypeConfig;
 use crate::types::{Node, NodeId, PartitionId};
@@ -36,6 +37,7 @@ pub struct PeerChannels {
     links: Arc<Mutex<HashMap<(NodeId, String), PeerLink>>>,
     secret: MetadataValue<Ascii>,
     local_ip: Option<IpAddr>,
+    reach: PeerReach,
 }
 
 impl PeerChannels {
@@ -47,7 +49,13 @@ impl PeerChannels {
             links: Arc::default(),
             secret: secret_header(secret)?,
             local_ip,
+            reach: PeerReach::default(),
         })
+    }
+
+    /// Which peers answer this node's Raft calls.
+    pub(crate) fn reach(&self) -> &PeerReach {
+        &self.reach
     }
 
     fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
@@ -171,6 +179,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             link,
             secret: self.peers.secret.clone(),
             protocol_refused: false,
+            reach: self.peers.reach.clone(),
         }
     }
 }
@@ -186,6 +195,8 @@ pub struct PeerClient {
     /// Whether the peer has refused this node's protocol version (logged once per client, not
     /// on every heartbeat).
     protocol_refused: bool,
+    /// Where AppendEntries answered or not is recorded (every heartbeat is one).
+    reach: PeerReach,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,20 +309,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let sent_up_to = bound_entries(&mut rpc.entries);
         let mut request = rpc.into_pb();
         request.partition = self.partition.0;
-        let answer = tokio::time::timeout(option.hard_ttl(), link.call(request))
-            .await
-            .map_err(|_| {
-                network(format!(
-                    "AppendEntries to node {} timed out after {:?}",
-                    self.target,
-                    option.hard_ttl()
-                ))
-            })?;
+        let Ok(answer) = tokio::time::timeout(option.hard_ttl(), link.call(request)).await else {
+            self.reach.unanswered(self.target);
+            return Err(network(format!(
+                "AppendEntries to node {} timed out after {:?}",
+                self.target,
+                option.hard_ttl()
+            )));
+        };
         let reply = match answer {
-            Ok(reply) => reply,
-            Err(MuxError::Unreachable(why) | MuxError::ProtocolRefused(why)) => {
-                return Err(unreachable(why))
+            Ok(reply) => {
+                self.reach.answered(self.target);
+                reply
             }
+            Err(MuxError::Unreachable(why)) => {
+                self.reach.unanswered(self.target);
+                return Err(unreachable(why));
+            }
+            Err(MuxError::ProtocolRefused(why)) => return Err(unreachable(why)),
             Err(MuxError::Refused(status)) => {
                 return Err(network(format!(
                     "AppendEntries refused by node {}: {}",

@@ -6,6 +6,7 @@
 //!   every partition into batches ([`mux`]: many calls on one stream, also used to forward
 //!   commands to partition leaders).
 //! - [`server`]: the `RaftService` that routes incoming requests to the right partition's Raft.
+//! - [`reach`]: which peers answer (the placement driver's view of which nodes are down).
 //! - [`auth`]: the cluster-secret (and, internally, protocol-version) check every internal and
 //!   admin RPC passes through.
 //!
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod client;
 pub mod link;
 pub mod mux;
+pub mod reach;
 pub mod server;
 
 /// Largest gRPC message a node accepts or sends (append batches and snapshot chunks).

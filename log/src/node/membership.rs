@@ -169,6 +169,11 @@ impl LogNode {
         self.config.members.get(&node).cloned()
     }
 
+    /// The peer nodes that have answered none of this node's Raft calls for `for_at_least`.
+    pub(crate) fn silent_peers(&self, for_at_least: Duration) -> BTreeSet<NodeId> {
+        self.opener.peers.reach().silent(for_at_least)
+    }
+
     pub(crate) fn peer_calls(&self) -> PeerCalls {
         PeerCalls::new(self.opener.peers.clone())
     }

@@ -7,6 +7,10 @@
 //! fullest active node to the emptiest while they differ by two or more. Leaders: off nodes that
 //! are not active, then evenly across each partition's voters while the node leading the most
 //! leads two more than the one leading the fewest.
+//!
+//! Nodes the driver counts as down (`down`: they answer no Raft calls) get no replica and no
+//! leadership, and are left out of the evening; they keep what they hold until an operator
+//! replaces or removes them, or they come back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,8 +18,8 @@ use super::map::{MapChange, NodeState, PartitionMap, Replicas};
 use crate::types::{NodeId, PartitionId};
 
 /// The next replica change, or None when the placement is as it should be.
-pub fn next_move(map: &PartitionMap) -> Option<MapChange> {
-    let active: Vec<NodeId> = map.active_nodes().collect();
+pub fn next_move(map: &PartitionMap, down: &BTreeSet<NodeId>) -> Option<MapChange> {
+    let active: Vec<NodeId> = map.active_nodes().filter(|n| !down.contains(n)).collect();
     if active.is_empty() {
         return None;
     }
@@ -96,8 +100,11 @@ fn move_replica(
 
 /// The next leadership to hand over — (partition, from, to) — or None when leaders are spread
 /// as evenly as the replicas allow. Judged on the leader hints the leaders report.
-pub fn next_transfer(map: &PartitionMap) -> Option<(PartitionId, NodeId, NodeId)> {
-    let active: BTreeSet<NodeId> = map.active_nodes().collect();
+pub fn next_transfer(
+    map: &PartitionMap,
+    down: &BTreeSet<NodeId>,
+) -> Option<(PartitionId, NodeId, NodeId)> {
+    let active: BTreeSet<NodeId> = map.active_nodes().filter(|n| !down.contains(n)).collect();
     let mut leads: BTreeMap<NodeId, usize> = active.iter().map(|n| (*n, 0)).collect();
     let mut led = Vec::new();
     for p in map.partition_ids() {
@@ -154,7 +161,7 @@ mod tests {
     /// Apply `next_move` and settle each move (as the driver does) until there is none.
     fn settle(map: &mut PartitionMap) -> usize {
         let mut moves = 0;
-        while let Some(change) = next_move(map) {
+        while let Some(change) = next_move(map, &BTreeSet::new()) {
             map.apply(map.epoch, change).unwrap();
             for p in 0..map.partitions as usize {
                 let r = &map.replicas[p];
@@ -187,8 +194,8 @@ mod tests {
     #[test]
     fn a_balanced_first_map_needs_nothing() {
         let map = cluster(5, 64, 3);
-        assert_eq!(next_move(&map), None);
-        assert_eq!(next_transfer(&map), None);
+        assert_eq!(next_move(&map, &BTreeSet::new()), None);
+        assert_eq!(next_transfer(&map, &BTreeSet::new()), None);
     }
 
     #[test]
@@ -253,7 +260,7 @@ mod tests {
             map.apply(MapEpoch(0), hint).unwrap();
         }
         let mut transfers = 0;
-        while let Some((p, from, to)) = next_transfer(&map) {
+        while let Some((p, from, to)) = next_transfer(&map, &BTreeSet::new()) {
             assert_eq!(from, 1);
             let hint = MapChange::LeaderHint {
                 partition: p,
@@ -279,11 +286,55 @@ mod tests {
             state: NodeState::Draining,
         };
         map.apply(map.epoch, drain).unwrap();
-        let (p, from, to) = next_transfer(&map).expect("node 1 leads partitions 0 and 3");
+        let (p, from, to) =
+            next_transfer(&map, &BTreeSet::new()).expect("node 1 leads partitions 0 and 3");
         assert_eq!(from, 1);
         assert_ne!(to, 1);
         assert!(p == PartitionId(0) || p == PartitionId(3));
         // Its replicas stay: draining is for maintenance.
-        assert_eq!(next_move(&map), None);
+        assert_eq!(next_move(&map, &BTreeSet::new()), None);
+    }
+
+    #[test]
+    fn a_node_that_is_down_gets_no_replica_and_no_leadership() {
+        let mut map = cluster(4, 8, 3);
+        let add = MapChange::AddNode {
+            id: 5,
+            addr: "n5:1".into(),
+        };
+        map.apply(map.epoch, add).unwrap();
+        let down = BTreeSet::from([5]);
+        // The new node would be the emptiest; down, it is left out and the rest is even.
+        while let Some(change) = next_move(&map, &down) {
+            let MapChange::SetReplicas { learners, .. } = &change else {
+                panic!("{change:?}")
+            };
+            assert!(!learners.contains(&5), "{change:?}");
+            map.apply(map.epoch, change).unwrap();
+            let p = map.replicas.iter().position(|r| r.moving()).unwrap();
+            let done = MapChange::SetReplicas {
+                partition: PartitionId(p as u32),
+                voters: map.replicas[p].target_voters(),
+                learners: BTreeSet::new(),
+                leaving: BTreeSet::new(),
+            };
+            map.apply(map.epoch, done).unwrap();
+        }
+        assert!(map.hosted_by(5).is_empty());
+        // Back up, it gets its share.
+        assert!(next_move(&map, &BTreeSet::new()).is_some());
+
+        // A leadership that would go to node 2 goes elsewhere while node 2 is down.
+        let mut map = cluster(3, 6, 3);
+        for p in 0..6 {
+            let hint = MapChange::LeaderHint {
+                partition: PartitionId(p),
+                leader: 1,
+                term: 2,
+            };
+            map.apply(MapEpoch(0), hint).unwrap();
+        }
+        let (_, from, to) = next_transfer(&map, &BTreeSet::from([2])).unwrap();
+        assert_eq!((from, to), (1, 3));
     }
 }

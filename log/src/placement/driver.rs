@@ -18,6 +18,14 @@
 //! 5. the map records the new voters; the old replicas' nodes then delete their copies.
 //!
 //! One move at a time and one leader handover per tick are the rate limit.
+//!
+//! Nodes that have answered none of this node's Raft calls for [`DOWN_AFTER`] (see
+//! `network/reach.rs`; as the metadata group's leader it calls every node each heartbeat) are
+//! down to the driver: it moves no replica and hands no leadership to them, promotes none to a
+//! metadata voter, and gives up a move whose new replica is on one (the group goes back to its
+//! voters, the map with it), so a node that dies before it is replaced never holds placement up.
+//! A learner catching up is waited for a little each tick, so a learner that dies part way is
+//! seen within that wait.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
@@ -31,8 +39,13 @@ use crate::node::LogNode;
 use crate::types::{NodeId, PartitionId};
 
 const TICK: Duration = Duration::from_secs(1);
-/// How long a learner may take to catch up (a snapshot of a large partition, then its log).
-const CATCH_UP: Duration = Duration::from_secs(15 * 60);
+/// How long one tick waits for a learner to catch up (a snapshot of a large partition, then
+/// its log, can take many); the next tick waits again.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(20);
+/// How long a node may leave every call unanswered before the driver counts it as down. Long
+/// enough that a restart or a brief partition does not undo a move, short next to how long a
+/// move onto a dead node would otherwise wait.
+const DOWN_AFTER: Duration = Duration::from_secs(30);
 /// How long one voter change or handover may take.
 const STEP: Duration = Duration::from_secs(30);
 /// Voters of the metadata group: up to this many, the rest of the nodes are learners.
@@ -73,13 +86,19 @@ async fn step(
     let Some(map) = node.map() else {
         return node.bootstrap_map().await;
     };
-    if keep_meta_members(node, &map).await? {
+    let down = node.silent_peers(DOWN_AFTER);
+    if keep_meta_members(node, &map, &down).await? {
         return Ok(());
     }
     if let Some(p) = map
         .partition_ids()
         .find(|p| map.replicas[p.0 as usize].moving())
     {
+        let r = &map.replicas[p.0 as usize];
+        let gone: Vec<NodeId> = r.learners.intersection(&down).copied().collect();
+        if !gone.is_empty() {
+            return abandon_move(node, &map, p, &gone).await;
+        }
         return continue_move(node, &map, p).await;
     }
     let emptied = map
@@ -98,7 +117,7 @@ async fn step(
     if !map.balancing {
         return Ok(());
     }
-    if let Some(change) = next_move(&map) {
+    if let Some(change) = next_move(&map, &down) {
         tracing::info!(?change, "placement: next move");
         metrics::counter!("chatd_placement_moves_total").increment(1);
         node.change_map(map.epoch, change).await?;
@@ -107,7 +126,7 @@ async fn step(
     if tokio::time::Instant::now() < *handovers_after {
         return Ok(());
     }
-    if let Some((p, from, to)) = next_transfer(&map) {
+    if let Some((p, from, to)) = next_transfer(&map, &down) {
         tracing::info!(partition = %p, from, to, "placement: handing over a leadership");
         metrics::counter!("chatd_leader_transfers_total").increment(1);
         let from_addr = addr(&map, from)?;
@@ -131,8 +150,12 @@ fn addr(map: &PartitionMap, node: NodeId) -> Result<String, Status> {
 
 /// Keep every node of the map in the metadata group — a few voters, the rest learners, removed
 /// nodes out — so each holds a copy of the map. True if it changed something (one change per
-/// tick).
-async fn keep_meta_members(node: &Arc<LogNode>, map: &PartitionMap) -> Result<bool, Status> {
+/// tick). Nodes that are `down` are not made voters.
+async fn keep_meta_members(
+    node: &Arc<LogNode>,
+    map: &PartitionMap,
+    down: &BTreeSet<NodeId>,
+) -> Result<bool, Status> {
     let meta = PartitionId::META;
     let Some(current) = node.group_members(meta) else {
         return Ok(false);
@@ -168,7 +191,8 @@ async fn keep_meta_members(node: &Arc<LogNode>, map: &PartitionMap) -> Result<bo
         n => n.max(1),
     };
     let mut voters: BTreeSet<NodeId> = current.voters.iter().copied().filter(can_vote).collect();
-    for id in current.learners.iter().filter(|id| can_vote(id)) {
+    let promotable = |id: &&NodeId| can_vote(id) && !down.contains(id);
+    for id in current.learners.iter().filter(promotable) {
         if voters.len() >= size {
             break;
         }
@@ -226,14 +250,22 @@ async fn continue_move(
     for learner in &r.learners {
         let learner_addr = addr(map, *learner)?;
         let started = tokio::time::Instant::now();
-        calls
+        let caught_up = calls
             .add_learner(
                 (leader, leader_addr.as_str()),
                 p,
                 (*learner, learner_addr.as_str()),
-                CATCH_UP,
+                CATCH_UP_WAIT,
             )
-            .await?;
+            .await;
+        match caught_up {
+            Ok(_) => {}
+            Err(e) if e.code() == tonic::Code::DeadlineExceeded => {
+                tracing::info!(partition = %p, learner, "placement: learner still catching up");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         tracing::info!(partition = %p, learner, took = ?started.elapsed(), "placement: learner caught up");
     }
     let target = r.target_voters();
@@ -261,5 +293,36 @@ async fn continue_move(
     };
     node.change_map(map.epoch, done).await?;
     tracing::info!(partition = %p, voters = ?target, "placement: move done");
+    Ok(())
+}
+
+/// Give up `p`'s move: the nodes of new replicas `gone` do not answer. The partition's leader
+/// makes the old voters the group again (dropping the learners, or the new voters if the change
+/// was already made), then the map says so; the balancer then plans again without those nodes.
+async fn abandon_move(
+    node: &Arc<LogNode>,
+    map: &PartitionMap,
+    p: PartitionId,
+    gone: &[NodeId],
+) -> Result<(), Status> {
+    let r = &map.replicas[p.0 as usize];
+    let (leader, leader_addr) = leader_of(node, map, p).await?;
+    node.peer_calls()
+        .change_voters(
+            (leader, leader_addr.as_str()),
+            p,
+            r.voters.iter().copied(),
+            STEP,
+        )
+        .await?;
+    let undone = MapChange::SetReplicas {
+        partition: p,
+        voters: r.voters.clone(),
+        learners: BTreeSet::new(),
+        leaving: BTreeSet::new(),
+    };
+    node.change_map(map.epoch, undone).await?;
+    metrics::counter!("chatd_placement_moves_abandoned_total").increment(1);
+    tracing::warn!(partition = %p, ?gone, down_for = ?DOWN_AFTER, "placement: move given up, its new replica's node does not answer");
     Ok(())
 }

@@ -11,7 +11,7 @@ use tokio::io::AsyncReadExt;
 use crate::apply::{ApplyContext, CommandHandler};
 use crate::disk::{DiskConfig, DiskGuard};
 use crate::engine::{Engine, StoreError};
-use crate::store::snapshot::{PartReader, SnapshotContent, PART_BYTES};
+use crate::store::snapshot::{PartReader, SnapshotContent, SnapshotMeta, PART_BYTES};
 use crate::store::state_machine::{AppliedState, Install};
 use crate::store::{Leading, PartitionStateMachine, StateCache, TypeConfig};
 use crate::types::{CommandOutcome, PartitionId, Proposal};
@@ -176,32 +176,18 @@ async fn a_snapshot_installed_elsewhere_gives_the_same_partition() {
         .is_some());
 }
 
-#[tokio::test]
-async fn a_big_snapshot_travels_in_parts_and_an_interrupted_install_finishes_at_open() {
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+/// A snapshot of about 4 MiB of state and 4 MiB of events (several parts each), received into
+/// a partition at `dir` whose install then stopped after the partition was emptied and one part
+/// written. Answers the snapshot's bytes and metadata.
+async fn interrupt_an_install(dir: &std::path::Path) -> (Vec<u8>, SnapshotMeta) {
+    let a = tempfile::tempdir().unwrap();
     let (_, mut source) = open(a.path());
-    // About 4 MiB of state and 4 MiB of events: several parts each.
     apply_sized(&mut source, 1, 2001, 2000).await;
     let snapshot = source.get_current_snapshot().await.unwrap().unwrap();
     let meta = snapshot.meta.clone();
     let bytes = bytes_of(snapshot).await;
-    let parts = parts_of(&bytes);
-    assert!(parts.len() >= 6, "{} parts", parts.len());
-    for part in &parts {
-        let size: usize = part
-            .state
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
-            + part.events.iter().map(|(_, e)| e.len() + 8).sum::<usize>();
-        assert!(size < PART_BYTES + 8 * 1024, "a part of {size} bytes");
-    }
-    let whole = content_of(&bytes);
-    assert_eq!(whole.events.len(), 2000);
-    assert_eq!(whole.state.len(), 2001);
 
-    // Receive it, then stop after the partition was emptied and one part written.
-    let (target_engine, mut target) = open(b.path());
+    let (target_engine, mut target) = open(dir);
     apply(&mut target, 1, 11).await;
     let mut incoming = target.begin_receiving_snapshot().await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut incoming, &bytes)
@@ -226,8 +212,27 @@ async fn a_big_snapshot_travels_in_parts_and_an_interrupted_install_finishes_at_
     target_engine
         .write(first, crate::engine::Durability::Sync)
         .unwrap();
-    drop(target);
-    drop(target_engine);
+    (bytes, meta)
+}
+
+#[tokio::test]
+async fn a_big_snapshot_travels_in_parts_and_an_interrupted_install_finishes_at_open() {
+    let b = tempfile::tempdir().unwrap();
+    let (bytes, meta) = interrupt_an_install(b.path()).await;
+    let parts = parts_of(&bytes);
+    assert!(parts.len() >= 6, "{} parts", parts.len());
+    for part in &parts {
+        let size: usize = part
+            .state
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            + part.events.iter().map(|(_, e)| e.len() + 8).sum::<usize>();
+        assert!(size < PART_BYTES + 8 * 1024, "a part of {size} bytes");
+    }
+    let whole = content_of(&bytes);
+    assert_eq!(whole.events.len(), 2000);
+    assert_eq!(whole.state.len(), 2001);
 
     // The next open finishes it: the same partition as the source's, and the file is gone.
     let (target_engine, mut target) = open(b.path());
@@ -236,6 +241,49 @@ async fn a_big_snapshot_travels_in_parts_and_an_interrupted_install_finishes_at_
     let again = target.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(bytes_of(again).await, bytes);
     assert!(!crate::store::snapshot::installing_path(&target_engine, P).exists());
+}
+
+/// What a node restarted on a full disk does: the install waits, the replica opens at the
+/// install's applied position but publishes offset 0 (reads naming a floor wait), and once
+/// there is room the install finishes by itself, without an apply.
+#[tokio::test]
+async fn an_interrupted_install_with_no_room_at_open_finishes_later_by_itself() {
+    let b = tempfile::tempdir().unwrap();
+    let (bytes, meta) = interrupt_an_install(b.path()).await;
+    let disk = DiskConfig {
+        reserve_mib: 0,
+        ballast_mib: 0,
+    };
+    let engine =
+        Engine::open(b.path(), Arc::new(DiskGuard::open(b.path(), disk).unwrap())).unwrap();
+    let (mut target, mut offsets) = PartitionStateMachine::open_finishing(
+        engine.clone(),
+        P,
+        Arc::new(Indexing),
+        Leading::default(),
+        StateCache::for_one_of(1, 64),
+        false,
+    )
+    .unwrap();
+    let (applied, _) = target.applied_state().await.unwrap();
+    assert_eq!(applied, meta.last_log_id);
+    assert_eq!(offsets.borrow_and_update().0, 0);
+    let installing = crate::store::snapshot::installing_path(&engine, P);
+    assert!(installing.exists());
+
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        offsets.wait_for(|o| o.0 == 2000),
+    )
+    .await
+    .expect("the install finished")
+    .unwrap();
+    assert!(!installing.exists());
+    let again = target.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(bytes_of(again).await, bytes);
+    // And it applies on from there at the next offset.
+    apply(&mut target, 2001, 2002).await;
+    assert_eq!(offsets.borrow().0, 2001);
 }
 
 #[tokio::test]

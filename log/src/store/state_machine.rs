@@ -8,7 +8,8 @@
 //! the Raft log (and RocksDB's single WAL is replayed as a prefix), so after a crash the state
 //! either includes a batch or openraft re-applies it from the log.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -16,7 +17,7 @@ use openraft::{
     StorageError, StoredMembership,
 };
 use rocksdb::WriteBatch;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{watch, Mutex, MutexGuard};
 
 use super::snapshot::{self, PartReader, SnapshotContent, SnapshotData, SnapshotMeta};
 use super::storage_error;
@@ -48,8 +49,9 @@ pub struct PartitionStateMachine {
     /// Publishes the last applied offset to subscribers.
     offsets: watch::Sender<LogOffset>,
     /// Held while the partition's stored state changes (apply, install) and while a snapshot
-    /// builder pins a consistent view, so a snapshot never mixes two applied states.
-    write_lock: Arc<Mutex<()>>,
+    /// builder pins a consistent view, so a snapshot never mixes two applied states. It guards
+    /// an install left unfinished at open for lack of space, which whoever locks finishes first.
+    write_lock: WriteLock,
     /// Whether this node leads the partition (its applies are then not held on a full disk).
     leading: Leading,
     /// Handler state the applies read, as RocksDB holds it (see `state_cache.rs`).
@@ -57,7 +59,7 @@ pub struct PartitionStateMachine {
 }
 
 /// The applied position of a partition, stored as one record so its parts change together.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct AppliedState {
     pub(super) applied: Option<LogId<NodeId>>,
     pub(super) membership: Membership,
@@ -184,20 +186,50 @@ impl Install<'_> {
 
     /// At open: finish an install a stop interrupted (steps 3 and 4), and drop what an
     /// interrupted receive (or a stop between steps 1 and 2) left: the sender sends it again.
-    fn resume(&self) -> Result<(), StoreError> {
+    /// With no room on the disk to finish it now, answers the install to finish later (see
+    /// [`Unfinished`]): a node restarted on a full disk must still open.
+    fn resume(&self, try_now: bool) -> Result<Option<AppliedState>, StoreError> {
         let p = self.partition;
         let _ = std::fs::remove_file(snapshot::receiving_path(self.engine, p));
         let Some(bytes) = self.engine.get(cf::STATE, &installing_key(p))? else {
             let _ = std::fs::remove_file(snapshot::installing_path(self.engine, p));
-            return Ok(());
+            return Ok(None);
         };
         let target: AppliedState = decode(&format!("{p} snapshot install"), &bytes)?;
+        if !try_now || self.engine.disk().holds_growth() {
+            tracing::warn!(partition = %p, "a snapshot install a stop interrupted waits for disk space: this replica serves no reads of it until then");
+            return Ok(Some(target));
+        }
         tracing::warn!(partition = %p, "finishing a snapshot install that a stop interrupted");
+        let finished = (|| {
+            for batch in self.part_batches()? {
+                self.engine.write(batch?, Durability::Buffered)?;
+            }
+            self.engine.write(self.end_batch(&target), Durability::Sync)
+        })();
+        match finished {
+            Ok(()) => {
+                self.remove_file();
+                Ok(None)
+            }
+            Err(StoreError::NoSpace(detail)) => {
+                tracing::warn!(partition = %p, %detail, "no space to finish the interrupted snapshot install: it waits for space, and this replica serves no reads of it until then");
+                Ok(Some(target))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Steps 3 and 4, each write waiting while the disk holds growth, then the kept file removed.
+    async fn finish_waiting(&self, target: &AppliedState) -> Result<(), StoreError> {
         for batch in self.part_batches()? {
-            self.engine.write(batch?, Durability::Buffered)?;
+            self.engine
+                .write_growing(batch?, Durability::Buffered, false)
+                .await?;
         }
         self.engine
-            .write(self.end_batch(&target), Durability::Sync)?;
+            .write_growing(self.end_batch(target), Durability::Sync, false)
+            .await?;
         self.remove_file();
         Ok(())
     }
@@ -216,6 +248,61 @@ impl Install<'_> {
             format!("the snapshot file {} of {}", path.display(), self.partition),
             e,
         )
+    }
+}
+
+/// A partition's write lock, and what it guards: an install a stop interrupted that the disk
+/// had no room to finish at open (almost always none). Whoever takes the lock finishes it first
+/// ([`lock_finished`]).
+type WriteLock = Arc<Mutex<Option<Unfinished>>>;
+
+/// An install left unfinished at open: the applied state it ends at, and where to publish its
+/// last offset once done. Until then the replica publishes offset 0, so reads that name a floor
+/// wait (or ask another replica) instead of seeing the partition half written.
+struct Unfinished {
+    target: AppliedState,
+    offsets: watch::Sender<LogOffset>,
+}
+
+/// Lock `lock`, first finishing an install left unfinished (waiting for space if need be).
+async fn lock_finished<'a>(
+    lock: &'a Mutex<Option<Unfinished>>,
+    engine: &Engine,
+    partition: PartitionId,
+) -> Result<MutexGuard<'a, Option<Unfinished>>, StoreError> {
+    let mut guard = lock.lock().await;
+    if let Some(unfinished) = guard.as_ref() {
+        let install = Install { engine, partition };
+        install.finish_waiting(&unfinished.target).await?;
+        unfinished
+            .offsets
+            .send_replace(unfinished.target.last_offset);
+        tracing::info!(%partition, "finished the snapshot install a stop had interrupted");
+        *guard = None;
+    }
+    Ok(guard)
+}
+
+/// Finish an install left unfinished at open once there is room, so the replica serves again
+/// without waiting for its next apply (an idle partition has none).
+async fn finish_when_space(engine: Weak<Engine>, partition: PartitionId, lock: WriteLock) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        if lock.lock().await.is_none() {
+            return;
+        }
+        if engine.disk().holds_growth() {
+            continue;
+        }
+        match lock_finished(&lock, &engine, partition).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(%partition, error = %e, "the interrupted snapshot install did not finish; trying again")
+            }
+        }
     }
 }
 
@@ -262,10 +349,10 @@ fn clear_legacy_manifest(engine: &Engine, p: PartitionId) -> Result<(), StoreErr
 async fn take_snapshot(
     engine: &Arc<Engine>,
     p: PartitionId,
-    write_lock: &Mutex<()>,
+    write_lock: &Mutex<Option<Unfinished>>,
 ) -> Result<Snapshot<TypeConfig>, StoreError> {
     let view = {
-        let _guard = write_lock.lock().await;
+        let _guard = lock_finished(write_lock, engine, p).await?;
         engine.owned_view()
     };
     let applied = read_applied_state(engine, Some(view.at()), p)?;
@@ -298,17 +385,50 @@ impl PartitionStateMachine {
         leading: Leading,
         cache: StateCache,
     ) -> Result<(Self, watch::Receiver<LogOffset>), StoreError> {
-        Install {
+        Self::open_finishing(engine, partition, handler, leading, cache, true)
+    }
+
+    /// [`PartitionStateMachine::open`]; an interrupted install is finished at once only if
+    /// `try_now` (and there is room), otherwise later.
+    pub(super) fn open_finishing(
+        engine: Arc<Engine>,
+        partition: PartitionId,
+        handler: Arc<dyn CommandHandler>,
+        leading: Leading,
+        cache: StateCache,
+        try_now: bool,
+    ) -> Result<(Self, watch::Receiver<LogOffset>), StoreError> {
+        let install = Install {
             engine: &engine,
             partition,
-        }
-        .resume()?;
-        let stored = read_applied_state(&engine, None, partition)?;
+        };
+        let unfinished = install.resume(try_now)?;
+        let stored = match &unfinished {
+            Some(target) => target.clone(),
+            None => read_applied_state(&engine, None, partition)?,
+        };
         // Best effort: a node restarted on a full disk must still open (see `disk.rs`).
         if let Err(e) = clear_legacy_manifest(&engine, partition) {
             tracing::warn!(%partition, error = %e, "old snapshot manifest not deleted; tried again at the next start");
         }
-        let (offsets, offsets_rx) = watch::channel(stored.last_offset);
+        let published = match unfinished {
+            Some(_) => LogOffset::default(),
+            None => stored.last_offset,
+        };
+        let (offsets, offsets_rx) = watch::channel(published);
+        let unfinished = unfinished.map(|target| Unfinished {
+            target,
+            offsets: offsets.clone(),
+        });
+        let deferred = unfinished.is_some();
+        let write_lock = Arc::new(Mutex::new(unfinished));
+        if deferred {
+            tokio::spawn(finish_when_space(
+                Arc::downgrade(&engine),
+                partition,
+                write_lock.clone(),
+            ));
+        }
         let sm = PartitionStateMachine {
             engine,
             partition,
@@ -317,7 +437,7 @@ impl PartitionStateMachine {
             membership: stored.membership,
             last_offset: stored.last_offset,
             offsets,
-            write_lock: Arc::new(Mutex::new(())),
+            write_lock,
             leading,
             cache,
         };
@@ -342,7 +462,9 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         I::IntoIter: OptionalSend,
     {
         let write_lock = self.write_lock.clone();
-        let _guard = write_lock.lock().await;
+        let _guard = lock_finished(&write_lock, &self.engine, self.partition)
+            .await
+            .map_err(|e| storage_error(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
 
         let mut gathered = ApplyBatch::new(self.last_offset);
         let mut applied = self.applied;
@@ -444,6 +566,12 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             .into_received(&self.engine, p)
             .await
             .map_err(snapshot_error)?;
+        // Taken first: an install left unfinished at open is finished before this one's file
+        // takes the place of its file.
+        let write_lock = self.write_lock.clone();
+        let _guard = lock_finished(&write_lock, &self.engine, p)
+            .await
+            .map_err(snapshot_error)?;
         let install = Install {
             engine: &self.engine,
             partition: p,
@@ -456,27 +584,16 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             last_offset,
         };
 
-        let write_lock = self.write_lock.clone();
-        let _guard = write_lock.lock().await;
         // Whether or not the install succeeds, an empty cache is a true one.
         self.cache.clear();
-        let engine = &self.engine;
-        engine
+        self.engine
             .write_growing(install.begin_batch(&state), Durability::Sync, false)
             .await
             .map_err(snapshot_error)?;
-        for batch in install.part_batches().map_err(snapshot_error)? {
-            let batch = batch.map_err(snapshot_error)?;
-            engine
-                .write_growing(batch, Durability::Buffered, false)
-                .await
-                .map_err(snapshot_error)?;
-        }
-        engine
-            .write_growing(install.end_batch(&state), Durability::Sync, false)
+        install
+            .finish_waiting(&state)
             .await
             .map_err(snapshot_error)?;
-        install.remove_file();
 
         metrics::counter!("chatd_snapshots_installed_total").increment(1);
         tracing::info!(partition = %p, last_log_id = ?meta.last_log_id, last_offset = %state.last_offset, "installed snapshot");
@@ -503,7 +620,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
 pub struct PartitionSnapshotBuilder {
     engine: Arc<Engine>,
     partition: PartitionId,
-    write_lock: Arc<Mutex<()>>,
+    write_lock: WriteLock,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {

@@ -1,5 +1,6 @@
 //! The admin gRPC service (`chat.admin.v1.Admin`) over a [`LogNode`] and its [`Projector`]:
-//! status, raw appends, reads, digests, compaction, checksum verification, projection status
+//! status, raw appends, reads, digests, compaction, checksum verification, backups (see
+//! `backup.rs`), projection status
 //! and rebuilds, and placement (the partition map, nodes joining and leaving, moves, leader
 //! handovers). Used by `chatctl`, the benchmark and the tests; guarded by the cluster secret
 //! like Raft RPC.
@@ -254,6 +255,15 @@ impl Admin for AdminService {
             records_checked,
             errors,
         }))
+    }
+
+    type BackupStream = crate::backup::BackupStream;
+
+    async fn backup(
+        &self,
+        _: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        Ok(Response::new(crate::backup::stream(self.node.clone())))
     }
 
     async fn projections(

@@ -224,6 +224,11 @@ impl Admin {
         Ok(self.client.set_balancing(req).await?.into_inner().epoch)
     }
 
+    /// The node's backup stream (see [`crate::backup::receive`]).
+    pub async fn backup(&mut self) -> anyhow::Result<tonic::Streaming<BackupChunk>> {
+        Ok(self.client.backup(BackupRequest {}).await?.into_inner())
+    }
+
     pub async fn verify(&mut self) -> anyhow::Result<VerifyReply> {
         Ok(self
             .client

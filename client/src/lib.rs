@@ -6,9 +6,10 @@
 //! - [`profile`]: the `chat` CLI's local profile (servers, token, cursors).
 //! - [`admin`]: the admin-API client behind `chatctl` (status, append with leader following,
 //!   reads, digests, compaction, checksum verification), and [`cluster_view`]: several nodes'
-//!   answers side by side (`chatctl --endpoints`).
+//!   answers side by side (`chatctl --endpoints`); [`backup`]: `chatctl backup` and `restore`.
 
 pub mod admin;
+pub mod backup;
 pub mod cluster_view;
 pub mod device;
 pub mod profile;

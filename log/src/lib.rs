@@ -29,6 +29,7 @@
 //! - [`remote`]: reads of partitions a node does not hold, from a node that does.
 
 pub mod apply;
+pub mod backup;
 mod batcher;
 mod codec;
 mod datadir;

@@ -17,6 +17,10 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::leader::ERROR_DOMAIN;
 
+/// The file `chatctl restore` leaves in a data dir it builds from a backup; a node starting on
+/// such a dir runs only as the single node of its cluster (see `chat_log::backup`).
+pub const RESTORED_MARKER: &str = "RESTORED_FROM_BACKUP";
+
 /// Metadata header carrying the sender's protocol version on internal RPCs.
 pub const PROTOCOL_HEADER: &str = "x-chat-protocol";
 

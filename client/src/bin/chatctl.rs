@@ -4,10 +4,11 @@
 //! Every command prints a table for people or, with `-o json`, one JSON document for scripts;
 //! progress of long waits goes to stderr, so stdout stays parseable.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chat_client::admin::{format_map, format_status, map_json, resolve_secret, status_json, Admin};
+use chat_client::backup::Progress;
 use chat_client::cluster_view::{
     cluster_status_json, format_cluster_status, verdict, NodeAnswer, ReplicaDigest, Verdict,
 };
@@ -125,6 +126,22 @@ enum Cmd {
     },
     /// Re-read every stored record on the node and check its crc32. Exit status 1 on any error.
     Verify,
+    /// Take a consistent online backup of the node into a new directory: a RocksDB checkpoint
+    /// streamed file by file, and MANIFEST.json with every file's SHA-256.
+    Backup {
+        /// Where to write it (must not exist, or be empty).
+        out: PathBuf,
+    },
+    /// Build a data dir from a backup (offline; no node is asked). Every file is checked
+    /// against the manifest first. The restored node runs only as a single-node cluster: a
+    /// member of a larger one is replaced by a new node instead.
+    Restore {
+        /// The backup directory.
+        backup: PathBuf,
+        /// The data dir to build (must not exist, or be empty).
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Where each projection of each partition stands on the node, with digests.
     Projections,
     /// Rebuild a projection of a partition (every partition the node holds when absent) by
@@ -188,6 +205,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         };
         return health(&addrs, cli.timeout, cli.output).await;
     }
+    if let Cmd::Restore { backup, to } = &cli.command {
+        return restore(backup, to, cli.output);
+    }
     let secret = resolve_secret(cli.secret, &cli.data_dir)?;
     let output = cli.output;
     if !cli.endpoints.is_empty() {
@@ -195,7 +215,31 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
     let mut admin = Admin::connect_with(&cli.addr, &secret, cli.timeout).await?;
     match cli.command {
-        Cmd::Health => unreachable!("answered above, before the secret is read"),
+        Cmd::Health | Cmd::Restore { .. } => {
+            unreachable!("answered above, before the secret is read")
+        }
+        Cmd::Backup { out } => {
+            let chunks = admin.backup().await?;
+            let bar = bytes_bar("backed up");
+            let manifest = chat_client::backup::receive(chunks, &out, |p| match p {
+                Progress::Total(total) => bar.set_length(total),
+                Progress::Bytes(n) => bar.inc(n),
+            })
+            .await;
+            bar.finish_and_clear();
+            let manifest = manifest?;
+            emit(output, serde_json::to_value(&manifest)?, || {
+                format!(
+                    "backup of node {} ({} partitions) taken at {}: {} files, {} bytes, in {}\n",
+                    manifest.node_id,
+                    manifest.partitions,
+                    manifest.taken_at,
+                    manifest.files.len(),
+                    manifest.total_bytes(),
+                    out.display()
+                )
+            });
+        }
         Cmd::Status => {
             let status = admin.status().await?;
             let map = admin.map().await;
@@ -564,6 +608,49 @@ fn progress_bar(unit: &str) -> indicatif::ProgressBar {
     ))
     .expect("a valid template");
     indicatif::ProgressBar::new(0).with_style(style)
+}
+
+/// A progress bar on stderr counting bytes (drawn only when stderr is a terminal).
+fn bytes_bar(what: &str) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:40}} {{bytes}}/{{total_bytes}} {what} ({{percent}}%, {{eta}} left)"
+    ))
+    .expect("a valid template");
+    indicatif::ProgressBar::new(0).with_style(style)
+}
+
+/// `chatctl restore`: a data dir built from a backup, offline.
+fn restore(backup: &Path, to: &Path, output: Output) -> anyhow::Result<std::process::ExitCode> {
+    let bar = bytes_bar("checked, then copied");
+    let manifest = chat_client::backup::restore(backup, to, |p| match p {
+        Progress::Total(total) => bar.set_length(total),
+        Progress::Bytes(n) => bar.inc(n),
+    });
+    bar.finish_and_clear();
+    let manifest = manifest?;
+    let value = json!({"data_dir": to, "manifest": manifest});
+    emit(output, value, || {
+        let mut out = format!(
+            "restored node {}'s data as of {} into {} ({} files, {} bytes, every SHA-256 checked)\n\
+             start it: chatd --node-id {} --data-dir {}\n",
+            manifest.node_id,
+            manifest.taken_at,
+            to.display(),
+            manifest.files.len(),
+            manifest.total_bytes(),
+            manifest.node_id,
+            to.display()
+        );
+        if manifest.cluster_nodes > 1 {
+            out.push_str(&format!(
+                "note: the backup is of one node of a {}-node cluster; a restored node starts only \
+                 as a single-node cluster (it refuses to rejoin under its old id)\n",
+                manifest.cluster_nodes
+            ));
+        }
+        out
+    });
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `partition` if given, else every partition the node holds.

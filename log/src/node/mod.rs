@@ -237,6 +237,8 @@ impl LogNode {
             config.partitions_chosen,
         )?;
         config.partitions = dir.partitions;
+        crate::backup::admit_restored(&engine, &config.data_dir, config.node_id, &config.members)?;
+        crate::backup::remove_leftovers(&config.data_dir);
         let derived = DerivedStore::open(engine.clone()).context("open the derived data")?;
 
         let peers = PeerChannels::new(&config.cluster_secret, config.bind_ip)
@@ -748,6 +750,29 @@ impl LogNode {
         }
     }
 
+    /// A consistent checkpoint of this node's whole database, for a backup (blocking: run it
+    /// off the runtime). With it: this node's id, partition count, data format, and how many
+    /// nodes its partition map names.
+    pub fn checkpoint(&self) -> Result<(crate::backup::Checkpoint, BackupInfo), StoreError> {
+        let checkpoint = crate::backup::checkpoint(&self.engine, &self.config.data_dir)?;
+        let cluster_nodes = self
+            .map()
+            .map(|m| {
+                m.nodes
+                    .values()
+                    .filter(|n| n.state != crate::placement::NodeState::Removed)
+                    .count()
+            })
+            .unwrap_or(1);
+        let info = BackupInfo {
+            node_id: self.config.node_id,
+            partitions: self.config.partitions,
+            data_format: crate::wire::DATA_FORMAT,
+            cluster_nodes: cluster_nodes as u32,
+        };
+        Ok((checkpoint, info))
+    }
+
     /// sha256 over this replica's event log of `p` (offset order), with its last offset.
     pub fn digest(&self, p: PartitionId) -> Result<(LogOffset, [u8; 32]), StoreError> {
         let mut hasher = Sha256::new();
@@ -875,4 +900,13 @@ fn raft_config(t: &RaftTuning) -> anyhow::Result<Config> {
         ..Default::default()
     };
     Ok(config.validate()?)
+}
+
+/// What a backup records about the node it was taken of.
+#[derive(Clone, Copy, Debug)]
+pub struct BackupInfo {
+    pub node_id: NodeId,
+    pub partitions: u32,
+    pub data_format: u32,
+    pub cluster_nodes: u32,
 }

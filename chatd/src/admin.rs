@@ -1,6 +1,6 @@
 //! The admin gRPC service (`chat.admin.v1.Admin`) over a [`LogNode`] and its [`Projector`]:
 //! status, raw appends, reads, digests, compaction, checksum verification, backups (see
-//! `backup.rs`), projection status
+//! `backup.rs`), retention sweeps on demand, projection status
 //! and rebuilds, and placement (the partition map, nodes joining and leaving, moves, leader
 //! handovers). Used by `chatctl`, the benchmark and the tests; guarded by the cluster secret
 //! like Raft RPC.
@@ -15,6 +15,7 @@ use chat_log::{
 use chat_projector::Projector;
 use chat_proto::admin::admin_server::Admin;
 use chat_proto::admin::*;
+use chat_sequencer::workers::retention::Sweeper;
 use tonic::{Request, Response, Status};
 
 /// Most records one Append may carry, and the largest record.
@@ -26,11 +27,16 @@ pub const MAX_READ_EVENTS: u32 = 10_000;
 pub struct AdminService {
     node: Arc<LogNode>,
     projector: Arc<Projector>,
+    retention: Arc<Sweeper>,
 }
 
 impl AdminService {
-    pub fn new(node: Arc<LogNode>, projector: Arc<Projector>) -> Self {
-        AdminService { node, projector }
+    pub fn new(node: Arc<LogNode>, projector: Arc<Projector>, retention: Arc<Sweeper>) -> Self {
+        AdminService {
+            node,
+            projector,
+            retention,
+        }
     }
 
     fn partition(&self, p: u32) -> Result<PartitionId, Status> {
@@ -254,6 +260,19 @@ impl Admin for AdminService {
         Ok(Response::new(VerifyReply {
             records_checked,
             errors,
+        }))
+    }
+
+    async fn run_retention(
+        &self,
+        _: Request<RetentionRequest>,
+    ) -> Result<Response<RetentionReply>, Status> {
+        let report = self.retention.sweep_led().await;
+        Ok(Response::new(RetentionReply {
+            partitions: report.partitions.iter().map(|p| p.0).collect(),
+            chats_expired: report.chats_expired,
+            messages_expired: report.messages_expired,
+            errors: report.errors,
         }))
     }
 

@@ -123,7 +123,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     );
 
     let projector = Projector::start(node.clone(), vec![Arc::new(ChatsProjection)]);
-    chat_sequencer::workers::retention::start(sequencer.clone(), config.retention.retention());
+    let sweeper =
+        chat_sequencer::workers::retention::start(sequencer.clone(), config.retention.retention());
     chat_sequencer::workers::followups::start(
         sequencer.clone(),
         std::time::Duration::from_millis(100),
@@ -159,7 +160,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .context("building the gRPC reflection service")?;
-    let admin = AdminServer::new(AdminService::new(node.clone(), projector.clone()))
+    let admin = AdminServer::new(AdminService::new(node.clone(), projector.clone(), sweeper))
         .max_decoding_message_size(chat_log::MAX_MESSAGE_BYTES);
     let admin = tonic::service::interceptor::InterceptedService::new(admin, node.admin_check());
 

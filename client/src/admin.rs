@@ -224,6 +224,15 @@ impl Admin {
         Ok(self.client.set_balancing(req).await?.into_inner().epoch)
     }
 
+    /// A retention sweep now, over the partitions the node leads.
+    pub async fn run_retention(&mut self) -> anyhow::Result<RetentionReply> {
+        Ok(self
+            .client
+            .run_retention(RetentionRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// The node's backup stream (see [`crate::backup::receive`]).
     pub async fn backup(&mut self) -> anyhow::Result<tonic::Streaming<BackupChunk>> {
         Ok(self.client.backup(BackupRequest {}).await?.into_inner())

@@ -6,12 +6,14 @@
 //! - [`profile`]: the `chat` CLI's local profile (servers, token, cursors).
 //! - [`admin`]: the admin-API client behind `chatctl` (status, append with leader following,
 //!   reads, digests, compaction, checksum verification), and [`cluster_view`]: several nodes'
-//!   answers side by side (`chatctl --endpoints`); [`backup`]: `chatctl backup` and `restore`.
+//!   answers side by side (`chatctl --endpoints`); [`backup`]: `chatctl backup` and `restore`;
+//!   [`replay`]: events decoded for `chatctl replay`.
 
 pub mod admin;
 pub mod backup;
 pub mod cluster_view;
 pub mod device;
 pub mod profile;
+pub mod replay;
 
 pub use device::{ChatClient, Device, DeviceEvent, DeviceOptions, DeviceStream, FrameSender};

@@ -38,7 +38,7 @@ struct Cli {
     /// Give up on each call after this long (`500ms`, `10s`, `2m`) [default: no limit].
     #[arg(long, global = true, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
-    /// For `status` and `digest`: ask each of these nodes (host:port, comma separated) instead
+    /// For `health`, `status`, `digest` and `retention run`: ask each of these nodes (host:port, comma separated) instead
     /// of --addr, and put their answers side by side.
     #[arg(long, global = true, value_delimiter = ',')]
     endpoints: Vec<String>,
@@ -113,6 +113,17 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// A partition's events from an offset, decoded (chat events by type and field; message
+    /// contents left out), up to the partition's end as it was when the replay started.
+    Replay {
+        #[arg(long, short)]
+        partition: u32,
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Stop after this many events [default: to the end].
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// sha256 of this node's replica of each partition's event log (compare across nodes).
     Digest {
         /// One partition; every partition the node holds when absent.
@@ -126,6 +137,10 @@ enum Cmd {
     },
     /// Re-read every stored record on the node and check its crc32. Exit status 1 on any error.
     Verify,
+    /// Retention: `run` sweeps now (the partitions the node leads; every partition on a single
+    /// node, --endpoints for each node of a cluster).
+    #[command(subcommand)]
+    Retention(RetentionCmd),
     /// Take a consistent online backup of the node into a new directory: a RocksDB checkpoint
     /// streamed file by file, and MANIFEST.json with every file's SHA-256.
     Backup {
@@ -155,6 +170,12 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum RetentionCmd {
+    /// Sweep now: expire what is past the window (or delivered everywhere, if configured).
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -217,6 +238,40 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Cmd::Health | Cmd::Restore { .. } => {
             unreachable!("answered above, before the secret is read")
+        }
+        Cmd::Replay {
+            partition,
+            from,
+            limit,
+        } => replay(&mut admin, partition, from, limit, output).await?,
+        Cmd::Retention(RetentionCmd::Run) => {
+            let working = spinner("sweeping the partitions this node leads");
+            let reply = admin.run_retention().await;
+            working.finish_and_clear();
+            let reply = reply?;
+            let value = json!({
+                "node": admin.addr(),
+                "partitions": reply.partitions,
+                "chats_expired": reply.chats_expired,
+                "messages_expired": reply.messages_expired,
+                "errors": reply.errors,
+            });
+            emit(output, value, || {
+                let mut out = format!(
+                    "{}: swept {} partitions, {} messages expired in {} chats\n",
+                    admin.addr(),
+                    reply.partitions.len(),
+                    reply.messages_expired,
+                    reply.chats_expired
+                );
+                for e in &reply.errors {
+                    out.push_str(&format!("  failed: {e}\n"));
+                }
+                out
+            });
+            if !reply.errors.is_empty() {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
         }
         Cmd::Backup { out } => {
             let chunks = admin.backup().await?;
@@ -619,6 +674,79 @@ fn bytes_bar(what: &str) -> indicatif::ProgressBar {
     indicatif::ProgressBar::new(0).with_style(style)
 }
 
+/// `chatctl replay`: read pages of events up to the end as of the first page (or `limit`),
+/// then print them decoded.
+async fn replay(
+    admin: &mut Admin,
+    partition: u32,
+    from: u64,
+    limit: Option<u64>,
+    output: Output,
+) -> anyhow::Result<()> {
+    const PAGE: u32 = 10_000;
+    let from = from.max(1);
+    let mut events = Vec::new();
+    let mut next = from;
+    let mut end = None;
+    let bar = progress_bar("events read");
+    loop {
+        let reply = admin.read(partition, next, PAGE).await?;
+        let end = *end.get_or_insert(reply.last_offset);
+        let wanted = limit.map_or(end, |l| end.min(from.saturating_add(l) - 1));
+        bar.set_length(wanted.saturating_sub(from) + 1);
+        let page: Vec<_> = reply
+            .events
+            .into_iter()
+            .take_while(|e| e.offset <= wanted)
+            .collect();
+        let Some(last) = page.last().map(|e| e.offset) else {
+            break;
+        };
+        bar.inc(page.len() as u64);
+        events.extend(page);
+        if last >= wanted {
+            break;
+        }
+        next = last + 1;
+    }
+    bar.finish_and_clear();
+    let time = |ms: u64| {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            .to_string()
+    };
+    let decoded: Vec<_> = events
+        .iter()
+        .map(|e| (e, chat_client::replay::decode(e)))
+        .collect();
+    let value: Vec<serde_json::Value> = decoded
+        .iter()
+        .map(|(e, d)| {
+            json!({
+                "offset": e.offset,
+                "raft_index": e.raft_index,
+                "time": time(e.timestamp_ms),
+                "type": d.what,
+                "fields": d.fields,
+            })
+        })
+        .collect();
+    emit(output, value.into(), || {
+        let mut out = String::from("offset\ttime\traft_index\ttype\tfields\n");
+        for (e, d) in &decoded {
+            out.push_str(&format!(
+                "{}\t{}\t{}\t{}\t{}\n",
+                e.offset,
+                time(e.timestamp_ms),
+                e.raft_index,
+                d.what,
+                chat_client::replay::format_fields(&d.fields)
+            ));
+        }
+        out
+    });
+    Ok(())
+}
+
 /// `chatctl restore`: a data dir built from a backup, offline.
 fn restore(backup: &Path, to: &Path, output: Output) -> anyhow::Result<std::process::ExitCode> {
     let bar = bytes_bar("checked, then copied");
@@ -773,8 +901,44 @@ async fn across(
                 return Ok(std::process::ExitCode::FAILURE);
             }
         }
+        Cmd::Retention(RetentionCmd::Run) => {
+            // Each node sweeps the partitions it leads: together, every partition once.
+            let mut rows = Vec::new();
+            let mut failed = false;
+            for (admin, (addr, _)) in admins.iter_mut().zip(&answers) {
+                let Some(admin) = admin else { continue };
+                match admin.run_retention().await {
+                    Ok(r) => {
+                        failed |= !r.errors.is_empty();
+                        rows.push(json!({"node": addr, "partitions": r.partitions, "chats_expired": r.chats_expired, "messages_expired": r.messages_expired, "errors": r.errors}));
+                    }
+                    Err(e) => {
+                        failed = true;
+                        rows.push(json!({"node": addr, "error": format!("{e:#}")}));
+                    }
+                }
+            }
+            emit(output, rows.clone().into(), || {
+                rows.iter()
+                    .map(|r| match r.get("error") {
+                        Some(e) => format!("{}: failed: {e}\n", r["node"]),
+                        None => format!(
+                            "{}: swept {} partitions, {} messages expired in {} chats\n",
+                            r["node"].as_str().unwrap_or_default(),
+                            r["partitions"].as_array().map_or(0, Vec::len),
+                            r["messages_expired"],
+                            r["chats_expired"]
+                        ),
+                    })
+                    .collect()
+            });
+            if failed {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
         _ => anyhow::bail!(
-            "--endpoints is for `health`, `status` and `digest`; give other commands --addr"
+            "--endpoints is for `health`, `status`, `digest` and `retention run`; give other \
+             commands --addr"
         ),
     }
     if unreachable {

@@ -45,24 +45,66 @@ impl Default for RetentionConfig {
     }
 }
 
-/// Start the sweeper of this node (it acts on the partitions this node leads).
-pub fn start(sequencer: Arc<Sequencer>, config: RetentionConfig) {
-    tokio::spawn(async move {
-        let reads = StateReader::new(sequencer.node().clone());
-        let mut tick = tokio::time::interval(config.sweep_every);
-        loop {
-            tick.tick().await;
-            for p in 0..sequencer.node().partition_count() {
-                let p = PartitionId(p);
-                if !sequencer.node().is_leader(p) {
-                    continue;
-                }
-                if let Err(e) = sweep(&sequencer, &reads, &config, p).await {
-                    tracing::warn!(%p, error = %e, "retention sweep");
-                }
+/// The retention sweeper of one node: it acts on the partitions this node leads.
+pub struct Sweeper {
+    sequencer: Arc<Sequencer>,
+    reads: StateReader,
+    config: RetentionConfig,
+    /// One sweep at a time (the timer's and an operator's `chatctl retention run`).
+    running: tokio::sync::Mutex<()>,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone)]
+pub struct SweepReport {
+    /// The partitions swept (those this node led).
+    pub partitions: Vec<PartitionId>,
+    /// Chats whose expiry moved on, and by how many messages in all.
+    pub chats_expired: u64,
+    pub messages_expired: u64,
+    /// One line per partition whose sweep failed.
+    pub errors: Vec<String>,
+}
+
+impl Sweeper {
+    /// Sweep every partition this node leads now.
+    pub async fn sweep_led(&self) -> SweepReport {
+        let _one = self.running.lock().await;
+        let mut report = SweepReport::default();
+        let node = self.sequencer.node();
+        for p in (0..node.partition_count()).map(PartitionId) {
+            if !node.is_leader(p) {
+                continue;
+            }
+            report.partitions.push(p);
+            if let Err(e) = sweep(&self.sequencer, &self.reads, &self.config, p, &mut report).await
+            {
+                tracing::warn!(%p, error = %e, "retention sweep");
+                report.errors.push(format!("{p}: {e}"));
             }
         }
+        report
+    }
+}
+
+/// Start the sweeper of this node, every `sweep_every`; the handle sweeps on demand too.
+pub fn start(sequencer: Arc<Sequencer>, config: RetentionConfig) -> Arc<Sweeper> {
+    let every = config.sweep_every;
+    let sweeper = Arc::new(Sweeper {
+        reads: StateReader::new(sequencer.node().clone()),
+        sequencer,
+        config,
+        running: tokio::sync::Mutex::new(()),
     });
+    let timed = sweeper.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            timed.sweep_led().await;
+        }
+    });
+    sweeper
 }
 
 fn now_ms() -> u64 {
@@ -77,6 +119,7 @@ async fn sweep(
     reads: &StateReader,
     config: &RetentionConfig,
     p: PartitionId,
+    report: &mut SweepReport,
 ) -> Result<(), String> {
     let cutoff = now_ms().saturating_sub(config.expire_after.as_millis() as u64);
     for (chat, record) in reads.chats_in(p).await.map_err(|e| e.to_string())? {
@@ -95,6 +138,10 @@ async fn sweep(
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::debug!(%chat, up_to = reply.expired_up_to, "messages expired");
+            if reply.expired_up_to > expired.0 {
+                report.chats_expired += 1;
+                report.messages_expired += reply.expired_up_to - expired.0;
+            }
         }
     }
     Ok(())

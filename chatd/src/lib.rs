@@ -6,5 +6,6 @@
 pub mod admin;
 pub mod backup;
 pub mod config;
+pub mod connections;
 pub mod grpc_metrics;
 pub mod server;

@@ -44,6 +44,23 @@ async fn serve() -> std::process::ExitCode {
                     ],
                 )
                 .map_err(|e| anyhow::anyhow!("metrics buckets: {e}"))?
+                // A call's whole life: a unary call's milliseconds to a device stream's hours.
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("chatd_grpc_call_seconds".into()),
+                    &[
+                        0.001,
+                        0.01,
+                        0.1,
+                        1.0,
+                        10.0,
+                        60.0,
+                        600.0,
+                        3600.0,
+                        6.0 * 3600.0,
+                        86400.0,
+                    ],
+                )
+                .map_err(|e| anyhow::anyhow!("metrics buckets: {e}"))?
                 .install()
                 .map_err(|e| anyhow::anyhow!("metrics exporter on {addr}: {e}"))?;
         }

@@ -194,15 +194,19 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         router.serve_with_incoming_shutdown(
             // `serve_with_incoming` ignores the builder's TCP_NODELAY, so set it on the listener's
             // connections here: without it every small Raft and client reply can wait on Nagle.
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                // The kernel's keepalive probes find dead connections (a phone gone behind a NAT)
-                // at no cost to this process; HTTP/2 pings did the same from userspace, waking every
-                // idle connection's task twice a minute. Open device streams are also closed by the
-                // gateway's idle timeout (devices ping).
-                .with_keepalive(Some(KEEPALIVE_IDLE))
-                .with_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-                .with_keepalive_retries(Some(KEEPALIVE_RETRIES)),
+            tokio_stream::StreamExt::map(
+                TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    // The kernel's keepalive probes find dead connections (a phone gone behind a NAT)
+                    // at no cost to this process; HTTP/2 pings did the same from userspace, waking every
+                    // idle connection's task twice a minute. Open device streams are also closed by the
+                    // gateway's idle timeout (devices ping).
+                    .with_keepalive(Some(KEEPALIVE_IDLE))
+                    .with_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                    .with_keepalive_retries(Some(KEEPALIVE_RETRIES)),
+                // Each connection counted while it is open.
+                |accepted| accepted.map(crate::connections::Counted::new),
+            ),
             async {
                 let _ = stop_rx.await;
             },

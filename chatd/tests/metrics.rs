@@ -138,4 +138,49 @@ async fn the_metrics_page_under_load() {
     // The Grafana dashboard in docs/ asks only for series this page has (checked in the wait
     // above: the memory gauges are published every 10 s).
     assert!(asked.len() > 10, "{asked:?}");
+
+    // Calls are followed to their end: the History calls ended with their codes, and both
+    // devices' streams are open, on connections that are open.
+    assert_eq!(
+        sample(
+            &page,
+            &format!("chatd_grpc_calls_ended_total{{{history},code=\"OK\"}}")
+        ),
+        Some(3.0),
+        "{page}"
+    );
+    let connect = "chatd_grpc_open_calls{method=\"/chat.v1.Chat/Connect\"}";
+    assert_eq!(sample(&page, connect), Some(2.0), "{page}");
+    let connections = sample(&page, "chatd_connections_open").unwrap();
+    assert!(connections >= 2.0, "{page}");
+    // A third stream, then its client goes away: it is open, then ended (CANCELLED).
+    let stream = chat_client::ChatClient::connect(&addr)
+        .await
+        .unwrap()
+        .open_stream(&reader_token, &std::collections::BTreeMap::new())
+        .await
+        .unwrap();
+    let until = |want: f64, what: &str| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let page = scrape(&metrics);
+            if sample(&page, connect) == Some(want) {
+                return page;
+            }
+            assert!(Instant::now() < deadline, "{what}: {page}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until(3.0, "a third stream open");
+    drop(stream);
+    let page = until(2.0, "the third stream ended");
+    let ended = "chatd_grpc_calls_ended_total{method=\"/chat.v1.Chat/Connect\",code=\"CANCELLED\"}";
+    assert_eq!(sample(&page, ended), Some(1.0), "{page}");
+    assert!(
+        sample(
+            &page,
+            "chatd_grpc_call_seconds_count{method=\"/chat.v1.Chat/Connect\"}"
+        ) == Some(1.0),
+        "{page}"
+    );
 }

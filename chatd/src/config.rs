@@ -147,10 +147,12 @@ struct FileConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionSection {
     /// Messages older than this are expired (payload removed).
+    #[serde(deserialize_with = "chat_log::duration_setting::secs")]
     pub expire_after_secs: u64,
     /// Also expire messages every device of every member has acknowledged.
     pub delete_when_delivered: bool,
     /// How often each partition's leader sweeps it.
+    #[serde(deserialize_with = "chat_log::duration_setting::millis")]
     pub sweep_ms: u64,
 }
 
@@ -187,9 +189,12 @@ pub struct NotificationsSection {
     /// For the webhook sink: `http://host:port/path`.
     pub webhook_url: Option<String>,
     pub max_attempts: u32,
+    #[serde(deserialize_with = "chat_log::duration_setting::millis")]
     pub first_backoff_ms: u64,
+    #[serde(deserialize_with = "chat_log::duration_setting::millis")]
     pub timeout_ms: u64,
     /// How often pending notifications are collapsed and sent.
+    #[serde(deserialize_with = "chat_log::duration_setting::millis")]
     pub flush_ms: u64,
 }
 
@@ -247,6 +252,7 @@ pub struct GatewaySection {
     /// Pushes queued per device stream before it catches up from the log instead.
     pub queue_capacity: usize,
     /// Close a stream after this long without a frame (devices ping).
+    #[serde(deserialize_with = "chat_log::duration_setting::secs")]
     pub idle_timeout_secs: u64,
     /// Largest client frame, in bytes.
     pub max_frame_bytes: usize,
@@ -285,12 +291,14 @@ pub struct ChatConfig {
     /// Most members of a group, creator included. Decides what is applied: same on every node.
     pub max_group_members: u32,
     /// How long a (device, client_msg_id) is remembered for retries. Same on every node.
+    #[serde(deserialize_with = "chat_log::duration_setting::secs")]
     pub dedup_window_secs: u64,
     pub max_payload_bytes: usize,
     pub sends_per_second: u32,
     pub send_burst: u32,
     /// How long a write keeps trying while its partition has no leader before it is answered
     /// UNAVAILABLE (a device may ask for less per send). May differ per node.
+    #[serde(deserialize_with = "chat_log::duration_setting::millis")]
     pub submit_timeout_ms: u64,
 }
 
@@ -648,6 +656,37 @@ mod tests {
             (3, 4, 50)
         );
         assert_eq!(c.listen.to_string(), "127.0.0.1:3");
+    }
+
+    #[test]
+    fn durations_take_units() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(
+            &path,
+            "[raft]\nheartbeat_ms = \"80ms\"\nelection_timeout_max_ms = \"1s\"\n[retention]\nexpire_after_secs = \"7d\"\nsweep_ms = \"2m\"\n[chat]\nsubmit_timeout_ms = 5000\n",
+        )
+        .unwrap();
+        let resolve = |path: PathBuf| {
+            ServerConfig::resolve(Flags {
+                config: Some(path),
+                data_dir: Some(dir.path().join("data")),
+                cluster_secret: Some("s".into()),
+                ..Flags::default()
+            })
+        };
+        let c = resolve(path.clone()).unwrap();
+        assert_eq!(
+            (c.log.raft.heartbeat_ms, c.log.raft.election_timeout_max_ms),
+            (80, 1000)
+        );
+        assert_eq!(
+            (c.retention.expire_after_secs, c.retention.sweep_ms),
+            (7 * 86400, 120_000)
+        );
+        std::fs::write(&path, "[retention]\nsweep_ms = \"soon\"\n").unwrap();
+        let err = format!("{:#}", resolve(path).unwrap_err());
+        assert!(err.contains("\"soon\" is not a duration"), "{err}");
     }
 
     #[test]

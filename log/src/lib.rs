@@ -35,6 +35,7 @@ mod codec;
 mod datadir;
 pub mod derived;
 mod disk;
+pub mod duration_setting;
 mod engine;
 mod error;
 pub mod network;

@@ -55,8 +55,11 @@ pub(crate) use partition::{Groups, Partition};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RaftTuning {
+    #[serde(deserialize_with = "crate::duration_setting::millis")]
     pub heartbeat_ms: u64,
+    #[serde(deserialize_with = "crate::duration_setting::millis")]
     pub election_timeout_min_ms: u64,
+    #[serde(deserialize_with = "crate::duration_setting::millis")]
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_after_logs: u64,

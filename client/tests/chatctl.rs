@@ -383,7 +383,7 @@ async fn chatctl_backup_and_restore_give_the_partitions_as_of_the_backup() {
         "{manifest:?}"
     );
     // The node deleted its checkpoint once streamed.
-    let leftovers = std::fs::read_dir(data.join("backups")).map(|d| d.count());
+    let leftovers = std::fs::read_dir(data.join("backup-checkpoints.tmp")).map(|d| d.count());
     assert_eq!(leftovers.unwrap_or(0), 0);
 
     let (ok, _, err) = run(strings(&["append", "-p", "0", "after"])).await.unwrap();

@@ -3,7 +3,7 @@
 //! A backup is a RocksDB checkpoint: hard links to the immutable SST files and copies of the
 //! small live files (manifest, options, the WAL tail), consistent across column families — the
 //! Raft log, the votes, the applied state and the events as of one instant. It is taken into
-//! `<data dir>/backups/<n>`, on the same file system so it costs no copy, read out by the admin
+//! `<data dir>/backup-checkpoints.tmp/<n>`, on the same file system so it costs no copy, read out by the admin
 //! service's `Backup` stream, and deleted when the [`Checkpoint`] is dropped (or at the next
 //! start, if the node stopped first).
 //!
@@ -24,8 +24,9 @@ use crate::engine::{Engine, StoreError};
 use crate::placement::{read_map, NodeState};
 use crate::types::{NodeId, PartitionId};
 
-/// Where checkpoints are taken, inside the data dir.
-const BACKUPS_DIR: &str = "backups";
+/// Where checkpoints are taken, inside the data dir; everything in it is deleted at start, so
+/// the name is one an operator would not pick for backups of their own.
+const BACKUPS_DIR: &str = "backup-checkpoints.tmp";
 
 /// A checkpoint of the database on disk; deleted on drop.
 pub struct Checkpoint {

@@ -50,7 +50,7 @@ pub fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 mod tests {
     use super::*;
 
-    #[derive(Deserialize)]
+    #[derive(Debug, Deserialize)]
     struct Both {
         #[serde(deserialize_with = "millis")]
         a_ms: u64,

@@ -266,7 +266,7 @@ async fn continue_move(
             }
             Err(e) => return Err(e),
         }
-        tracing::info!(partition = %p, learner, took = ?started.elapsed(), "placement: learner caught up");
+        tracing::info!(partition = %p, learner, last_wait = ?started.elapsed(), "placement: learner caught up");
     }
     let target = r.target_voters();
     if r.leaving.contains(&leader) {

@@ -50,7 +50,7 @@ impl Cluster {
                     replication: 3,
                     join: false,
                     members: members.clone(),
-                    cluster_secret: "bench".into(),
+                    cluster_secret: "bench-cluster-secret".into(),
                     bind_ip: None,
                     raft: RaftTuning::default(),
                     disk: Default::default(),

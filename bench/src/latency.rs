@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use crate::fsync;
 
 /// The cluster secret of the chatd processes the benchmarks start.
-pub const SECRET: &str = "bench";
+pub const SECRET: &str = "bench-cluster-secret";
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -34,6 +34,9 @@ pub const DEFAULT_PARTITIONS: u32 = 32;
 /// stores each partition three times, however many nodes it has.
 pub const DEFAULT_REPLICATION: u32 = 3;
 const SECRET_FILE: &str = "cluster_secret";
+/// The shortest cluster secret taken: it authorises Raft, forwarding and admin calls, so a guessable
+/// one (or an empty file) is refused at start. A generated one is 32 hex digits.
+pub const MIN_SECRET_LEN: usize = 16;
 
 /// Command-line flags. Each overrides the same key of the config file, and each can be given as
 /// a `CHATD_*` environment variable instead (`--data-dir` as `CHATD_DATA_DIR`); a flag on the
@@ -407,8 +410,7 @@ impl ServerConfig {
             bail!("--replication must be at least 1");
         }
         let cluster_secret = match flags.cluster_secret.or(file.cluster_secret) {
-            Some(s) if s.is_empty() => bail!("the cluster secret must not be empty"),
-            Some(s) => s,
+            Some(s) => checked_secret(s, "the cluster secret given (--cluster-secret, CHATD_CLUSTER_SECRET or cluster_secret)")?,
             None if join => bail!("a joining node needs the cluster's --cluster-secret"),
             // Printing the configuration changes nothing on disk.
             None if members.len() == 1 && flags.print_config => String::new(),
@@ -535,11 +537,27 @@ fn parse_peers(items: &[String]) -> anyhow::Result<BTreeMap<NodeId, String>> {
 pub fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join(SECRET_FILE);
     if let Ok(s) = std::fs::read_to_string(&path) {
-        return Ok(s.trim().to_string());
+        return checked_secret(s.trim().to_string(), &path.display().to_string());
     }
     std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
     let secret = hex::encode(rand::random::<[u8; 16]>());
     write_private(&path, &secret).with_context(|| format!("write {}", path.display()))?;
+    Ok(secret)
+}
+
+/// `secret`, if it is long enough and travels in a header (printable ASCII); else an error
+/// naming where it came from.
+fn checked_secret(secret: String, from: &str) -> anyhow::Result<String> {
+    if secret.len() < MIN_SECRET_LEN {
+        bail!(
+            "{from} is {} characters; a cluster secret needs at least {MIN_SECRET_LEN} (it \
+             authorises Raft and admin calls): generate one with `openssl rand -hex 16`",
+            secret.len()
+        );
+    }
+    if !secret.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        bail!("{from} must be printable ASCII without spaces (it travels in an HTTP/2 header)");
+    }
     Ok(secret)
 }
 
@@ -591,7 +609,7 @@ mod tests {
         let err = ServerConfig::resolve(flags()).unwrap_err().to_string();
         assert!(err.contains("cluster-secret"), "{err}");
         let c = ServerConfig::resolve(Flags {
-            cluster_secret: Some("s".into()),
+            cluster_secret: Some("s-long-enough-secret".into()),
             ..flags()
         })
         .unwrap();
@@ -643,7 +661,7 @@ mod tests {
         let path = dir.path().join("n.toml");
         std::fs::write(
             &path,
-            "node_id = 3\npartitions = 4\ncluster_secret = \"k\"\n[peers]\n1 = \"127.0.0.1:1\"\n3 = \"127.0.0.1:3\"\n[raft]\nheartbeat_ms = 50\n[chat]\nmax_group_members = 16\n",
+            "node_id = 3\npartitions = 4\ncluster_secret = \"k-long-enough-secret\"\n[peers]\n1 = \"127.0.0.1:1\"\n3 = \"127.0.0.1:3\"\n[raft]\nheartbeat_ms = 50\n[chat]\nmax_group_members = 16\n",
         )
         .unwrap();
         let c = ServerConfig::resolve(Flags {
@@ -659,6 +677,43 @@ mod tests {
     }
 
     #[test]
+    fn short_or_empty_secrets_are_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |secret: Option<&str>| {
+            ServerConfig::resolve(Flags {
+                data_dir: Some(dir.path().join("data")),
+                cluster_secret: secret.map(str::to_string),
+                ..Flags::default()
+            })
+            .map_err(|e| format!("{e:#}"))
+        };
+        let err = resolve(Some("")).unwrap_err();
+        assert!(err.contains("at least 16"), "{err}");
+        let err = resolve(Some("hunter2")).unwrap_err();
+        assert!(err.contains("is 7 characters"), "{err}");
+        let err = resolve(Some("sixteen chars ok but spaced")).unwrap_err();
+        assert!(err.contains("printable ASCII without spaces"), "{err}");
+        assert!(resolve(Some("0123456789abcdef")).is_ok());
+
+        // A single node's secret file, emptied or cut short, is refused rather than taken.
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let file = dir.path().join("data").join(SECRET_FILE);
+        for contents in ["", "\n", "short\n"] {
+            std::fs::write(&file, contents).unwrap();
+            let err = resolve(None).unwrap_err();
+            assert!(
+                err.contains("cluster_secret") && err.contains("at least 16"),
+                "{err}"
+            );
+        }
+        // A generated one is taken again.
+        std::fs::remove_file(&file).unwrap();
+        let made = resolve(None).unwrap().log.cluster_secret;
+        assert_eq!(made.len(), 32);
+        assert_eq!(resolve(None).unwrap().log.cluster_secret, made);
+    }
+
+    #[test]
     fn durations_take_units() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n.toml");
@@ -671,7 +726,7 @@ mod tests {
             ServerConfig::resolve(Flags {
                 config: Some(path),
                 data_dir: Some(dir.path().join("data")),
-                cluster_secret: Some("s".into()),
+                cluster_secret: Some("s-long-enough-secret".into()),
                 ..Flags::default()
             })
         };
@@ -702,7 +757,7 @@ mod tests {
             ServerConfig::resolve(Flags {
                 config: Some(path),
                 data_dir: Some(dir.path().join("data")),
-                cluster_secret: Some("s".into()),
+                cluster_secret: Some("s-long-enough-secret".into()),
                 ..Flags::default()
             })
             .unwrap()

@@ -579,3 +579,92 @@ async fn bytes_that_are_not_a_frame_end_that_stream_only() {
     let mut d = device(std::slice::from_ref(&addr), &alice.token, BTreeMap::new());
     until_synced(&mut d, WAIT).await;
 }
+
+/// A member added to a group reads nothing from before they joined, whatever they ask for:
+/// History from seq 0, a stream whose Hello names cursor 0 for the chat, a stream with no
+/// cursors. A cursor past any seq is refused, not wrapped around.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_added_later_reads_nothing_from_before_and_wild_cursors_are_refused() {
+    let cluster = Cluster::start_with(1, 4, CONFIG);
+    let addr = cluster.node(1).addr.clone();
+    let addrs = vec![addr.clone()];
+    cluster.wait_for_leaders(1, WAIT).await;
+    let mut alice = register(&addr, "alice").await;
+    let mut bob = register(&addr, "bob").await;
+    let chat = alice
+        .client
+        .create_group("g", "before and after", &[])
+        .await
+        .unwrap()
+        .chat_id;
+    let mut sender = device(&addrs, &alice.token, BTreeMap::new());
+    for i in 1..=3 {
+        sender
+            .send(chat, format!("before {i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    alice
+        .client
+        .change_members(chat, &[bob.handle.clone()], &[])
+        .await
+        .unwrap();
+    for i in 1..=2 {
+        sender
+            .send(chat, format!("after {i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    messages(&mut sender, 5).await;
+
+    // History from the start: only what came after the join.
+    let page = bob.client.history(chat, 0, 0, 100).await.unwrap().messages;
+    assert_eq!(seqs(&page), [4, 5], "{page:?}");
+    assert!(page.iter().all(|m| text(m).starts_with("after")));
+    // A range that lies wholly before the join: nothing.
+    let page = bob.client.history(chat, 0, 3, 100).await.unwrap().messages;
+    assert!(page.is_empty(), "{page:?}");
+
+    // A stream naming cursor 0 for the chat, and one naming none.
+    for cursors in [BTreeMap::from([(chat, 0)]), BTreeMap::new()] {
+        let mut stream = ChatClient::connect(&addr)
+            .await
+            .unwrap()
+            .open_stream(&bob.token, &cursors)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
+                Some(Ok(server_frame::Kind::Message(m))) => got.push(m),
+                Some(Ok(server_frame::Kind::SyncComplete(_))) => break,
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seqs(&got), [4, 5], "cursors {cursors:?}: {got:?}");
+    }
+
+    // A cursor at the top of u64: an error naming it, and the node goes on serving.
+    let mut stream = ChatClient::connect(&addr)
+        .await
+        .unwrap()
+        .open_stream(&bob.token, &BTreeMap::from([(chat, u64::MAX)]))
+        .await
+        .unwrap();
+    let err = loop {
+        match tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
+            Some(Ok(server_frame::Kind::Welcome(_))) => {}
+            Some(Err(err)) => break err,
+            other => panic!("a stream with a wild cursor went on: {other:?}"),
+        }
+    };
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("beyond any seq"), "{err:?}");
+    let page = bob.client.history(chat, u64::MAX, 0, 10).await.unwrap();
+    assert!(page.messages.is_empty());
+    assert_eq!(
+        seqs(&bob.client.history(chat, 3, 0, 10).await.unwrap().messages),
+        [4, 5]
+    );
+}

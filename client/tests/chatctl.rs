@@ -167,7 +167,7 @@ async fn chatctl_across_a_cluster() {
             data_dir: Some(dir.path().join(format!("n{id}"))),
             peers: peers.clone(),
             partitions: Some(2),
-            cluster_secret: Some("across".into()),
+            cluster_secret: Some("across-cluster-secret".into()),
             ..Flags::default()
         })
         .unwrap();
@@ -195,7 +195,7 @@ async fn chatctl_across_a_cluster() {
     let endpoints = addrs.join(",");
     let across = |args: Vec<String>| {
         let out = Command::new(env!("CARGO_BIN_EXE_chatctl"))
-            .args(["--secret", "across", "--endpoints"])
+            .args(["--secret", "across-cluster-secret", "--endpoints"])
             .arg(&endpoints)
             .args(args)
             .output()
@@ -214,7 +214,15 @@ async fn chatctl_across_a_cluster() {
     let (ok, _, err) = tokio::task::block_in_place(|| {
         Command::new(env!("CARGO_BIN_EXE_chatctl"))
             .args([
-                "--secret", "across", "--addr", &addrs[0], "append", "-p", "1", "a", "b",
+                "--secret",
+                "across-cluster-secret",
+                "--addr",
+                &addrs[0],
+                "append",
+                "-p",
+                "1",
+                "a",
+                "b",
             ])
             .output()
             .map(|o| (o.status.success(), (), String::from_utf8(o.stderr).unwrap()))
@@ -265,7 +273,13 @@ async fn chatctl_across_a_cluster() {
     let dead = format!("127.0.0.1:{}", free_port());
     let out = tokio::task::block_in_place(|| {
         Command::new(env!("CARGO_BIN_EXE_chatctl"))
-            .args(["--secret", "across", "--timeout", "2s", "--endpoints"])
+            .args([
+                "--secret",
+                "across-cluster-secret",
+                "--timeout",
+                "2s",
+                "--endpoints",
+            ])
             .arg(format!("{endpoints},{dead}"))
             .arg("status")
             .output()
@@ -440,7 +454,7 @@ async fn chatctl_backup_and_restore_give_the_partitions_as_of_the_backup() {
     running.stop().await.unwrap();
 
     // The same backup as a member of a three-node cluster: refused.
-    let member = dir.path().join("member");
+    let member = dir.path().join("member-cluster-secret");
     let args = strings(&["restore", backup_arg, "--to", member.to_str().unwrap()]);
     let (ok, _, err) = run(args).await.unwrap();
     assert!(ok, "{err}");
@@ -451,7 +465,7 @@ async fn chatctl_backup_and_restore_give_the_partitions_as_of_the_backup() {
         node_id: Some(1),
         data_dir: Some(member.clone()),
         peers,
-        cluster_secret: Some("member".into()),
+        cluster_secret: Some("member-cluster-secret".into()),
         ..Flags::default()
     })
     .unwrap();

@@ -78,15 +78,17 @@ impl ChatService {
 
     /// Fail unless `user` is a member of `chat` (asking again at a read index if a replica says
     /// no).
-    async fn require_member(&self, chat: ChatId, user: UserId) -> Result<(), Status> {
+    /// The seq after which `user` may read `chat` (what was sent before they joined is not
+    /// theirs), or why not at all.
+    async fn require_member(&self, chat: ChatId, user: UserId) -> Result<ChatSeq, Status> {
         let member = self
             .gw
             .read_fresh(self.gw.reads.partition(chat.0), |reads| async move {
                 reads.member(chat, user).await
             })
             .await?;
-        if member.is_some() {
-            return Ok(());
+        if let Some(member) = member {
+            return Ok(member.joined_after());
         }
         if self.gw.reads.chat(chat).await.map_err(storage)?.is_none() {
             return Err(Status::not_found(format!("chat {chat} does not exist")));
@@ -300,16 +302,13 @@ impl Chat for ChatService {
         let me = self.caller(&request).await?;
         let r = request.into_inner();
         let chat = ChatId(r.chat_id);
-        self.require_member(chat, me.user).await?;
+        let joined_after = self.require_member(chat, me.user).await?;
+        // Clamped at the server: a member added later reads nothing from before.
+        let after = ChatSeq(r.after_seq).max(joined_after);
         let page = self
             .gw
             .sequencer
-            .history(
-                chat,
-                ChatSeq(r.after_seq),
-                ChatSeq::bound(r.before_seq),
-                r.limit,
-            )
+            .history(chat, after, ChatSeq::bound(r.before_seq), r.limit)
             .await?;
         Ok(Response::new(page))
     }

@@ -35,6 +35,9 @@ use crate::outbound::Outbound;
 
 /// Messages read from the log per catch-up page.
 const CATCH_UP_PAGE: u32 = 256;
+/// The largest cursor a device may name: seqs are dense from 1, so no chat comes near it, and
+/// the arithmetic on cursors (the next seq, the one before) never overflows.
+const MAX_CURSOR: u64 = 1 << 62;
 /// How long a new stream waits for its node's hub to follow every partition (at start, until
 /// a replica of each answers).
 const FOLLOW_WAIT: Duration = Duration::from_secs(10);
@@ -172,8 +175,26 @@ impl Deliveries {
         Ok(acked.max(joined))
     }
 
+    /// A cursor the device named, never before the user joined the chat: what was sent before
+    /// is not theirs, whatever cursor a client sends.
+    async fn given_cursor(&self, chat: ChatId, seq: ChatSeq) -> Result<ChatSeq, Status> {
+        let member = self
+            .gw
+            .reads
+            .member(chat, self.me.user)
+            .await
+            .map_err(storage)?;
+        Ok(seq.max(member.map_or(ChatSeq::ZERO, |m| m.joined_after())))
+    }
+
     /// The backlog: every chat from its cursor, then SyncComplete.
     async fn sync(&mut self, cursors: &[pb::Cursor]) -> Result<(), Status> {
+        if let Some(c) = cursors.iter().find(|c| c.seq > MAX_CURSOR) {
+            return Err(Status::invalid_argument(format!(
+                "the cursor of chat {} is {}, beyond any seq",
+                c.chat_id, c.seq
+            )));
+        }
         let given: HashMap<ChatId, ChatSeq> = cursors
             .iter()
             .map(|c| (ChatId(c.chat_id), ChatSeq(c.seq)))
@@ -186,7 +207,7 @@ impl Deliveries {
             .map_err(storage)?
         {
             let cursor = match given.get(&chat) {
-                Some(&seq) => seq,
+                Some(&seq) => self.given_cursor(chat, seq).await?,
                 None => self.default_cursor(chat).await?,
             };
             self.chats.insert(chat, cursor.next());

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use anyhow::Context;
 
 pub const PORT: u16 = 7400;
-pub const SECRET: &str = "jepsen";
+pub const SECRET: &str = "jepsen-cluster-secret";
 
 pub fn ip(node: u64) -> String {
     format!("127.0.0.{node}")

@@ -270,6 +270,10 @@ async fn an_interrupted_install_with_no_room_at_open_finishes_later_by_itself() 
     assert_eq!(offsets.borrow_and_update().0, 0);
     let installing = crate::store::snapshot::installing_path(&engine, P);
     assert!(installing.exists());
+    // Asked for its snapshot meanwhile (openraft asks in `Raft::new`), it answers at once, with
+    // none: on a full disk, waiting there would keep the node from starting.
+    assert!(target.get_current_snapshot().await.unwrap().is_none());
+    assert_eq!(offsets.borrow().0, 0);
 
     tokio::time::timeout(
         std::time::Duration::from_secs(30),

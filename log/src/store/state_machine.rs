@@ -608,6 +608,11 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
     /// least as new, and the one a lagging follower is best sent. This runs on openraft's state
     /// machine task, between applies.
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        // With an install left unfinished for lack of space there is no whole state to offer,
+        // and waiting for space here would hold up `Raft::new` (openraft asks at start): none.
+        if self.write_lock.lock().await.is_some() {
+            return Ok(None);
+        }
         let snapshot = take_snapshot(&self.engine, self.partition, &self.write_lock)
             .await
             .map_err(|e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;

@@ -161,30 +161,20 @@ impl Deliveries {
         self.live(pushes).await
     }
 
-    /// Where a chat starts for this device when it names no cursor: after what it acknowledged,
-    /// and never before the user joined.
-    async fn default_cursor(&self, chat: ChatId) -> Result<ChatSeq, Status> {
+    /// Where a chat starts for this device: the cursor it named, else what it acknowledged —
+    /// never before the user joined (what was sent before is not theirs, whatever a client
+    /// names).
+    async fn start_cursor(&self, chat: ChatId, named: Option<ChatSeq>) -> Result<ChatSeq, Status> {
         let (user, device) = (self.me.user, self.me.device);
         let reads = &self.gw.reads;
-        let (acked, member) = futures::try_join!(
-            reads.device_cursor(chat, user, device),
-            reads.member(chat, user),
-        )
-        .map_err(storage)?;
-        let joined = member.map_or(ChatSeq::ZERO, |m| m.joined_after());
-        Ok(acked.max(joined))
-    }
-
-    /// A cursor the device named, never before the user joined the chat: what was sent before
-    /// is not theirs, whatever cursor a client sends.
-    async fn given_cursor(&self, chat: ChatId, seq: ChatSeq) -> Result<ChatSeq, Status> {
-        let member = self
-            .gw
-            .reads
-            .member(chat, self.me.user)
-            .await
-            .map_err(storage)?;
-        Ok(seq.max(member.map_or(ChatSeq::ZERO, |m| m.joined_after())))
+        let from = async {
+            match named {
+                Some(seq) => Ok(seq),
+                None => reads.device_cursor(chat, user, device).await,
+            }
+        };
+        let (from, member) = futures::try_join!(from, reads.member(chat, user)).map_err(storage)?;
+        Ok(from.max(member.map_or(ChatSeq::ZERO, |m| m.joined_after())))
     }
 
     /// The backlog: every chat from its cursor, then SyncComplete.
@@ -206,10 +196,7 @@ impl Deliveries {
             .await
             .map_err(storage)?
         {
-            let cursor = match given.get(&chat) {
-                Some(&seq) => self.given_cursor(chat, seq).await?,
-                None => self.default_cursor(chat).await?,
-            };
+            let cursor = self.start_cursor(chat, given.get(&chat).copied()).await?;
             self.chats.insert(chat, cursor.next());
         }
         let chats: Vec<ChatId> = self.chats.keys().copied().collect();
@@ -379,7 +366,7 @@ impl Deliveries {
         }
         for &chat in &current {
             if !self.chats.contains_key(&chat) {
-                let after = self.default_cursor(chat).await?;
+                let after = self.start_cursor(chat, None).await?;
                 self.join(chat, after).await?;
             }
         }

@@ -41,6 +41,9 @@ impl Cluster {
         for (&id, addr) in &members {
             let config = ServerConfig {
                 listen: addr.parse()?,
+                public_listen: None,
+                tls: Default::default(),
+                insecure: false,
                 metrics_listen: None,
                 log: chat_log::LogNodeConfig {
                     node_id: id,
@@ -52,6 +55,7 @@ impl Cluster {
                     members: members.clone(),
                     cluster_secret: "bench-cluster-secret".into(),
                     bind_ip: None,
+                    dialer: Default::default(),
                     raft: RaftTuning::default(),
                     disk: Default::default(),
                     engine: Default::default(),

@@ -54,9 +54,30 @@ pub struct Flags {
     /// This node's id (a positive integer, unique in the cluster).
     #[arg(long, env = "CHATD_NODE_ID")]
     pub node_id: Option<NodeId>,
-    /// Address to serve Raft and admin RPC on [default: the node's address in --peers, or 127.0.0.1:7400].
+    /// The internal address: Raft, forwarding, peer calls and admin, and the device API too
+    /// unless --public-listen gives it its own [default: the node's address in --peers, or
+    /// 127.0.0.1:7400].
     #[arg(long, env = "CHATD_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// The public address: the device API (`chat.v1.Chat`) alone, with health and reflection.
+    /// Required with TLS; the internal address then serves no device calls.
+    #[arg(long, env = "CHATD_PUBLIC_LISTEN")]
+    pub public_listen: Option<SocketAddr>,
+    /// The cluster CA's certificate (PEM): turns TLS on, with --tls-cert and --tls-key. Nodes
+    /// and admin clients must then show a certificate it signed (`chatctl certs`).
+    #[arg(long, env = "CHATD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), issued by the cluster CA for the names it is dialled by.
+    #[arg(long, env = "CHATD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "CHATD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plaintext on an address that is not loopback. Without TLS, device tokens,
+    /// messages and the cluster secret would cross the network in the clear: only for a
+    /// network that is private end to end.
+    #[arg(long, env = "CHATD_INSECURE")]
+    pub insecure: bool,
     /// Every node of the cluster as id=host:port, comma separated, this node included
     /// (e.g. 1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403). Empty: a single-node cluster.
     #[arg(long, env = "CHATD_PEERS", value_delimiter = ',')]
@@ -119,6 +140,11 @@ impl std::fmt::Display for LogFormat {
 struct FileConfig {
     node_id: Option<NodeId>,
     listen: Option<SocketAddr>,
+    public_listen: Option<SocketAddr>,
+    #[serde(default)]
+    insecure: bool,
+    #[serde(default)]
+    tls: TlsSection,
     data_dir: Option<PathBuf>,
     partitions: Option<u32>,
     replication: Option<u32>,
@@ -189,8 +215,11 @@ pub struct NotificationsSection {
     /// For the log sink: "debug" (the default: counted in metrics, not written at the default
     /// filter) or "info" (a line per notification).
     pub log_level: String,
-    /// For the webhook sink: `http://host:port/path`.
+    /// For the webhook sink: `https://host[:port]/path` (`http://` only to a loopback relay).
     pub webhook_url: Option<String>,
+    /// The CA that signed the webhook receiver's certificate, if the system does not trust it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_ca: Option<PathBuf>,
     pub max_attempts: u32,
     #[serde(deserialize_with = "chat_log::duration_setting::millis")]
     pub first_backoff_ms: u64,
@@ -207,6 +236,7 @@ impl Default for NotificationsSection {
             sink: "log".into(),
             log_level: "debug".into(),
             webhook_url: None,
+            webhook_ca: None,
             max_attempts: 5,
             first_backoff_ms: 200,
             timeout_ms: 2000,
@@ -236,6 +266,7 @@ impl NotificationsSection {
                     .context("[notifications] sink = \"webhook\" needs webhook_url")?;
                 let sink = WebhookSink::new(WebhookConfig {
                     url,
+                    ca: self.webhook_ca.clone(),
                     max_attempts: self.max_attempts.max(1),
                     first_backoff: std::time::Duration::from_millis(self.first_backoff_ms),
                     timeout: std::time::Duration::from_millis(self.timeout_ms.max(1)),
@@ -341,10 +372,76 @@ impl ChatConfig {
     }
 }
 
+/// `[tls]`: the node's certificates. `ca`, `cert` and `key` together turn TLS on.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The certificate devices see on the public address when not the node's own (one from a
+    /// public CA), with its key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<PathBuf>,
+    /// How often the files are looked at for a change (a rotated certificate is taken by new
+    /// connections without a restart). A number of milliseconds or a duration ("10s").
+    #[serde(deserialize_with = "chat_log::duration_setting::millis")]
+    pub reload_check_ms: u64,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            ca: None,
+            cert: None,
+            key: None,
+            public_cert: None,
+            public_key: None,
+            reload_check_ms: 10_000,
+        }
+    }
+}
+
+impl TlsSection {
+    /// The files, if TLS is on; an error if only some of those that go together are given.
+    pub fn paths(&self) -> anyhow::Result<Option<chat_tls::TlsPaths>> {
+        let public_cert = match (&self.public_cert, &self.public_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => bail!("[tls] public_cert and public_key go together: give both or neither"),
+        };
+        match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(chat_tls::TlsPaths {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                public_cert,
+            })),
+            (None, None, None) if public_cert.is_none() => Ok(None),
+            _ => bail!(
+                "TLS needs all of --tls-ca, --tls-cert and --tls-key (or [tls] ca, cert, key); \
+                 `chatctl certs` makes them"
+            ),
+        }
+    }
+}
+
 /// The resolved configuration chatd runs with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The internal address (and the public one too when `public_listen` is None).
     pub listen: SocketAddr,
+    /// The device API's own address.
+    pub public_listen: Option<SocketAddr>,
+    /// The certificates, when TLS is on.
+    pub tls: TlsSection,
+    /// Plaintext allowed off loopback.
+    pub insecure: bool,
     /// Where Prometheus scrapes `/metrics` (None: no exporter).
     pub metrics_listen: Option<SocketAddr>,
     pub log: LogNodeConfig,
@@ -420,8 +517,24 @@ impl ServerConfig {
             ),
         };
         file.engine.check().map_err(anyhow::Error::msg)?;
+        let mut tls = file.tls;
+        for (flag, key) in [
+            (flags.tls_ca, &mut tls.ca),
+            (flags.tls_cert, &mut tls.cert),
+            (flags.tls_key, &mut tls.key),
+        ] {
+            if flag.is_some() {
+                *key = flag;
+            }
+        }
+        let public_listen = flags.public_listen.or(file.public_listen);
+        let insecure = flags.insecure || file.insecure;
+        check_transport(listen, public_listen, tls.paths()?.is_some(), insecure)?;
         Ok(ServerConfig {
             listen,
+            public_listen,
+            tls,
+            insecure,
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             log: LogNodeConfig {
                 node_id,
@@ -433,6 +546,8 @@ impl ServerConfig {
                 join,
                 cluster_secret,
                 bind_ip: flags.bind_ip.or(file.bind_ip),
+                // Made from `tls` when the node starts (the files are read then).
+                dialer: chat_tls::Dialer::plain(),
                 raft: file.raft,
                 disk: file.storage,
                 engine: file.engine,
@@ -451,6 +566,9 @@ impl ServerConfig {
 struct Printed<'a> {
     node_id: NodeId,
     listen: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_listen: Option<SocketAddr>,
+    insecure: bool,
     data_dir: &'a Path,
     #[serde(skip_serializing_if = "Option::is_none")]
     partitions: Option<u32>,
@@ -461,6 +579,7 @@ struct Printed<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<SocketAddr>,
     peers: BTreeMap<String, String>,
+    tls: &'a TlsSection,
     raft: &'a RaftTuning,
     chat: &'a ChatConfig,
     gateway: &'a GatewaySection,
@@ -477,6 +596,8 @@ impl ServerConfig {
         let printed = Printed {
             node_id: log.node_id,
             listen: self.listen,
+            public_listen: self.public_listen,
+            insecure: self.insecure,
             data_dir: &log.data_dir,
             partitions: log.partitions_chosen.then_some(log.partitions),
             replication: log.replication,
@@ -488,6 +609,7 @@ impl ServerConfig {
                 .iter()
                 .map(|(id, addr)| (id.to_string(), addr.clone()))
                 .collect(),
+            tls: &self.tls,
             raft: &log.raft,
             chat: &self.chat,
             gateway: &self.gateway,
@@ -509,6 +631,43 @@ impl ServerConfig {
         text.push_str(&toml::to_string(&printed).context("printing the configuration")?);
         Ok(text)
     }
+}
+
+/// Where plaintext may be served, and what TLS needs: plaintext off loopback only with
+/// `--insecure`; with TLS, the device API on an address of its own (the internal one takes only
+/// CA-signed client certificates, which devices do not have).
+fn check_transport(
+    listen: SocketAddr,
+    public_listen: Option<SocketAddr>,
+    tls: bool,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    if public_listen == Some(listen) && listen.port() != 0 {
+        bail!("--public-listen must differ from --listen ({listen})");
+    }
+    if tls {
+        if public_listen.is_none() {
+            bail!(
+                "with TLS the device API needs an address of its own: give --public-listen \
+                 (the internal address --listen takes only clients with a certificate of the cluster CA)"
+            );
+        }
+        return Ok(());
+    }
+    if insecure {
+        return Ok(());
+    }
+    for addr in std::iter::once(listen).chain(public_listen) {
+        if !addr.ip().is_loopback() {
+            bail!(
+                "{addr} is not a loopback address and TLS is off: device tokens, messages and the \
+                 cluster secret would cross the network in the clear. Give --tls-ca, --tls-cert \
+                 and --tls-key (`chatctl certs` makes them), or --insecure on a network that is \
+                 private end to end"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Parse `id=host:port` items.
@@ -614,6 +773,70 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:2");
+    }
+
+    #[test]
+    fn plaintext_off_loopback_needs_insecure_and_tls_needs_a_public_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = |listen: &str| Flags {
+            listen: Some(listen.parse().unwrap()),
+            data_dir: Some(dir.path().to_path_buf()),
+            cluster_secret: Some("s-long-enough-secret".into()),
+            ..Flags::default()
+        };
+        // Every interface, or one public address, in plaintext: refused, with what to do.
+        for listen in ["0.0.0.0:7400", "10.1.2.3:7400", "[::]:7400"] {
+            let err = ServerConfig::resolve(flags(listen))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("not a loopback address") && err.contains("--insecure"),
+                "{err}"
+            );
+        }
+        let err = ServerConfig::resolve(Flags {
+            public_listen: Some("0.0.0.0:443".parse().unwrap()),
+            ..flags("127.0.0.1:7400")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("0.0.0.0:443"), "{err}");
+        // Asked for explicitly, it starts; loopback needs nothing.
+        let c = ServerConfig::resolve(Flags {
+            insecure: true,
+            ..flags("0.0.0.0:7400")
+        })
+        .unwrap();
+        assert!(c.insecure);
+        ServerConfig::resolve(flags("127.0.0.1:7400")).unwrap();
+
+        // TLS: all three files or none, and the device API on its own address.
+        let tls = |f: Flags| Flags {
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("n1.pem".into()),
+            tls_key: Some("n1.key".into()),
+            ..f
+        };
+        let err = ServerConfig::resolve(Flags {
+            tls_key: None,
+            ..tls(flags("0.0.0.0:7400"))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--tls-key"), "{err}");
+        let err = ServerConfig::resolve(tls(flags("0.0.0.0:7400")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--public-listen"), "{err}");
+        let c = ServerConfig::resolve(Flags {
+            public_listen: Some("0.0.0.0:443".parse().unwrap()),
+            ..tls(flags("0.0.0.0:7400"))
+        })
+        .unwrap();
+        assert_eq!(
+            c.tls.paths().unwrap().unwrap().cert,
+            PathBuf::from("n1.pem")
+        );
     }
 
     #[test]

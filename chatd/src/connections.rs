@@ -1,21 +1,21 @@
 //! Connections to the node's gRPC port, counted: `chatd_connections_open` (devices, other
 //! nodes, chatctl; one HTTP/2 connection carries many calls) and `chatd_connections_accepted_total`.
-//! Each accepted TCP stream is wrapped so that its drop, when the server is done with the
-//! connection, takes it off the gauge.
+//! Each accepted connection (plain or TLS, on the internal or the public address) is wrapped so
+//! that its drop, when the server is done with the connection, takes it off the gauge.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use chat_tls::Conn;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// An accepted connection, on the gauge while it lives.
-pub struct Counted(TcpStream);
+pub struct Counted(Conn);
 
 impl Counted {
-    pub fn new(stream: TcpStream) -> Counted {
+    pub fn new(stream: Conn) -> Counted {
         metrics::gauge!("chatd_connections_open").increment(1.0);
         metrics::counter!("chatd_connections_accepted_total").increment(1);
         Counted(stream)

@@ -1,7 +1,11 @@
 //! Runs a chatd node: opens the log with the node's command handlers (raw records and chat
-//! commands), serves on one address the device API (`chat.v1.Chat`, public) and, behind the
-//! cluster secret, Raft, admin and the sequencer's forwarding service, plus gRPC health and
-//! reflection; forms the cluster, and shuts down gracefully on SIGTERM / Ctrl-C.
+//! commands), serves the device API (`chat.v1.Chat`) on the public address and, behind the
+//! cluster secret, Raft, admin, the sequencer's forwarding and the gateways' peer service on the
+//! internal one, both with gRPC health and reflection (the public one lists only public
+//! services); forms the cluster, and shuts down gracefully on SIGTERM / Ctrl-C. Without a
+//! public address (the embedded default, loopback only) the internal address serves devices too.
+//! With TLS, the internal address takes only clients with a certificate of the cluster CA and
+//! nodes dial each other with theirs (`chat_tls`).
 //!
 //! Health is what load balancers and orchestrators go by: NOT_SERVING until the node knows the
 //! partition map and a leader of every group it holds, SERVING from then, and NOT_SERVING again
@@ -22,6 +26,7 @@ use chat_projector::{ChatsProjection, Projector};
 use chat_proto::admin::admin_server::AdminServer;
 use chat_sequencer::service::SequencerService;
 use chat_sequencer::Sequencer;
+use chat_tls::{NodeTls, Side};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
@@ -61,10 +66,14 @@ pub struct Running {
     pub sequencer: Arc<Sequencer>,
     pub gateway: Arc<Gateway>,
     pub projector: Arc<Projector>,
+    /// The internal address (Raft, admin, ...; devices too when there is no public one).
     pub local_addr: std::net::SocketAddr,
+    /// The address devices connect to.
+    pub public_addr: std::net::SocketAddr,
     health: HealthReporter,
-    stop_tx: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    tls_reloader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -81,13 +90,19 @@ impl Running {
             }
         }
         self.gateway.close_streams();
-        let _ = self.stop_tx.send(());
-        match tokio::time::timeout(STOP_GRACE, &mut self.server).await {
-            Ok(served) => served?.context("gRPC server")?,
-            Err(_) => {
-                tracing::info!(grace = ?STOP_GRACE, "streams still open after the grace period: closed");
-                self.server.abort();
+        let _ = self.stop_tx.send(true);
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        for server in &mut self.servers {
+            match tokio::time::timeout_at(deadline, &mut *server).await {
+                Ok(served) => served?.context("gRPC server")?,
+                Err(_) => {
+                    tracing::info!(grace = ?STOP_GRACE, "streams still open after the grace period: closed");
+                    server.abort();
+                }
             }
+        }
+        if let Some(reloader) = self.tls_reloader.take() {
+            reloader.abort();
         }
         self.node.shutdown().await;
         Ok(())
@@ -96,10 +111,16 @@ impl Running {
 
 /// Open the node and start serving it.
 pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = bind(config.listen).await?;
     let local_addr = listener.local_addr()?;
+    let public_listener = match config.public_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let public_addr = match &public_listener {
+        Some(l) => l.local_addr()?,
+        None => local_addr,
+    };
     // Listening on port 0 (tests, tools): peers and leader hints need the port actually bound.
     if let Some(own) = config.log.members.get_mut(&config.log.node_id) {
         if own
@@ -109,6 +130,16 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
             *own = local_addr.to_string();
         }
     }
+    let tls = match config.tls.paths()? {
+        Some(paths) => Some(NodeTls::load(paths).context("loading the TLS certificates")?),
+        None => None,
+    };
+    let tls_reloader = tls.as_ref().map(|tls| {
+        config.log.dialer = chat_tls::Dialer::node(tls.clone());
+        tls.spawn_reloader(std::time::Duration::from_millis(
+            config.tls.reload_check_ms.max(100),
+        ))
+    });
     let secret = config.log.cluster_secret.clone();
     let handler = Dispatch::new()
         .with(RAW_COMMAND_TAG, Arc::new(RawAppend))
@@ -148,39 +179,15 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-    // Both reflection versions: grpcurl asks v1 first, many libraries still only speak v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .context("building the gRPC reflection service")?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .context("building the gRPC reflection service")?;
     let admin = AdminServer::new(AdminService::new(node.clone(), projector.clone(), sweeper))
         .max_decoding_message_size(chat_log::MAX_MESSAGE_BYTES);
     let admin = tonic::service::interceptor::InterceptedService::new(admin, node.admin_check());
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sequencer_service = tonic::service::interceptor::InterceptedService::new(
         SequencerService::server(sequencer.clone()),
         node.internal_check(),
     );
-    let router = tonic::transport::Server::builder()
-        // A span per call (a stream's lasts as long as the stream): what a call logs carries
-        // its method and an id, in text and in JSON logs alike.
-        .trace_fn(|request| {
-            tracing::info_span!(
-                "grpc",
-                method = request.uri().path(),
-                id = REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            )
-        })
-        .layer(crate::grpc_metrics::GrpcMetricsLayer)
-        .add_service(chat_service)
+    let (reflection_v1, reflection_v1alpha) = reflection(None)?;
+    let internal = grpc_server()
         .add_service(gateway_peer)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -189,29 +196,38 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .add_service(node.replica_service())
         .add_service(admin)
         .add_service(sequencer_service)
-        .add_service(health_service);
-    let server = tokio::spawn(
-        router.serve_with_incoming_shutdown(
-            // `serve_with_incoming` ignores the builder's TCP_NODELAY, so set it on the listener's
-            // connections here: without it every small Raft and client reply can wait on Nagle.
-            tokio_stream::StreamExt::map(
-                TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    // The kernel's keepalive probes find dead connections (a phone gone behind a NAT)
-                    // at no cost to this process; HTTP/2 pings did the same from userspace, waking every
-                    // idle connection's task twice a minute. Open device streams are also closed by the
-                    // gateway's idle timeout (devices ping).
-                    .with_keepalive(Some(KEEPALIVE_IDLE))
-                    .with_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-                    .with_keepalive_retries(Some(KEEPALIVE_RETRIES)),
-                // Each connection counted while it is open.
-                |accepted| accepted.map(crate::connections::Counted::new),
-            ),
-            async {
-                let _ = stop_rx.await;
-            },
-        ),
-    );
+        .add_service(health_service.clone());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    match public_listener {
+        None => servers.push(serve(
+            internal.add_service(chat_service),
+            listener,
+            None,
+            stop_rx.clone(),
+        )),
+        Some(public_listener) => {
+            servers.push(serve(
+                internal,
+                listener,
+                tls.clone().map(|t| (t, Side::Internal)),
+                stop_rx.clone(),
+            ));
+            let (reflection_v1, reflection_v1alpha) = reflection(Some(PUBLIC_SERVICES))?;
+            let public = grpc_server()
+                .add_service(chat_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(health_service);
+            servers.push(serve(
+                public,
+                public_listener,
+                tls.map(|t| (t, Side::Public)),
+                stop_rx,
+            ));
+        }
+    }
 
     node.initialize().await?;
     tokio::spawn(report_ready(node.clone(), health.clone()));
@@ -221,10 +237,101 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         gateway,
         projector,
         local_addr,
+        public_addr,
         health,
         stop_tx,
-        server,
+        servers,
+        tls_reloader,
     })
+}
+
+/// What reflection lists on the public address: the device API and health.
+const PUBLIC_SERVICES: &[&str] = &[
+    <chat_proto::chat_v1::chat_server::ChatServer<ChatService> as NamedService>::NAME,
+    "grpc.health.v1.Health",
+];
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// The layers every listener's server has.
+type GrpcLayers =
+    tower::layer::util::Stack<crate::grpc_metrics::GrpcMetricsLayer, tower::layer::util::Identity>;
+
+/// A gRPC server with what every listener has: a span per call (a stream's lasts as long as the
+/// stream), so what a call logs carries its method and an id in text and JSON logs alike, and
+/// the per-call metrics.
+fn grpc_server() -> tonic::transport::Server<GrpcLayers> {
+    tonic::transport::Server::builder()
+        .trace_fn(|request| {
+            tracing::info_span!(
+                "grpc",
+                method = request.uri().path(),
+                id = REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+        })
+        .layer(crate::grpc_metrics::GrpcMetricsLayer)
+}
+
+/// Both reflection versions (grpcurl asks v1 first, many libraries still only speak v1alpha),
+/// listing `only` these services when given, every service in the descriptors otherwise.
+fn reflection(
+    only: Option<&[&str]>,
+) -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in only.unwrap_or_default() {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    Ok((
+        builder()
+            .build_v1()
+            .context("building the gRPC reflection service")?,
+        builder()
+            .build_v1alpha()
+            .context("building the gRPC reflection service")?,
+    ))
+}
+
+/// Serve `router` on `listener` (through TLS for `tls`'s side when given) until `stop` turns true.
+fn serve(
+    router: tonic::transport::server::Router<GrpcLayers>,
+    listener: TcpListener,
+    tls: Option<(Arc<NodeTls>, Side)>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    // `serve_with_incoming` ignores the builder's TCP_NODELAY, so set it on the listener's
+    // connections here: without it every small Raft and client reply can wait on Nagle. The
+    // kernel's keepalive probes find dead connections (a phone gone behind a NAT) at no cost to
+    // this process; HTTP/2 pings did the same from userspace, waking every idle connection's
+    // task twice a minute. Open device streams are also closed by the gateway's idle timeout
+    // (devices ping).
+    let tcp = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(KEEPALIVE_IDLE))
+        .with_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .with_keepalive_retries(Some(KEEPALIVE_RETRIES));
+    // Each connection counted while it is open.
+    let incoming = tokio_stream::StreamExt::map(chat_tls::accept(tcp, tls), |accepted| {
+        accepted.map(crate::connections::Counted::new)
+    });
+    tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }))
 }
 
 /// Report SERVING once the node can serve (see [`LogNode::can_serve`]); a node that stops
@@ -260,6 +367,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     tracing::info!(
         node = running.node.node_id(),
         listen = %running.local_addr,
+        public = %running.public_addr,
         data_dir = %data_dir.display(),
         partitions,
         members,

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chat_proto::admin::*;
-use chat_proto::{connect_admin_with, AdminClient, LeaderHint};
+use chat_proto::{admin_client, AdminClient, LeaderHint};
+use chat_tls::Dialer;
 use tonic::Code;
 
 /// Where the secret comes from, in order: an explicit value, then `<data_dir>/cluster_secret`
@@ -25,8 +26,44 @@ pub fn resolve_secret(explicit: Option<String>, data_dir: &Path) -> anyhow::Resu
     Ok(secret.trim().to_string())
 }
 
+/// An admin client of the node at `addr`; with a `timeout`, every call (and the connection, if
+/// shorter than the usual 2 s) gives up after it.
+async fn dial(
+    dialer: &Dialer,
+    addr: &str,
+    secret: &str,
+    timeout: Option<Duration>,
+) -> anyhow::Result<AdminClient> {
+    let connect = Duration::from_secs(2);
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("bad address {addr:?}"))?
+        .connect_timeout(timeout.map_or(connect, |t| t.min(connect)))
+        .tcp_nodelay(true);
+    if let Some(t) = timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    let channel = dialer
+        .connect(endpoint, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to chatd at {addr}: {}", chain(&e)))?;
+    admin_client(channel, secret).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// An error and its sources on one line: tonic's transport error alone says only "transport
+/// error", and the cause (a refused certificate, say) is what the operator needs.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 /// An admin connection to one node.
 pub struct Admin {
+    dialer: Dialer,
     addr: String,
     secret: String,
     timeout: Option<Duration>,
@@ -44,10 +81,20 @@ impl Admin {
         secret: &str,
         timeout: Option<Duration>,
     ) -> anyhow::Result<Admin> {
-        let client = connect_admin_with(addr, secret, timeout)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to chatd at {addr}: {e}"))?;
+        Admin::connect_via(&Dialer::plain(), addr, secret, timeout).await
+    }
+
+    /// [`Admin::connect_with`], dialling with `dialer` (TLS with an admin certificate of the
+    /// cluster CA for a node whose internal address takes only those).
+    pub async fn connect_via(
+        dialer: &Dialer,
+        addr: &str,
+        secret: &str,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<Admin> {
+        let client = dial(dialer, addr, secret, timeout).await?;
         Ok(Admin {
+            dialer: dialer.clone(),
             addr: addr.to_string(),
             secret: secret.to_string(),
             timeout,
@@ -80,9 +127,9 @@ impl Admin {
             let mut client = if target == self.addr {
                 self.client.clone()
             } else {
-                connect_admin_with(&target, &self.secret, self.timeout)
+                dial(&self.dialer, &target, &self.secret, self.timeout)
                     .await
-                    .map_err(|e| anyhow::anyhow!("cannot connect to leader at {target}: {e}"))?
+                    .context("the partition's leader")?
             };
             let req = AppendRequest {
                 partition,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chat_proto::chat_v1::{self as pb, chat_client::ChatClient as ChatRpc};
 use chat_proto::chat_v1::{client_frame, server_frame};
+use chat_tls::Dialer;
 use rand::distributions::{Alphanumeric, DistString};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -38,15 +39,23 @@ pub struct ChatClient {
 }
 
 impl ChatClient {
-    /// Connect to `addr` (host:port).
+    /// Connect to `addr` (host:port) in plaintext.
     pub async fn connect(addr: &str) -> Result<ChatClient, Status> {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        ChatClient::connect_via(&Dialer::plain(), addr).await
+    }
+
+    /// Connect to `addr` (host:port), through TLS if `dialer` says so.
+    pub async fn connect_via(dialer: &Dialer, addr: &str) -> Result<ChatClient, Status> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Status::invalid_argument(format!("bad server address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot connect to {addr}: {e}")))?;
+            .tcp_nodelay(true);
+        let channel = dialer.connect(endpoint, None).await.map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            Status::unavailable(format!("cannot connect to {addr}: {e}{cause}"))
+        })?;
         Ok(ChatClient {
             rpc: ChatRpc::new(channel).max_decoding_message_size(8 << 20),
             token: None,
@@ -317,6 +326,8 @@ pub enum DeviceEvent {
 pub struct DeviceOptions {
     /// Servers tried in turn (host:port).
     pub servers: Vec<String>,
+    /// Plaintext or TLS.
+    pub dialer: Dialer,
     pub token: String,
     /// Last seq held per chat (resumed from).
     pub cursors: BTreeMap<u64, u64>,
@@ -336,6 +347,7 @@ impl DeviceOptions {
     pub fn new(servers: Vec<String>, token: &str) -> DeviceOptions {
         DeviceOptions {
             servers,
+            dialer: Dialer::plain(),
             token: token.to_string(),
             cursors: BTreeMap::new(),
             auto_ack: true,
@@ -507,7 +519,7 @@ impl Actor {
     /// One stream to `addr`, until it ends.
     async fn session(&mut self, addr: &str) -> Ended {
         let cursors = self.cursors.lock().expect("cursor lock").clone();
-        let opened = match ChatClient::connect(addr).await {
+        let opened = match ChatClient::connect_via(&self.options.dialer, addr).await {
             Ok(mut client) => client.open_stream(&self.options.token, &cursors).await,
             Err(status) => Err(status),
         };

@@ -572,3 +572,91 @@ async fn chatctl_replay_decodes_events_and_retention_run_sweeps_now() {
     assert!(out.contains("messages_expired"), "{out}");
     running.stop().await.unwrap();
 }
+
+/// `chatctl certs` makes a CA and certificates an operator can start a node with; `chatctl`
+/// then reaches the node's admin API only with the admin certificate, and says why not without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chatctl_certs_make_a_tls_cluster_that_admits_only_its_admins() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap().to_string();
+    let data = dir.path().join("data");
+    let make = |args: &[&str]| chatctl("127.0.0.1:1", &data, args);
+    for args in [
+        vec!["certs", "ca", "--dir", &certs_arg, "--cluster", "test"],
+        vec![
+            "certs",
+            "node",
+            "n1",
+            "--host",
+            "127.0.0.1",
+            "--host",
+            "localhost",
+            "--dir",
+            &certs_arg,
+        ],
+        vec!["certs", "client", "admin", "--dir", &certs_arg],
+    ] {
+        let (ok, out, err) = make(&args);
+        assert!(ok && out.contains("wrote"), "{args:?}: {out}{err}");
+    }
+    // A CA is never written over.
+    let (ok, _, err) = make(&["certs", "ca", "--dir", &certs_arg]);
+    assert!(!ok && err.contains("exists"), "{err}");
+    // A node certificate without a host cannot be checked by anyone: refused by clap.
+    assert!(!make(&["certs", "node", "n2", "--dir", &certs_arg]).0);
+
+    let config = ServerConfig::resolve(Flags {
+        data_dir: Some(data.clone()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        public_listen: Some("127.0.0.1:0".parse().unwrap()),
+        partitions: Some(1),
+        tls_ca: Some(certs.join("ca.pem")),
+        tls_cert: Some(certs.join("n1.pem")),
+        tls_key: Some(certs.join("n1.key")),
+        ..Flags::default()
+    })
+    .unwrap();
+    let running = chatd::server::start(config).await.unwrap();
+    let addr = running.local_addr.to_string();
+    let file = |name: &str| certs.join(name).to_str().unwrap().to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("admin.pem"), file("admin.key"));
+    let run = move |args: Vec<String>| {
+        let (addr, data) = (addr.clone(), data.clone());
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            chatctl(&addr, &data, &args)
+        })
+    };
+    let with_cert = |cmd: &str| {
+        vec![
+            "--tls-ca".into(),
+            ca.clone(),
+            "--tls-cert".into(),
+            cert.clone(),
+            "--tls-key".into(),
+            key.clone(),
+            cmd.to_string(),
+        ]
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = run(with_cert("health")).await.unwrap();
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}{err}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (ok, out, err) = run(with_cert("status")).await.unwrap();
+    assert!(ok && out.contains("node 1"), "{out}{err}");
+
+    // Trusting the CA but showing no certificate, or in plaintext: refused, and said so.
+    let (ok, _, err) = run(vec!["--tls-ca".into(), ca.clone(), "status".into()])
+        .await
+        .unwrap();
+    assert!(!ok, "{err}");
+    let (ok, _, err) = run(vec!["status".into()]).await.unwrap();
+    assert!(!ok && err.contains("chatctl:"), "{err}");
+    running.stop().await.unwrap();
+}

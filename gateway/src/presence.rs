@@ -89,9 +89,8 @@ impl ClusterPresence {
             .connect_timeout(PEER_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(PEER_KEEPALIVE)
-            .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
-            .local_address(self.node.bind_ip())
-            .connect_lazy();
+            .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT);
+        let channel = self.node.dialer().lazy(channel, self.node.bind_ip());
         let client = GatewayPeerClient::with_interceptor(channel, self.secret.clone());
         clients.insert(addr.to_string(), client.clone());
         Some(client)

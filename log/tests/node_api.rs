@@ -127,6 +127,7 @@ async fn offsets_reads_subscriptions_and_restart() {
         members: [(1, "127.0.0.1:1".to_string())].into(),
         cluster_secret: "s".into(),
         bind_ip: None,
+        dialer: Default::default(),
         raft: RaftTuning::default(),
         disk: Default::default(),
         engine: Default::default(),

@@ -106,7 +106,14 @@ pub async fn connect_admin_with(
     if let Some(t) = timeout {
         endpoint = endpoint.timeout(t);
     }
-    let channel = endpoint.connect().await?;
+    admin_client(endpoint.connect().await?, secret)
+}
+
+/// An [`AdminClient`] over `channel` (made however the caller dials: plaintext or TLS).
+pub fn admin_client(
+    channel: tonic::transport::Channel,
+    secret: &str,
+) -> Result<AdminClient, Box<dyn std::error::Error + Send + Sync>> {
     Ok(
         admin::admin_client::AdminClient::with_interceptor(channel, AttachSecret::new(secret)?)
             .max_decoding_message_size(64 * 1024 * 1024),

@@ -156,9 +156,8 @@ impl Forwarder {
             // connection fails it within seconds, so later commands open a fresh stream rather
             // than each waiting out FORWARD_TRY on a dead one.
             .http2_keep_alive_interval(Duration::from_secs(2))
-            .keep_alive_timeout(Duration::from_secs(3))
-            .local_address(self.node.bind_ip())
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(3));
+        let channel = self.node.dialer().lazy(channel, self.node.bind_ip());
         let client = SequencerClient::with_interceptor(channel, self.secret.clone());
         peers.insert(addr.to_string(), client.clone());
         Ok(client)

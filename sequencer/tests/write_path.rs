@@ -28,6 +28,7 @@ async fn start(dir: &std::path::Path, limits: ApplyLimits, config: SequencerConf
         members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
         cluster_secret: "s".into(),
         bind_ip: None,
+        dialer: Default::default(),
         raft: RaftTuning::default(),
         disk: Default::default(),
         engine: Default::default(),

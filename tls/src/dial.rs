@@ -20,6 +20,15 @@ pub struct Dialer {
     tls: Option<Source>,
 }
 
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.tls {
+            None => "Dialer(plain)",
+            Some(_) => "Dialer(tls)",
+        })
+    }
+}
+
 #[derive(Clone)]
 enum Source {
     Node(Arc<NodeTls>),

@@ -24,6 +24,12 @@ struct Cli {
     /// Servers to use (host:port, comma-separated); saved in the profile at register.
     #[arg(long, env = "CHAT_SERVER", value_delimiter = ',')]
     server: Vec<String>,
+    /// Dial the servers through TLS, checking their certificate against this CA.
+    #[arg(long, env = "CHAT_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Dial the servers through TLS, checking their certificate against the system's CAs.
+    #[arg(long, env = "CHAT_TLS")]
+    tls: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,7 +98,18 @@ async fn main() {
     }
 }
 
+/// How this process dials the servers (plaintext, or TLS with `--tls-ca` / `--tls`).
+static DIALER: std::sync::OnceLock<chat_tls::Dialer> = std::sync::OnceLock::new();
+
+fn dialer() -> &'static chat_tls::Dialer {
+    DIALER.get_or_init(chat_tls::Dialer::plain)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.tls || cli.tls_ca.is_some() {
+        let config = chat_tls::client_config(cli.tls_ca.as_deref(), None)?;
+        let _ = DIALER.set(chat_tls::Dialer::fixed(config));
+    }
     let path = cli.profile.clone().unwrap_or_else(Profile::default_path);
     if let Command::Register { handle, device } = &cli.command {
         return register(&path, servers_or_default(cli.server), handle, *device).await;
@@ -262,7 +279,7 @@ fn servers_or_default(servers: Vec<String>) -> Vec<String> {
 async fn client_for(profile: &Profile) -> anyhow::Result<ChatClient> {
     let mut last = None;
     for server in &profile.servers {
-        match ChatClient::connect(server).await {
+        match ChatClient::connect_via(dialer(), server).await {
             Ok(c) => return Ok(c.with_token(&profile.token)?),
             Err(e) => last = Some(e),
         }
@@ -285,7 +302,7 @@ async fn register(
             path.display()
         );
     }
-    let mut client = ChatClient::connect(&servers[0]).await?;
+    let mut client = ChatClient::connect_via(dialer(), &servers[0]).await?;
     let reply = client.register(handle, device).await?;
     let profile = Profile {
         servers,
@@ -327,6 +344,7 @@ async fn resolve_chat(
 
 fn device_options(profile: &Profile) -> DeviceOptions {
     let mut options = DeviceOptions::new(profile.servers.clone(), &profile.token);
+    options.dialer = dialer().clone();
     options.cursors = profile.cursors.clone();
     options
 }

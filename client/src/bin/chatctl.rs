@@ -12,6 +12,7 @@ use chat_client::backup::Progress;
 use chat_client::cluster_view::{
     cluster_status_json, format_cluster_status, verdict, NodeAnswer, ReplicaDigest, Verdict,
 };
+use chat_tls::Dialer;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
@@ -42,8 +43,34 @@ struct Cli {
     /// of --addr, and put their answers side by side.
     #[arg(long, global = true, value_delimiter = ',')]
     endpoints: Vec<String>,
+    /// The cluster CA's certificate: dial the node through TLS and check its certificate
+    /// against it (a node with TLS on takes admin calls only this way).
+    #[arg(long, global = true, env = "CHATCTL_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The admin client certificate to show (`chatctl certs client`), with --tls-key.
+    #[arg(long, global = true, env = "CHATCTL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The admin client certificate's key.
+    #[arg(long, global = true, env = "CHATCTL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+impl Cli {
+    /// Plaintext, or TLS when a CA is given.
+    fn dialer(&self) -> anyhow::Result<Dialer> {
+        let Some(ca) = &self.tls_ca else {
+            if self.tls_cert.is_some() {
+                anyhow::bail!(
+                    "--tls-cert needs --tls-ca (the CA that signed the node's certificate)"
+                );
+            }
+            return Ok(Dialer::plain());
+        };
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        Ok(Dialer::fixed(chat_tls::client_config(Some(ca), identity)?))
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +184,9 @@ enum Cmd {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Make the cluster's CA and certificates (offline; no node is asked).
+    #[command(subcommand)]
+    Certs(CertsCmd),
     /// Where each projection of each partition stands on the node, with digests.
     Projections,
     /// Rebuild a projection of a partition (every partition the node holds when absent) by
@@ -169,6 +199,43 @@ enum Cmd {
         /// Wait until the rebuilt copies are live, printing progress.
         #[arg(long)]
         wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// A new CA for a cluster: `<dir>/ca.pem` (give it to every node and admin) and
+    /// `<dir>/ca.key` (keep it off the nodes: it admits anyone to the internal network).
+    Ca {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// The cluster's name, in the CA's subject.
+        #[arg(long, default_value = "chat")]
+        cluster: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// A node's certificate and key, `<dir>/<name>.pem` and `<dir>/<name>.key`, signed by the
+    /// CA in `<dir>`: its server certificate on both addresses and its client certificate
+    /// towards other nodes.
+    Node {
+        name: String,
+        /// A name or IP address the node is dialled by (repeat for each: its internal and public
+        /// addresses' hosts).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// A client certificate for an operator or tool calling the internal address (admin).
+    Client {
+        name: String,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
 }
 
@@ -218,25 +285,37 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let dialer = cli.dialer()?;
     if let Cmd::Health = cli.command {
         let addrs = if cli.endpoints.is_empty() {
             vec![cli.addr.clone()]
         } else {
             cli.endpoints.clone()
         };
-        return health(&addrs, cli.timeout, cli.output).await;
+        return health(&dialer, &addrs, cli.timeout, cli.output).await;
     }
     if let Cmd::Restore { backup, to } = &cli.command {
         return restore(backup, to, cli.output);
     }
+    if let Cmd::Certs(cmd) = cli.command {
+        return certs(cmd, cli.output);
+    }
     let secret = resolve_secret(cli.secret, &cli.data_dir)?;
     let output = cli.output;
     if !cli.endpoints.is_empty() {
-        return across(&cli.endpoints, &secret, cli.timeout, output, cli.command).await;
+        return across(
+            &dialer,
+            &cli.endpoints,
+            &secret,
+            cli.timeout,
+            output,
+            cli.command,
+        )
+        .await;
     }
-    let mut admin = Admin::connect_with(&cli.addr, &secret, cli.timeout).await?;
+    let mut admin = Admin::connect_via(&dialer, &cli.addr, &secret, cli.timeout).await?;
     match cli.command {
-        Cmd::Health | Cmd::Restore { .. } => {
+        Cmd::Health | Cmd::Restore { .. } | Cmd::Certs(_) => {
             unreachable!("answered above, before the secret is read")
         }
         Cmd::Replay {
@@ -797,6 +876,7 @@ async fn one_or_held(admin: &mut Admin, partition: Option<u32>) -> anyhow::Resul
 
 /// `status` or `digest` asked of every node of `endpoints`; other commands are refused.
 async fn across(
+    dialer: &Dialer,
     endpoints: &[String],
     secret: &str,
     timeout: Option<Duration>,
@@ -807,7 +887,7 @@ async fn across(
     let mut admins = Vec::new();
     for addr in endpoints {
         let answer = async {
-            let mut admin = Admin::connect_with(addr, secret, timeout).await?;
+            let mut admin = Admin::connect_via(dialer, addr, secret, timeout).await?;
             let status = admin.status().await?;
             anyhow::Ok((admin, status))
         }
@@ -950,13 +1030,14 @@ async fn across(
 
 /// `chatctl health`: each node's gRPC health, SERVING or why not.
 async fn health(
+    dialer: &Dialer,
     addrs: &[String],
     timeout: Option<Duration>,
     output: Output,
 ) -> anyhow::Result<std::process::ExitCode> {
     let mut answers = Vec::new();
     for addr in addrs {
-        answers.push((addr.clone(), health_of(addr, timeout).await));
+        answers.push((addr.clone(), health_of(dialer, addr, timeout).await));
     }
     let value: Vec<serde_json::Value> = answers
         .iter()
@@ -982,17 +1063,58 @@ async fn health(
     })
 }
 
+/// `chatctl certs ...`: make the CA, a node's or a client's certificate.
+fn certs(cmd: CertsCmd, output: Output) -> anyhow::Result<std::process::ExitCode> {
+    use chat_tls::ca::{self, Kind};
+    let (dir, written, what) = match cmd {
+        CertsCmd::Ca { dir, cluster, days } => {
+            let written = ca::write(&dir, "ca", &ca::new_ca(&cluster, days)?)?;
+            (dir, written, format!("CA of cluster {cluster:?}"))
+        }
+        CertsCmd::Node {
+            name,
+            hosts,
+            dir,
+            days,
+        } => {
+            let authority = ca::read(&dir, "ca")?;
+            let issued = ca::issue(&authority, Kind::Node, &name, &hosts, days)?;
+            let what = format!("node certificate {name:?} for {}", hosts.join(", "));
+            (dir.clone(), ca::write(&dir, &name, &issued)?, what)
+        }
+        CertsCmd::Client { name, dir, days } => {
+            let authority = ca::read(&dir, "ca")?;
+            let issued = ca::issue(&authority, Kind::Client, &name, &[], days)?;
+            let what = format!("client certificate {name:?}");
+            (dir.clone(), ca::write(&dir, &name, &issued)?, what)
+        }
+    };
+    let (cert, key) = written;
+    let value = json!({"dir": dir, "cert": cert, "key": key, "what": what});
+    emit(output, value, || {
+        format!("wrote {what}: {} and {}\n", cert.display(), key.display())
+    });
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// The gRPC health of the node at `addr` (the whole server), as gRPC names it.
-async fn health_of(addr: &str, timeout: Option<Duration>) -> Result<&'static str, String> {
+async fn health_of(
+    dialer: &Dialer,
+    addr: &str,
+    timeout: Option<Duration>,
+) -> Result<&'static str, String> {
     use tonic_health::pb::health_check_response::ServingStatus;
     let limit = timeout.unwrap_or(Duration::from_secs(5));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad address: {e}"))?
         .connect_timeout(limit)
-        .timeout(limit)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .timeout(limit);
+    let channel = dialer.connect(endpoint, None).await.map_err(|e| {
+        let cause = std::error::Error::source(&e)
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default();
+        format!("cannot connect: {e}{cause}")
+    })?;
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
     let request = tonic_health::pb::HealthCheckRequest {
         service: String::new(),

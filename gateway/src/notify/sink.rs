@@ -3,7 +3,7 @@
 //! A [`Notification`] is collapsed — per device and chat, a count of new messages and the last
 //! seq — and never carries a payload (messages may be end-to-end encrypted, and push services
 //! are third parties). Sinks implement [`PushSink`]: [`LogSink`] writes them to the log,
-//! [`WebhookSink`] POSTs them as JSON to an HTTP endpoint with retries, backoff and timeouts
+//! [`WebhookSink`] POSTs them as JSON to an https endpoint with retries, backoff and timeouts
 //! (APNs/FCM adapters would sit behind the same trait). Deciding *who* is offline is the
 //! gateway's job: it knows the streams.
 
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
@@ -82,8 +83,11 @@ impl PushSink for LogSink {
 /// How a [`WebhookSink`] retries.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// `http://host:port/path` (TLS belongs to a proxy in front of the receiver).
+    /// `https://host[:port]/path`; `http://` only to a loopback host (a local relay), as
+    /// notifications name users, devices and chats.
     pub url: String,
+    /// The CA that signed the receiver's certificate, when not one the system trusts (PEM).
+    pub ca: Option<std::path::PathBuf>,
     /// Attempts per batch, the first included.
     pub max_attempts: u32,
     /// Wait before the second attempt; doubled for each further one.
@@ -97,7 +101,7 @@ pub struct WebhookConfig {
 pub struct WebhookSink {
     config: WebhookConfig,
     uri: hyper::Uri,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 #[derive(Serialize)]
@@ -111,15 +115,42 @@ impl WebhookSink {
             .url
             .parse()
             .map_err(|e| format!("webhook url {:?}: {e}", config.url))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(format!(
-                "webhook url {:?} must be http://host[:port]/path (put TLS in a proxy)",
-                config.url
-            ));
+        let loopback_host = match uri.host() {
+            Some("localhost") => true,
+            Some(host) => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        };
+        match uri.scheme_str() {
+            _ if uri.host().is_none() => {
+                return Err(format!("webhook url {:?} has no host", config.url))
+            }
+            Some("https") => {}
+            Some("http") if loopback_host => {}
+            _ => {
+                return Err(format!(
+                    "webhook url {:?} must be https://host[:port]/path (http:// only to a loopback relay)",
+                    config.url
+                ))
+            }
         }
+        let mut tls = (*chat_tls::client_config(config.ca.as_deref(), None)
+            .map_err(|e| format!("webhook TLS: {e:#}"))?)
+        .clone();
+        // The webhook speaks HTTP/1.1; the connector offers what it speaks.
+        tls.alpn_protocols.clear();
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(WebhookSink {
             config,
@@ -238,6 +269,7 @@ mod tests {
     fn config(url: String) -> WebhookConfig {
         WebhookConfig {
             url,
+            ca: None,
             max_attempts: 4,
             first_backoff: Duration::from_millis(20),
             timeout: Duration::from_secs(2),
@@ -289,6 +321,124 @@ mod tests {
             .port();
         let sink = WebhookSink::new(config(format!("http://127.0.0.1:{port}/push"))).unwrap();
         assert!(sink.deliver(batch()).await.is_err());
-        assert!(WebhookSink::new(config("https://example.com/x".into())).is_err());
+        // Plaintext off loopback would carry who is messaging whom in the clear.
+        let err = WebhookSink::new(config("http://example.com/x".into()))
+            .err()
+            .unwrap();
+        assert!(err.contains("https://"), "{err}");
+    }
+
+    /// An https receiver on loopback with a certificate of a CA made here: what it was sent.
+    async fn https_server(dir: &std::path::Path) -> (String, Arc<Mutex<Vec<String>>>) {
+        use rustls::pki_types::pem::PemObject;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let authority = chat_tls::ca::new_ca("hook", 1).unwrap();
+        chat_tls::ca::write(dir, "ca", &authority).unwrap();
+        let cert = chat_tls::ca::issue(
+            &authority,
+            chat_tls::ca::Kind::Node,
+            "hook",
+            &["127.0.0.1".into()],
+            1,
+        )
+        .unwrap();
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let seen = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    // One request: headers, then the body its content-length names.
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = tls.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length: usize = text
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap())
+                                })
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + length {
+                                seen.lock().unwrap().push(text[end + 4..].to_string());
+                                break;
+                            }
+                        }
+                    }
+                    tls.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (format!("https://127.0.0.1:{}/push", addr.port()), received)
+    }
+
+    #[tokio::test]
+    async fn webhook_speaks_https_and_checks_the_receivers_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, received) = https_server(dir.path()).await;
+        let mut trusted = config(url.clone());
+        trusted.ca = Some(dir.path().join("ca.pem"));
+        WebhookSink::new(trusted)
+            .unwrap()
+            .deliver(batch())
+            .await
+            .unwrap();
+        let bodies = received.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 1);
+        assert!(bodies[0].contains("\"chat_id\":99"), "{bodies:?}");
+
+        // A receiver whose certificate the sink cannot check gets nothing: a man in the middle
+        // with his own certificate learns nothing.
+        let other = tempfile::tempdir().unwrap();
+        chat_tls::ca::write(
+            other.path(),
+            "ca",
+            &chat_tls::ca::new_ca("other", 1).unwrap(),
+        )
+        .unwrap();
+        let mut misled = config(url);
+        misled.ca = Some(other.path().join("ca.pem"));
+        let err = WebhookSink::new(misled)
+            .unwrap()
+            .deliver(batch())
+            .await
+            .unwrap_err();
+        assert!(err.contains("gave up"), "{err}");
+        assert_eq!(
+            received.lock().unwrap().len(),
+            1,
+            "nothing more was received"
+        );
     }
 }

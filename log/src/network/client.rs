@@ -37,18 +37,24 @@ pub struct PeerChannels {
     links: Arc<Mutex<HashMap<(NodeId, String), PeerLink>>>,
     secret: MetadataValue<Ascii>,
     local_ip: Option<IpAddr>,
+    dialer: chat_tls::Dialer,
     reach: PeerReach,
 }
 
 impl PeerChannels {
     /// `local_ip`, if given, is the source address of outgoing connections (so fault injection
-    /// can tell the links between nodes apart).
-    pub fn new(secret: &str, local_ip: Option<IpAddr>) -> Result<Self, String> {
+    /// can tell the links between nodes apart); `dialer` says whether they go through TLS.
+    pub fn new(
+        secret: &str,
+        local_ip: Option<IpAddr>,
+        dialer: chat_tls::Dialer,
+    ) -> Result<Self, String> {
         Ok(PeerChannels {
             channels: Arc::default(),
             links: Arc::default(),
             secret: secret_header(secret)?,
             local_ip,
+            dialer,
             reach: PeerReach::default(),
         })
     }
@@ -70,9 +76,8 @@ impl PeerChannels {
             .http2_keep_alive_interval(Duration::from_secs(5))
             // A peer cut off without closing the connection fails its open streams (a remote
             // `Tail`) within seconds, not after the 20 s default.
-            .keep_alive_timeout(Duration::from_secs(3))
-            .local_address(self.local_ip);
-        let ch = endpoint.connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(3));
+        let ch = self.dialer.lazy(endpoint, self.local_ip);
         channels.insert((target, addr.to_string()), ch.clone());
         Ok(ch)
     }

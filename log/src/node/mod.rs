@@ -103,6 +103,8 @@ pub struct LogNodeConfig {
     pub cluster_secret: String,
     /// Source address for outgoing Raft connections (None: let the OS choose).
     pub bind_ip: Option<IpAddr>,
+    /// How this node dials others: plaintext, or TLS with its node certificate.
+    pub dialer: chat_tls::Dialer,
     pub raft: RaftTuning,
     /// Free-space reserve and ballast of the data disk.
     pub disk: DiskConfig,
@@ -244,8 +246,12 @@ impl LogNode {
         crate::backup::remove_leftovers(&config.data_dir);
         let derived = DerivedStore::open(engine.clone()).context("open the derived data")?;
 
-        let peers = PeerChannels::new(&config.cluster_secret, config.bind_ip)
-            .map_err(anyhow::Error::msg)?;
+        let peers = PeerChannels::new(
+            &config.cluster_secret,
+            config.bind_ip,
+            config.dialer.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
         let opener = partition::Opener {
             node_id: config.node_id,
             engine: engine.clone(),
@@ -331,6 +337,12 @@ impl LogNode {
     /// addresses cut all of them.
     pub fn bind_ip(&self) -> Option<IpAddr> {
         self.config.bind_ip
+    }
+
+    /// How this node dials other nodes (plaintext or TLS); every node-to-node channel, Raft's,
+    /// forwarding's and the gateways', is made with it.
+    pub fn dialer(&self) -> &chat_tls::Dialer {
+        &self.config.dialer
     }
 
     /// The cluster's nodes that are not removed, with their internal addresses, this node

@@ -40,6 +40,7 @@ pub async fn single_node_tuned(
         members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
         cluster_secret: "s".into(),
         bind_ip: None,
+        dialer: Default::default(),
         raft,
         disk: Default::default(),
         engine: Default::default(),

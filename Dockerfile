@@ -20,9 +20,13 @@ COPY --from=build /usr/local/bin/chatd /usr/local/bin/chatctl /usr/local/bin/cha
 USER chatd
 WORKDIR /var/lib/chatd
 # Every flag is also a CHATD_* variable (docs/operations.md); these make the image's default a
-# single node with its data on the volume, reachable from outside the container.
+# single node with its data on the volume, reachable from outside the container. Plaintext off
+# loopback needs CHATD_INSECURE: the image's default trusts the container network it is
+# published on; in production mount certificates and set CHATD_TLS_CA, CHATD_TLS_CERT,
+# CHATD_TLS_KEY and CHATD_PUBLIC_LISTEN instead (docs/operations.md, "TLS and the two addresses").
 ENV CHATD_DATA_DIR=/var/lib/chatd \
     CHATD_LISTEN=0.0.0.0:7400 \
+    CHATD_INSECURE=true \
     CHATD_METRICS_LISTEN=0.0.0.0:9100
 VOLUME /var/lib/chatd
 EXPOSE 7400 9100

@@ -292,6 +292,25 @@ pub struct GatewaySection {
     pub max_frame_bytes: usize,
     /// MiB of chat member lists cached for fan-out.
     pub member_cache_mib: u64,
+    /// Authenticated unary calls (History, Presence, CreateGroup, ...) per user per second on
+    /// this node, and the burst; more are RESOURCE_EXHAUSTED.
+    pub calls_per_second: u32,
+    pub call_burst: u32,
+    /// Registers per remote address per second on this node, and the burst.
+    pub registers_per_second: u32,
+    pub register_burst: u32,
+    /// A revoked device is refused by every node within this long of its revocation (a node
+    /// that cannot confirm with the account's partition refuses it too), and its open streams
+    /// end within twice this long.
+    #[serde(deserialize_with = "chat_log::duration_setting::millis")]
+    pub revocation_bound_ms: u64,
+    /// A device stream whose client reads nothing for this long (its window and queues full)
+    /// is ended, so a client that stops reading holds no session.
+    #[serde(deserialize_with = "chat_log::duration_setting::millis")]
+    pub write_deadline_ms: u64,
+    /// Calls and streams open at once on one device connection to the public address (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS); a client opening more waits for one to end.
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for GatewaySection {
@@ -302,6 +321,13 @@ impl Default for GatewaySection {
             idle_timeout_secs: d.idle_timeout.as_secs(),
             max_frame_bytes: d.max_frame_bytes,
             member_cache_mib: d.member_cache_bytes / (1024 * 1024),
+            calls_per_second: d.calls_per_second,
+            call_burst: d.call_burst,
+            registers_per_second: d.registers_per_second,
+            register_burst: d.register_burst,
+            revocation_bound_ms: d.revocation_bound.as_millis() as u64,
+            write_deadline_ms: d.write_deadline.as_millis() as u64,
+            max_streams_per_connection: 256,
         }
     }
 }
@@ -313,6 +339,12 @@ impl GatewaySection {
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs.max(1)),
             max_frame_bytes: self.max_frame_bytes,
             member_cache_bytes: self.member_cache_mib.max(1) * 1024 * 1024,
+            calls_per_second: self.calls_per_second,
+            call_burst: self.call_burst,
+            registers_per_second: self.registers_per_second,
+            register_burst: self.register_burst,
+            revocation_bound: std::time::Duration::from_millis(self.revocation_bound_ms.max(100)),
+            write_deadline: std::time::Duration::from_millis(self.write_deadline_ms.max(100)),
             ..GatewayConfig::default()
         }
     }

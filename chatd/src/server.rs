@@ -215,7 +215,10 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
                 stop_rx.clone(),
             ));
             let (reflection_v1, reflection_v1alpha) = reflection(Some(PUBLIC_SERVICES))?;
+            // Devices are the untrusted side: a bound on the streams one connection may hold
+            // (the internal address carries many partitions' Raft calls per connection).
             let public = grpc_server()
+                .max_concurrent_streams(config.gateway.max_streams_per_connection.max(1))
                 .add_service(chat_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)

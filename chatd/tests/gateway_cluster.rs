@@ -77,11 +77,14 @@ async fn devices_on_different_nodes_and_a_killed_gateway_node() {
         );
     }
 
-    // Presence asked of node 1 sees streams held by nodes 2 and 3.
-    let handles = ["bob", "carol", "nobody"].map(String::from);
+    // Presence asked of node 1 sees streams held by nodes 2 and 3 (alice shares the group with
+    // both); a handle nobody has is NOT_FOUND.
+    let handles = ["bob", "carol"].map(String::from);
     let seen = alice.presence(&handles).await.unwrap();
     let online: Vec<bool> = seen.iter().map(|p| p.online).collect();
-    assert_eq!(online, vec![true, true, false], "{seen:?}");
+    assert_eq!(online, vec![true, true], "{seen:?}");
+    let err = alice.presence(&["nobody".into()]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
 
     // Kill bob's node while alice keeps sending (through node 1, which forwards to whichever
     // node leads the chat's partition, retrying through the election).

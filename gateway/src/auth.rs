@@ -1,9 +1,13 @@
 //! Device authentication: a bearer token `<user>.<device>.<secret>` is checked against the
 //! device record in the user's partition (which stores only sha256(secret)).
 //!
-//! The record is read from a replica of the user's partition. A device registered or linked
-//! through another node may not be applied there yet, so a miss is retried once from a replica
-//! that has applied a read index ([`Gateway::read_fresh`]) before the token is refused.
+//! The record is read from a replica of the user's partition that is known to have caught up
+//! with the partition's leader within the revocation bound ([`Gateway::read_confirmed`]): a
+//! device revoked through any node is refused by every node within that bound, a node cut off
+//! from the leader included — it cannot confirm, so it refuses (UNAVAILABLE) rather than trust
+//! what it last knew. A device registered or linked through another node may not be applied
+//! there yet, so a miss is retried from a replica that has applied a fresh read index before
+//! the token is refused. Open streams check again every bound (`session.rs`).
 
 use chat_model::ids::{DeviceId, UserId};
 use chat_proto::token::DeviceToken;
@@ -46,7 +50,7 @@ pub async fn authenticate(gw: &Gateway, token: &str) -> Result<Device, Status> {
         .map_err(|e: chat_proto::token::TokenError| Status::unauthenticated(e.to_string()))?;
     let (user, device) = (UserId(token.user_id), DeviceId(token.device_id));
     let record = gw
-        .read_fresh(gw.reads.partition(user.0), |reads| async move {
+        .read_confirmed(gw.reads.partition(user.0), |reads| async move {
             reads.device(user, device).await
         })
         .await?;

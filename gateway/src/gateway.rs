@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_log::{PartitionId, ReadError};
+use chat_log::{LogOffset, PartitionId, ReadError};
 use chat_model::StateReader;
 use chat_projector::{Change, Projector};
 use chat_sequencer::Sequencer;
@@ -33,6 +33,18 @@ pub struct GatewayConfig {
     pub notify_every: Duration,
     /// Bytes of chat member lists the hub keeps cached for fan-out.
     pub member_cache_bytes: u64,
+    /// Authenticated unary calls per user per second (every node counts its own), and the burst.
+    pub calls_per_second: u32,
+    pub call_burst: u32,
+    /// Registers per remote address per second, and the burst.
+    pub registers_per_second: u32,
+    pub register_burst: u32,
+    /// How stale what this node knows of a device may be when it lets the device in: a
+    /// revoked device is refused by every node within this long of the revocation, and its open
+    /// streams are closed within twice this long.
+    pub revocation_bound: Duration,
+    /// A device stream whose client reads nothing for this long is ended.
+    pub write_deadline: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -46,6 +58,12 @@ impl Default for GatewayConfig {
             max_frame_bytes: 1024 * 1024,
             notify_every: Duration::from_secs(1),
             member_cache_bytes: 32 * 1024 * 1024,
+            calls_per_second: 100,
+            call_burst: 1000,
+            registers_per_second: 50,
+            register_burst: 1000,
+            revocation_bound: Duration::from_secs(15),
+            write_deadline: crate::outbound::WRITE_DEADLINE,
         }
     }
 }
@@ -57,6 +75,12 @@ pub struct Gateway {
     pub hub: Arc<hub::Hub>,
     pub presence: Arc<presence::ClusterPresence>,
     pub projector: Arc<Projector>,
+    /// Rates and sizes of what a client can cause through unary calls.
+    pub limits: crate::limits::CallLimits,
+    /// Per partition, when this node last confirmed a read index with its leader, and the
+    /// index: reads from a replica that applied it are that fresh.
+    confirmed:
+        std::sync::Mutex<std::collections::HashMap<PartitionId, (std::time::Instant, LogOffset)>>,
     pub config: GatewayConfig,
     /// Set when the node is going away: every device stream ends (see [`Gateway::until_closing`]).
     closing: tokio::sync::watch::Sender<bool>,
@@ -97,7 +121,15 @@ impl Gateway {
                 config.notify_every,
             );
         }
-        Ok(Arc::new(Gateway {
+        let limits = crate::limits::CallLimits::new(crate::limits::Rates {
+            calls_per_second: config.calls_per_second,
+            call_burst: config.call_burst,
+            registers_per_second: config.registers_per_second,
+            register_burst: config.register_burst,
+        });
+        let gateway = Arc::new(Gateway {
+            limits,
+            confirmed: Default::default(),
             reads: StateReader::new(node),
             presence,
             hub,
@@ -105,7 +137,19 @@ impl Gateway {
             projector,
             config,
             closing: tokio::sync::watch::Sender::new(false),
-        }))
+        });
+        // The limiters' maps keep a key per user and address seen: forget the idle ones.
+        let weak = Arc::downgrade(&gateway);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                match weak.upgrade() {
+                    Some(gateway) => gateway.limits.shrink(),
+                    None => return,
+                }
+            }
+        });
+        Ok(gateway)
     }
 
     /// End every device stream (with UNAVAILABLE, so devices resume on another node): the node
@@ -146,8 +190,57 @@ impl Gateway {
 
     /// A reader that sees, in partition `p`, every write acknowledged before the call.
     pub async fn fresh(&self, p: PartitionId) -> Result<StateReader, Status> {
+        let asked = std::time::Instant::now();
         let offset = self.sequencer.read_index(p).await?;
+        self.confirmed
+            .lock()
+            .expect("confirmed lock")
+            .insert(p, (asked, offset));
         Ok(self.reads.fresh_at(p, offset))
+    }
+
+    /// Read something of partition `p` from a replica that has applied a read index confirmed
+    /// with `p`'s leader less than `revocation_bound` ago (asking for one now if the last is
+    /// older: at most one round trip per partition per bound). A miss is read again at a new read
+    /// index. When no leader confirms in time the answer is UNAVAILABLE: a node cut off from
+    /// `p`'s leader refuses rather than trust what it last knew.
+    pub async fn read_confirmed<T, Fut>(
+        &self,
+        p: PartitionId,
+        read: impl Fn(StateReader) -> Fut,
+    ) -> Result<Option<T>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Option<T>, ReadError>>,
+    {
+        let recent = self
+            .confirmed
+            .lock()
+            .expect("confirmed lock")
+            .get(&p)
+            .filter(|(asked, _)| asked.elapsed() < self.config.revocation_bound)
+            .map(|&(_, offset)| offset);
+        let reader = match recent {
+            Some(offset) => self.reads.fresh_at(p, offset),
+            None => self.fresh(p).await.map_err(unconfirmed)?,
+        };
+        if let Some(found) = read(reader).await.map_err(storage)? {
+            return Ok(Some(found));
+        }
+        read(self.fresh(p).await.map_err(unconfirmed)?)
+            .await
+            .map_err(storage)
+    }
+}
+
+/// A read index that could not be had, as the caller hears it: the device is not let in.
+fn unconfirmed(status: Status) -> Status {
+    if status.code() == tonic::Code::Unavailable {
+        Status::unavailable(format!(
+            "cannot confirm this device's access with its account's partition ({}); try another node",
+            status.message()
+        ))
+    } else {
+        status
     }
 }
 

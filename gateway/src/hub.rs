@@ -93,6 +93,9 @@ impl Presence {
     }
 }
 
+/// Streams one device may hold open on one node at once.
+pub const MAX_STREAMS_PER_DEVICE: usize = 4;
+
 /// Live presence and delivery fan-out for the device streams of one node.
 pub struct Hub {
     reads: StateReader,
@@ -189,11 +192,14 @@ impl Hub {
     }
 
     /// Register a device stream; it receives pushes until [`Hub::unregister`].
+    /// Register a stream of `device`; RESOURCE_EXHAUSTED if the device already has
+    /// [`MAX_STREAMS_PER_DEVICE`] on this node (one is what a device needs; a few cover a
+    /// reconnect racing the old stream's close).
     pub fn register(
         &self,
         user: UserId,
         device: DeviceId,
-    ) -> (Arc<SessionHandle>, mpsc::Receiver<Push>) {
+    ) -> Result<(Arc<SessionHandle>, mpsc::Receiver<Push>), tonic::Status> {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let handle = Arc::new(SessionHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -205,14 +211,21 @@ impl Hub {
         });
         let mut sessions = self.sessions.write().expect("sessions lock");
         let list = sessions.entry(user).or_default();
-        let first_of_device = !list.iter().any(|s| s.device == device);
+        let open = list.iter().filter(|s| s.device == device).count();
+        if open >= MAX_STREAMS_PER_DEVICE {
+            metrics::counter!("chatd_device_streams_refused_total").increment(1);
+            return Err(tonic::Status::resource_exhausted(format!(
+                "device {device} of user {user} already has {open} streams open on this node"
+            )));
+        }
+        let first_of_device = open == 0;
         list.push(handle.clone());
         // Under the lock, so the announcer hears of a device's streams in the order they change.
         if first_of_device {
             self.announce(user, device, true);
         }
         drop(sessions);
-        (handle, rx)
+        Ok((handle, rx))
     }
 
     pub fn unregister(&self, handle: &SessionHandle) {

@@ -9,7 +9,9 @@
 //! - [`hub`]: tails every partition (wherever it is held) and offers each event to the sessions
 //!   on this node it concerns without ever waiting on one (a full session queue makes it catch
 //!   up from the log).
-//! - [`auth`]: device bearer tokens checked against the hashed token in the user's partition.
+//! - [`auth`]: device bearer tokens checked against the hashed token in the user's partition,
+//!   read from a replica confirmed with its leader within the revocation bound.
+//! - [`limits`]: rates per user and per address on the unary calls, sizes of names and lists.
 //! - [`ticks`]: the projector's tick changes (see `chat-projector`) go to the member's streams:
 //!   this node's projector's, and for partitions this node does not hold, a holder's (over
 //!   `chat.v1.GatewayPeer.WatchTicks`).
@@ -30,6 +32,7 @@
 pub mod auth;
 pub mod gateway;
 pub mod hub;
+pub mod limits;
 pub mod notify;
 pub mod outbound;
 pub mod presence;

@@ -26,11 +26,16 @@ type Queued = Result<Box<pb::ServerFrame>, Status>;
 /// `max_sends_in_flight` acks outstanding and answers pings one at a time.
 const CONTROL_FRAMES: usize = 16;
 
+/// How long a frame may wait for room by default: a device that has read nothing of its
+/// stream for this long is not reading (see [`Outbound::with_write_deadline`]).
+pub const WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The sending side of one device stream. Cheap to clone (two channel senders).
 #[derive(Clone)]
 pub struct Outbound {
     control: mpsc::Sender<Queued>,
     data: mpsc::Sender<Queued>,
+    write_deadline: std::time::Duration,
 }
 
 /// The stream tonic writes to the device.
@@ -49,17 +54,32 @@ impl Outbound {
             |_: &mut ()| PollNext::Left,
         )
         .map(|frame| frame.map(|boxed| *boxed));
-        (Outbound { control, data }, Box::pin(frames))
+        let out = Outbound {
+            control,
+            data,
+            write_deadline: WRITE_DEADLINE,
+        };
+        (out, Box::pin(frames))
     }
 
-    /// Queue a control frame (waits while 16 are queued: the device is not reading at all).
+    /// These queues with another write deadline: a frame that finds no room for this long
+    /// fails with DEADLINE_EXCEEDED, which ends the session, so a client that stops reading
+    /// (its HTTP/2 window full, then these queues) stops costing the node anything but the
+    /// queued frames instead of holding a session, its hub registration and its catch-up reads.
+    pub fn with_write_deadline(mut self, deadline: std::time::Duration) -> Outbound {
+        self.write_deadline = deadline;
+        self
+    }
+
+    /// Queue a control frame (waits while 16 are queued: the device is not reading at all),
+    /// for up to the write deadline.
     pub async fn control(&self, kind: server_frame::Kind) -> Result<(), Status> {
-        Self::queue(&self.control, kind).await
+        self.queue(&self.control, kind).await
     }
 
-    /// Queue a data frame (waits while the data queue is full).
+    /// Queue a data frame (waits while the data queue is full), for up to the write deadline.
     pub async fn data(&self, kind: server_frame::Kind) -> Result<(), Status> {
-        Self::queue(&self.data, kind).await
+        self.queue(&self.data, kind).await
     }
 
     /// Queue a control frame if there is room now; dropped otherwise (for frames that must not
@@ -70,16 +90,28 @@ impl Outbound {
             .try_send(Ok(Box::new(pb::ServerFrame { kind: Some(kind) })));
     }
 
-    /// End the stream with `status` (after the control frames already queued).
+    /// End the stream with `status` (after the control frames already queued; given up after
+    /// the write deadline, when the device is not reading anyway).
     pub async fn end(&self, status: Status) {
-        let _ = self.control.send(Err(status)).await;
+        let _ = tokio::time::timeout(self.write_deadline, self.control.send(Err(status))).await;
     }
 
-    async fn queue(queue: &mpsc::Sender<Queued>, kind: server_frame::Kind) -> Result<(), Status> {
-        queue
-            .send(Ok(Box::new(pb::ServerFrame { kind: Some(kind) })))
-            .await
-            .map_err(|_| Status::cancelled("the device went away"))
+    async fn queue(
+        &self,
+        queue: &mpsc::Sender<Queued>,
+        kind: server_frame::Kind,
+    ) -> Result<(), Status> {
+        let frame = Ok(Box::new(pb::ServerFrame { kind: Some(kind) }));
+        match tokio::time::timeout(self.write_deadline, queue.send(frame)).await {
+            Ok(sent) => sent.map_err(|_| Status::cancelled("the device went away")),
+            Err(_) => {
+                metrics::counter!("chatd_device_stream_write_timeouts_total").increment(1);
+                Err(Status::deadline_exceeded(format!(
+                    "the device has read nothing of its stream for {:?}",
+                    self.write_deadline
+                )))
+            }
+        }
     }
 }
 
@@ -134,6 +166,28 @@ mod tests {
         out.control(pong(7)).await.unwrap();
         let first = frames.next().await.unwrap().unwrap();
         assert!(matches!(first.kind, Some(server_frame::Kind::Pong(_))));
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_finds_no_room_within_the_write_deadline_fails() {
+        let (out, _frames) = Outbound::new(1);
+        let out = out.with_write_deadline(std::time::Duration::from_millis(50));
+        out.data(message(1)).await.unwrap();
+        // Nobody takes from the stream: the device is not reading.
+        let err = out.data(message(2)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+        for nonce in 0..16 {
+            out.control(pong(nonce)).await.unwrap();
+        }
+        let err = out.control(pong(99)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+        // Ending it does not hang either.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            out.end(Status::cancelled("x")),
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]

@@ -17,6 +17,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{authenticate, bearer, secret_digest, Device};
 use crate::gateway::{storage, Gateway};
+use crate::limits::{
+    check_bytes, check_len, MAX_HANDLES_PER_CALL, MAX_NAME_BYTES, MAX_REQUEST_ID_BYTES,
+};
 use crate::outbound::{FrameStream, Outbound};
 use crate::session;
 
@@ -41,8 +44,11 @@ impl ChatService {
             .max_encoding_message_size(limit.max(4 << 20))
     }
 
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Device, Status> {
-        authenticate(&self.gw, bearer(request)?).await
+    /// The device a call comes from, counted against its user's call rate.
+    async fn caller<T>(&self, request: &Request<T>, call: &'static str) -> Result<Device, Status> {
+        let device = authenticate(&self.gw, bearer(request)?).await?;
+        self.gw.limits.user_call(device.user, call)?;
+        Ok(device)
     }
 
     /// The user a handle names, which must be registered.
@@ -147,6 +153,7 @@ impl Chat for ChatService {
         request: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
         let (out, frames) = Outbound::new(OUTBOUND_FRAMES);
+        let out = out.with_write_deadline(self.gw.config.write_deadline);
         tokio::spawn(session::serve(self.gw.clone(), request.into_inner(), out));
         Ok(Response::new(frames))
     }
@@ -155,6 +162,9 @@ impl Chat for ChatService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterReply>, Status> {
+        self.gw
+            .limits
+            .register(request.remote_addr().map(|a| a.ip()))?;
         let r = request.into_inner();
         let handle = r.handle.trim().to_string();
         let token = device_token(user_id_for_handle(&handle), r.device_id, r.secret)?;
@@ -180,7 +190,7 @@ impl Chat for ChatService {
         &self,
         request: Request<pb::LinkDeviceRequest>,
     ) -> Result<Response<pb::LinkDeviceReply>, Status> {
-        let me = self.caller(&request).await?;
+        let me = self.caller(&request, "LinkDevice").await?;
         let r = request.into_inner();
         let token = device_token(me.user, r.device_id, r.secret)?;
         let device = DeviceId(token.device_id);
@@ -213,7 +223,7 @@ impl Chat for ChatService {
         &self,
         request: Request<pb::RevokeDeviceRequest>,
     ) -> Result<Response<pb::LinkDeviceReply>, Status> {
-        let me = self.caller(&request).await?;
+        let me = self.caller(&request, "RevokeDevice").await?;
         let device = DeviceId(request.into_inner().device_id);
         self.gw.sequencer.revoke_device(me.user, device).await?;
         Ok(Response::new(pb::LinkDeviceReply {
@@ -227,7 +237,7 @@ impl Chat for ChatService {
         &self,
         request: Request<pb::CreateDirectRequest>,
     ) -> Result<Response<pb::ChatInfo>, Status> {
-        let me = self.caller(&request).await?;
+        let me = self.caller(&request, "CreateDirect").await?;
         let other = self
             .existing_user(&request.into_inner().with_handle)
             .await?;
@@ -243,13 +253,20 @@ impl Chat for ChatService {
         &self,
         request: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::ChatInfo>, Status> {
-        let me = self.caller(&request).await?;
+        let me = self.caller(&request, "CreateGroup").await?;
         let r = request.into_inner();
         if r.request_id.is_empty() {
             return Err(Status::invalid_argument(
                 "request_id names the group for retries; it cannot be empty",
             ));
         }
+        check_bytes("request_id", &r.request_id, MAX_REQUEST_ID_BYTES)?;
+        check_bytes("name", &r.name, MAX_NAME_BYTES)?;
+        check_len(
+            "member_handles",
+            r.member_handles.len(),
+            MAX_HANDLES_PER_CALL,
+        )?;
         let members = self.existing_users(&r.member_handles).await?;
         let reply = self
             .gw
@@ -264,9 +281,15 @@ impl Chat for ChatService {
         &self,
         request: Request<pb::ChangeMembersRequest>,
     ) -> Result<Response<pb::ChatInfo>, Status> {
-        let me = self.caller(&request).await?;
+        let me = self.caller(&request, "ChangeMembers").await?;
         let r = request.into_inner();
         let chat = ChatId(r.chat_id);
+        check_len("add_handles", r.add_handles.len(), MAX_HANDLES_PER_CALL)?;
+        check_len(
+            "remove_handles",
+            r.remove_handles.len(),
+            MAX_HANDLES_PER_CALL,
+        )?;
         let add = self.existing_users(&r.add_handles).await?;
         let remove: Vec<UserId> = r
             .remove_handles
@@ -285,7 +308,7 @@ impl Chat for ChatService {
         &self,
         request: Request<pb::ListChatsRequest>,
     ) -> Result<Response<pb::ListChatsReply>, Status> {
-        let me = self.caller(&request).await?;
+        let me = self.caller(&request, "ListChats").await?;
         let reads = &self.gw.reads;
         let chats = reads.user_chats(me.user).await.map_err(storage)?;
         let chats = futures::stream::iter(chats.into_iter().map(|c| self.chat_info(reads, c)))
@@ -299,7 +322,7 @@ impl Chat for ChatService {
         &self,
         request: Request<pb::HistoryPageRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
-        let me = self.caller(&request).await?;
+        let me = self.caller(&request, "History").await?;
         let r = request.into_inner();
         let chat = ChatId(r.chat_id);
         let joined_after = self.require_member(chat, me.user).await?;
@@ -317,7 +340,7 @@ impl Chat for ChatService {
         &self,
         request: Request<pb::InboxRequest>,
     ) -> Result<Response<pb::InboxReply>, Status> {
-        let me = self.caller(&request).await?;
+        let me = self.caller(&request, "Inbox").await?;
         // The user's chat list lives in the user's partition (kept by follow-ups); each chat's
         // summary and marks in the chat's partition's projection.
         let mut by_partition: std::collections::BTreeMap<_, Vec<ChatId>> = Default::default();
@@ -379,9 +402,31 @@ impl Chat for ChatService {
         &self,
         request: Request<pb::PresenceRequest>,
     ) -> Result<Response<pb::PresenceReply>, Status> {
-        self.caller(&request).await?;
+        let me = self.caller(&request, "Presence").await?;
         let handles = request.into_inner().handles;
-        let ids: Vec<UserId> = handles.iter().map(|h| user_id_for_handle(h)).collect();
+        check_len("handles", handles.len(), MAX_HANDLES_PER_CALL)?;
+        // An unknown handle is NOT_FOUND; a user who shares no chat with the caller is not
+        // theirs to watch (PERMISSION_DENIED), so presence cannot be used to track strangers.
+        let ids = self.existing_users(&handles).await?;
+        let mine: std::collections::HashSet<ChatId> = self
+            .gw
+            .reads
+            .user_chats(me.user)
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .collect();
+        for (handle, &user) in handles.iter().zip(&ids) {
+            if user == me.user {
+                continue;
+            }
+            let theirs = self.gw.reads.user_chats(user).await.map_err(storage)?;
+            if !theirs.iter().any(|c| mine.contains(c)) {
+                return Err(Status::permission_denied(format!(
+                    "you share no chat with {handle:?}: their presence is not yours to see"
+                )));
+            }
+        }
         let found = self.gw.presence.lookup(&ids).await;
         let users = handles
             .into_iter()

@@ -94,7 +94,7 @@ async fn run(
             "this node does not follow every partition yet; try again or another node",
         ));
     }
-    let (handle, pushes) = gw.hub.register(me.user, me.device);
+    let (handle, pushes) = gw.hub.register(me.user, me.device)?;
     let welcome = server_frame::Kind::Welcome(pb::Welcome {
         user_id: me.user.0,
         device_id: me.device.0,
@@ -116,9 +116,21 @@ async fn run(
     tokio::select! {
         ended = deliveries.run(&hello.cursors, pushes) => ended,
         ended = frames.run(inbound) => ended,
+        ended = still_allowed(&gw, &hello.token) => ended,
         () = gw.until_closing() => Err(Status::unavailable(
             "this node is shutting down; resume on another node",
         )),
+    }
+}
+
+/// Check the device's token again every revocation bound for as long as the stream is open;
+/// ends the stream when it is refused (revoked: UNAUTHENTICATED) or cannot be confirmed (this
+/// node cut off from the account's partition: UNAVAILABLE, so the device resumes elsewhere).
+/// The hub's revocation push closes the stream sooner when this node hears of it.
+async fn still_allowed(gw: &Gateway, token: &str) -> Result<(), Status> {
+    loop {
+        tokio::time::sleep(gw.config.revocation_bound).await;
+        authenticate(gw, token).await?;
     }
 }
 

@@ -153,8 +153,18 @@ async fn the_metrics_page_under_load() {
     assert_eq!(sample(&page, connect), Some(2.0), "{page}");
     let connections = sample(&page, "chatd_connections_open").unwrap();
     assert!(connections >= 2.0, "{page}");
-    // A third stream, then its client goes away: it is open, then ended (CANCELLED).
-    let stream = chat_client::ChatClient::connect(&addr)
+    // A third stream, then its client vanishes (its connection cut, as a phone that loses its
+    // network: no end of stream is ever sent): it is open, then ended (CANCELLED). The client
+    // goes through a relay here so the test can cut the connection under it.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap().to_string();
+    let server = addr.clone();
+    let cut = tokio::spawn(async move {
+        let (mut client, _) = relay.accept().await.unwrap();
+        let mut upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    let _stream = chat_client::ChatClient::connect(&relay_addr)
         .await
         .unwrap()
         .open_stream(&reader_token, &std::collections::BTreeMap::new())
@@ -172,7 +182,8 @@ async fn the_metrics_page_under_load() {
         }
     };
     until(3.0, "a third stream open");
-    drop(stream);
+    cut.abort();
+    let _ = cut.await;
     let page = until(2.0, "the third stream ended");
     let ended = "chatd_grpc_calls_ended_total{method=\"/chat.v1.Chat/Connect\",code=\"CANCELLED\"}";
     assert_eq!(sample(&page, ended), Some(1.0), "{page}");

@@ -38,6 +38,8 @@ mod disk;
 pub mod duration_setting;
 mod engine;
 mod error;
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 pub mod network;
 pub mod node;
 pub mod placement;

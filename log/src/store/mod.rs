@@ -3,7 +3,7 @@
 //! partition state, snapshots) per partition, all sharing the node's RocksDB.
 
 mod log_store;
-mod snapshot;
+pub(crate) mod snapshot;
 #[cfg(test)]
 mod snapshot_tests;
 mod state_cache;

@@ -409,8 +409,14 @@ impl<R: Read> PartReader<R> {
         if len > MAX_PART_BYTES {
             return Err(damaged(p, format!("a part claims {len} bytes")));
         }
-        let mut frame = vec![0u8; len];
-        let n = read_full(&mut self.input, &mut frame).map_err(|e| io_error(p, e))?;
+        // Grown as bytes arrive beyond what a part normally holds, not allocated from the
+        // length: a damaged length must not cost memory the stream does not have.
+        let mut frame = Vec::with_capacity(len.min(2 * PART_BYTES));
+        (&mut self.input)
+            .take(len as u64)
+            .read_to_end(&mut frame)
+            .map_err(|e| io_error(p, e))?;
+        let n = frame.len();
         if n < len {
             return Err(damaged(
                 p,

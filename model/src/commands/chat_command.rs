@@ -21,6 +21,10 @@ pub struct CommandLimits {
     pub max_payload_bytes: usize,
     pub max_client_msg_id_bytes: usize,
     pub max_handle_bytes: usize,
+    /// Media references one message may carry, and the longest object key and MIME type.
+    pub max_media_refs: usize,
+    pub max_media_key_bytes: usize,
+    pub max_mime_bytes: usize,
 }
 
 impl Default for CommandLimits {
@@ -29,6 +33,9 @@ impl Default for CommandLimits {
             max_payload_bytes: 64 * 1024,
             max_client_msg_id_bytes: 128,
             max_handle_bytes: 256,
+            max_media_refs: 16,
+            max_media_key_bytes: 512,
+            max_mime_bytes: 128,
         }
     }
 }

@@ -48,6 +48,30 @@ impl ChatCommand for pb::SendMessage {
                 limits.max_client_msg_id_bytes
             )));
         }
+        if self.media.len() > limits.max_media_refs {
+            return Err(Invalid::new(format!(
+                "{} media references, at most {}",
+                self.media.len(),
+                limits.max_media_refs
+            )));
+        }
+        for m in &self.media {
+            if m.object_key.is_empty() || m.object_key.len() > limits.max_media_key_bytes {
+                return Err(Invalid::new(format!(
+                    "a media object_key must have 1 to {} bytes",
+                    limits.max_media_key_bytes
+                )));
+            }
+            if m.mime.len() > limits.max_mime_bytes {
+                return Err(Invalid::new(format!(
+                    "a media mime type has at most {} bytes",
+                    limits.max_mime_bytes
+                )));
+            }
+            if !(m.sha256.is_empty() || m.sha256.len() == 32) {
+                return Err(Invalid::new("a media sha256 is 32 bytes (or left out)"));
+            }
+        }
         Ok(cx.route(self.chat_id))
     }
 
@@ -168,4 +192,52 @@ fn expire_dedup(cx: &mut ChatApply<'_, '_>, now: u64) -> Result<(), StoreError> 
     }
     cx.put(state::EXPIRY_DUE_KEY, due.to_be_bytes().to_vec());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::chat_command::CommandLimits;
+
+    fn send(media: Vec<pb::MediaRef>) -> pb::SendMessage {
+        pb::SendMessage {
+            chat_id: 7,
+            sender_user: 1,
+            sender_device: 1,
+            client_msg_id: "m1".into(),
+            payload: b"hi".to_vec(),
+            media,
+        }
+    }
+
+    fn media(key: &str, sha256: usize) -> pb::MediaRef {
+        pb::MediaRef {
+            object_key: key.into(),
+            mime: "image/jpeg".into(),
+            size: 10,
+            sha256: vec![0; sha256],
+        }
+    }
+
+    #[test]
+    fn media_references_are_bounded_before_proposing() {
+        let limits = CommandLimits::default();
+        let cx = CheckContext {
+            limits: &limits,
+            partitions: 4,
+        };
+        send(vec![media("a/b", 32), media("c", 0)])
+            .check(&cx)
+            .unwrap();
+        let too_many = (0..17).map(|i| media(&format!("k{i}"), 32)).collect();
+        for (bad, want) in [
+            (send(too_many), "17 media references"),
+            (send(vec![media(&"k".repeat(513), 32)]), "object_key"),
+            (send(vec![media("", 32)]), "object_key"),
+            (send(vec![media("k", 31)]), "sha256"),
+        ] {
+            let err = bad.clone().check(&cx).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+    }
 }

@@ -27,13 +27,12 @@ async fn floods_oversize_fields_and_strangers_presence_are_refused() {
     let (_carol, _) = register(&addr, "carol").await;
 
     // Oversize fields are INVALID_ARGUMENT, and nothing is written: the group does not exist.
-    let before = cluster
-        .status(1)
-        .await
-        .partitions
-        .iter()
-        .map(|p| p.last_offset)
-        .sum::<u64>();
+    // Every partition's last offset, summed: it moves with anything written.
+    let written = || async {
+        let status = cluster.status(1).await;
+        status.partitions.iter().map(|p| p.last_offset).sum::<u64>()
+    };
+    let before = written().await;
     let err = alice
         .create_group("g1", &"n".repeat(257), &["bob".into()])
         .await
@@ -49,13 +48,7 @@ async fn floods_oversize_fields_and_strangers_presence_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
-    let after = cluster
-        .status(1)
-        .await
-        .partitions
-        .iter()
-        .map(|p| p.last_offset)
-        .sum::<u64>();
+    let after = written().await;
     assert_eq!(before, after, "a refused command was replicated");
 
     // Presence: nobody's handle is NOT_FOUND; a stranger's (no shared chat) PERMISSION_DENIED.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_log::{LogOffset, PartitionId, ReadError};
+use chat_log::{LogOffset, PartitionId, ReadError, StoreError};
 use chat_model::StateReader;
 use chat_projector::{Change, Projector};
 use chat_sequencer::Sequencer;
@@ -245,9 +245,13 @@ fn unconfirmed(status: Status) -> Status {
 }
 
 /// A failed read as the gRPC status devices get: UNAVAILABLE when no replica answered (try
-/// again), INTERNAL for a storage error.
+/// again), DATA_LOSS for a stored record that does not check, INTERNAL for another storage
+/// error.
 pub fn storage(e: impl Into<ReadError>) -> Status {
     match e.into() {
+        ReadError::Store(e @ (StoreError::Corrupt(_) | StoreError::Decode { .. })) => {
+            Status::data_loss(e.to_string())
+        }
         ReadError::Store(e) => Status::internal(e.to_string()),
         e @ ReadError::Unavailable { .. } => Status::unavailable(e.to_string()),
     }

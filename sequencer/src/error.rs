@@ -2,7 +2,7 @@
 //! for a forwarded call's answer), from the log's [`ProposeError`] and [`ReadError`], from a command's failed
 //! checks ([`Invalid`]), and from a proposal's outcome (`reply_of`).
 
-use chat_log::{CommandOutcome, ProposalOutcome, ProposeError, ReadError, RejectCode};
+use chat_log::{CommandOutcome, ProposalOutcome, ProposeError, ReadError, RejectCode, StoreError};
 use chat_model::commands::Invalid;
 use chat_proto::chat_v1::{self as pb, command_reply};
 use chat_proto::LeaderHint;
@@ -21,6 +21,10 @@ pub enum SeqError {
         message: String,
         hint: Option<LeaderHint>,
     },
+    /// A stored record did not check (its crc32, or its decoding): DATA_LOSS, never mistaken
+    /// for a passing failure.
+    #[error("stored data is damaged: {0}")]
+    DataLoss(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -38,6 +42,7 @@ impl SeqError {
                 RejectCode::Aborted => Code::Aborted,
             },
             SeqError::Unavailable { .. } => Code::Unavailable,
+            SeqError::DataLoss(_) => Code::DataLoss,
             SeqError::Internal(_) => Code::Internal,
         }
     }
@@ -58,6 +63,7 @@ impl SeqError {
                     hint: LeaderHint::from_status(status),
                 }
             }
+            Code::DataLoss => return SeqError::DataLoss(status.message().to_string()),
             _ => return SeqError::Internal(status.message().to_string()),
         };
         SeqError::Rejected {
@@ -113,6 +119,9 @@ impl From<ReadError> for SeqError {
                 message: e.to_string(),
                 hint: None,
             },
+            ReadError::Store(e @ (StoreError::Corrupt(_) | StoreError::Decode { .. })) => {
+                SeqError::DataLoss(e.to_string())
+            }
             ReadError::Store(e) => SeqError::Internal(e.to_string()),
         }
     }

@@ -45,11 +45,22 @@ async fn chatctl_status_append_read_digest_compact_verify() {
         tokio::task::spawn_blocking(move || chatctl(&addr, &data, args))
     };
 
-    let (ok, out, err) = run(&["health"]).await.unwrap();
-    assert!(ok, "{err}");
+    // The node reports SERVING shortly after it can serve (its readiness task looks every
+    // 20 ms): health is asked until it says so, within the same deadline.
+    let (out, err) = loop {
+        let (ok, out, err) = run(&["health"]).await.unwrap();
+        if ok {
+            break (out, err);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never SERVING: {out}{err}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(
         out.contains("SERVING") && !out.contains("NOT_SERVING"),
-        "{out}"
+        "{out}{err}"
     );
 
     let (ok, out, err) = run(&["status"]).await.unwrap();

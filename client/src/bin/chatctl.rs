@@ -275,12 +275,47 @@ enum NodeCmd {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let (tls, certificate) = (cli.tls_ca.is_some(), cli.tls_cert.is_some());
+    match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("chatctl: {e:#}");
+            let text = format!("{e:#}");
+            eprintln!("chatctl: {text}");
+            if let Some(hint) = tls_hint(&text, tls, certificate) {
+                eprintln!("chatctl: hint: {hint}");
+            }
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// What to try when an error looks like the two ends disagreeing about TLS: HTTP/2 spoken in
+/// plaintext to a TLS port fails in framing or a closed connection, and a TLS port that wants a
+/// client certificate says so in its alert (or, with TLS 1.3, just closes the connection).
+fn tls_hint(error: &str, tls: bool, certificate: bool) -> Option<&'static str> {
+    let refused = ["CertificateRequired", "UnknownCA", "BadCertificate"]
+        .iter()
+        .any(|alert| error.contains(alert));
+    let closed = [
+        "frame with invalid size",
+        "connection closed",
+        "broken pipe",
+    ]
+    .iter()
+    .any(|what| error.contains(what));
+    match (tls, certificate) {
+        (true, false) if refused || closed => Some(
+            "the node's internal address takes only clients with a certificate of its cluster \
+             CA: give --tls-cert and --tls-key (`chatctl certs client`)",
+        ),
+        (true, true) if refused => {
+            Some("the node does not accept this certificate: is it signed by the cluster's CA?")
+        }
+        (false, _) if closed => Some(
+            "the node may have TLS on: give --tls-ca (and --tls-cert/--tls-key for admin calls)",
+        ),
+        _ => None,
     }
 }
 

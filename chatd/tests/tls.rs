@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use chat_client::device::ChatClient;
 use chat_client::{Device, DeviceEvent, DeviceOptions};
 use chat_tls::ca::{self, Kind};
@@ -29,14 +31,6 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The cluster CA, a certificate per node (for 127.0.0.1) and an admin certificate, in `dir`.
@@ -67,8 +61,8 @@ fn start(dir: &Path, certs: &Path, n: u64) -> Vec<Node> {
     let addrs: Vec<(String, String)> = (0..n)
         .map(|_| {
             (
-                format!("127.0.0.1:{}", free_port()),
-                format!("127.0.0.1:{}", free_port()),
+                format!("127.0.0.1:{}", common::free_port()),
+                format!("127.0.0.1:{}", common::free_port()),
             )
         })
         .collect();

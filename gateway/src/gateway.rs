@@ -182,10 +182,8 @@ impl Gateway {
     where
         Fut: std::future::Future<Output = Result<Option<T>, ReadError>>,
     {
-        if let Some(found) = read(self.reads.clone()).await.map_err(storage)? {
-            return Ok(Some(found));
-        }
-        read(self.fresh(p).await?).await.map_err(storage)
+        self.read_or_fresh(self.reads.clone(), p, read, |status| status)
+            .await
     }
 
     /// A reader that sees, in partition `p`, every write acknowledged before the call.
@@ -223,10 +221,25 @@ impl Gateway {
             Some(offset) => self.reads.fresh_at(p, offset),
             None => self.fresh(p).await.map_err(unconfirmed)?,
         };
+        self.read_or_fresh(reader, p, read, unconfirmed).await
+    }
+
+    /// `read` from `reader`; on a miss, again from a replica that applied a new read index of
+    /// `p` (a failure to get one mapped by `no_index`).
+    async fn read_or_fresh<T, Fut>(
+        &self,
+        reader: StateReader,
+        p: PartitionId,
+        read: impl Fn(StateReader) -> Fut,
+        no_index: fn(Status) -> Status,
+    ) -> Result<Option<T>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Option<T>, ReadError>>,
+    {
         if let Some(found) = read(reader).await.map_err(storage)? {
             return Ok(Some(found));
         }
-        read(self.fresh(p).await.map_err(unconfirmed)?)
+        read(self.fresh(p).await.map_err(no_index)?)
             .await
             .map_err(storage)
     }

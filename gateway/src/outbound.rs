@@ -102,6 +102,15 @@ impl Outbound {
         kind: server_frame::Kind,
     ) -> Result<(), Status> {
         let frame = Ok(Box::new(pb::ServerFrame { kind: Some(kind) }));
+        // Most frames find room: only one that must wait starts the write deadline's clock
+        // (every message to every device comes through here).
+        let frame = match queue.try_send(frame) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Status::cancelled("the device went away"))
+            }
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
         match tokio::time::timeout(self.write_deadline, queue.send(frame)).await {
             Ok(sent) => sent.map_err(|_| Status::cancelled("the device went away")),
             Err(_) => {

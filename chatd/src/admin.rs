@@ -24,6 +24,9 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Most events one ReadEvents returns.
 pub const MAX_READ_EVENTS: u32 = 10_000;
 
+/// The longest a raw append waits for its partition to commit.
+const APPEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct AdminService {
     node: Arc<LogNode>,
     projector: Arc<Projector>,
@@ -169,7 +172,16 @@ impl Admin for AdminService {
             .iter()
             .map(|r| Dispatch::tagged(RAW_COMMAND_TAG, r))
             .collect();
-        let outcome = self.node.propose(p, commands).await.map_err(Status::from)?;
+        // Bounded like a device's write: a partition without a quorum takes the proposal and
+        // never answers, and an admin call must not hang on it.
+        let outcome = tokio::time::timeout(APPEND_TIMEOUT, self.node.propose(p, commands))
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "partition {p} did not commit the append within {APPEND_TIMEOUT:?}; it may still commit"
+                ))
+            })?
+            .map_err(Status::from)?;
         let offsets = outcome
             .outcomes
             .iter()

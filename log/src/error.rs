@@ -20,6 +20,13 @@ pub enum ProposeError {
         partition: PartitionId,
         message: String,
     },
+    /// The partition's proposal queue is full (it cannot commit as fast as it is asked to):
+    /// nothing was proposed, so a retry is safe and a later one may get in.
+    #[error("partition {} is overloaded: {message}", partition.0)]
+    Overloaded {
+        partition: PartitionId,
+        message: String,
+    },
     /// This node leads the partition but its disk is (nearly) full.
     #[error("node {node}: {full}")]
     DiskFull { node: NodeId, full: DiskFull },
@@ -60,7 +67,9 @@ impl ProposeError {
     pub fn code(&self) -> Code {
         match self {
             ProposeError::UnknownPartition(_) => Code::NotFound,
-            ProposeError::NotLeader(_) | ProposeError::Stopped { .. } => Code::Unavailable,
+            ProposeError::NotLeader(_)
+            | ProposeError::Stopped { .. }
+            | ProposeError::Overloaded { .. } => Code::Unavailable,
             ProposeError::DiskFull { .. } => Code::ResourceExhausted,
         }
     }

@@ -85,7 +85,7 @@ impl From<SeqError> for Status {
 }
 
 /// Mapped as `chat_log` maps it onto a status: not the leader and stopped are UNAVAILABLE (the
-/// leader hint kept), a full disk RESOURCE_EXHAUSTED, an unknown partition NOT_FOUND.
+/// leader hint kept), and so is an overloaded partition (a retry may get in); a full disk RESOURCE_EXHAUSTED, an unknown partition NOT_FOUND.
 impl From<ProposeError> for SeqError {
     fn from(e: ProposeError) -> SeqError {
         let message = e.to_string();
@@ -94,10 +94,12 @@ impl From<ProposeError> for SeqError {
                 message,
                 hint: Some(hint),
             },
-            ProposeError::Stopped { .. } => SeqError::Unavailable {
-                message,
-                hint: None,
-            },
+            ProposeError::Stopped { .. } | ProposeError::Overloaded { .. } => {
+                SeqError::Unavailable {
+                    message,
+                    hint: None,
+                }
+            }
             ProposeError::DiskFull { .. } => SeqError::Rejected {
                 code: RejectCode::ResourceExhausted,
                 message,

@@ -481,9 +481,18 @@ impl LogNode {
 
     /// Propose a map change to the metadata group on this node (its leader).
     pub(crate) async fn propose_meta(&self, command: pb::MetaCommand) -> Result<MapEpoch, Status> {
-        let outcome = self
-            .propose(PartitionId::META, vec![command.encode_to_vec()])
-            .await?;
+        // A metadata leader without its quorum takes the change and never answers: bounded.
+        let wait = Duration::from_secs(10);
+        let outcome = tokio::time::timeout(
+            wait,
+            self.propose(PartitionId::META, vec![command.encode_to_vec()]),
+        )
+        .await
+        .map_err(|_| {
+            Status::unavailable(format!(
+                "the metadata group did not commit the change within {wait:?}; it may still commit"
+            ))
+        })??;
         match outcome.outcomes.into_iter().next() {
             Some(CommandOutcome::Applied { reply, .. }) => {
                 let bytes: [u8; 8] = reply

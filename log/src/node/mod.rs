@@ -65,6 +65,11 @@ pub struct RaftTuning {
     pub snapshot_after_logs: u64,
     /// Raft log entries kept behind a snapshot for followers that lag a little.
     pub logs_kept_after_snapshot: u64,
+    /// Proposals that may wait for one partition's Raft writes; one more is refused
+    /// (`ProposeError::Overloaded`) instead of queueing without bound.
+    pub proposal_queue: usize,
+    /// Bytes of commands that may wait for, or be in, one partition's Raft writes.
+    pub proposal_queue_bytes: usize,
 }
 
 impl Default for RaftTuning {
@@ -75,6 +80,8 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 250,
             snapshot_after_logs: 20_000,
             logs_kept_after_snapshot: 5_000,
+            proposal_queue: 16_384,
+            proposal_queue_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -257,6 +264,10 @@ impl LogNode {
             engine: engine.clone(),
             peers,
             raft_config: Arc::new(raft_config(&config.raft)?),
+            queue: crate::batcher::QueueBounds {
+                proposals: config.raft.proposal_queue,
+                bytes: config.raft.proposal_queue_bytes,
+            },
             partitions: config.partitions,
             state_cache_mib: config.engine.state_cache_mib,
         };
@@ -902,6 +913,15 @@ fn publish_group(partition: &str, s: &PartitionStatus, replication_lag: Option<u
 }
 
 fn raft_config(t: &RaftTuning) -> anyhow::Result<Config> {
+    anyhow::ensure!(
+        t.proposal_queue > 0,
+        "[raft] proposal_queue must be positive (every write would be refused)"
+    );
+    anyhow::ensure!(
+        (1..=u32::MAX as usize).contains(&t.proposal_queue_bytes),
+        "[raft] proposal_queue_bytes must be between 1 and {}",
+        u32::MAX
+    );
     let config = Config {
         cluster_name: "chat".into(),
         heartbeat_interval: t.heartbeat_ms,

@@ -15,7 +15,7 @@ use openraft::{Config, Raft, ServerState};
 use tokio::sync::watch;
 
 use crate::apply::CommandHandler;
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, QueueBounds};
 use crate::engine::Engine;
 use crate::network::{NetworkFactory, PeerChannels, RaftGroups};
 use crate::store::{Leading, PartitionLogStore, PartitionStateMachine, StateCache, TypeConfig};
@@ -101,6 +101,7 @@ pub(crate) struct Opener {
     pub(crate) engine: Arc<Engine>,
     pub(crate) peers: PeerChannels,
     pub(crate) raft_config: Arc<Config>,
+    pub(crate) queue: QueueBounds,
     /// The cluster's partition count: each group's state cache gets its share of the budget.
     pub(crate) partitions: u32,
     pub(crate) state_cache_mib: u64,
@@ -131,7 +132,7 @@ impl Opener {
             .with_context(|| format!("start Raft of {p}"))?;
         raft.runtime_config().elect(false);
         tokio::spawn(track_leading(raft.metrics(), leading.clone()));
-        let batcher = Batcher::spawn(p, raft.clone());
+        let batcher = Batcher::spawn(p, raft.clone(), self.queue);
         Ok(Arc::new(Partition {
             id: p,
             raft,

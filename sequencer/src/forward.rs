@@ -163,6 +163,24 @@ impl Forwarder {
         Ok(client)
     }
 
+    /// Ask the node at `addr` for tokens of a user's send rate (see `send_rate.rs`).
+    pub(crate) async fn grant_sends(
+        &self,
+        addr: &str,
+        request: pb::GrantSendsRequest,
+        timeout: Duration,
+    ) -> Result<pb::GrantSendsReply, Status> {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout);
+        let mut client = self.peer(addr)?;
+        match tokio::time::timeout(timeout, client.grant_sends(request)).await {
+            Ok(reply) => Ok(reply?.into_inner()),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "{addr} did not answer within {timeout:?}"
+            ))),
+        }
+    }
+
     /// See [`Sequencer::read_index`](crate::Sequencer::read_index); `timeout` bounds the wait.
     pub(crate) async fn read_index(
         &self,

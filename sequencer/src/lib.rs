@@ -1,6 +1,7 @@
 //! `chat-sequencer`: the write path from "a device sends" to "one tick".
 //!
-//! - [`sequencer`]: [`Sequencer`], checking, rate limiting, routing and proposing commands,
+//! - [`sequencer`]: [`Sequencer`], checking, rate limiting (cluster-wide per user: `send_rate.rs`),
+//!   routing and proposing commands,
 //!   forwarding to the partition leader when this node is not it (`forward.rs`); its typed
 //!   helpers and history reads (`ops.rs`).
 //! - [`config`]: [`SequencerConfig`]. [`error`]: [`SeqError`] and its mappings onto statuses.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 mod forward;
 mod ops;
+mod send_rate;
 pub mod sequencer;
 pub mod service;
 pub mod workers;

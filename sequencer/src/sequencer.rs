@@ -16,16 +16,16 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_log::{Dispatch, LogNode, LogOffset, PartitionId, RejectCode};
+use chat_log::{Dispatch, LogNode, LogOffset, PartitionId};
 use chat_model::commands::{self, ChatCommand, CheckContext, CHAT_COMMAND_TAG};
 use chat_proto::chat_v1::{self as pb, command, command_reply};
 use chat_proto::AttachSecret;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::Message;
 
 use crate::config::SequencerConfig;
 use crate::error::{reply_of, unexpected, SeqError};
 use crate::forward::{leader_elsewhere, Forwarder};
+use crate::send_rate::SendRate;
 
 /// The longest pause between two tries of a command while no leader takes it.
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
@@ -34,7 +34,7 @@ const MAX_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Sequencer {
     pub(crate) node: Arc<LogNode>,
     pub(crate) config: SequencerConfig,
-    send_limiter: DefaultKeyedRateLimiter<u64>,
+    send_rate: Arc<SendRate>,
     forwarder: Forwarder,
 }
 
@@ -48,12 +48,10 @@ impl Sequencer {
             NonZeroU32::new(config.sends_per_second).ok_or("sends_per_second must be positive")?;
         let burst = NonZeroU32::new(config.send_burst).ok_or("send_burst must be positive")?;
         let secret = AttachSecret::new(cluster_secret).map_err(|e| e.to_string())?;
-        // Shown as 0 until the first refusal, rather than absent.
-        metrics::counter!("chatd_sends_rate_limited_total").increment(0);
         Ok(Sequencer {
             forwarder: Forwarder::new(node.clone(), secret),
+            send_rate: SendRate::new(node.clone(), rate, burst),
             node,
-            send_limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             config,
         })
     }
@@ -81,7 +79,11 @@ impl Sequencer {
         forwarded: bool,
         within: Option<Duration>,
     ) -> Result<pb::CommandReply, SeqError> {
-        let partition = self.prepare(&mut command, forwarded)?;
+        let partition = self.prepare(&mut command)?;
+        // Counted once, where the send entered the cluster.
+        if let (Some(command::Kind::SendMessage(m)), false) = (&command.kind, forwarded) {
+            self.send_rate.admit(m.sender_user, &self.forwarder).await?;
+        }
         let bytes = Dispatch::tagged(CHAT_COMMAND_TAG, &command.encode_to_vec());
         let started = Instant::now();
         let deadline = started + within.unwrap_or(self.config.submit_timeout);
@@ -130,28 +132,19 @@ impl Sequencer {
         }
     }
 
-    /// Check a command (filling in derived ids), count a send against its sender's rate, and
-    /// return the partition it goes to.
-    fn prepare(&self, command: &mut pb::Command, forwarded: bool) -> Result<PartitionId, SeqError> {
+    /// Check a command (filling in derived ids) and return the partition it goes to.
+    fn prepare(&self, command: &mut pb::Command) -> Result<PartitionId, SeqError> {
         let cx = CheckContext {
             limits: &self.config.limits,
             partitions: self.node.partition_count(),
         };
-        let partition = commands::check(command, &cx)?;
-        // Counted once, where the send entered the cluster.
-        if let Some(command::Kind::SendMessage(m)) = &command.kind {
-            if !forwarded && self.send_limiter.check_key(&m.sender_user).is_err() {
-                metrics::counter!("chatd_sends_rate_limited_total").increment(1);
-                return Err(SeqError::Rejected {
-                    code: RejectCode::ResourceExhausted,
-                    message: format!(
-                        "user {} is sending faster than {} messages/s",
-                        m.sender_user, self.config.sends_per_second
-                    ),
-                });
-            }
-        }
-        Ok(partition)
+        Ok(commands::check(command, &cx)?)
+    }
+
+    /// At a user's home (the leader of the user's partition): up to `want` of the user's send
+    /// tokens for another node to spend (`chat.v1.Sequencer/GrantSends`).
+    pub fn grant_sends(&self, user: u64, want: u32) -> Result<pb::GrantSendsReply, SeqError> {
+        self.send_rate.grant(user, want)
     }
 
     /// Submit one command and answer its reply's kind.

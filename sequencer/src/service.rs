@@ -74,6 +74,15 @@ impl SequencerRpc for SequencerService {
         )))
     }
 
+    async fn grant_sends(
+        &self,
+        request: Request<pb::GrantSendsRequest>,
+    ) -> Result<Response<pb::GrantSendsReply>, Status> {
+        let r = request.into_inner();
+        let reply = self.sequencer.grant_sends(r.user_id, r.want)?;
+        Ok(Response::new(reply))
+    }
+
     async fn submit(
         &self,
         request: Request<SubmitRequest>,

@@ -343,6 +343,20 @@ impl LogNode {
             .is_some_and(|part| part.leader() == Some(self.config.node_id))
     }
 
+    /// Who leads `p` as this node knows it, asking no one: the group's own view where this node
+    /// holds `p`, else the replica the partition map names (which redirects if it does not
+    /// lead). None during an election, or for an unknown partition.
+    pub fn leader_hint(&self, p: PartitionId) -> Option<(NodeId, String)> {
+        match self.partition(p) {
+            Ok(part) => {
+                let status = part.status();
+                Some((status.leader_id?, status.leader_addr?))
+            }
+            Err(ProposeError::NotLeader(hint)) => Some((hint.leader_id?, hint.leader_addr?)),
+            Err(_) => None,
+        }
+    }
+
     /// The source address for connections to other nodes (None: the OS chooses). Every
     /// node-to-node connection (Raft, forwarding, presence) uses it, so faults between node
     /// addresses cut all of them.

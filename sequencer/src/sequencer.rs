@@ -30,6 +30,25 @@ use crate::send_rate::SendRate;
 /// The longest pause between two tries of a command while no leader takes it.
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
+/// An UNAVAILABLE answer to a device says what it means for the command: an earlier try may
+/// have reached a leader (a forward whose answer was lost in transport, a leader that took it
+/// and then lost its quorum), so the command may have been committed, never "it was not".
+fn possibly_committed(err: SeqError) -> SeqError {
+    match err {
+        SeqError::Unavailable { message, hint }
+            if !message.contains("may still commit") && !message.contains("may have been") =>
+        {
+            SeqError::Unavailable {
+                message: format!(
+                    "{message}; the command may have been committed: resubmitting it with the same id is safe"
+                ),
+                hint,
+            }
+        }
+        other => other,
+    }
+}
+
 /// The write path of one node.
 pub struct Sequencer {
     pub(crate) node: Arc<LogNode>,
@@ -125,7 +144,7 @@ impl Sequencer {
             // forwarded command is retried by the node it came from.
             let retry = matches!(err, SeqError::Unavailable { .. });
             if !retry || forwarded || Instant::now() + backoff > deadline {
-                return Err(err);
+                return Err(possibly_committed(err));
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -88,6 +88,16 @@ impl Cluster {
         extra: &str,
         data_dirs: &BTreeMap<u64, PathBuf>,
     ) -> Cluster {
+        Cluster::start_each(n, partitions, |_| extra.to_string(), data_dirs)
+    }
+
+    /// Like [`Cluster::start_on`], with each node's `extra` TOML from `extra(id)`.
+    pub fn start_each(
+        n: u64,
+        partitions: u32,
+        extra: impl Fn(u64) -> String,
+        data_dirs: &BTreeMap<u64, PathBuf>,
+    ) -> Cluster {
         let dir = TempDir::new().unwrap();
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -104,7 +114,7 @@ impl Cluster {
                     .cloned()
                     .unwrap_or_else(|| dir.path().join(format!("n{id}")));
                 let config = dir.path().join(format!("n{id}.toml"));
-                write_config(&config, id, &data_dir, partitions, extra, &peers);
+                write_config(&config, id, &data_dir, partitions, &extra(id), &peers);
                 NodeProc {
                     id,
                     addr: addrs[id as usize - 1].clone(),

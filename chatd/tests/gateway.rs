@@ -609,6 +609,26 @@ async fn a_member_added_later_reads_nothing_from_before_and_wild_cursors_are_ref
         .change_members(chat, &[bob.handle.clone()], &[])
         .await
         .unwrap();
+    // Bob's inbox shows the chat from his join: not who spoke last before it, nor when.
+    let last_before = alice.client.history(chat, 0, 0, 10).await.unwrap().messages[2].clone();
+    let deadline = std::time::Instant::now() + WAIT;
+    let entry = loop {
+        let inbox = bob.client.inbox().await.unwrap();
+        if let Some(entry) = inbox.into_iter().find(|e| e.chat_id == chat) {
+            break entry;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chat never reached bob's inbox"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(entry.last_sender, 0, "{entry:?}");
+    assert_eq!(entry.unread, 0, "{entry:?}");
+    assert!(
+        entry.last_activity_ms >= last_before.server_ts_ms,
+        "{entry:?}"
+    );
     for i in 1..=2 {
         sender
             .send(chat, format!("after {i}").into_bytes())

@@ -73,6 +73,10 @@ pub struct Mark {
     /// The seq of the member's last message in the chat (0: none).
     #[prost(uint64, tag = "4")]
     pub last_sent: u64,
+    /// Server time of the member's join (0: a founding member, or a mark stored before this
+    /// field was).
+    #[prost(uint64, tag = "5")]
+    pub joined_ms: u64,
 }
 
 /// A member's ticks: what every other member has delivered / read.
@@ -486,6 +490,7 @@ impl Projection for ChatsProjection {
                     delivered: c.last_seq,
                     read: c.last_seq,
                     last_sent: 0,
+                    joined_ms: event.timestamp_ms,
                 };
                 let updates: Vec<(u64, Option<Mark>)> = c
                     .added
@@ -538,6 +543,18 @@ pub struct InboxEntry {
     pub ticks: Ticks,
 }
 
+/// The summary as a member who joined after the chat's last message may see it: who sent that
+/// message and when are not theirs, so the chat shows no sender and the time of the join (0 for
+/// a mark stored before joins had a time).
+fn from_the_join(mut summary: ChatSummary, mark: &Mark) -> ChatSummary {
+    let added_later = mark.joined_after > 0 || mark.joined_ms > 0;
+    if added_later && summary.last_seq <= mark.joined_after {
+        summary.last_sender = 0;
+        summary.last_activity_ms = mark.joined_ms;
+    }
+    summary
+}
+
 /// `user`'s inbox entry for `chat`, from the partition `view` reads (the chat's). Its three
 /// keys are read at once.
 pub async fn inbox_entry(
@@ -565,6 +582,7 @@ pub async fn inbox_entry(
         None => Lowest::default(),
     };
     let seen = mark.read.max(mark.joined_after);
+    let summary = from_the_join(summary, &mark);
     Ok(Some(InboxEntry {
         chat,
         unread: summary.last_seq.saturating_sub(seen),

@@ -120,6 +120,7 @@ impl Admin for AdminService {
             purged_index: p.purged_index.unwrap_or_default(),
             voters: p.voters,
             learners: p.learners,
+            damage: p.damage.unwrap_or_default(),
         };
         let partitions = status.partitions.into_iter().map(to_pb).collect();
         let disk = status.disk;
@@ -448,6 +449,18 @@ impl Admin for AdminService {
         let p = self.partition(r.partition)?;
         let leader_id = self.node.transfer_leadership(p, r.to_node).await?;
         Ok(Response::new(TransferLeaderReply { leader_id }))
+    }
+
+    async fn repair_partition(
+        &self,
+        request: Request<RepairPartitionRequest>,
+    ) -> Result<Response<RepairPartitionReply>, Status> {
+        let p = self.partition(request.into_inner().partition)?;
+        let report = self.node.repair_partition(p).await?;
+        Ok(Response::new(RepairPartitionReply {
+            from_leader: report.from_leader,
+            last_offset: report.last_offset,
+        }))
     }
 
     async fn set_balancing(

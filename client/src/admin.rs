@@ -285,6 +285,18 @@ impl Admin {
         Ok(self.client.backup(BackupRequest {}).await?.into_inner())
     }
 
+    /// Rebuild this node's replica of `partition` from its healthy replicas; answers when done.
+    pub async fn repair_partition(
+        &mut self,
+        partition: u32,
+    ) -> anyhow::Result<RepairPartitionReply> {
+        Ok(self
+            .client
+            .repair_partition(RepairPartitionRequest { partition })
+            .await?
+            .into_inner())
+    }
+
     pub async fn verify(&mut self) -> anyhow::Result<VerifyReply> {
         Ok(self
             .client
@@ -334,8 +346,16 @@ pub fn format_status(s: &StatusReply) -> String {
             let ids: Vec<String> = p.learners.iter().map(u64::to_string).collect();
             format!(" (+learners {})", ids.join(","))
         };
+        let damage = if p.damage.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  DAMAGED: {} (chatctl repair --partition {})",
+                p.damage, p.partition
+            )
+        };
         out.push_str(&format!(
-            "{:<10} {:<10} {:<5} {:<17} {:<11} {:<8} {:<12} {:<9} {:<7} {}{learners}\n",
+            "{:<10} {:<10} {:<5} {:<17} {:<11} {:<8} {:<12} {:<9} {:<7} {}{learners}{damage}\n",
             name,
             p.role,
             p.term,
@@ -421,6 +441,7 @@ fn partition_json(p: &PartitionStatus) -> serde_json::Value {
         "purged_index": p.purged_index,
         "voters": p.voters,
         "learners": p.learners,
+        "damage": (!p.damage.is_empty()).then_some(&p.damage),
     })
 }
 

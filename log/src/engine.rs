@@ -66,6 +66,12 @@ fn is_no_space(message: &str) -> bool {
 }
 
 impl StoreError {
+    /// Whether this is a stored record that failed its check (crc32 or decoding): data lost on
+    /// this replica, not a failure of the disk or the engine.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StoreError::Corrupt(_) | StoreError::Decode { .. })
+    }
+
     pub fn decode(what: impl Into<String>, err: impl std::fmt::Display) -> Self {
         StoreError::Decode {
             what: what.into(),

@@ -61,7 +61,8 @@ pub use engine::{Durability, EngineConfig, EngineSizes, StoreError};
 pub use error::ProposeError;
 pub use network::MAX_MESSAGE_BYTES;
 pub use node::{
-    LogNode, LogNodeConfig, NodeStatus, PartitionStatus, RaftTuning, StorageClosed, SyncCounts,
+    LogNode, LogNodeConfig, NodeStatus, PartitionStatus, RaftTuning, RepairReport, StorageClosed,
+    SyncCounts,
 };
 pub use remote::{ReadError, Replicas, Space};
 pub use store::TypeConfig;

@@ -121,6 +121,11 @@ impl ReplicaService {
     fn held(&self, p: u32) -> Result<PartitionId, Status> {
         let p = PartitionId(p);
         self.node.replica_here(p)?;
+        if !self.node.serves_reads(p) {
+            return Err(Status::unavailable(format!(
+                "this node's replica of {p} is damaged: ask another replica"
+            )));
+        }
         Ok(p)
     }
 
@@ -262,9 +267,10 @@ impl Replicas {
     }
 
     /// Whether to read `p` here: this node holds it as a voter (a learner still catching up
-    /// would answer from far behind), or there is no map yet (every node holds every partition).
+    /// would answer from far behind), or there is no map yet (every node holds every partition),
+    /// and its replica is not damaged (or no other could answer).
     fn here(&self, p: PartitionId) -> bool {
-        if !self.node.hosts(p) {
+        if !self.node.hosts(p) || !self.node.serves_reads(p) {
             return false;
         }
         match self.node.map() {
@@ -290,6 +296,24 @@ impl Replicas {
                 "this node has not applied offset {floor} within {READ_TIMEOUT:?}"
             ))),
             Err(e) => Err(unavailable(e.to_string())),
+        }
+    }
+
+    /// A read of this node's replica: its value, or None when it found the replica damaged and
+    /// others may answer instead (the damage is kept in `lost`, the answer if none does).
+    fn local<T>(
+        &self,
+        p: PartitionId,
+        result: Result<T, StoreError>,
+        lost: &mut Option<StoreError>,
+    ) -> Result<Option<T>, ReadError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.is_damage() && self.node.has_healthy_peers(p) => {
+                *lost = Some(e);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -319,6 +343,8 @@ impl Replicas {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let mut detail = format!("the partition map names no replica of {p}");
+        // A replica that answers DATA_LOSS has a damaged record: the next may have it intact.
+        let mut lost = None;
         for (id, addr) in self.candidates(p) {
             let (client, secret) = match self.node.replica_client(id, &addr) {
                 Ok(c) => c,
@@ -330,18 +356,21 @@ impl Replicas {
             match tokio::time::timeout(READ_TIMEOUT, call(client, secret)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(status)) if status.code() == tonic::Code::DataLoss => {
-                    return Err(ReadError::Store(StoreError::decode(
+                    lost = Some(StoreError::decode(
                         format!("{p} on node {id}"),
                         status.message(),
-                    )))
+                    ));
                 }
                 Ok(Err(status)) => detail = format!("node {id}: {}", status.message()),
                 Err(_) => detail = format!("node {id}: no answer within {READ_TIMEOUT:?}"),
             }
         }
-        Err(ReadError::Unavailable {
-            partition: p,
-            detail,
+        Err(match lost {
+            Some(e) => ReadError::Store(e),
+            None => ReadError::Unavailable {
+                partition: p,
+                detail,
+            },
         })
     }
 
@@ -353,12 +382,16 @@ impl Replicas {
         key: &[u8],
         floor: LogOffset,
     ) -> Result<Option<Vec<u8>>, ReadError> {
+        let mut lost = None;
         if self.here(p) {
             self.reach_here(p, floor).await?;
-            return Ok(match space {
-                Space::State => self.node.handler_get(p, key)?,
-                Space::Derived(ns) => self.node.derived().get(p, ns, key)?,
-            });
+            let value = match space {
+                Space::State => self.node.handler_get(p, key),
+                Space::Derived(ns) => self.node.derived().get(p, ns, key),
+            };
+            if let Some(value) = self.local(p, value, &mut lost)? {
+                return Ok(value);
+            }
         }
         self.remote(p, |mut client, secret| {
             let request = ReplicaGetRequest {
@@ -376,6 +409,7 @@ impl Replicas {
             }
         })
         .await
+        .map_err(|e| keep_loss(e, lost))
     }
 
     /// Up to `limit` entries of `p`'s handler state with keys in `from..to`, from a replica
@@ -388,9 +422,13 @@ impl Replicas {
         limit: usize,
         floor: LogOffset,
     ) -> Result<StateEntries, ReadError> {
+        let mut lost = None;
         if self.here(p) {
             self.reach_here(p, floor).await?;
-            return Ok(self.node.handler_scan(p, from, to, limit)?);
+            let entries = self.node.handler_scan(p, from, to, limit);
+            if let Some(entries) = self.local(p, entries, &mut lost)? {
+                return Ok(entries);
+            }
         }
         self.remote(p, |mut client, secret| {
             let request = ReplicaScanRequest {
@@ -405,6 +443,7 @@ impl Replicas {
             async move { scan_reply(client.scan(with_secret(request, &secret)).await?) }
         })
         .await
+        .map_err(|e| keep_loss(e, lost))
     }
 
     /// Up to `limit` entries of `p`'s handler state whose keys start with `prefix`, from a
@@ -463,9 +502,13 @@ impl Replicas {
         from: LogOffset,
         limit: usize,
     ) -> Result<(Vec<LogEvent>, LogOffset), ReadError> {
+        let mut lost = None;
         if self.here(p) {
             if let Ok(last) = self.node.last_offset(p) {
-                return Ok((self.node.read_events(p, from, limit)?, last));
+                let events = self.node.read_events(p, from, limit);
+                if let Some(events) = self.local(p, events, &mut lost)? {
+                    return Ok((events, last));
+                }
             }
         }
         self.remote(p, |mut client, secret| {
@@ -482,6 +525,7 @@ impl Replicas {
             }
         })
         .await
+        .map_err(|e| keep_loss(e, lost))
     }
 
     /// The events of `p` at `offsets` (those that exist, in the order asked; at most
@@ -500,13 +544,17 @@ impl Replicas {
             .max()
             .unwrap_or(LogOffset(0))
             .max(floor);
+        let mut lost = None;
         if self.here(p) {
             self.reach_here(p, highest).await?;
-            let mut events = Vec::with_capacity(offsets.len());
-            for &offset in offsets {
-                events.extend(self.node.read_event(p, offset)?);
+            let read = offsets
+                .iter()
+                .map(|&offset| self.node.read_event(p, offset))
+                .filter_map(Result::transpose)
+                .collect::<Result<Vec<_>, _>>();
+            if let Some(events) = self.local(p, read, &mut lost)? {
+                return Ok(events);
             }
-            return Ok(events);
         }
         self.remote(p, |mut client, secret| {
             let request = ReplicaEventsRequest {
@@ -521,6 +569,7 @@ impl Replicas {
             }
         })
         .await
+        .map_err(|e| keep_loss(e, lost))
     }
 
     /// Follow `p`'s committed events from offset `from`, wherever its replicas are: this
@@ -537,7 +586,7 @@ impl Replicas {
                     return;
                 }
                 let follow = async {
-                    if replicas.node.hosts(p) {
+                    if replicas.node.hosts(p) && replicas.node.serves_reads(p) {
                         replicas.follow_local(p, &mut next, &tx).await
                     } else {
                         replicas.follow_remote(p, &mut next, &tx).await
@@ -633,6 +682,15 @@ impl Replicas {
             return Ok(());
         }
         Ok(())
+    }
+}
+
+/// A read that found this node's replica damaged and no other replica to answer: the damage
+/// is the answer (DATA_LOSS), not "unavailable".
+fn keep_loss(e: ReadError, lost: Option<StoreError>) -> ReadError {
+    match (e, lost) {
+        (ReadError::Unavailable { .. }, Some(lost)) => ReadError::Store(lost),
+        (e, _) => e,
     }
 }
 

@@ -164,6 +164,13 @@ enum Cmd {
     },
     /// Re-read every stored record on the node and check its crc32. Exit status 1 on any error.
     Verify,
+    /// Rebuild this node's replica of a partition from its healthy replicas (after `status`
+    /// shows it damaged, or `verify` finds a record of it corrupt). Ask the node whose replica
+    /// it is (--addr); the others keep serving meanwhile.
+    Repair {
+        #[arg(long, short)]
+        partition: u32,
+    },
     /// Retention: `run` sweeps now (the partitions the node leads; every partition on a single
     /// node, --endpoints for each node of a cluster).
     #[command(subcommand)]
@@ -631,6 +638,21 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     bar.set_message(format!("{} partition(s) rebuilding", pending.len()));
                 }
             }
+        }
+        Cmd::Repair { partition } => {
+            let working = spinner(&format!(
+                "rebuilding partition {partition} from its healthy replicas (out of the group, delete, catch up, back in)"
+            ));
+            let reply = admin.repair_partition(partition).await;
+            working.finish_and_clear();
+            let reply = reply?;
+            let value = json!({"partition": partition, "from_leader": reply.from_leader, "last_offset": reply.last_offset});
+            emit(output, value, || {
+                format!(
+                    "partition {partition} repaired: caught up from node {} to offset {}, a voter again\n",
+                    reply.from_leader, reply.last_offset
+                )
+            });
         }
         Cmd::Verify => {
             let working = spinner("re-reading every stored record and checking its crc32");

@@ -815,6 +815,11 @@ impl LogNode {
                 "node {me}'s disk is below its reserve: it does not take leaderships"
             )));
         }
+        if let Some(why) = self.damaged(p) {
+            return Err(Status::failed_precondition(format!(
+                "node {me}'s replica of {p} is damaged ({why}): it takes no leadership until repaired"
+            )));
+        }
         // The lease runs from the leader's last heartbeat, at most one interval before it
         // stopped them.
         let wait = Duration::from_millis(

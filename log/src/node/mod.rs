@@ -8,6 +8,8 @@
 //! (`membership.rs`). The loops beside the groups (disk watch, election grace, heartbeats) are
 //! in `tasks.rs`; one group and the registry of them in `partition.rs`.
 
+mod damage;
+pub use damage::RepairReport;
 mod membership;
 mod partition;
 mod tasks;
@@ -162,6 +164,9 @@ pub struct PartitionStatus {
     pub purged_index: Option<u64>,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+    /// Why this replica is damaged (a record failed its check), if it is: it serves no reads
+    /// of the partition and leads it not, until `chatctl repair`.
+    pub damage: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -210,6 +215,8 @@ pub struct LogNode {
     /// Set once the start-up grace is over (`open_elections`). Whether the groups stand
     /// for election is changed only under this lock, by the grace and by the disk watch.
     elections_open: Mutex<bool>,
+    /// Partitions whose replica here failed a check (see `damage.rs`).
+    damage: damage::Damage,
 }
 
 impl LogNode {
@@ -295,6 +302,7 @@ impl LogNode {
             stopping: watch::Sender::new(false),
             stepped_away: std::sync::atomic::AtomicBool::new(false),
             elections_open: Mutex::new(false),
+            damage: damage::Damage::default(),
         });
         let held = node.partitions_with_state()?;
         let upgraded = !held.is_empty() && !node.has_raft_state(PartitionId::META)?;
@@ -320,6 +328,7 @@ impl LogNode {
         ));
         let every = Duration::from_millis(node.config.raft.heartbeat_ms);
         tokio::spawn(tasks::send_heartbeats(Arc::downgrade(&node), every));
+        tokio::spawn(damage::keep_leaderships_away(Arc::downgrade(&node)));
         tokio::spawn(tasks::publish_map(Arc::downgrade(&node)));
         tokio::spawn(tasks::follow_map(Arc::downgrade(&node)));
         tokio::spawn(crate::placement::driver::run(Arc::downgrade(&node)));
@@ -576,18 +585,21 @@ impl LogNode {
     ) -> Result<Vec<LogEvent>, StoreError> {
         let from = from.max(LogOffset(1));
         let start = codec::event_key(p, from);
-        let mut events = Vec::new();
-        for item in self
-            .engine
-            .scan_from(cf::EVENTS, &start, codec::partition_end(p))
-            .take(limit)
-        {
-            let (key, payload) = item?;
-            let event = LogEvent::decode(payload.as_slice())
-                .map_err(|e| StoreError::decode(codec::describe_key(cf::EVENTS, &key), e))?;
-            events.push(event);
-        }
-        Ok(events)
+        let read = || {
+            let mut events = Vec::new();
+            for item in self
+                .engine
+                .scan_from(cf::EVENTS, &start, codec::partition_end(p))
+                .take(limit)
+            {
+                let (key, payload) = item?;
+                let event = LogEvent::decode(payload.as_slice())
+                    .map_err(|e| StoreError::decode(codec::describe_key(cf::EVENTS, &key), e))?;
+                events.push(event);
+            }
+            Ok(events)
+        };
+        self.note(p, read())
     }
 
     /// Read one event of `p` from this node's replica.
@@ -602,10 +614,11 @@ impl LogNode {
 
     /// Read a command handler's state key of `p` from this node's replica.
     pub fn handler_get(&self, p: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.engine.get(
+        let value = self.engine.get(
             cf::STATE,
             &codec::state_key(p, codec::StateNs::Handler, key),
-        )
+        );
+        self.note(p, value)
     }
 
     /// Read up to `limit` of a command handler's state entries of `p` whose keys start with
@@ -631,11 +644,13 @@ impl LogNode {
         let start = codec::state_key(p, codec::StateNs::Handler, from);
         let end = codec::state_key(p, codec::StateNs::Handler, to);
         let skip = start.len() - from.len();
-        self.engine
+        let entries = self
+            .engine
             .scan_from(cf::STATE, &start, end)
             .take(limit)
             .map(|item| item.map(|(k, v)| (k[skip..].to_vec(), v)))
-            .collect()
+            .collect();
+        self.note(p, entries)
     }
 
     /// The last offset applied on this node's replica of `p`.
@@ -779,7 +794,10 @@ impl LogNode {
             .groups
             .all()
             .iter()
-            .map(|part| part.status())
+            .map(|part| PartitionStatus {
+                damage: self.damage.get(part.id),
+                ..part.status()
+            })
             .partition(|s| s.partition == PartitionId::META);
         NodeStatus {
             node_id: self.config.node_id,

@@ -91,6 +91,7 @@ impl Partition {
             purged_index: m.purged.map(|l| l.index),
             voters: voters.into_iter().collect(),
             learners: learners.into_iter().collect(),
+            damage: None,
         }
     }
 }

@@ -42,7 +42,7 @@ pub(super) fn watch_disk(node: Weak<LogNode>) {
         stepped_away = low;
         let open = node.elections_open.lock().expect("elections lock");
         for part in node.groups.all() {
-            if part.voters().len() < 2 {
+            if part.voters().len() < 2 || node.damaged(part.id).is_some() {
                 continue;
             }
             part.raft.runtime_config().elect(!low && *open);
@@ -71,6 +71,10 @@ pub(super) fn let_stand(node: &LogNode, part: &Partition) {
     }
     let open = node.elections_open.lock().expect("elections lock");
     let alone = part.voters() == [node.config.node_id];
+    // A damaged replica with healthy peers stands for nothing (`damage.rs`).
+    if !alone && node.damaged(part.id).is_some() {
+        return;
+    }
     // The disk watch keeps a group of one leading (it has no one to hand over to).
     if (*open && !node.stepped_away.load(Relaxed)) || alone {
         part.raft.runtime_config().elect(true);

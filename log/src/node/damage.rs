@@ -15,6 +15,7 @@
 //! (`chatctl verify` finds every damaged record at once).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -31,25 +32,48 @@ const STEP: Duration = Duration::from_secs(30);
 
 /// What this node found damaged, per partition.
 #[derive(Default)]
-pub(crate) struct Damage(Mutex<BTreeMap<PartitionId, String>>);
+pub(crate) struct Damage {
+    partitions: Mutex<BTreeMap<PartitionId, String>>,
+    /// Whether any partition is damaged: every read asks, and almost always none is, so the
+    /// answer takes no lock.
+    any: AtomicBool,
+}
 
 impl Damage {
     /// Mark `p` damaged by `why`; true if it was not already.
     fn mark(&self, p: PartitionId, why: &StoreError) -> bool {
-        let mut damaged = self.0.lock().expect("damage lock");
+        let mut damaged = self.partitions.lock().expect("damage lock");
         if damaged.contains_key(&p) {
             return false;
         }
         damaged.insert(p, why.to_string());
+        self.any.store(true, Ordering::Release);
         true
     }
 
     pub(crate) fn get(&self, p: PartitionId) -> Option<String> {
-        self.0.lock().expect("damage lock").get(&p).cloned()
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        self.partitions
+            .lock()
+            .expect("damage lock")
+            .get(&p)
+            .cloned()
     }
 
     fn clear(&self, p: PartitionId) {
-        self.0.lock().expect("damage lock").remove(&p);
+        let mut damaged = self.partitions.lock().expect("damage lock");
+        damaged.remove(&p);
+        self.any.store(!damaged.is_empty(), Ordering::Release);
+    }
+
+    fn all(&self) -> Vec<PartitionId> {
+        if !self.any.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let damaged = self.partitions.lock().expect("damage lock");
+        damaged.keys().copied().collect()
     }
 }
 
@@ -192,15 +216,7 @@ pub(super) async fn keep_leaderships_away(node: Weak<LogNode>) {
             return;
         }
         let me = node.config.node_id;
-        let damaged: Vec<PartitionId> = node
-            .damage
-            .0
-            .lock()
-            .expect("damage lock")
-            .keys()
-            .copied()
-            .collect();
-        for p in damaged {
+        for p in node.damage.all() {
             if !node.is_leader(p) {
                 continue;
             }

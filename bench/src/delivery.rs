@@ -132,9 +132,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 pub async fn connect_retrying(addr: &str) -> anyhow::Result<ChatClient> {
+    connect_retrying_via(&chat_tls::Dialer::plain(), addr).await
+}
+
+/// [`connect_retrying`] through `dialer` (plaintext or TLS).
+pub async fn connect_retrying_via(
+    dialer: &chat_tls::Dialer,
+    addr: &str,
+) -> anyhow::Result<ChatClient> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match ChatClient::connect(addr).await {
+        match ChatClient::connect_via(dialer, addr).await {
             Ok(c) => {
                 // Wait until registration works (leaders elected).
                 let mut probe = c.clone();

@@ -51,7 +51,8 @@ pub struct Args {
     /// chatd partitions.
     #[arg(long, default_value_t = 8)]
     partitions: u32,
-    /// Which systems to run (`nats`, `chatd`).
+    /// Which systems to run: `nats`, `chatd`, and `chatd-tls` (chatd with TLS on every link:
+    /// mutual TLS between nodes, devices on the public address over TLS).
     #[arg(long, value_delimiter = ',', default_value = "nats,chatd")]
     systems: Vec<String>,
     /// A word naming this run in the JSON lines (a commit, "before", "after").
@@ -128,8 +129,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for system in &args.systems {
         match system.as_str() {
             "nats" => cells.extend(run_nats(&args, dir.path(), slots).await?),
-            "chatd" => cells.extend(run_chatd(&args, dir.path(), slots).await?),
-            other => bail!("unknown system {other:?} (nats, chatd)"),
+            "chatd" => cells.extend(run_chatd(&args, dir.path(), slots, false).await?),
+            "chatd-tls" => cells.extend(run_chatd(&args, dir.path(), slots, true).await?),
+            other => bail!("unknown system {other:?} (nats, chatd, chatd-tls)"),
         }
     }
     print_table(&cells, &floor);
@@ -442,32 +444,92 @@ impl Target for Chatd {
     }
 }
 
-async fn run_chatd(args: &Args, dir: &Path, slots: usize) -> anyhow::Result<Vec<Cell>> {
+async fn run_chatd(args: &Args, dir: &Path, slots: usize, tls: bool) -> anyhow::Result<Vec<Cell>> {
     ensure!(
         args.chatd.exists(),
         "no chatd at {} (cargo build --release -p chatd)",
         args.chatd.display()
     );
-    let dir = dir.join("chatd");
+    let system = if tls { "chatd-tls" } else { "chatd" };
+    let dir = dir.join(system);
     std::fs::create_dir_all(&dir)?;
-    let (addrs, procs): (Vec<String>, Procs) =
-        start_processes(&args.chatd, &dir, 3, args.partitions, CHATD_CONFIG)?;
-    println!("chatd, 3 processes, {} partitions", args.partitions);
-    let devices = open_devices(&addrs, slots).await?;
+    let (addrs, procs, dialer) = if tls {
+        start_chatd_tls(args, &dir)?
+    } else {
+        let (addrs, procs) = start_processes(&args.chatd, &dir, 3, args.partitions, CHATD_CONFIG)?;
+        (addrs, procs, chat_tls::Dialer::plain())
+    };
+    println!("{system}, 3 processes, {} partitions", args.partitions);
+    let devices = open_devices(&dialer, &addrs, slots).await?;
     let target = Arc::new(Chatd {
         devices,
         payload: vec![0x5a; args.payload],
     });
     let pids: Vec<u32> = (1..=3).map(|i| procs.pid(i)).collect();
-    run_cells("chatd", target, args, slots, &pids).await
+    run_cells(system, target, args, slots, &pids).await
+}
+
+/// Three chatd processes with TLS on every link: a CA and node certificates made here (as
+/// `chatctl certs` makes them), nodes talking mutual TLS on their internal addresses, devices on
+/// separate public addresses over TLS. Answers the public addresses and a dialer trusting the CA.
+fn start_chatd_tls(
+    args: &Args,
+    dir: &Path,
+) -> anyhow::Result<(Vec<String>, Procs, chat_tls::Dialer)> {
+    use chat_tls::ca::{self, Kind};
+    let certs = dir.join("certs");
+    let authority = ca::new_ca("bench", 30)?;
+    let (ca_pem, _) = ca::write(&certs, "ca", &authority)?;
+    let mut public = Vec::new();
+    for i in 1..=3 {
+        let issued = ca::issue(
+            &authority,
+            Kind::Node,
+            &format!("node{i}"),
+            &["127.0.0.1".into()],
+            30,
+        )?;
+        ca::write(&certs, &format!("node{i}"), &issued)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        public.push(format!("127.0.0.1:{port}"));
+    }
+    let node_args = |i: u64| {
+        let file = |ext: &str| certs.join(format!("node{i}.{ext}")).display().to_string();
+        vec![
+            "--tls-ca".to_string(),
+            ca_pem.display().to_string(),
+            "--tls-cert".to_string(),
+            file("pem"),
+            "--tls-key".to_string(),
+            file("key"),
+            "--public-listen".to_string(),
+            public[i as usize - 1].clone(),
+        ]
+    };
+    let (_, procs) = crate::latency::start_processes_with(
+        &args.chatd,
+        dir,
+        3,
+        args.partitions,
+        CHATD_CONFIG,
+        node_args,
+    )?;
+    let dialer = chat_tls::Dialer::fixed(chat_tls::client_config(Some(&ca_pem), None)?);
+    Ok((public, procs, dialer))
 }
 
 /// `n` users, each with one device streaming from node `i mod 3` and its own direct chat (with a
 /// partner who stays offline), so chats spread over every partition.
-async fn open_devices(addrs: &[String], n: usize) -> anyhow::Result<Vec<DevicePipe>> {
+async fn open_devices(
+    dialer: &chat_tls::Dialer,
+    addrs: &[String],
+    n: usize,
+) -> anyhow::Result<Vec<DevicePipe>> {
     let mut clients = Vec::new();
     for a in addrs {
-        clients.push(crate::delivery::connect_retrying(a).await?);
+        clients.push(crate::delivery::connect_retrying_via(dialer, a).await?);
     }
     let run = std::process::id();
     let mut devices = Vec::with_capacity(n);
@@ -533,7 +595,24 @@ fn print_table(cells: &[Cell], floor: &fsync::FsyncFloor) {
             c.client_cpu
         );
     }
-    // The issue's yardsticks: chatd against NATS at the same closed-loop load.
+    // The issue's yardsticks: chatd against NATS at the same closed-loop load (and TLS's cost:
+    // chatd with TLS against chatd without).
+    for c in cells.iter().filter(|c| c.system == "chatd-tls") {
+        let Load::Closed { inflight } = c.load else {
+            continue;
+        };
+        let same = |n: &&Cell| {
+            n.system == "chatd" && matches!(n.load, Load::Closed { inflight: i } if i == inflight)
+        };
+        if let Some(n) = cells.iter().find(same) {
+            println!(
+                "chatd with TLS / without at {inflight} in flight: throughput {:.2}x, p99 {:.2}x, CPU per message {:.2}x",
+                c.msgs_per_s() / n.msgs_per_s(),
+                c.ms(0.99) / n.ms(0.99),
+                c.cpu_ms_per_1k() / n.cpu_ms_per_1k()
+            );
+        }
+    }
     for c in cells.iter().filter(|c| c.system == "chatd") {
         let Load::Closed { inflight } = c.load else {
             continue;

@@ -576,7 +576,8 @@ impl Engine {
 
     /// Re-read every record of every column family and check its frame. Returns how many records
     /// were checked and one message per corrupt record.
-    pub fn verify_all(&self) -> Result<(u64, Vec<String>), StoreError> {
+    /// Each damaged record comes with the partition its key names (None for the node record).
+    pub fn verify_all(&self) -> Result<(u64, Vec<Damaged>), StoreError> {
         let mut checked = 0u64;
         let mut errors = Vec::new();
         for name in cf::ALL {
@@ -584,13 +585,21 @@ impl Engine {
                 let (k, v) = item?;
                 checked += 1;
                 if let Err(e) = codec::unframe(name, &k, &v) {
-                    errors.push(e.to_string());
+                    let partition = (name != cf::NODE && k.len() >= 4).then(|| {
+                        crate::types::PartitionId(u32::from_be_bytes(
+                            k[..4].try_into().expect("4 bytes"),
+                        ))
+                    });
+                    errors.push((partition, e));
                 }
             }
         }
         Ok((checked, errors))
     }
 }
+
+/// A record that failed its check, with the partition its key names (None: the node record).
+pub(crate) type Damaged = (Option<crate::types::PartitionId>, CorruptRecord);
 
 /// Bytes of the WAL files (`*.log`) in a RocksDB directory (0 if it cannot be read: a metric,
 /// not a check).

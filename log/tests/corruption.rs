@@ -1,5 +1,6 @@
 //! A flipped byte in a stored value is reported as a checksum error naming its key — by reads,
-//! by the digest, and by the full verification scan — and is never served as data.
+//! by the digest, and by the full verification scan — and is never served as data; a read or
+//! the scan that meets it marks that partition's replica damaged.
 
 mod common;
 
@@ -32,10 +33,19 @@ async fn flipped_byte_is_a_checksum_error_with_its_key() {
         other => panic!("expected a checksum error, got {other:?}"),
     }
     assert!(matches!(node.digest(p), Err(StoreError::Corrupt(_))));
+    // The read marked this replica of the partition damaged, and only it.
+    assert!(node.damaged(p).unwrap().contains("partition 1 offset 3"));
+    assert_eq!(node.damaged(PartitionId(0)), None);
+    // The mark is in memory: a restart forgets it, the verification scan finds it again.
+    common::close(node).await;
+    let node = common::single_node(dir.path(), 2).await;
+    assert_eq!(node.damaged(p), None);
     let (checked, errors) = node.verify_checksums().unwrap();
     assert!(checked > 10);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("partition 1 offset 3"), "{errors:?}");
+    assert!(node.damaged(p).unwrap().contains("partition 1 offset 3"));
+    assert_eq!(node.damaged(PartitionId(0)), None);
 
     // The other partition is untouched and the node keeps accepting writes.
     let out = node

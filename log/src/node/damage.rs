@@ -12,7 +12,7 @@
 //! leader takes this node out of the group, this node deletes its copy and opens an empty one,
 //! the leader adds it back as a learner, which catches up by snapshot and log, and makes it a
 //! voter again. The mark is in memory: a restart forgets it until a read hits the record again
-//! (`chatctl verify` finds every damaged record at once).
+//! (`chatctl verify` finds every damaged record at once, and marks their partitions).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

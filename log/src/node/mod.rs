@@ -450,9 +450,19 @@ impl LogNode {
     }
 
     /// Read every stored record and check its crc32 (blocking; run it off the runtime): how
-    /// many were checked, and one line per damaged record naming its column family and key.
+    /// many were checked, and one line per damaged record naming its column family and key. The
+    /// data partitions with damaged records are marked damaged (see `damage.rs`).
     pub fn verify_checksums(&self) -> Result<(u64, Vec<String>), StoreError> {
-        self.engine.verify_all()
+        let (checked, damaged) = self.engine.verify_all()?;
+        let mut errors = Vec::with_capacity(damaged.len());
+        for (partition, record) in damaged {
+            errors.push(record.to_string());
+            // A data partition this node holds is marked as a read that met the record would.
+            if let Some(p) = partition.filter(|p| *p != PartitionId::META && self.hosts(*p)) {
+                let _ = self.note::<()>(p, Err(StoreError::Corrupt(record)));
+            }
+        }
+        Ok((checked, errors))
     }
 
     /// WAL syncs and the waiters they completed since the node opened (group-commit stats).

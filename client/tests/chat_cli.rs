@@ -110,3 +110,62 @@ async fn register_send_tail_resume_history_group() {
 
     running.stop().await.unwrap();
 }
+
+/// Against a node with TLS on its public address: plaintext fails with a hint naming the TLS
+/// flags, TLS with a CA that did not sign the node's certificate fails with a hint naming
+/// `--tls-ca`, and `--tls-ca` with the cluster's CA works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_node_is_reached_with_its_ca_and_mismatches_say_what_to_give() {
+    use chat_tls::ca::{self, Kind};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let authority = ca::new_ca("test", 1).unwrap();
+    let (ca_pem, _) = ca::write(&certs, "ca", &authority).unwrap();
+    let node = ca::issue(&authority, Kind::Node, "node1", &["127.0.0.1".into()], 1).unwrap();
+    let (cert, key) = ca::write(&certs, "node1", &node).unwrap();
+    let other = dir.path().join("other");
+    let (other_ca, _) = ca::write(&other, "ca", &ca::new_ca("other", 1).unwrap()).unwrap();
+    let config = ServerConfig::resolve(Flags {
+        data_dir: Some(dir.path().join("data")),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        public_listen: Some("127.0.0.1:0".parse().unwrap()),
+        tls_ca: Some(ca_pem.clone()),
+        tls_cert: Some(cert),
+        tls_key: Some(key),
+        partitions: Some(2),
+        ..Flags::default()
+    })
+    .unwrap();
+    let running = chatd::server::start(config).await.unwrap();
+    for p in 0..2 {
+        running
+            .node
+            .wait_for_leader(chat_log::PartitionId(p), std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let env = Env {
+        addr: running.public_addr.to_string(),
+        dir: dir.path().to_path_buf(),
+    };
+
+    let (ok, _, err) = env.chat("alice", &["register", "alice"]).await;
+    assert!(!ok, "plaintext got through a TLS address");
+    assert!(err.contains("hint:") && err.contains("--tls-ca"), "{err}");
+    let other_ca = other_ca.display().to_string();
+    let (ok, _, err) = env
+        .chat("alice", &["--tls-ca", &other_ca, "register", "alice"])
+        .await;
+    assert!(!ok, "a foreign CA was trusted");
+    assert!(
+        err.contains("hint:") && err.contains("not signed by the CA"),
+        "{err}"
+    );
+    let ca_pem = ca_pem.display().to_string();
+    let (ok, out, err) = env
+        .chat("alice", &["--tls-ca", &ca_pem, "register", "alice"])
+        .await;
+    assert!(ok && out.contains("registered alice"), "{out}{err}");
+
+    running.stop().await.unwrap();
+}

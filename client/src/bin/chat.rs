@@ -92,10 +92,42 @@ enum GroupCommand {
 
 #[tokio::main]
 async fn main() {
-    if let Err(e) = run(Cli::parse()).await {
-        eprintln!("chat: {e:#}");
+    let cli = Cli::parse();
+    let tls = cli.tls || cli.tls_ca.is_some();
+    if let Err(e) = run(cli).await {
+        let error = format!("{e:#}");
+        eprintln!("chat: {error}");
+        if let Some(hint) = tls_hint(&error, tls) {
+            eprintln!("chat: hint: {hint}");
+        }
         std::process::exit(1);
     }
+}
+
+/// What to try when an error looks like TLS on one side only, or a CA the client does not
+/// trust. `tls`: whether this client dialled with TLS.
+fn tls_hint(error: &str, tls: bool) -> Option<&'static str> {
+    let has = |words: &[&str]| words.iter().any(|w| error.contains(w));
+    if !tls
+        && has(&[
+            "frame with invalid size",
+            "connection closed",
+            "broken pipe",
+        ])
+    {
+        return Some(
+            "the server may have TLS on: give --tls (a certificate of a public CA) or --tls-ca FILE (the cluster's CA)",
+        );
+    }
+    if tls && has(&["InvalidContentType", "corrupt message"]) {
+        return Some("the server does not speak TLS on this address: leave out --tls and --tls-ca");
+    }
+    if tls && has(&["UnknownIssuer", "invalid peer certificate"]) {
+        return Some(
+            "the server's certificate is not signed by the CA this client trusts: give the cluster's CA with --tls-ca FILE",
+        );
+    }
+    None
 }
 
 /// How this process dials the servers (plaintext, or TLS with `--tls-ca` / `--tls`).

@@ -36,6 +36,14 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often buckets of users who stopped sending are dropped.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
+/// The token buckets one node keeps.
+struct Buckets {
+    /// Those of users whose partition this node leads.
+    home: DefaultKeyedRateLimiter<u64>,
+    /// This node's own, for when a user's home cannot be asked.
+    fallback: DefaultKeyedRateLimiter<u64>,
+}
+
 /// The send-rate buckets of one node: its users' homes, its own fallbacks, and its leases.
 pub(crate) struct SendRate {
     node: Arc<LogNode>,
@@ -43,10 +51,7 @@ pub(crate) struct SendRate {
     burst: u32,
     /// Tokens asked of a home at a time.
     chunk: u32,
-    /// The buckets of users whose partition this node leads.
-    home: DefaultKeyedRateLimiter<u64>,
-    /// This node's own buckets, for when a user's home cannot be asked.
-    fallback: DefaultKeyedRateLimiter<u64>,
+    buckets: Arc<Buckets>,
     /// Tokens other homes granted this node, per user; void after [`LEASE`].
     leases: moka::sync::Cache<u64, Arc<AtomicU32>>,
 }
@@ -59,15 +64,17 @@ impl SendRate {
             sends_per_second: rate.get(),
             burst: burst.get(),
             chunk: (rate.get() / 10).clamp(1, burst.get()),
-            home: RateLimiter::keyed(quota),
-            fallback: RateLimiter::keyed(quota),
+            buckets: Arc::new(Buckets {
+                home: RateLimiter::keyed(quota),
+                fallback: RateLimiter::keyed(quota),
+            }),
             leases: moka::sync::Cache::builder().time_to_live(LEASE).build(),
         });
         // Shown as 0 until they happen, rather than absent.
         metrics::counter!("chatd_sends_rate_limited_total").increment(0);
         metrics::counter!("chatd_send_rate_fallbacks_total").increment(0);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(forget_idle(Arc::downgrade(&limits)));
+            runtime.spawn(forget_idle(Arc::downgrade(&limits.buckets)));
         }
         limits
     }
@@ -91,7 +98,7 @@ impl SendRate {
                 Err(why) => {
                     tracing::debug!(user, %why, "send rate counted on this node");
                     metrics::counter!("chatd_send_rate_fallbacks_total").increment(1);
-                    self.fallback.check_key(&user).is_ok()
+                    self.buckets.fallback.check_key(&user).is_ok()
                 }
             }
         };
@@ -120,7 +127,7 @@ impl SendRate {
         let mut n = want.clamp(1, self.burst);
         let granted = loop {
             let batch = NonZeroU32::new(n).expect("n is at least 1");
-            if matches!(self.home.check_key_n(&user, batch), Ok(Ok(()))) {
+            if matches!(self.buckets.home.check_key_n(&user, batch), Ok(Ok(()))) {
                 break n;
             }
             if n == 1 {
@@ -139,7 +146,7 @@ impl SendRate {
     }
 
     fn spend_home(&self, user: u64) -> bool {
-        self.home.check_key(&user).is_ok()
+        self.buckets.home.check_key(&user).is_ok()
     }
 
     fn spend_lease(&self, user: u64) -> bool {
@@ -186,14 +193,14 @@ impl SendRate {
 }
 
 /// Drop the buckets of users who have not sent for a while, so they do not grow with every user
-/// who ever sent; ends with the limiter.
-async fn forget_idle(limits: Weak<SendRate>) {
+/// who ever sent; ends with the limiter. (It holds the buckets alone, never the node.)
+async fn forget_idle(buckets: Weak<Buckets>) {
     loop {
         tokio::time::sleep(FORGET_EVERY).await;
-        let Some(limits) = limits.upgrade() else {
+        let Some(buckets) = buckets.upgrade() else {
             return;
         };
-        for bucket in [&limits.home, &limits.fallback] {
+        for bucket in [&buckets.home, &buckets.fallback] {
             bucket.retain_recent();
             bucket.shrink_to_fit();
         }

@@ -207,16 +207,28 @@ impl LogNode {
 }
 
 /// Once a second: every partition damaged here that this node leads goes to a healthy voter.
-/// Ends with the node.
-pub(super) async fn keep_leaderships_away(node: Weak<LogNode>) {
+/// Ends with the node. The node is only looked at while something is damaged: this task must not
+/// be what keeps a node (and its database) alive a moment after its owner let it go.
+pub(super) async fn keep_leaderships_away(
+    node: Weak<LogNode>,
+    damage: Arc<Damage>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopping.wait_for(|stopped| *stopped) => return,
+        }
+        let damaged = damage.all();
+        if damaged.is_empty() {
+            continue;
+        }
         let Some(node) = node.upgrade() else { return };
         if node.is_stopped() {
             return;
         }
         let me = node.config.node_id;
-        for p in node.damage.all() {
+        for p in damaged {
             if !node.is_leader(p) {
                 continue;
             }

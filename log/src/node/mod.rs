@@ -216,7 +216,7 @@ pub struct LogNode {
     /// for election is changed only under this lock, by the grace and by the disk watch.
     elections_open: Mutex<bool>,
     /// Partitions whose replica here failed a check (see `damage.rs`).
-    damage: damage::Damage,
+    damage: Arc<damage::Damage>,
 }
 
 impl LogNode {
@@ -302,7 +302,7 @@ impl LogNode {
             stopping: watch::Sender::new(false),
             stepped_away: std::sync::atomic::AtomicBool::new(false),
             elections_open: Mutex::new(false),
-            damage: damage::Damage::default(),
+            damage: Arc::default(),
         });
         let held = node.partitions_with_state()?;
         let upgraded = !held.is_empty() && !node.has_raft_state(PartitionId::META)?;
@@ -328,7 +328,11 @@ impl LogNode {
         ));
         let every = Duration::from_millis(node.config.raft.heartbeat_ms);
         tokio::spawn(tasks::send_heartbeats(Arc::downgrade(&node), every));
-        tokio::spawn(damage::keep_leaderships_away(Arc::downgrade(&node)));
+        tokio::spawn(damage::keep_leaderships_away(
+            Arc::downgrade(&node),
+            node.damage.clone(),
+            node.stopping.subscribe(),
+        ));
         tokio::spawn(tasks::publish_map(Arc::downgrade(&node)));
         tokio::spawn(tasks::follow_map(Arc::downgrade(&node)));
         tokio::spawn(crate::placement::driver::run(Arc::downgrade(&node)));

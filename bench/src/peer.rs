@@ -597,37 +597,42 @@ fn print_table(cells: &[Cell], floor: &fsync::FsyncFloor) {
     }
     // The yardsticks: chatd against NATS at the same closed-loop load (and TLS's cost:
     // chatd with TLS against chatd without).
-    for c in cells.iter().filter(|c| c.system == "chatd-tls") {
-        let Load::Closed { inflight } = c.load else {
-            continue;
-        };
-        let same = |n: &&Cell| {
-            n.system == "chatd" && matches!(n.load, Load::Closed { inflight: i } if i == inflight)
-        };
-        if let Some(n) = cells.iter().find(same) {
-            println!(
-                "chatd with TLS / without at {inflight} in flight: throughput {:.2}x, p99 {:.2}x, CPU per message {:.2}x",
-                c.msgs_per_s() / n.msgs_per_s(),
-                c.ms(0.99) / n.ms(0.99),
-                c.cpu_ms_per_1k() / n.cpu_ms_per_1k()
-            );
-        }
+    for (inflight, c, n) in same_load(cells, "chatd-tls", "chatd") {
+        println!(
+            "chatd with TLS / without at {inflight} in flight: throughput {:.2}x, p99 {:.2}x, CPU per message {:.2}x",
+            c.msgs_per_s() / n.msgs_per_s(),
+            c.ms(0.99) / n.ms(0.99),
+            c.cpu_ms_per_1k() / n.cpu_ms_per_1k()
+        );
     }
-    for c in cells.iter().filter(|c| c.system == "chatd") {
-        let Load::Closed { inflight } = c.load else {
-            continue;
-        };
-        let same = |n: &&Cell| {
-            n.system == "nats" && matches!(n.load, Load::Closed { inflight: i } if i == inflight)
-        };
-        if let Some(n) = cells.iter().find(same) {
-            println!(
-                "chatd / NATS at {inflight} in flight: throughput {:.2}x, p99 {:.2}x",
-                c.msgs_per_s() / n.msgs_per_s(),
-                c.ms(0.99) / n.ms(0.99)
-            );
-        }
+    for (inflight, c, n) in same_load(cells, "chatd", "nats") {
+        println!(
+            "chatd / NATS at {inflight} in flight: throughput {:.2}x, p99 {:.2}x",
+            c.msgs_per_s() / n.msgs_per_s(),
+            c.ms(0.99) / n.ms(0.99)
+        );
     }
+}
+
+/// The closed-loop cells of `system` with the cell of `baseline` at the same load.
+fn same_load<'a>(
+    cells: &'a [Cell],
+    system: &'a str,
+    baseline: &'a str,
+) -> impl Iterator<Item = (usize, &'a Cell, &'a Cell)> + 'a {
+    cells
+        .iter()
+        .filter(move |c| c.system == system)
+        .filter_map(move |c| {
+            let Load::Closed { inflight } = c.load else {
+                return None;
+            };
+            let same = |n: &&Cell| {
+                n.system == baseline
+                    && matches!(n.load, Load::Closed { inflight: i } if i == inflight)
+            };
+            cells.iter().find(same).map(|n| (inflight, c, n))
+        })
 }
 
 fn write_json(args: &Args, cells: &[Cell], floor: &fsync::FsyncFloor) -> anyhow::Result<()> {

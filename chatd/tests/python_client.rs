@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::Cluster;
@@ -14,25 +13,10 @@ use common::Cluster;
 async fn the_python_example_client_chats_through_a_real_node() {
     let cluster = Cluster::start(1, 2);
     cluster.wait_for_leaders(1, Duration::from_secs(20)).await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/python/chat_example.py"
-    );
     let addr = cluster.node(1).addr.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args([script, &addr])
-            .output()
-            .expect("python3 runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the Python client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, stdout, stderr) =
+        common::run_python("examples/python/chat_example.py", &[&addr]).await;
+    assert!(ok, "the Python client failed:\n{stdout}\n{stderr}");
     for step in [
         "sent: seq 1",
         "bob received seq 1: hello from python",

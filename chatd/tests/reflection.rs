@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::Cluster;
@@ -13,25 +12,13 @@ use common::Cluster;
 async fn python_grpcio_lists_services_and_calls_register_through_reflection() {
     let cluster = Cluster::start(1, 2);
     cluster.wait_for_leaders(1, Duration::from_secs(20)).await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../scripts/grpc_reflection_check.py"
-    );
     let addr = cluster.node(1).addr.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args([script, &addr, "reflected-user"])
-            .output()
-            .expect("python3 runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "reflection check failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, stdout, stderr) = common::run_python(
+        "scripts/grpc_reflection_check.py",
+        &[&addr, "reflected-user"],
+    )
+    .await;
+    assert!(ok, "reflection check failed:\n{stdout}\n{stderr}");
     for service in ["chat.v1.Chat", "grpc.health.v1.Health"] {
         assert!(stdout.contains(service), "{service} not listed:\n{stdout}");
     }

@@ -34,18 +34,13 @@ impl Env {
     }
 }
 
-fn profile(dir: &Path, who: &str) -> chat_client::profile::Profile {
-    chat_client::profile::Profile::load(&dir.join(format!("{who}.json"))).unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_send_tail_resume_history_group() {
-    let dir = tempfile::tempdir().unwrap();
+/// A single node in this process on a loopback port, with two partitions and `flags`, once both
+/// have a leader.
+async fn serve(flags: Flags) -> chatd::server::Running {
     let config = ServerConfig::resolve(Flags {
-        data_dir: Some(dir.path().join("data")),
         listen: Some("127.0.0.1:0".parse().unwrap()),
         partitions: Some(2),
-        ..Flags::default()
+        ..flags
     })
     .unwrap();
     let running = chatd::server::start(config).await.unwrap();
@@ -56,6 +51,21 @@ async fn register_send_tail_resume_history_group() {
             .await
             .unwrap();
     }
+    running
+}
+
+fn profile(dir: &Path, who: &str) -> chat_client::profile::Profile {
+    chat_client::profile::Profile::load(&dir.join(format!("{who}.json"))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_send_tail_resume_history_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = serve(Flags {
+        data_dir: Some(dir.path().join("data")),
+        ..Flags::default()
+    })
+    .await;
     let env = Env {
         addr: running.local_addr.to_string(),
         dir: dir.path().to_path_buf(),
@@ -125,25 +135,15 @@ async fn a_tls_node_is_reached_with_its_ca_and_mismatches_say_what_to_give() {
     let (cert, key) = ca::write(&certs, "node1", &node).unwrap();
     let other = dir.path().join("other");
     let (other_ca, _) = ca::write(&other, "ca", &ca::new_ca("other", 1).unwrap()).unwrap();
-    let config = ServerConfig::resolve(Flags {
+    let running = serve(Flags {
         data_dir: Some(dir.path().join("data")),
-        listen: Some("127.0.0.1:0".parse().unwrap()),
         public_listen: Some("127.0.0.1:0".parse().unwrap()),
         tls_ca: Some(ca_pem.clone()),
         tls_cert: Some(cert),
         tls_key: Some(key),
-        partitions: Some(2),
         ..Flags::default()
     })
-    .unwrap();
-    let running = chatd::server::start(config).await.unwrap();
-    for p in 0..2 {
-        running
-            .node
-            .wait_for_leader(chat_log::PartitionId(p), std::time::Duration::from_secs(10))
-            .await
-            .unwrap();
-    }
+    .await;
     let env = Env {
         addr: running.public_addr.to_string(),
         dir: dir.path().to_path_buf(),

@@ -633,3 +633,24 @@ pub fn balanced(map: &chat_proto::log::PartitionMap) -> bool {
     let (min, max) = (counts.values().min(), counts.values().max());
     settled(map) && max.unwrap_or(&0) - min.unwrap_or(&0) <= 1
 }
+
+/// Run `python3 <repo>/<script> args…` to its end; whether it succeeded, its stdout, its stderr.
+#[allow(dead_code)] // Not every test binary uses it.
+pub async fn run_python(script: &str, args: &[&str]) -> (bool, String, String) {
+    let script = format!("{}/../{script}", env!("CARGO_MANIFEST_DIR"));
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(&script)
+            .args(&args)
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

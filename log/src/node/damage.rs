@@ -92,7 +92,7 @@ impl LogNode {
         self.damage.get(p)
     }
 
-    /// Whether `p` has voters other than this node, as its group knows them (or the map).
+    /// Whether `p` has voters other than this node, as its group here knows them.
     pub(crate) fn has_healthy_peers(&self, p: PartitionId) -> bool {
         let me = self.config.node_id;
         match self.groups.get(p) {
@@ -114,7 +114,9 @@ impl LogNode {
         result: Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         if let Err(e) = &result {
-            if e.is_damage() && self.damage.mark(p, e) {
+            // The metadata group is read through its own paths; only data partitions are
+            // marked (and repaired) here.
+            if p != PartitionId::META && e.is_damage() && self.damage.mark(p, e) {
                 self.on_damage(p, e);
             }
         }

@@ -12,7 +12,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use chat_log::{
-    ApplyContext, CommandHandler, CommandOutcome, PartitionId, ProposeError, RaftTuning, StoreError,
+    ApplyContext, CommandHandler, CommandOutcome, PartitionId, ProposeError, RaftTuning, RawAppend,
+    StoreError,
 };
 
 /// Applies like `RawAppend`, but a command `hold` waits until [`Gate::open`].
@@ -43,12 +44,7 @@ impl CommandHandler for Gate {
                 open = self.opened.wait(open).unwrap();
             }
         }
-        let offset = ctx.emit(command.to_vec());
-        Ok(CommandOutcome::Applied {
-            first_offset: Some(offset),
-            events: 1,
-            reply: Vec::new(),
-        })
+        RawAppend.apply(ctx, command)
     }
 }
 

@@ -4,7 +4,8 @@
 //!   presence) and [`ChatClient::open_stream`], a single device stream with no recovery.
 //! - [`Device`]: a device that stays connected: it resumes from the cursors it holds after any
 //!   disconnect (trying each server in turn, with backoff), resends unacknowledged sends with
-//!   their original `client_msg_id` (so a retry never duplicates), pings to keep the stream
+//!   their original `client_msg_id` (so a retry never duplicates) and in the order they were
+//!   first sent (so they keep their order in the chat), pings to keep the stream
 //!   alive, and acknowledges what it receives.
 
 use std::collections::{BTreeMap, HashMap};
@@ -365,7 +366,8 @@ enum Command {
         frame: pb::SendFrame,
         reply: SendReply,
     },
-    Resend(String),
+    /// Resend every unanswered send, in order (after a send ended UNAVAILABLE).
+    ResendAll,
     Read {
         chat_id: u64,
         up_to_seq: u64,
@@ -395,7 +397,8 @@ impl Device {
             resend: commands.clone(),
             events: event_tx,
             cursors: cursors.clone(),
-            pending: HashMap::new(),
+            pending: Pending::default(),
+            resend_due: false,
             attempt: 0,
         };
         tokio::spawn(actor.run());
@@ -420,6 +423,20 @@ impl Device {
         client_msg_id: &str,
         payload: Vec<u8>,
     ) -> Result<pb::SendAck, Status> {
+        self.queue_send(chat_id, client_msg_id, payload)
+            .await?
+            .await
+    }
+
+    /// Queue a send behind the device's earlier ones and return without waiting for its ack:
+    /// the returned future resolves with it. Sends to one chat get seqs in the order they were
+    /// queued, so a device can pipeline them.
+    pub async fn queue_send(
+        &self,
+        chat_id: u64,
+        client_msg_id: &str,
+        payload: Vec<u8>,
+    ) -> Result<impl std::future::Future<Output = Result<pb::SendAck, Status>>, Status> {
         let (reply, answer) = oneshot::channel();
         let frame = pb::SendFrame {
             client_msg_id: client_msg_id.to_string(),
@@ -432,9 +449,11 @@ impl Device {
             .send(Command::Send { frame, reply })
             .await
             .map_err(|_| Status::cancelled("the device has stopped"))?;
-        answer
-            .await
-            .map_err(|_| Status::cancelled("the device has stopped"))?
+        Ok(async move {
+            answer
+                .await
+                .map_err(|_| Status::cancelled("the device has stopped"))?
+        })
     }
 
     /// Mark `chat_id` read up to `up_to_seq`.
@@ -456,14 +475,44 @@ impl Device {
     }
 }
 
+/// Sends not yet answered, in the order they were first sent.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    by_order: BTreeMap<u64, (pb::SendFrame, SendReply)>,
+    order_of: HashMap<String, u64>,
+}
+
+impl Pending {
+    /// A send with the id of one still pending replaces it (the earlier caller hears nothing
+    /// more) and takes its place at the end.
+    fn insert(&mut self, frame: pb::SendFrame, reply: SendReply) {
+        self.remove(&frame.client_msg_id);
+        self.next += 1;
+        self.order_of.insert(frame.client_msg_id.clone(), self.next);
+        self.by_order.insert(self.next, (frame, reply));
+    }
+
+    fn remove(&mut self, client_msg_id: &str) -> Option<(pb::SendFrame, SendReply)> {
+        let order = self.order_of.remove(client_msg_id)?;
+        self.by_order.remove(&order)
+    }
+
+    fn frames(&self) -> impl Iterator<Item = &pb::SendFrame> {
+        self.by_order.values().map(|(frame, _)| frame)
+    }
+}
+
 struct Actor {
     options: DeviceOptions,
     commands: mpsc::Receiver<Command>,
     resend: mpsc::Sender<Command>,
     events: mpsc::Sender<DeviceEvent>,
     cursors: Arc<Mutex<BTreeMap<u64, u64>>>,
-    /// Sends not yet answered, by client_msg_id: resent on every new stream.
-    pending: HashMap<String, (pb::SendFrame, SendReply)>,
+    /// Sends not yet answered: resent, in order, on every new stream.
+    pending: Pending,
+    /// A `ResendAll` is on its way.
+    resend_due: bool,
     /// Reconnection attempts since the last successful one (for backoff).
     attempt: u32,
 }
@@ -527,7 +576,7 @@ impl Actor {
             Ok(stream) => stream,
             Err(status) => return Ended::Failed(status),
         };
-        for (frame, _) in self.pending.values() {
+        for frame in self.pending.frames() {
             if let Err(status) = stream
                 .send_frame(client_frame::Kind::Send(frame.clone()))
                 .await
@@ -619,12 +668,18 @@ impl Actor {
                 let code = Code::from_i32(e.code);
                 // No leader in time. With no timeout of its own the device tries again shortly
                 // with the same id (it cannot be applied twice); with one, the caller decides.
+                // Everything unanswered goes again, in order: the server keeps a device's sends
+                // to a chat in the order it receives them, and refuses the ones behind a send
+                // whose outcome is unknown until that one comes again.
                 if code == Code::Unavailable && self.options.send_timeout.is_none() {
-                    let (resend, id) = (self.resend.clone(), e.client_msg_id);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        let _ = resend.send(Command::Resend(id)).await;
-                    });
+                    if !self.resend_due {
+                        self.resend_due = true;
+                        let resend = self.resend.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            let _ = resend.send(Command::ResendAll).await;
+                        });
+                    }
                 } else if let Some((_, reply)) = self.pending.remove(&e.client_msg_id) {
                     let _ = reply.send(Err(Status::new(code, e.message)));
                 }
@@ -648,18 +703,18 @@ impl Actor {
     async fn on_command(&mut self, stream: &DeviceStream, command: Command) -> Result<(), Status> {
         match command {
             Command::Send { frame, reply } => {
-                let id = frame.client_msg_id.clone();
-                self.pending.insert(id, (frame.clone(), reply));
+                self.pending.insert(frame.clone(), reply);
                 stream.send_frame(client_frame::Kind::Send(frame)).await
             }
-            Command::Resend(id) => match self.pending.get(&id) {
-                Some((frame, _)) => {
+            Command::ResendAll => {
+                self.resend_due = false;
+                for frame in self.pending.frames() {
                     stream
                         .send_frame(client_frame::Kind::Send(frame.clone()))
-                        .await
+                        .await?;
                 }
-                None => Ok(()),
-            },
+                Ok(())
+            }
             Command::Read { chat_id, up_to_seq } => stream.read(chat_id, up_to_seq).await,
         }
     }

@@ -4,6 +4,8 @@
 //!   `Connect`, which hands each stream to a session.
 //! - [`session`]: one device stream: authenticate, backlog per chat from the device's cursors,
 //!   `SyncComplete`, then live frames; sends, acks, reads and pings from the device.
+//! - [`lanes`]: a device's sends to one chat, batched in the order it wrote them, so they get
+//!   seqs in that order.
 //! - [`outbound`]: a stream's two outbound queues, control frames (acks, pongs, errors) ahead
 //!   of data frames (messages, receipts), so a device's answers never wait behind its deliveries.
 //! - [`hub`]: tails every partition (wherever it is held) and offers each event to the sessions
@@ -32,6 +34,7 @@
 pub mod auth;
 pub mod gateway;
 pub mod hub;
+pub mod lanes;
 pub mod limits;
 pub mod notify;
 pub mod outbound;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_model::ids::{ChatId, ChatSeq};
+use chat_model::reads::PageEnd;
 use chat_proto::chat_v1::{self as pb, client_frame, server_frame, ReceiptKind};
 use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
@@ -31,6 +32,7 @@ use tracing::Instrument;
 use crate::auth::{authenticate, Device};
 use crate::gateway::{storage, Gateway};
 use crate::hub::{Push, SessionHandle};
+use crate::lanes::SendLanes;
 use crate::outbound::Outbound;
 
 /// Messages read from the log per catch-up page.
@@ -245,7 +247,13 @@ impl Deliveries {
                 .gw
                 .reads
                 .fresh_at(p, self.gw.hub.dispatched(p))
-                .history(chat, ChatSeq(next.0 - 1), before, CATCH_UP_PAGE)
+                .history(
+                    chat,
+                    ChatSeq(next.0 - 1),
+                    before,
+                    CATCH_UP_PAGE,
+                    PageEnd::Oldest,
+                )
                 .await
                 .map_err(storage)?
                 .ok_or_else(|| Status::not_found(format!("chat {chat} does not exist")))?;
@@ -398,6 +406,8 @@ struct DeviceFrames {
     out: Outbound,
     /// Sends of this stream being committed (a permit each).
     sends: Arc<Semaphore>,
+    /// Per chat, the sends waiting for the earlier ones (`lanes.rs`).
+    lanes: SendLanes,
     /// Delivered/read marks received but not yet proposed (flushed `receipt_flush` after the
     /// first one arrives).
     pending_receipts: HashMap<(ChatId, ReceiptKind), ChatSeq>,
@@ -416,6 +426,7 @@ impl DeviceFrames {
     fn new(gw: Arc<Gateway>, me: Device, out: Outbound) -> DeviceFrames {
         DeviceFrames {
             sends: Arc::new(Semaphore::new(gw.config.max_sends_in_flight)),
+            lanes: SendLanes::new(gw.clone(), me, out.clone()),
             gw,
             me,
             out,
@@ -499,12 +510,7 @@ impl DeviceFrames {
                     .acquire_owned()
                     .await
                     .expect("semaphore never closed");
-                let (gw, me, out) = (self.gw.clone(), self.me, self.out.clone());
-                tokio::spawn(async move {
-                    let frame = send(&gw, me, s).await;
-                    let _ = out.control(frame).await;
-                    drop(permit);
-                });
+                self.lanes.push(s, permit);
                 Ok(())
             }
         }
@@ -559,33 +565,4 @@ fn chat_update(chat: ChatId, member: bool, after: ChatSeq) -> server_frame::Kind
         member,
         after_seq: after.0,
     })
-}
-
-/// The most a device may ask a send to wait for a leader (`SendFrame.timeout_ms`).
-const MAX_SEND_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Submit one send as the authenticated device; the ack or error frame to answer it with.
-async fn send(gw: &Gateway, me: Device, s: pb::SendFrame) -> server_frame::Kind {
-    let within = (s.timeout_ms > 0)
-        .then(|| Duration::from_millis(u64::from(s.timeout_ms)).min(MAX_SEND_TIMEOUT));
-    let client_msg_id = s.client_msg_id.clone();
-    let message = pb::SendMessage {
-        chat_id: s.chat_id,
-        sender_user: me.user.0,
-        sender_device: me.device.0,
-        client_msg_id: s.client_msg_id,
-        payload: s.payload,
-        media: s.media,
-    };
-    match gw.sequencer.send_within(message, within).await {
-        Ok(ack) => server_frame::Kind::SendAck(pb::SendAckFrame {
-            client_msg_id,
-            ack: Some(ack),
-        }),
-        Err(e) => server_frame::Kind::SendError(pb::SendErrorFrame {
-            client_msg_id,
-            code: e.code() as i32,
-            message: e.to_string(),
-        }),
-    }
 }

@@ -226,31 +226,61 @@ impl StateReader {
     }
 }
 
+/// Which end of a range of seqs a history page is taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageEnd {
+    Oldest,
+    Newest,
+}
+
 impl StateReader {
     /// Up to `limit` messages of `chat` with `after < seq < before` (`None`: no upper bound),
     /// oldest first, and the chat's last seq; `None` if the chat does not exist (as the replica
-    /// read knows it).
+    /// read knows it). `end` says which end of the range the page is taken from: the oldest
+    /// (paging forward) or the newest (paging back; seqs are dense, so the newest `limit`
+    /// below `before` are the ones from `before - limit`).
     pub async fn history(
         &self,
         chat: ChatId,
         after: ChatSeq,
         before: Option<ChatSeq>,
         limit: u32,
+        end: PageEnd,
     ) -> Result<Option<pb::HistoryReply>, ReadError> {
         let Some(record) = self.chat(chat).await? else {
             return Ok(None);
         };
         let p = self.partition(chat.0);
-        let from = state::index_key(chat, ChatSeq(after.0.saturating_add(1)));
-        let to = state::index_key(chat, before.unwrap_or(ChatSeq(u64::MAX)));
+        let lowest = after.0.saturating_add(1);
+        let newest_first = end == PageEnd::Newest;
+        let mut highest = before.map_or(u64::MAX, |b| b.0);
+        let from = if newest_first {
+            // Counted down from the last seq when the bound lies above it.
+            highest = highest.min(record.last_seq.saturating_add(1));
+            highest.saturating_sub(u64::from(limit)).max(lowest)
+        } else {
+            lowest
+        };
+        if from >= highest {
+            return Ok(Some(pb::HistoryReply {
+                messages: Vec::new(),
+                last_seq: record.last_seq,
+            }));
+        }
+        let from = state::index_key(chat, ChatSeq(from));
+        let to = state::index_key(chat, ChatSeq(highest));
         let index = self
             .replicas
             .scan_state(p, &from, &to, limit as usize, self.floor(p))
             .await?;
-        let offsets = index
+        let mut offsets = index
             .iter()
             .map(|(_, offset)| state::decode_offset(offset).map(LogOffset))
             .collect::<Result<Vec<_>, _>>()?;
+        // A page cut short by its size keeps the end it is taken from.
+        if newest_first {
+            offsets.reverse();
+        }
         let context = || format!("history of chat {chat}");
         let mut messages = Vec::new();
         let mut page_bytes = 0;
@@ -278,6 +308,9 @@ impl StateReader {
                 }
                 messages.push(message);
             }
+        }
+        if newest_first {
+            messages.reverse();
         }
         Ok(Some(pb::HistoryReply {
             messages,

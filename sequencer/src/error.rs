@@ -142,13 +142,37 @@ impl From<Invalid> for SeqError {
 /// The reply of the one command of a proposal, or why it was rejected at apply.
 pub(crate) fn reply_of(outcome: ProposalOutcome) -> Result<pb::CommandReply, SeqError> {
     match outcome.outcomes.into_iter().next() {
-        Some(CommandOutcome::Applied { reply, .. }) => pb::CommandReply::decode(reply.as_slice())
-            .map_err(|e| SeqError::Internal(format!("decode reply: {e}"))),
-        Some(CommandOutcome::Rejected { code, message }) => {
-            Err(SeqError::Rejected { code, message })
-        }
+        Some(outcome) => outcome_reply(outcome),
         None => Err(SeqError::Internal("no outcome for the command".into())),
     }
+}
+
+/// One applied command's reply, or why it was rejected.
+pub(crate) fn outcome_reply(outcome: CommandOutcome) -> Result<pb::CommandReply, SeqError> {
+    match outcome {
+        CommandOutcome::Applied { reply, .. } => pb::CommandReply::decode(reply.as_slice())
+            .map_err(|e| SeqError::Internal(format!("decode reply: {e}"))),
+        CommandOutcome::Rejected { code, message } => Err(SeqError::Rejected { code, message }),
+    }
+}
+
+/// A call's error as a [`pb::Refusal`], with the details a unary Submit would have carried
+/// (a forwarded call's answer, a SendBatch item).
+pub(crate) fn refusal(status: Status) -> pb::Refusal {
+    pb::Refusal {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details: status.details().to_vec(),
+    }
+}
+
+/// A [`pb::Refusal`] back as the error it was.
+pub fn from_refusal(r: pb::Refusal) -> SeqError {
+    SeqError::from_status(&Status::with_details(
+        Code::from_i32(r.code),
+        r.message,
+        r.details.into(),
+    ))
 }
 
 /// A reply of another kind than the command's.

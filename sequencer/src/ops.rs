@@ -4,10 +4,13 @@
 
 use chat_log::RejectCode;
 use chat_model::ids::{direct_chat_id, group_chat_id, ChatId, ChatSeq, DeviceId, UserId};
+use chat_model::reads::PageEnd;
 use chat_model::StateReader;
-use chat_proto::chat_v1::{self as pb, ChatKind, ReceiptKind};
+use chat_proto::chat_v1::{
+    self as pb, command, command_reply, send_batch_item, ChatKind, ReceiptKind,
+};
 
-use crate::error::SeqError;
+use crate::error::{from_refusal, SeqError};
 use crate::sequencer::Sequencer;
 
 impl Sequencer {
@@ -139,6 +142,39 @@ impl Sequencer {
         self.submit_typed_within(message, within).await
     }
 
+    /// A device's sends to one chat, given seqs in this order (see `submit_batch`): each
+    /// message's ack or error, in the same order. An error for the whole batch (a malformed one)
+    /// is every message's.
+    pub async fn send_batch_within(
+        &self,
+        messages: Vec<pb::SendMessage>,
+        within: Option<std::time::Duration>,
+    ) -> Vec<Result<pb::SendAck, SeqError>> {
+        let n = messages.len();
+        let command = pb::Command {
+            kind: Some(command::Kind::SendBatch(pb::SendBatch { messages })),
+        };
+        let reply = match self.submit_within(command, false, within).await {
+            Ok(reply) => reply,
+            Err(e) => return vec![Err(e); n],
+        };
+        let items = match reply.kind {
+            Some(command_reply::Kind::SendBatch(r)) if r.items.len() == n => r.items,
+            other => {
+                let e = SeqError::Internal(format!("a SendBatch of {n} answered {other:?}"));
+                return vec![Err(e); n];
+            }
+        };
+        items
+            .into_iter()
+            .map(|item| match item.result {
+                Some(send_batch_item::Result::Ack(ack)) => Ok(ack),
+                Some(send_batch_item::Result::Refused(r)) => Err(from_refusal(r)),
+                None => Err(SeqError::Internal("an empty SendBatch item".into())),
+            })
+            .collect()
+    }
+
     pub async fn advance_receipt(
         &self,
         chat: ChatId,
@@ -170,8 +206,8 @@ impl Sequencer {
         .await
     }
 
-    /// Messages of `chat` with `after < seq < before` (no `before`: unbounded), oldest first,
-    /// from a replica of the chat's partition (this node's if it holds it; it may lag the
+    /// Messages of `chat` with `after < seq < before` (no `before`: unbounded), oldest first:
+    /// the newest of the range when `before` is given, the oldest otherwise; from a replica of the chat's partition (this node's if it holds it; it may lag the
     /// leader by what it has not applied yet). `limit` is clamped to the configured page size
     /// (0: 50).
     pub async fn history(
@@ -185,8 +221,14 @@ impl Sequencer {
             0 => 50,
             n => n.min(self.config.max_history_page),
         };
+        // Paging back when it names an upper bound (the newest page below it), forward
+        // otherwise.
+        let end = match before {
+            Some(_) => PageEnd::Newest,
+            None => PageEnd::Oldest,
+        };
         StateReader::new(self.node.clone())
-            .history(chat, after, before, limit)
+            .history(chat, after, before, limit, end)
             .await
             .map_err(SeqError::from)?
             .ok_or_else(|| SeqError::Rejected {

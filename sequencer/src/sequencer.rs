@@ -16,16 +16,19 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_log::{Dispatch, LogNode, LogOffset, PartitionId};
-use chat_model::commands::{self, ChatCommand, CheckContext, CHAT_COMMAND_TAG};
-use chat_proto::chat_v1::{self as pb, command, command_reply};
+use chat_log::{CommandOutcome, Dispatch, LogNode, LogOffset, PartitionId, ProposalOutcome};
+use chat_model::commands::{self, ChatCommand, CheckContext, Invalid, CHAT_COMMAND_TAG};
+use chat_proto::chat_v1::{self as pb, command, command_reply, send_batch_item};
 use chat_proto::AttachSecret;
 use prost::Message;
 
 use crate::config::SequencerConfig;
-use crate::error::{reply_of, unexpected, SeqError};
+use crate::error::{outcome_reply, refusal, reply_of, unexpected, SeqError};
 use crate::forward::{leader_elsewhere, Forwarder};
 use crate::send_rate::SendRate;
+
+/// The most messages one SendBatch may carry (gateways send far fewer: see their lanes).
+const MAX_SEND_BATCH: usize = 1024;
 
 /// The longest pause between two tries of a command while no leader takes it.
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
@@ -46,6 +49,31 @@ fn possibly_committed(err: SeqError) -> SeqError {
             }
         }
         other => other,
+    }
+}
+
+/// What a try of a command came back with: this node's proposal's outcomes, or the leader's
+/// reply to the forwarded command.
+enum Answer {
+    Local(ProposalOutcome),
+    Forwarded(pb::CommandReply),
+}
+
+/// One message's outcome in a proposal of a SendBatch, as its item of the reply.
+fn item_of(outcome: CommandOutcome) -> pb::SendBatchItem {
+    match outcome_reply(outcome).map(|r| r.kind) {
+        Ok(Some(command_reply::Kind::Send(ack))) => pb::SendBatchItem {
+            result: Some(send_batch_item::Result::Ack(ack)),
+        },
+        Ok(Some(other)) => refused_item(unexpected(other)),
+        Ok(None) => refused_item(SeqError::Internal("empty reply".into())),
+        Err(e) => refused_item(e),
+    }
+}
+
+fn refused_item(e: SeqError) -> pb::SendBatchItem {
+    pb::SendBatchItem {
+        result: Some(send_batch_item::Result::Refused(refusal(e.into()))),
     }
 }
 
@@ -98,12 +126,140 @@ impl Sequencer {
         forwarded: bool,
         within: Option<Duration>,
     ) -> Result<pb::CommandReply, SeqError> {
+        if let Some(command::Kind::SendBatch(batch)) = &mut command.kind {
+            let items = self
+                .submit_batch(std::mem::take(batch), forwarded, within)
+                .await?;
+            return Ok(pb::CommandReply {
+                kind: Some(command_reply::Kind::SendBatch(pb::SendBatchReply { items })),
+            });
+        }
         let partition = self.prepare(&mut command)?;
         // Counted once, where the send entered the cluster.
         if let (Some(command::Kind::SendMessage(m)), false) = (&command.kind, forwarded) {
             self.send_rate.admit(m.sender_user, &self.forwarder).await?;
         }
         let bytes = Dispatch::tagged(CHAT_COMMAND_TAG, &command.encode_to_vec());
+        match self
+            .drive(partition, vec![bytes], &command, forwarded, within)
+            .await
+            .map_err(possibly_committed)?
+        {
+            Answer::Local(outcome) => reply_of(outcome),
+            Answer::Forwarded(reply) => Ok(reply),
+        }
+    }
+
+    /// A device's sends to one chat, in the order they must get seqs: each checked (and counted
+    /// against the sender's rate) on its own, the ones that pass proposed as one proposal, so
+    /// they apply contiguously in this order (forwarded to the leader as one call). One item
+    /// per message. Past the first send the rate refuses, every later one is refused too: a
+    /// later message must not be appended before an earlier one the device will resend.
+    async fn submit_batch(
+        &self,
+        batch: pb::SendBatch,
+        forwarded: bool,
+        within: Option<Duration>,
+    ) -> Result<Vec<pb::SendBatchItem>, SeqError> {
+        let limit = MAX_SEND_BATCH;
+        if batch.messages.is_empty() || batch.messages.len() > limit {
+            return Err(Invalid::new(format!(
+                "a SendBatch has 1 to {limit} messages, not {}",
+                batch.messages.len()
+            ))
+            .into());
+        }
+        let from = |m: &pb::SendMessage| (m.chat_id, m.sender_user, m.sender_device);
+        let first = from(&batch.messages[0]);
+        if batch.messages.iter().any(|m| from(m) != first) {
+            return Err(Invalid::new(
+                "every message of a SendBatch goes to one chat from one device",
+            )
+            .into());
+        }
+        let mut items = vec![None; batch.messages.len()];
+        let mut passed = Vec::new();
+        let mut partition = None;
+        let mut rate_refused = None;
+        for (i, message) in batch.messages.into_iter().enumerate() {
+            if let Some(e) = &rate_refused {
+                items[i] = Some(refused_item(SeqError::clone(e)));
+                continue;
+            }
+            let user = message.sender_user;
+            let mut command = pb::Command {
+                kind: Some(command::Kind::SendMessage(message)),
+            };
+            match self.prepare(&mut command) {
+                Err(e) => items[i] = Some(refused_item(e)),
+                Ok(p) => {
+                    if !forwarded {
+                        if let Err(e) = self.send_rate.admit(user, &self.forwarder).await {
+                            items[i] = Some(refused_item(e.clone()));
+                            rate_refused = Some(e);
+                            continue;
+                        }
+                    }
+                    partition = Some(p);
+                    passed.push((i, command));
+                }
+            }
+        }
+        if let Some(p) = partition {
+            let bytes = passed
+                .iter()
+                .map(|(_, c)| Dispatch::tagged(CHAT_COMMAND_TAG, &c.encode_to_vec()))
+                .collect();
+            let messages = passed
+                .iter()
+                .filter_map(|(_, c)| match &c.kind {
+                    Some(command::Kind::SendMessage(m)) => Some(m.clone()),
+                    _ => None,
+                })
+                .collect();
+            let whole = pb::Command {
+                kind: Some(command::Kind::SendBatch(pb::SendBatch { messages })),
+            };
+            let answers = match self.drive(p, bytes, &whole, forwarded, within).await {
+                Ok(Answer::Local(outcome)) => outcome.outcomes.into_iter().map(item_of).collect(),
+                Ok(Answer::Forwarded(reply)) => match reply.kind {
+                    Some(command_reply::Kind::SendBatch(r)) => r.items,
+                    Some(other) => return Err(unexpected(other)),
+                    None => return Err(SeqError::Internal("empty reply".into())),
+                },
+                // The node it came from retries the whole batch.
+                Err(e) if forwarded => return Err(e),
+                Err(e) => {
+                    let e = possibly_committed(e);
+                    vec![refused_item(e); passed.len()]
+                }
+            };
+            if answers.len() != passed.len() {
+                return Err(SeqError::Internal(format!(
+                    "{} answers for {} messages",
+                    answers.len(),
+                    passed.len()
+                )));
+            }
+            for ((i, _), item) in passed.into_iter().zip(answers) {
+                items[i] = Some(item);
+            }
+        }
+        Ok(items.into_iter().flatten().collect())
+    }
+
+    /// Propose `bytes` (one proposal) on this node if it leads `partition`, or forward
+    /// `command` (the same thing, as one call) to the leader; retried through elections and
+    /// ambiguous failures until the deadline. A forwarded command is tried once: the node it
+    /// came from retries.
+    async fn drive(
+        &self,
+        partition: PartitionId,
+        bytes: Vec<Vec<u8>>,
+        command: &pb::Command,
+        forwarded: bool,
+        within: Option<Duration>,
+    ) -> Result<Answer, SeqError> {
         let started = Instant::now();
         let deadline = started + within.unwrap_or(self.config.submit_timeout);
         // Short and capped low: during a failover the new leader is usually known within a few
@@ -111,15 +267,15 @@ impl Sequencer {
         let mut backoff = Duration::from_millis(10);
         loop {
             let attempt = async {
-                match self.node.propose(partition, vec![bytes.clone()]).await {
-                    Ok(outcome) => Ok(reply_of(outcome)),
+                match self.node.propose(partition, bytes.clone()).await {
+                    Ok(outcome) => Ok(Answer::Local(outcome)),
                     Err(e) => match leader_elsewhere(&e, self.node.node_id()) {
-                        Some(addr) if !forwarded => {
-                            match self.forwarder.forward(&addr, &command, deadline).await {
-                                Ok(reply) => Ok(Ok(reply)),
-                                Err(status) => Err(SeqError::from_status(&status)),
-                            }
-                        }
+                        Some(addr) if !forwarded => self
+                            .forwarder
+                            .forward(&addr, command, deadline)
+                            .await
+                            .map(Answer::Forwarded)
+                            .map_err(|status| SeqError::from_status(&status)),
                         _ => Err(SeqError::from(e)),
                     },
                 }
@@ -128,7 +284,7 @@ impl Sequencer {
             // proposal and never commits it: the deadline bounds that wait too.
             let left = deadline.saturating_duration_since(Instant::now());
             let err = match tokio::time::timeout(left, attempt).await {
-                Ok(Ok(answer)) => return answer,
+                Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(err)) => err,
                 Err(_) => {
                     return Err(SeqError::Unavailable {
@@ -140,11 +296,10 @@ impl Sequencer {
                     })
                 }
             };
-            // Only "no leader could take it" is worth retrying; anything else is the answer. A
-            // forwarded command is retried by the node it came from.
+            // Only "no leader could take it" is worth retrying; anything else is the answer.
             let retry = matches!(err, SeqError::Unavailable { .. });
             if !retry || forwarded || Instant::now() + backoff > deadline {
-                return Err(possibly_committed(err));
+                return Err(err);
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -17,7 +17,7 @@ use chat_proto::chat_v1::{
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::error::SeqError;
+use crate::error::{refusal, SeqError};
 use crate::sequencer::Sequencer;
 use chat_model::ids::{ChatId, ChatSeq};
 
@@ -28,15 +28,6 @@ pub struct SequencerService {
 impl SequencerService {
     pub fn server(sequencer: Arc<Sequencer>) -> SequencerServer<SequencerService> {
         SequencerServer::new(SequencerService { sequencer })
-    }
-}
-
-/// A call's error as a [`pb::Refusal`], with the details a unary Submit would have carried.
-fn refusal(status: Status) -> pb::Refusal {
-    pb::Refusal {
-        code: status.code() as i32,
-        message: status.message().to_string(),
-        details: status.details().to_vec(),
     }
 }
 

@@ -223,6 +223,28 @@ async fn sends_are_ordered_idempotent_and_validated() {
         .messages
         .iter()
         .all(|m| m.chat_id == chat.0 && m.offset > 0));
+    // With an upper bound the page is the newest below it (paging back), still oldest first.
+    let seqs = |page: &pb::HistoryReply| page.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    let newest = seq
+        .history(chat, ChatSeq(0), Some(ChatSeq(u64::MAX)), 10)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&newest), (16..=25).collect::<Vec<_>>());
+    let back = seq
+        .history(chat, ChatSeq(0), Some(ChatSeq(16)), 10)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&back), (6..=15).collect::<Vec<_>>());
+    let first = seq
+        .history(chat, ChatSeq(0), Some(ChatSeq(6)), 10)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&first), (1..=5).collect::<Vec<_>>());
+    let above = seq
+        .history(chat, ChatSeq(12), Some(ChatSeq(16)), 10)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&above), vec![13, 14, 15], "after_seq still bounds it");
     assert_eq!(
         code(
             seq.history(unknown, ChatSeq(0), None, 10)

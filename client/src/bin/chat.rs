@@ -207,10 +207,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::History { to, limit } => {
             let chat = resolve_chat(&mut client, &mut profile, &to).await?;
-            let page = client.history(chat, 0, 0, limit.max(1)).await?;
-            // The last `limit` messages: page back from the end.
-            let after = page.last_seq.saturating_sub(u64::from(limit));
-            let page = client.history(chat, after, 0, limit).await?;
+            // The newest page: below a bound past any seq.
+            let page = client.history(chat, 0, u64::MAX, limit.max(1)).await?;
             for m in &page.messages {
                 print_message(&profile, m);
             }

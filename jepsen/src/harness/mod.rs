@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// Where run directories go.
     #[arg(long, default_value = "target/jepsen")]
     pub out: PathBuf,
+    /// Keep the nodes' data directories after a valid run (a failed run always keeps them).
+    #[arg(long)]
+    pub keep_data: bool,
 }
 
 const NETNS_ENV: &str = "CHAT_JEPSEN_NETNS";
@@ -207,7 +210,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     );
     std::fs::File::create(dir.join("report.txt"))?.write_all(text.as_bytes())?;
     println!("{text}");
-    Ok(report.valid() && !matches!(settled, Some(Err(_))))
+    let valid = report.valid() && !matches!(settled, Some(Err(_)));
+    if valid && !args.keep_data {
+        // Each node's RocksDB is hundreds of MB; a clean run's logs, history and report say
+        // all there is to say, and CI machines have little disk.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let data = entry.path();
+            if data.is_dir() && is_node_slot(&entry.file_name().to_string_lossy()) {
+                if let Err(e) = std::fs::remove_dir_all(&data) {
+                    eprintln!("cannot remove {}: {e}", data.display());
+                }
+            }
+        }
+    }
+    Ok(valid)
+}
+
+/// A node's data directory is named `n<slot>` (see nodes.rs).
+fn is_node_slot(name: &str) -> bool {
+    name.strip_prefix('n')
+        .is_some_and(|slot| !slot.is_empty() && slot.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn summarize(h: &crate::history::History) -> String {

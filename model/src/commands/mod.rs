@@ -8,7 +8,7 @@
 //! | `add_device.rs`, `revoke_device.rs` | `AddDevice`, `RevokeDevice` |
 //! | `create_chat.rs` | `CreateChat`: a direct chat or a group |
 //! | `change_members.rs` | `ChangeMembers`: an admin adds or removes group members |
-//! | `send_message.rs` | `SendMessage`, with the dedup window |
+//! | `send_message.rs` | `SendMessage`, with the dedup window (a `SendBatch` is unpacked into these by the sequencer) |
 //! | `advance_receipt.rs` | `AdvanceReceipt`: delivered/read watermarks, device cursors |
 //! | `expire_messages.rs` | `ExpireMessages`: retention |
 //! | `apply_follow_ups.rs`, `follow_ups_sent.rs` | cross-partition follow-ups and their progress |
@@ -63,6 +63,9 @@ pub fn check(command: &mut pb::Command, cx: &CheckContext<'_>) -> Result<Partiti
         Some(command::Kind::ExpireMessages(c)) => c.check(cx),
         Some(command::Kind::ApplyFollowUps(c)) => c.check(cx),
         Some(command::Kind::FollowUpsSent(c)) => c.check(cx),
+        Some(command::Kind::SendBatch(_)) => Err(Invalid::new(
+            "a SendBatch is checked message by message (the sequencer unpacks it)",
+        )),
     }
 }
 
@@ -101,6 +104,10 @@ impl CommandHandler for ChatHandler {
             Some(command::Kind::FollowUpsSent(c)) => c.apply(cx),
             Some(command::Kind::SendMessage(c)) => c.apply(cx),
             Some(command::Kind::AdvanceReceipt(c)) => c.apply(cx),
+            Some(command::Kind::SendBatch(_)) => reject(
+                RejectCode::InvalidArgument,
+                "a SendBatch is never a log entry: its messages are",
+            ),
             None => reject(RejectCode::InvalidArgument, "empty chat command"),
         }
     }

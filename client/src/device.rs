@@ -143,8 +143,45 @@ impl ChatClient {
             chat_id,
             add_handles: add.to_vec(),
             remove_handles: remove.to_vec(),
+            ..Default::default()
         });
         Ok(self.rpc.change_members(request).await?.into_inner())
+    }
+
+    /// Any change of a group's members and admins (see `ChangeMembersRequest`; leaving is
+    /// removing only oneself).
+    pub async fn change_group(
+        &mut self,
+        change: pb::ChangeMembersRequest,
+    ) -> Result<pb::ChatInfo, Status> {
+        let request = self.request(change);
+        Ok(self.rpc.change_members(request).await?.into_inner())
+    }
+
+    /// Hide this user's presence (online, last seen) from everyone else, or show it again.
+    pub async fn set_presence_hidden(&mut self, hidden: bool) -> Result<bool, Status> {
+        let request = self.request(pb::SetPresenceHiddenRequest { hidden });
+        Ok(self
+            .rpc
+            .set_presence_hidden(request)
+            .await?
+            .into_inner()
+            .hidden)
+    }
+
+    /// Delete message `seq` of `chat_id` for everyone; the tombstone's ack.
+    pub async fn delete_message(&mut self, chat_id: u64, seq: u64) -> Result<pb::SendAck, Status> {
+        let request = self.request(pb::DeleteMessageRequest { chat_id, seq });
+        Ok(self.rpc.delete_message(request).await?.into_inner())
+    }
+
+    /// Change a chat's name, description, icon or disappearing-messages timer.
+    pub async fn update_chat(
+        &mut self,
+        update: pb::UpdateChatRequest,
+    ) -> Result<pb::ChatInfo, Status> {
+        let request = self.request(update);
+        Ok(self.rpc.update_chat(request).await?.into_inner())
     }
 
     pub async fn list_chats(&mut self) -> Result<Vec<pb::ChatInfo>, Status> {
@@ -316,6 +353,11 @@ pub enum DeviceEvent {
     /// This user's ticks in a chat moved (every other member delivered / read up to).
     Ticks(pb::TickFrame),
     ChatUpdate(pb::ChatUpdate),
+    /// Another member started or stopped typing (a start lapses after its `ttl_ms`).
+    Typing(pb::TypingNotice),
+    /// A user this user shares chats with came online or went offline (after
+    /// [`Device::subscribe_presence`]).
+    Presence(pb::PresenceFrame),
     /// A frame the server refused (the stream stays open).
     Error(pb::ErrorFrame),
     /// The stream ended; the device reconnects unless the error is UNAUTHENTICATED.
@@ -368,6 +410,11 @@ enum Command {
     },
     /// Resend every unanswered send, in order (after a send ended UNAVAILABLE).
     ResendAll,
+    Typing {
+        chat_id: u64,
+        typing: bool,
+    },
+    SubscribePresence,
     Read {
         chat_id: u64,
         up_to_seq: u64,
@@ -399,6 +446,7 @@ impl Device {
             cursors: cursors.clone(),
             pending: Pending::default(),
             resend_due: false,
+            presence_subscribed: false,
             attempt: 0,
         };
         tokio::spawn(actor.run());
@@ -454,6 +502,21 @@ impl Device {
                 .await
                 .map_err(|_| Status::cancelled("the device has stopped"))?
         })
+    }
+
+    /// Get [`DeviceEvent::Presence`] for the users this user shares chats with (their current
+    /// presence first, then changes), on this stream and the ones after a reconnect.
+    pub async fn subscribe_presence(&self) {
+        let _ = self.commands.send(Command::SubscribePresence).await;
+    }
+
+    /// Tell `chat_id`'s other members this user started (`true`) or stopped typing. Not
+    /// resent after a reconnect: repeat a start every few seconds while typing.
+    pub async fn typing(&self, chat_id: u64, typing: bool) {
+        let _ = self
+            .commands
+            .send(Command::Typing { chat_id, typing })
+            .await;
     }
 
     /// Mark `chat_id` read up to `up_to_seq`.
@@ -513,6 +576,8 @@ struct Actor {
     pending: Pending,
     /// A `ResendAll` is on its way.
     resend_due: bool,
+    /// The device asked for presence: every new stream subscribes again.
+    presence_subscribed: bool,
     /// Reconnection attempts since the last successful one (for backoff).
     attempt: u32,
 }
@@ -576,6 +641,12 @@ impl Actor {
             Ok(stream) => stream,
             Err(status) => return Ended::Failed(status),
         };
+        if self.presence_subscribed {
+            let subscribe = client_frame::Kind::PresenceSubscribe(pb::PresenceSubscribe {});
+            if let Err(status) = stream.send_frame(subscribe).await {
+                return Ended::Failed(why_closed(&mut stream, status).await);
+            }
+        }
         for frame in self.pending.frames() {
             if let Err(status) = stream
                 .send_frame(client_frame::Kind::Send(frame.clone()))
@@ -695,6 +766,8 @@ impl Actor {
                 }
                 self.emit(DeviceEvent::ChatUpdate(u)).await
             }
+            server_frame::Kind::Typing(t) => self.emit(DeviceEvent::Typing(t)).await,
+            server_frame::Kind::Presence(p) => self.emit(DeviceEvent::Presence(p)).await,
             server_frame::Kind::Error(e) => self.emit(DeviceEvent::Error(e)).await,
             server_frame::Kind::Pong(_) => Ok(()),
         }
@@ -716,6 +789,18 @@ impl Actor {
                 Ok(())
             }
             Command::Read { chat_id, up_to_seq } => stream.read(chat_id, up_to_seq).await,
+            Command::SubscribePresence => {
+                self.presence_subscribed = true;
+                stream
+                    .send_frame(client_frame::Kind::PresenceSubscribe(
+                        pb::PresenceSubscribe {},
+                    ))
+                    .await
+            }
+            Command::Typing { chat_id, typing } => {
+                let frame = pb::TypingFrame { chat_id, typing };
+                stream.send_frame(client_frame::Kind::Typing(frame)).await
+            }
         }
     }
 }

@@ -62,7 +62,7 @@ fn chat(kind: Kind) -> Decoded {
         ),
         Kind::MembersChanged(e) => (
             "members_changed",
-            json!({"chat": e.chat_id, "by": e.by_user, "added": e.added, "removed": e.removed, "last_seq": e.last_seq}),
+            json!({"chat": e.chat_id, "by": e.by_user, "added": e.added, "removed": e.removed, "promoted": e.promoted, "demoted": e.demoted, "last_seq": e.last_seq}),
         ),
         Kind::Message(m) => (
             "message",
@@ -75,6 +75,8 @@ fn chat(kind: Kind) -> Decoded {
                 "payload_bytes": m.payload.len(),
                 "media": m.media.len(),
                 "expired": m.expired,
+                "deleted": m.deleted,
+                "deletes_seq": m.deletes_seq,
             }),
         ),
         Kind::ReceiptAdvanced(e) => (
@@ -88,6 +90,14 @@ fn chat(kind: Kind) -> Decoded {
         Kind::ChatListChanged(e) => (
             "chat_list_changed",
             json!({"user": e.user_id, "chat": e.chat_id, "joined": e.joined, "source_partition": e.source_partition, "source_offset": e.source_offset}),
+        ),
+        Kind::PresenceUpdated(e) => (
+            "presence_updated",
+            json!({"user": e.user_id, "hidden": e.hidden, "last_seen_ms": e.last_seen_ms}),
+        ),
+        Kind::ChatUpdated(e) => (
+            "chat_updated",
+            json!({"chat": e.chat_id, "by": e.by_user, "name": e.name, "description": e.description, "icon": e.icon.map(|i| i.object_key), "disappear_after_secs": e.disappear_after_secs}),
         ),
     };
     Decoded { what, fields }

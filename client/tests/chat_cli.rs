@@ -100,23 +100,68 @@ async fn register_send_tail_resume_history_group() {
         "{out}"
     );
 
+    // The newest page.
     let (ok, out, err) = env.chat("alice", &["history", "bob", "--limit", "2"]).await;
     assert!(ok, "{err}");
     assert!(
-        out.contains("(2 of 3 messages)") && out.contains("third"),
+        out.contains("(2 of 3 messages)")
+            && out.contains("second")
+            && out.contains("third")
+            && !out.contains("hi alice"),
         "{out}"
     );
+
+    // Typing: alice follows while bob types, then sends.
+    let (tail, _) = tokio::join!(env.chat("alice", &["tail", "--count", "1"]), async {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let (ok, _, err) = env.chat("bob", &["typing", "alice"]).await;
+        assert!(ok, "{err}");
+        let (ok, _, err) = env.chat("bob", &["send", "alice", "fourth"]).await;
+        assert!(ok, "{err}");
+    });
+    let (ok, out, err) = tail;
+    assert!(ok && out.contains("bob: fourth"), "{out}{err}");
+    assert!(err.contains("bob is typing…"), "{err}");
 
     let (ok, out, err) = env
         .chat("bob", &["group", "create", "friends", "alice"])
         .await;
     assert!(ok && out.contains("\"friends\": bob, alice"), "{out}{err}");
+    let group = out
+        .split_whitespace()
+        .find(|w| w.starts_with('#'))
+        .expect("the group's id")
+        .to_string();
     let (ok, out, err) = env.chat("alice", &["chats"]).await;
     assert!(ok, "{err}");
     assert!(
         out.contains("group \"friends\"") && out.contains("direct [bob, alice]"),
         "{out}"
     );
+
+    // Roles, a description, leaving, disappearing messages.
+    let (ok, out, err) = env
+        .chat("bob", &["group", "promote", &group, "alice"])
+        .await;
+    let admins = out
+        .lines()
+        .find(|l| l.starts_with("admins:"))
+        .unwrap_or_default();
+    assert!(
+        ok && admins.contains("alice") && admins.contains("bob"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = env
+        .chat(
+            "alice",
+            &["group", "set", &group, "--description", "weekend"],
+        )
+        .await;
+    assert!(ok && out.contains("description: weekend"), "{out}{err}");
+    let (ok, out, err) = env.chat("bob", &["group", "leave", &group]).await;
+    assert!(ok && out.contains("\"friends\": alice\n"), "{out}{err}");
+    let (ok, out, err) = env.chat("alice", &["disappear", "bob", "3600"]).await;
+    assert!(ok && out.contains("disappear after 3600 s"), "{out}{err}");
 
     running.stop().await.unwrap();
 }

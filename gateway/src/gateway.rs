@@ -127,10 +127,17 @@ impl Gateway {
             registers_per_second: config.registers_per_second,
             register_burst: config.register_burst,
         });
+        let reads = StateReader::new(node);
+        crate::presence_push::start(
+            sequencer.clone(),
+            reads.clone(),
+            hub.clone(),
+            presence.clone(),
+        );
         let gateway = Arc::new(Gateway {
             limits,
             confirmed: Default::default(),
-            reads: StateReader::new(node),
+            reads,
             presence,
             hub,
             sequencer,

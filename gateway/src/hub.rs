@@ -44,6 +44,10 @@ pub enum Push {
     },
     /// The user's ticks in a chat moved.
     Ticks(pb::TickFrame),
+    /// Another member started or stopped typing (ephemeral: see [`Hub::offer_ephemeral`]).
+    Typing(pb::TypingNotice),
+    /// A watched user came online or went offline (ephemeral).
+    Presence(pb::PresenceFrame),
 }
 
 /// The hub's side of one connected device stream.
@@ -55,6 +59,8 @@ pub struct SessionHandle {
     lagged: AtomicBool,
     /// Wakes the session when it has been marked lagged.
     pub wake: Notify,
+    /// The users whose presence this stream watches (see [`Hub::watch_presence`]).
+    watching: std::sync::Mutex<Vec<UserId>>,
 }
 
 impl SessionHandle {
@@ -100,6 +106,8 @@ pub const MAX_STREAMS_PER_DEVICE: usize = 4;
 pub struct Hub {
     reads: StateReader,
     sessions: RwLock<HashMap<UserId, Vec<Arc<SessionHandle>>>>,
+    /// Per user, the streams here that watch its presence.
+    presence_watchers: RwLock<HashMap<UserId, Vec<Arc<SessionHandle>>>>,
     members: Cache<ChatId, Arc<Vec<UserId>>>,
     /// When each user's last stream on this node closed (ms since the epoch).
     last_seen: Cache<UserId, u64>,
@@ -131,6 +139,7 @@ impl Hub {
         let hub = Arc::new(Hub {
             reads: StateReader::new(node.clone()),
             sessions: RwLock::default(),
+            presence_watchers: RwLock::default(),
             // Weighed in bytes, not entries: a big group's list is thousands of times a direct
             // chat's, and a count cap would let a node's memory follow its groups' sizes.
             members: Cache::builder()
@@ -208,6 +217,7 @@ impl Hub {
             queue: tx,
             lagged: AtomicBool::new(false),
             wake: Notify::new(),
+            watching: std::sync::Mutex::default(),
         });
         let mut sessions = self.sessions.write().expect("sessions lock");
         let list = sessions.entry(user).or_default();
@@ -228,7 +238,40 @@ impl Hub {
         Ok((handle, rx))
     }
 
+    /// Offer `handle` the presence changes of `users` from now on (until it unregisters).
+    pub fn watch_presence(&self, handle: &Arc<SessionHandle>, users: &[UserId]) {
+        let mut watching = handle.watching.lock().expect("watching lock");
+        let mut watchers = self.presence_watchers.write().expect("watchers lock");
+        for &user in users {
+            if watching.contains(&user) {
+                continue;
+            }
+            watching.push(user);
+            watchers.entry(user).or_default().push(handle.clone());
+        }
+    }
+
+    /// Offer a presence change to the streams here that watch its user.
+    pub fn offer_presence(&self, frame: &pb::PresenceFrame) {
+        let watchers = self.presence_watchers.read().expect("watchers lock");
+        for s in watchers.get(&UserId(frame.user_id)).into_iter().flatten() {
+            let _ = s.queue.try_send(Push::Presence(*frame));
+        }
+    }
+
     pub fn unregister(&self, handle: &SessionHandle) {
+        let watched = std::mem::take(&mut *handle.watching.lock().expect("watching lock"));
+        if !watched.is_empty() {
+            let mut watchers = self.presence_watchers.write().expect("watchers lock");
+            for user in watched {
+                if let Some(list) = watchers.get_mut(&user) {
+                    list.retain(|s| s.id != handle.id);
+                    if list.is_empty() {
+                        watchers.remove(&user);
+                    }
+                }
+            }
+        }
         let mut sessions = self.sessions.write().expect("sessions lock");
         if let Some(list) = sessions.get_mut(&handle.user) {
             list.retain(|s| s.id != handle.id);
@@ -293,6 +336,17 @@ impl Hub {
             .values()
             .map(Vec::len)
             .sum()
+    }
+
+    /// Offer `push` to `users`' streams where their queues have room: for what is not in the
+    /// log (typing), a full queue drops it rather than send the stream to catch up.
+    pub fn offer_ephemeral(&self, users: &[UserId], push: &Push) {
+        let sessions = self.sessions.read().expect("sessions lock");
+        for user in users {
+            for s in sessions.get(user).into_iter().flatten() {
+                let _ = s.queue.try_send(push.clone());
+            }
+        }
     }
 
     fn offer_to_users(&self, users: &[UserId], push: &Push) {
@@ -385,7 +439,9 @@ impl Hub {
             chat_event::Kind::UserRegistered(_)
             | chat_event::Kind::DeviceAdded(_)
             | chat_event::Kind::MessagesExpired(_)
-            | chat_event::Kind::ChatListChanged(_) => {}
+            | chat_event::Kind::ChatListChanged(_)
+            | chat_event::Kind::ChatUpdated(_)
+            | chat_event::Kind::PresenceUpdated(_) => {}
         }
     }
 }

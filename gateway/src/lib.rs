@@ -17,11 +17,15 @@
 //! - [`ticks`]: the projector's tick changes (see `chat-projector`) go to the member's streams:
 //!   this node's projector's, and for partitions this node does not hold, a holder's (over
 //!   `chat.v1.GatewayPeer.WatchTicks`).
+//! - [`typing`]: typing indicators, relayed to the other members' streams on every node and
+//!   never stored.
 //! - [`notify`]: collapsed notifications for member devices with no stream, and the push sinks
 //!   they go to (log, webhook).
 //! - [`presence`]: cluster-wide presence: each user's home node answers (the connection
 //!   registry), this node's hub adds its own streams; every peer is asked only while a home
 //!   cannot answer for sure (`chat.v1.GatewayPeer`).
+//! - [`presence_push`]: presence changes pushed to the streams that subscribed, last seen
+//!   recorded in the user's partition, hidden presence.
 //! - [`registry`]: the connection registry: which node holds which device's stream, kept at
 //!   each user's home node (rendezvous hashing over the nodes).
 //! - [`gateway`]: [`Gateway`], what one node's gateway holds and starts, and its config.
@@ -39,10 +43,12 @@ pub mod limits;
 pub mod notify;
 pub mod outbound;
 pub mod presence;
+pub mod presence_push;
 pub mod registry;
 pub mod service;
 pub mod session;
 pub mod ticks;
+pub mod typing;
 
 pub use gateway::{Gateway, GatewayConfig};
 pub use service::ChatService;

@@ -26,7 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::gateway::Gateway;
-use crate::hub::{Hub, Presence};
+use crate::hub::{Hub, Presence, Push};
 use crate::registry::{home_of, Registry};
 use crate::ticks;
 
@@ -68,7 +68,7 @@ impl ClusterPresence {
     }
 
     /// The other nodes' addresses, as this node knows the cluster now.
-    fn peers(&self) -> Vec<String> {
+    pub(crate) fn peers(&self) -> Vec<String> {
         let me = self.node.node_id();
         self.node
             .members()
@@ -283,6 +283,32 @@ impl GatewayPeer for GatewayPeerService {
             r.full,
         );
         Ok(Response::new(pb::AnnounceReply {}))
+    }
+
+    async fn presence_changed(
+        &self,
+        request: Request<pb::PresenceFrame>,
+    ) -> Result<Response<pb::PresenceChangedReply>, Status> {
+        self.hub.offer_presence(&request.into_inner());
+        Ok(Response::new(pb::PresenceChangedReply {}))
+    }
+
+    async fn typing(
+        &self,
+        request: Request<pb::TypingRelay>,
+    ) -> Result<Response<pb::TypingRelayReply>, Status> {
+        let r = request.into_inner();
+        let notice = r
+            .notice
+            .ok_or_else(|| Status::invalid_argument("a typing relay needs its notice"))?;
+        let users: Vec<UserId> = r
+            .to_users
+            .into_iter()
+            .take(crate::typing::MAX_RELAYED_USERS)
+            .map(UserId)
+            .collect();
+        self.hub.offer_ephemeral(&users, &Push::Typing(notice));
+        Ok(Response::new(pb::TypingRelayReply {}))
     }
 
     async fn home_presence(

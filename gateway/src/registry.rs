@@ -59,6 +59,15 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// A user homed here came online (its first stream anywhere opened) or went offline (its last
+/// one closed), and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub user: UserId,
+    pub online: bool,
+    pub at_ms: u64,
+}
+
 /// One stream as its home holds it.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -74,6 +83,8 @@ pub struct Registry {
     /// Since when this home has held what every node sent it (its start, or the last change of
     /// the node set, whichever is later).
     since: Mutex<Instant>,
+    /// Where users coming online and going offline are reported (see `presence_push.rs`).
+    transitions: std::sync::OnceLock<mpsc::UnboundedSender<Transition>>,
 }
 
 impl Default for Registry {
@@ -82,6 +93,7 @@ impl Default for Registry {
             streams: Mutex::default(),
             last_seen: last_seen_cache(),
             since: Mutex::new(Instant::now()),
+            transitions: std::sync::OnceLock::new(),
         }
     }
 }
@@ -91,6 +103,21 @@ impl Registry {
     /// the node set: only then is "no stream" here an answer.
     pub fn complete(&self) -> bool {
         self.since.lock().expect("registry lock").elapsed() > REFRESH + Duration::from_secs(1)
+    }
+
+    /// Report users coming online and going offline from now on.
+    pub fn set_transitions(&self, to: mpsc::UnboundedSender<Transition>) {
+        let _ = self.transitions.set(to);
+    }
+
+    fn report(&self, user: UserId, online: bool, at_ms: u64) {
+        if let Some(to) = self.transitions.get() {
+            let _ = to.send(Transition {
+                user,
+                online,
+                at_ms,
+            });
+        }
     }
 
     /// The node set changed: users may have moved here whose streams were announced elsewhere.
@@ -120,6 +147,9 @@ impl Registry {
             }
         }
         for &(user, device) in opened {
+            if streams.get(&user).is_none_or(HashMap::is_empty) {
+                self.report(user, true, now_ms());
+            }
             streams.entry(user).or_default().insert(
                 device,
                 Entry {
@@ -153,7 +183,9 @@ impl Registry {
         }
         if devices.is_empty() {
             streams.remove(&user);
-            self.last_seen.insert(user, now_ms());
+            let now = now_ms();
+            self.last_seen.insert(user, now);
+            self.report(user, false, now);
         }
     }
 

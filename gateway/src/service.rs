@@ -12,6 +12,7 @@ use chat_model::StateReader;
 use chat_proto::chat_v1 as pb;
 use chat_proto::chat_v1::chat_server::{Chat, ChatServer};
 use chat_proto::token::DeviceToken;
+use chat_sequencer::MemberChange;
 use futures::{StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -21,6 +22,7 @@ use crate::limits::{
     check_bytes, check_len, MAX_HANDLES_PER_CALL, MAX_NAME_BYTES, MAX_REQUEST_ID_BYTES,
 };
 use crate::outbound::{FrameStream, Outbound};
+use crate::presence_push;
 use crate::session;
 
 /// Reads one call makes at once (a group's member records, a user's chats), each perhaps of
@@ -111,7 +113,13 @@ impl ChatService {
             .await
             .map_err(storage)?
             .ok_or_else(|| Status::not_found(format!("chat {chat} does not exist")))?;
-        let members = reads.members(chat).await.map_err(storage)?;
+        let records = reads.member_records(chat).await.map_err(storage)?;
+        let admins = records
+            .iter()
+            .filter(|(_, m)| m.admin)
+            .map(|(u, _)| u.0)
+            .collect();
+        let members: Vec<UserId> = records.into_iter().map(|(u, _)| u).collect();
         // Each member's record is in the member's partition: read them all at once.
         let users = members.clone();
         let member_handles = futures::stream::iter(users.into_iter().map(|u| reads.user(u)))
@@ -127,6 +135,10 @@ impl ChatService {
             members: members.into_iter().map(|u| u.0).collect(),
             last_seq: record.last_seq,
             member_handles,
+            admins,
+            description: record.description,
+            icon: record.icon,
+            disappear_after_secs: record.disappear_after_secs,
         })
     }
 
@@ -284,21 +296,71 @@ impl Chat for ChatService {
         let me = self.caller(&request, "ChangeMembers").await?;
         let r = request.into_inner();
         let chat = ChatId(r.chat_id);
-        check_len("add_handles", r.add_handles.len(), MAX_HANDLES_PER_CALL)?;
-        check_len(
-            "remove_handles",
-            r.remove_handles.len(),
-            MAX_HANDLES_PER_CALL,
-        )?;
+        for (what, list) in [
+            ("add_handles", &r.add_handles),
+            ("remove_handles", &r.remove_handles),
+            ("promote_handles", &r.promote_handles),
+            ("demote_handles", &r.demote_handles),
+        ] {
+            check_len(what, list.len(), MAX_HANDLES_PER_CALL)?;
+        }
         let add = self.existing_users(&r.add_handles).await?;
-        let remove: Vec<UserId> = r
-            .remove_handles
-            .iter()
-            .map(|h| user_id_for_handle(h))
-            .collect();
+        // Handles of users who may be gone: their ids are derived, never looked up.
+        let ids = |handles: &[String]| handles.iter().map(|h| user_id_for_handle(h)).collect();
+        let remove: Vec<UserId> = ids(&r.remove_handles);
+        let promote: Vec<UserId> = ids(&r.promote_handles);
+        let demote: Vec<UserId> = ids(&r.demote_handles);
+        let change = MemberChange {
+            add: &add,
+            remove: &remove,
+            promote: &promote,
+            demote: &demote,
+        };
         self.gw
             .sequencer
-            .change_members(chat, me.user, &add, &remove)
+            .change_members(chat, me.user, change)
+            .await?;
+        let info = self.chat_info_after_write(chat).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::SendAck>, Status> {
+        let me = self.caller(&request, "DeleteMessage").await?;
+        let r = request.into_inner();
+        let chat = ChatId(r.chat_id);
+        self.require_member(chat, me.user).await?;
+        let ack = self
+            .gw
+            .sequencer
+            .delete_message(chat, me.user, me.device, ChatSeq(r.seq))
+            .await?;
+        Ok(Response::new(ack))
+    }
+
+    async fn update_chat(
+        &self,
+        request: Request<pb::UpdateChatRequest>,
+    ) -> Result<Response<pb::ChatInfo>, Status> {
+        let me = self.caller(&request, "UpdateChat").await?;
+        let r = request.into_inner();
+        if let Some(name) = &r.name {
+            check_bytes("name", name, MAX_NAME_BYTES)?;
+        }
+        let chat = ChatId(r.chat_id);
+        self.require_member(chat, me.user).await?;
+        self.gw
+            .sequencer
+            .update_chat(pb::UpdateChat {
+                chat_id: r.chat_id,
+                by_user: me.user.0,
+                name: r.name,
+                description: r.description,
+                icon: r.icon,
+                disappear_after_secs: r.disappear_after_secs,
+            })
             .await?;
         let info = self.chat_info_after_write(chat).await?;
         Ok(Response::new(info))
@@ -427,16 +489,32 @@ impl Chat for ChatService {
                 )));
             }
         }
-        let found = self.gw.presence.lookup(&ids).await;
+        let found = presence_push::as_seen_by(&self.gw, me.user, &ids).await?;
         let users = handles
             .into_iter()
             .zip(ids)
             .zip(found)
             .map(|((handle, user), p)| pb::UserPresence {
                 handle,
-                ..crate::presence::to_pb(user.0, p)
+                ..crate::presence::to_pb(user.0, p.unwrap_or_default())
             })
             .collect();
         Ok(Response::new(pb::PresenceReply { users }))
+    }
+
+    async fn set_presence_hidden(
+        &self,
+        request: Request<pb::SetPresenceHiddenRequest>,
+    ) -> Result<Response<pb::SetPresenceHiddenReply>, Status> {
+        let me = self.caller(&request, "SetPresenceHidden").await?;
+        let hidden = request.into_inner().hidden;
+        let settings = self
+            .gw
+            .sequencer
+            .set_presence(me.user, Some(hidden), 0)
+            .await?;
+        Ok(Response::new(pb::SetPresenceHiddenReply {
+            hidden: settings.hidden,
+        }))
     }
 }

@@ -34,6 +34,8 @@ use crate::gateway::{storage, Gateway};
 use crate::hub::{Push, SessionHandle};
 use crate::lanes::SendLanes;
 use crate::outbound::Outbound;
+use crate::presence_push;
+use crate::typing::Typing;
 
 /// Messages read from the log per catch-up page.
 const CATCH_UP_PAGE: u32 = 256;
@@ -110,7 +112,7 @@ async fn run(
         chats: BTreeMap::new(),
         needs_recovery: false,
     };
-    let mut frames = DeviceFrames::new(gw, me, out.clone());
+    let mut frames = DeviceFrames::new(gw, me, out.clone(), deliveries.handle.clone());
     // The answer to Hello, so on the control queue: it is the stream's first frame whatever
     // comes after it on either queue.
     out.control(welcome).await?;
@@ -343,6 +345,13 @@ impl Deliveries {
                 }
                 self.emit(server_frame::Kind::Ticks(t)).await
             }
+            Push::Presence(p) => self.emit(server_frame::Kind::Presence(p)).await,
+            Push::Typing(t) => {
+                if !self.chats.contains_key(&ChatId(t.chat_id)) {
+                    return Ok(());
+                }
+                self.emit(server_frame::Kind::Typing(t)).await
+            }
             Push::Revoked { device } if device == self.me.device => Err(Status::unauthenticated(
                 format!("device {device} has been revoked"),
             )),
@@ -408,6 +417,10 @@ struct DeviceFrames {
     sends: Arc<Semaphore>,
     /// Per chat, the sends waiting for the earlier ones (`lanes.rs`).
     lanes: SendLanes,
+    /// Typing frames, limited and relayed in order (`typing.rs`).
+    typing: Typing,
+    /// The stream's place in the hub (presence subscriptions are kept there).
+    handle: Arc<SessionHandle>,
     /// Delivered/read marks received but not yet proposed (flushed `receipt_flush` after the
     /// first one arrives).
     pending_receipts: HashMap<(ChatId, ReceiptKind), ChatSeq>,
@@ -423,10 +436,17 @@ impl Drop for DeviceFrames {
 }
 
 impl DeviceFrames {
-    fn new(gw: Arc<Gateway>, me: Device, out: Outbound) -> DeviceFrames {
+    fn new(
+        gw: Arc<Gateway>,
+        me: Device,
+        out: Outbound,
+        handle: Arc<SessionHandle>,
+    ) -> DeviceFrames {
         DeviceFrames {
+            handle,
             sends: Arc::new(Semaphore::new(gw.config.max_sends_in_flight)),
             lanes: SendLanes::new(gw.clone(), me, out.clone()),
+            typing: Typing::new(gw.clone(), me, out.clone()),
             gw,
             me,
             out,
@@ -499,6 +519,21 @@ impl DeviceFrames {
                 self.out
                     .control(server_frame::Kind::Pong(pb::Pong { nonce: p.nonce }))
                     .await
+            }
+            Some(client_frame::Kind::PresenceSubscribe(_)) => {
+                let (gw, me, out) = (self.gw.clone(), self.me, self.out.clone());
+                let handle = self.handle.clone();
+                tokio::spawn(async move {
+                    let subscribed = presence_push::subscribe(gw, me.user, handle, out.clone());
+                    if let Err(status) = subscribed.await {
+                        out.try_control(error_frame(status.code(), status.message()));
+                    }
+                });
+                Ok(())
+            }
+            Some(client_frame::Kind::Typing(t)) => {
+                self.typing.on_frame(t);
+                Ok(())
             }
             Some(client_frame::Kind::Ack(a)) => self.on_receipt(a, ReceiptKind::Delivered).await,
             Some(client_frame::Kind::Read(a)) => self.on_receipt(a, ReceiptKind::Read).await,

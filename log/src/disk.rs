@@ -322,12 +322,13 @@ impl DiskGuard {
         }
     }
 
-    /// Whether a new client write may be taken; counts refusals.
-    pub fn admit(&self) -> Result<(), DiskFull> {
+    /// Whether a new client write of `commands` commands may be taken; counts the commands
+    /// refused (one proposal may carry several: a device's batched sends).
+    pub fn admit(&self, commands: usize) -> Result<(), DiskFull> {
         if self.state() == DiskState::Ok {
             return Ok(());
         }
-        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.refused.fetch_add(commands as u64, Ordering::Relaxed);
         Err(DiskFull {
             status: self.status(),
             data_dir: self.data_dir.clone(),
@@ -393,7 +394,7 @@ mod tests {
         let ballast = dir.path().join(BALLAST_FILE);
         assert_eq!(std::fs::metadata(&ballast).unwrap().len(), MIB);
         assert_eq!(guard.state(), DiskState::Ok);
-        assert!(guard.admit().is_ok());
+        assert!(guard.admit(1).is_ok());
 
         guard.on_no_space("IO error: No space left on device");
         assert!(!ballast.exists(), "ballast released");
@@ -403,7 +404,7 @@ mod tests {
             "not made again while the database is stopped"
         );
         assert_eq!(guard.state(), DiskState::Full);
-        let refused = guard.admit().unwrap_err();
+        let refused = guard.admit(1).unwrap_err();
         assert!(refused.to_string().contains("disk full"), "{refused}");
         assert_eq!(guard.status().refused_writes, 1);
         assert_eq!(guard.status().no_space_errors, 1);
@@ -415,14 +416,14 @@ mod tests {
             "refused until the ballast is back"
         );
         assert!(guard
-            .admit()
+            .admit(1)
             .unwrap_err()
             .to_string()
             .contains("emergency ballast"));
         guard.refresh();
         assert!(ballast.exists(), "ballast made again once there is room");
         assert_eq!(guard.state(), DiskState::Ok);
-        assert!(guard.admit().is_ok());
+        assert!(guard.admit(1).is_ok());
     }
 
     #[test]
@@ -439,6 +440,6 @@ mod tests {
         .unwrap();
         assert!(!dir.path().join(BALLAST_FILE).exists());
         assert_eq!(guard.state(), DiskState::Low);
-        assert!(guard.admit().is_err());
+        assert!(guard.admit(1).is_err());
     }
 }

@@ -176,6 +176,23 @@ impl StateReader {
             .collect())
     }
 
+    /// The members of `chat` with their records (admin or not, since when), in user id order.
+    pub async fn member_records(
+        &self,
+        chat: ChatId,
+    ) -> Result<Vec<(UserId, state::MemberRecord)>, ReadError> {
+        let entries = self
+            .scan_prefix(self.partition(chat.0), &state::members_prefix(chat))
+            .await?;
+        let mut members = Vec::with_capacity(entries.len());
+        for (k, v) in &entries {
+            if let Some(user) = state::u64_at(k, 9) {
+                members.push((UserId(user), state::decode("member", v)?));
+            }
+        }
+        Ok(members)
+    }
+
     /// Every chat `user` is a member of: the `j` index of each partition (a chat's members are
     /// recorded in the chat's partition, so this visits all of them, at once).
     pub async fn user_chats(&self, user: UserId) -> Result<Vec<ChatId>, ReadError> {

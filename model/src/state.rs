@@ -157,6 +157,12 @@ impl<T: prost::Message + Default> Record for T {}
 pub struct UserRecord {
     #[prost(string, tag = "1")]
     pub handle: String,
+    /// Presence (online, last seen) hidden from everyone else (`SetPresence`).
+    #[prost(bool, tag = "2")]
+    pub presence_hidden: bool,
+    /// When the user's last stream anywhere closed, as its home node recorded it.
+    #[prost(uint64, tag = "3")]
+    pub last_seen_ms: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -187,6 +193,14 @@ pub struct ChatRecord {
     /// across leaders whose clocks disagree.
     #[prost(uint64, tag = "7")]
     pub last_ts_ms: u64,
+    /// A group's description and icon (`UpdateChat`).
+    #[prost(string, tag = "8")]
+    pub description: String,
+    #[prost(message, optional, tag = "9")]
+    pub icon: Option<chat_proto::chat_v1::MediaRef>,
+    /// Messages older than this are expired by retention (0: off).
+    #[prost(uint32, tag = "10")]
+    pub disappear_after_secs: u32,
 }
 
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -196,6 +210,10 @@ pub struct MemberRecord {
     /// The chat's last seq when the user joined: a member's devices start after it.
     #[prost(uint64, tag = "2")]
     pub joined_after: u64,
+    /// The offset of the event that made the user a member (0 for members recorded before
+    /// this was kept): who has been a member longest.
+    #[prost(uint64, tag = "3")]
+    pub joined_offset: u64,
 }
 
 impl ChatRecord {

@@ -527,7 +527,9 @@ impl Projection for ChatsProjection {
             | chat_event::Kind::DeviceAdded(_)
             | chat_event::Kind::DeviceRevoked(_)
             | chat_event::Kind::MessagesExpired(_)
-            | chat_event::Kind::ChatListChanged(_) => {}
+            | chat_event::Kind::ChatListChanged(_)
+            | chat_event::Kind::ChatUpdated(_)
+            | chat_event::Kind::PresenceUpdated(_) => {}
         }
         Ok(())
     }

@@ -23,4 +23,5 @@ pub mod workers;
 
 pub use config::SequencerConfig;
 pub use error::SeqError;
+pub use ops::MemberChange;
 pub use sequencer::Sequencer;

@@ -13,6 +13,15 @@ use chat_proto::chat_v1::{
 use crate::error::{from_refusal, SeqError};
 use crate::sequencer::Sequencer;
 
+/// What a `ChangeMembers` does: users added, removed, made admins, no longer admins.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemberChange<'a> {
+    pub add: &'a [UserId],
+    pub remove: &'a [UserId],
+    pub promote: &'a [UserId],
+    pub demote: &'a [UserId],
+}
+
 impl Sequencer {
     pub async fn register_user(&self, handle: &str) -> Result<pb::UserReply, SeqError> {
         self.register_user_with_device(handle, None).await
@@ -112,20 +121,61 @@ impl Sequencer {
         })
     }
 
+    /// Add, remove, promote and demote members of a group (see `ChangeMembers`).
     pub async fn change_members(
         &self,
         chat: ChatId,
         by: UserId,
-        add: &[UserId],
-        remove: &[UserId],
+        change: MemberChange<'_>,
     ) -> Result<pb::ChatReply, SeqError> {
+        let ids = |users: &[UserId]| users.iter().map(|u| u.0).collect();
         self.submit_typed(pb::ChangeMembers {
             chat_id: chat.0,
             by_user: by.0,
-            add: add.iter().map(|u| u.0).collect(),
-            remove: remove.iter().map(|u| u.0).collect(),
+            add: ids(change.add),
+            remove: ids(change.remove),
+            promote: ids(change.promote),
+            demote: ids(change.demote),
         })
         .await
+    }
+
+    /// Delete message `seq` of `chat` for everyone (see `DeleteMessage`); the tombstone's ack.
+    pub async fn delete_message(
+        &self,
+        chat: ChatId,
+        by: UserId,
+        device: DeviceId,
+        seq: ChatSeq,
+    ) -> Result<pb::SendAck, SeqError> {
+        self.submit_typed(pb::DeleteMessage {
+            chat_id: chat.0,
+            by_user: by.0,
+            by_device: device.0,
+            seq: seq.0,
+        })
+        .await
+    }
+
+    /// Set `user`'s presence hidden (when `hidden` is given) and raise its last seen to
+    /// `last_seen_ms` (see `SetPresence`).
+    pub async fn set_presence(
+        &self,
+        user: UserId,
+        hidden: Option<bool>,
+        last_seen_ms: u64,
+    ) -> Result<pb::PresenceSettings, SeqError> {
+        self.submit_typed(pb::SetPresence {
+            user_id: user.0,
+            hidden,
+            last_seen_ms,
+        })
+        .await
+    }
+
+    /// Change a chat's settings (see `UpdateChat`).
+    pub async fn update_chat(&self, update: pb::UpdateChat) -> Result<pb::ChatReply, SeqError> {
+        self.submit_typed(update).await
     }
 
     pub async fn send(&self, message: pb::SendMessage) -> Result<pb::SendAck, SeqError> {

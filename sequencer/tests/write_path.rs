@@ -12,7 +12,7 @@ use chat_model::ids::{
 };
 use chat_model::{ApplyLimits, ChatHandler, CHAT_COMMAND_TAG};
 use chat_proto::chat_v1::{self as pb, ReceiptKind};
-use chat_sequencer::{SeqError, Sequencer, SequencerConfig};
+use chat_sequencer::{MemberChange, SeqError, Sequencer, SequencerConfig};
 use prost::Message;
 
 const PARTITIONS: u32 = 4;
@@ -54,6 +54,13 @@ async fn stop(seq: Sequencer) {
         closed.wait(Duration::from_secs(30)).await,
         "the database is still open after shutdown"
     );
+}
+
+fn adding(users: &[UserId]) -> MemberChange<'_> {
+    MemberChange {
+        add: users,
+        ..MemberChange::default()
+    }
 }
 
 fn msg(chat: ChatId, user: UserId, device: u64, id: &str, body: &str) -> pb::SendMessage {
@@ -345,13 +352,13 @@ async fn groups_admins_limits_and_membership_at_apply() {
 
     // Only admins change members; the size limit holds.
     let e = seq
-        .change_members(chat, ben, &[dan], &[])
+        .change_members(chat, ben, adding(&[dan]))
         .await
         .unwrap_err();
     assert_eq!(code(e), RejectCode::PermissionDenied);
-    seq.change_members(chat, ann, &[dan], &[]).await.unwrap();
+    seq.change_members(chat, ann, adding(&[dan])).await.unwrap();
     let e = seq
-        .change_members(chat, ann, &[eve], &[])
+        .change_members(chat, ann, adding(&[eve]))
         .await
         .unwrap_err();
     assert_eq!(code(e), RejectCode::FailedPrecondition);
@@ -362,7 +369,7 @@ async fn groups_admins_limits_and_membership_at_apply() {
     assert_eq!(code(e), RejectCode::InvalidArgument);
     let dm = seq.create_direct_chat(ann, ben).await.unwrap();
     let e = seq
-        .change_members(ChatId(dm.chat_id), ann, &[cat], &[])
+        .change_members(ChatId(dm.chat_id), ann, adding(&[cat]))
         .await
         .unwrap_err();
     assert_eq!(code(e), RejectCode::FailedPrecondition);
@@ -373,8 +380,8 @@ async fn groups_admins_limits_and_membership_at_apply() {
         kind: Some(pb::command::Kind::ChangeMembers(pb::ChangeMembers {
             chat_id: chat.0,
             by_user: ann.0,
-            add: vec![],
             remove: vec![dan.0],
+            ..Default::default()
         })),
     };
     let readd = pb::Command {
@@ -382,7 +389,7 @@ async fn groups_admins_limits_and_membership_at_apply() {
             chat_id: chat.0,
             by_user: ann.0,
             add: vec![dan.0],
-            remove: vec![],
+            ..Default::default()
         })),
     };
     let send = |id: &str| pb::Command {
@@ -423,6 +430,217 @@ async fn groups_admins_limits_and_membership_at_apply() {
         code(seq.send(msg(chat, dan, 1, "s3", "?")).await.unwrap_err()),
         RejectCode::PermissionDenied
     );
+    stop(seq).await;
+}
+
+/// Leaving, admin roles and a chat's settings, as `ChangeMembers` and `UpdateChat` apply them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_leave_admins_promote_and_demote_and_chats_have_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let seq = start(
+        dir.path(),
+        ApplyLimits::default(),
+        SequencerConfig::default(),
+    )
+    .await;
+    let u = users(&seq, &["ann", "ben", "cat", "dan"]).await;
+    let (ann, ben, cat, dan) = (u[0], u[1], u[2], u[3]);
+    let chat = ChatId(
+        seq.create_group(ann, "roles", "roles", &[ben, cat])
+            .await
+            .unwrap()
+            .chat_id,
+    );
+    let reads = chat_model::StateReader::new(seq.node().clone());
+    let admins = || async {
+        let records = reads.member_records(chat).await.unwrap();
+        let mut admins: Vec<UserId> = records
+            .iter()
+            .filter(|(_, m)| m.admin)
+            .map(|(u, _)| *u)
+            .collect();
+        admins.sort();
+        (records.len(), admins)
+    };
+    assert_eq!(admins().await, (3, vec![ann]));
+
+    // A member who is not an admin may leave, and do nothing else.
+    let e = seq
+        .change_members(
+            chat,
+            ben,
+            MemberChange {
+                promote: &[ben],
+                ..MemberChange::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::PermissionDenied);
+    let e = seq
+        .change_members(
+            chat,
+            ben,
+            MemberChange {
+                remove: &[ben, cat],
+                ..MemberChange::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::PermissionDenied);
+    seq.change_members(
+        chat,
+        ben,
+        MemberChange {
+            remove: &[ben],
+            ..MemberChange::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(admins().await, (2, vec![ann]));
+    let e = seq
+        .change_members(
+            chat,
+            ben,
+            MemberChange {
+                remove: &[ben],
+                ..MemberChange::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::PermissionDenied, "ben is no member");
+
+    // An admin promotes (also someone added in the same change) and demotes.
+    seq.change_members(
+        chat,
+        ann,
+        MemberChange {
+            add: &[dan],
+            promote: &[cat, dan],
+            ..MemberChange::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut all = vec![ann, cat, dan];
+    all.sort();
+    assert_eq!(admins().await, (3, all));
+    seq.change_members(
+        chat,
+        cat,
+        MemberChange {
+            demote: &[ann, dan],
+            ..MemberChange::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(admins().await, (3, vec![cat]));
+    // The last admin cannot demote itself away; leaving hands the group to the member who
+    // joined first (ann, there from the start).
+    let e = seq
+        .change_members(
+            chat,
+            cat,
+            MemberChange {
+                demote: &[cat],
+                ..MemberChange::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::FailedPrecondition);
+    seq.change_members(
+        chat,
+        cat,
+        MemberChange {
+            remove: &[cat],
+            ..MemberChange::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(admins().await, (2, vec![ann]));
+
+    // Settings: admins set a group's; only the timer is a direct chat's, set by either member.
+    let update = |by: UserId, chat: ChatId| pb::UpdateChat {
+        chat_id: chat.0,
+        by_user: by.0,
+        ..Default::default()
+    };
+    let icon = pb::MediaRef {
+        object_key: "icons/roles.png".into(),
+        mime: "image/png".into(),
+        size: 10,
+        sha256: vec![7; 32],
+    };
+    let e = seq
+        .update_chat(pb::UpdateChat {
+            description: Some("not mine".into()),
+            ..update(dan, chat)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::PermissionDenied);
+    seq.update_chat(pb::UpdateChat {
+        name: Some("renamed".into()),
+        description: Some("what we talk about".into()),
+        icon: Some(icon.clone()),
+        disappear_after_secs: Some(3600),
+        ..update(ann, chat)
+    })
+    .await
+    .unwrap();
+    let record = reads.chat(chat).await.unwrap().unwrap();
+    assert_eq!(record.name, "renamed");
+    assert_eq!(record.description, "what we talk about");
+    assert_eq!(record.icon, Some(icon));
+    assert_eq!(record.disappear_after_secs, 3600);
+    // Unset fields are kept; an empty key removes the icon.
+    seq.update_chat(pb::UpdateChat {
+        icon: Some(pb::MediaRef::default()),
+        ..update(ann, chat)
+    })
+    .await
+    .unwrap();
+    let record = reads.chat(chat).await.unwrap().unwrap();
+    assert_eq!((record.icon, record.name.as_str()), (None, "renamed"));
+    let e = seq.update_chat(update(ann, chat)).await.unwrap_err();
+    assert_eq!(code(e), RejectCode::InvalidArgument, "nothing to update");
+
+    let dm = ChatId(seq.create_direct_chat(ann, ben).await.unwrap().chat_id);
+    let e = seq
+        .update_chat(pb::UpdateChat {
+            name: Some("us".into()),
+            ..update(ann, dm)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::FailedPrecondition);
+    seq.update_chat(pb::UpdateChat {
+        disappear_after_secs: Some(60),
+        ..update(ben, dm)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        reads.chat(dm).await.unwrap().unwrap().disappear_after_secs,
+        60
+    );
+    let e = seq
+        .update_chat(pb::UpdateChat {
+            disappear_after_secs: Some(60),
+            ..update(cat, dm)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), RejectCode::PermissionDenied);
+    // The reader holds the node: let it go before the node stops.
+
+    drop(reads);
     stop(seq).await;
 }
 

@@ -52,6 +52,12 @@ enum Command {
     Revoke { device: u64 },
     /// Send TEXT to a user (by handle: a direct chat) or to a chat (`#<chat id>`).
     Send { to: String, text: Vec<String> },
+    /// Tell a chat's other members you are typing (they see it for 6 s), or `--stop`.
+    Typing {
+        to: String,
+        #[arg(long)]
+        stop: bool,
+    },
     /// Follow chats live (all of them, or one), resuming from the profile's cursors.
     Tail {
         /// Only print this chat (`#<chat id>` or a handle).
@@ -76,8 +82,18 @@ enum Command {
     /// Groups: create, add, remove.
     #[command(subcommand)]
     Group(GroupCommand),
-    /// Whether users are online (on the node answering).
-    Presence { handles: Vec<String> },
+    /// Whether users are online; `--hide` / `--show` your own presence.
+    Presence {
+        handles: Vec<String>,
+        #[arg(long, conflicts_with = "show")]
+        hide: bool,
+        #[arg(long)]
+        show: bool,
+    },
+    /// Delete message SEQ of a chat (a handle or `#<chat id>`) for everyone.
+    Delete { to: String, seq: u64 },
+    /// Make a chat's messages disappear after SECONDS (0: off); a handle or `#<chat id>`.
+    Disappear { to: String, seconds: u32 },
 }
 
 #[derive(Subcommand)]
@@ -88,6 +104,20 @@ enum GroupCommand {
     Add { chat: String, members: Vec<String> },
     /// Remove members from a group (`#<chat id>`).
     Remove { chat: String, members: Vec<String> },
+    /// Leave a group.
+    Leave { chat: String },
+    /// Make members admins.
+    Promote { chat: String, members: Vec<String> },
+    /// Make admins plain members.
+    Demote { chat: String, members: Vec<String> },
+    /// Rename a group or set its description.
+    Set {
+        chat: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -194,6 +224,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ack.chat_id, ack.seq, ack.offset
             );
         }
+        Command::Typing { to, stop } => {
+            let chat = resolve_chat(&mut client, &mut profile, &to).await?;
+            profile.save(&path)?;
+            let mut device = Device::start(device_options(&profile));
+            let synced = async {
+                while let Some(event) = device.next_event().await {
+                    if matches!(event, DeviceEvent::Synced) {
+                        return true;
+                    }
+                }
+                false
+            };
+            if !tokio::time::timeout(Duration::from_secs(30), synced)
+                .await
+                .unwrap_or(false)
+            {
+                bail!("no stream to the server within 30 s");
+            }
+            device.typing(chat, !stop).await;
+            // The frame is written by the device's task: give it time to leave.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         Command::Tail { to, count, read } => {
             // Learn who is who, so messages print with handles.
             for c in client.list_chats().await? {
@@ -268,6 +320,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .change_members(chat_id(&chat)?, &[], &members)
                         .await?
                 }
+                GroupCommand::Leave { chat } => {
+                    client
+                        .change_members(chat_id(&chat)?, &[], &[profile.handle.clone()])
+                        .await?
+                }
+                GroupCommand::Promote { chat, members } => {
+                    let change = pb::ChangeMembersRequest {
+                        chat_id: chat_id(&chat)?,
+                        promote_handles: members,
+                        ..Default::default()
+                    };
+                    client.change_group(change).await?
+                }
+                GroupCommand::Demote { chat, members } => {
+                    let change = pb::ChangeMembersRequest {
+                        chat_id: chat_id(&chat)?,
+                        demote_handles: members,
+                        ..Default::default()
+                    };
+                    client.change_group(change).await?
+                }
+                GroupCommand::Set {
+                    chat,
+                    name,
+                    description,
+                } => {
+                    let update = pb::UpdateChatRequest {
+                        chat_id: chat_id(&chat)?,
+                        name,
+                        description,
+                        ..Default::default()
+                    };
+                    client.update_chat(update).await?
+                }
             };
             profile.learn(&info.members, &info.member_handles);
             profile.save(&path)?;
@@ -278,8 +364,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 info.name,
                 names.join(", ")
             );
+            let admins: Vec<String> = info.admins.iter().map(|&u| profile.name_of(u)).collect();
+            println!("admins: {}", admins.join(", "));
+            if !info.description.is_empty() {
+                println!("description: {}", info.description);
+            }
         }
-        Command::Presence { handles } => {
+        Command::Delete { to, seq } => {
+            let chat = resolve_chat(&mut client, &mut profile, &to).await?;
+            profile.save(&path)?;
+            let ack = client.delete_message(chat, seq).await?;
+            println!("deleted #{chat} {seq} for everyone (seq {})", ack.seq);
+        }
+        Command::Disappear { to, seconds } => {
+            let chat = resolve_chat(&mut client, &mut profile, &to).await?;
+            profile.save(&path)?;
+            let update = pb::UpdateChatRequest {
+                chat_id: chat,
+                disappear_after_secs: Some(seconds),
+                ..Default::default()
+            };
+            let info = client.update_chat(update).await?;
+            match info.disappear_after_secs {
+                0 => println!("messages in #{chat} no longer disappear"),
+                s => println!("messages in #{chat} disappear after {s} s"),
+            }
+        }
+        Command::Presence {
+            handles,
+            hide,
+            show,
+        } => {
+            if hide || show {
+                let hidden = client.set_presence_hidden(hide).await?;
+                println!(
+                    "your presence is {}",
+                    if hidden { "hidden" } else { "shown" }
+                );
+            }
             for p in client.presence(&handles).await? {
                 let state = if p.online {
                     "online".to_string()
@@ -387,6 +509,7 @@ async fn tail(
     read: bool,
 ) -> anyhow::Result<()> {
     let mut device = Device::start(device_options(profile));
+    device.subscribe_presence().await;
     let mut printed = 0;
     let mut save = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -432,6 +555,24 @@ async fn tail(
             ),
             DeviceEvent::ChatUpdate(u) if u.member => eprintln!("joined chat #{}", u.chat_id),
             DeviceEvent::ChatUpdate(u) => eprintln!("left chat #{}", u.chat_id),
+            DeviceEvent::Presence(p) if p.online => {
+                eprintln!("{} is online", profile.name_of(p.user_id))
+            }
+            DeviceEvent::Presence(p) => eprintln!(
+                "{} went offline (last seen {} ms ago)",
+                profile.name_of(p.user_id),
+                now_ms().saturating_sub(p.last_seen_ms)
+            ),
+            DeviceEvent::Typing(t) if t.typing => {
+                eprintln!("#{} {} is typing…", t.chat_id, profile.name_of(t.user_id))
+            }
+            DeviceEvent::Typing(t) => {
+                eprintln!(
+                    "#{} {} stopped typing",
+                    t.chat_id,
+                    profile.name_of(t.user_id)
+                )
+            }
             DeviceEvent::Error(e) => eprintln!("server refused a frame: {}", e.message),
             DeviceEvent::Disconnected(status) => {
                 eprintln!("disconnected: {}; reconnecting", status.message())
@@ -445,6 +586,18 @@ async fn tail(
 }
 
 fn print_message(profile: &Profile, m: &pb::Message) {
+    let name = profile.name_of(m.sender_user);
+    if m.deletes_seq != 0 {
+        println!(
+            "#{} {:>4} {name} deleted message {}",
+            m.chat_id, m.seq, m.deletes_seq
+        );
+        return;
+    }
+    if m.deleted {
+        println!("#{} {:>4} {name}: (deleted)", m.chat_id, m.seq);
+        return;
+    }
     println!(
         "#{} {:>4} {}: {}",
         m.chat_id,

@@ -581,7 +581,7 @@ impl LogNode {
         if p != PartitionId::META && self.is_leader(p) {
             self.engine
                 .disk()
-                .admit()
+                .admit(commands.len())
                 .map_err(|full| ProposeError::DiskFull {
                     node: self.config.node_id,
                     full,

@@ -9,7 +9,7 @@
 //! state and the leader's clock only, so every replica decides the same.
 
 use chat_log::PartitionId;
-use chat_proto::chat_v1::{command, command_reply};
+use chat_proto::chat_v1::{self as pb, command, command_reply};
 
 use super::apply::{ChatApply, Outcome};
 use crate::ids::partition_of;
@@ -81,4 +81,25 @@ pub trait ChatCommand: Sized {
 
     /// This command's reply out of a reply kind; any other kind is handed back.
     fn reply(kind: command_reply::Kind) -> Result<Self::Reply, command_reply::Kind>;
+}
+
+/// A media reference's fields within `limits`: a key of 1 to `max_media_key_bytes`, a MIME type
+/// of at most `max_mime_bytes`, a sha256 of 32 bytes or none.
+pub(crate) fn check_media(m: &pb::MediaRef, limits: &CommandLimits) -> Result<(), Invalid> {
+    if m.object_key.is_empty() || m.object_key.len() > limits.max_media_key_bytes {
+        return Err(Invalid::new(format!(
+            "a media object_key must have 1 to {} bytes",
+            limits.max_media_key_bytes
+        )));
+    }
+    if m.mime.len() > limits.max_mime_bytes {
+        return Err(Invalid::new(format!(
+            "a media mime type has at most {} bytes",
+            limits.max_mime_bytes
+        )));
+    }
+    if !(m.sha256.is_empty() || m.sha256.len() == 32) {
+        return Err(Invalid::new("a media sha256 is 32 bytes (or left out)"));
+    }
+    Ok(())
 }

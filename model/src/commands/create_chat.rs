@@ -109,6 +109,7 @@ impl ChatCommand for pb::CreateChat {
             last_seq: 0,
             expired_up_to: 0,
             last_ts_ms: 0,
+            ..ChatRecord::default()
         };
         cx.put(&state::chat_key(chat), state::encode(&record));
         for &m in &members {
@@ -116,6 +117,7 @@ impl ChatCommand for pb::CreateChat {
             let member = MemberRecord {
                 admin,
                 joined_after: 0,
+                joined_offset: cx.ctx.last_offset().next().0,
             };
             cx.put_member(chat, UserId(m), &member);
         }

@@ -7,7 +7,10 @@
 //! | `register_user.rs` | `RegisterUser`: a user for a handle, with its first device |
 //! | `add_device.rs`, `revoke_device.rs` | `AddDevice`, `RevokeDevice` |
 //! | `create_chat.rs` | `CreateChat`: a direct chat or a group |
-//! | `change_members.rs` | `ChangeMembers`: an admin adds or removes group members |
+//! | `change_members.rs` | `ChangeMembers`: an admin adds, removes, promotes, demotes group members; a member leaves |
+//! | `update_chat.rs` | `UpdateChat`: a group's name, description, icon; the disappearing-messages timer |
+//! | `delete_message.rs` | `DeleteMessage`: delete for everyone (the payload removed in place, a tombstone message) |
+//! | `set_presence.rs` | `SetPresence`: a user's presence hidden or not, and last seen |
 //! | `send_message.rs` | `SendMessage`, with the dedup window (a `SendBatch` is unpacked into these by the sequencer) |
 //! | `advance_receipt.rs` | `AdvanceReceipt`: delivered/read watermarks, device cursors |
 //! | `expire_messages.rs` | `ExpireMessages`: retention |
@@ -31,11 +34,14 @@ mod apply_follow_ups;
 mod change_members;
 mod chat_command;
 mod create_chat;
+mod delete_message;
 mod expire_messages;
 mod follow_ups_sent;
 mod register_user;
 mod revoke_device;
 mod send_message;
+mod set_presence;
+mod update_chat;
 
 use chat_log::{ApplyContext, CommandHandler, PartitionId, RejectCode};
 use chat_proto::chat_v1::{self as pb, command};
@@ -45,6 +51,7 @@ use apply::reject;
 pub use apply::{ApplyLimits, ChatApply, Outcome};
 pub use chat_command::{ChatCommand, CheckContext, CommandLimits, Invalid};
 pub use expire_messages::MAX_EXPIRE_PER_COMMAND;
+pub use update_chat::{MAX_DESCRIPTION_BYTES, MAX_DISAPPEAR_SECS};
 
 /// The tag of chat commands in chatd's command dispatcher (`chat_log::Dispatch`).
 pub const CHAT_COMMAND_TAG: u8 = 1;
@@ -63,6 +70,9 @@ pub fn check(command: &mut pb::Command, cx: &CheckContext<'_>) -> Result<Partiti
         Some(command::Kind::ExpireMessages(c)) => c.check(cx),
         Some(command::Kind::ApplyFollowUps(c)) => c.check(cx),
         Some(command::Kind::FollowUpsSent(c)) => c.check(cx),
+        Some(command::Kind::UpdateChat(c)) => c.check(cx),
+        Some(command::Kind::DeleteMessage(c)) => c.check(cx),
+        Some(command::Kind::SetPresence(c)) => c.check(cx),
         Some(command::Kind::SendBatch(_)) => Err(Invalid::new(
             "a SendBatch is checked message by message (the sequencer unpacks it)",
         )),
@@ -104,6 +114,9 @@ impl CommandHandler for ChatHandler {
             Some(command::Kind::FollowUpsSent(c)) => c.apply(cx),
             Some(command::Kind::SendMessage(c)) => c.apply(cx),
             Some(command::Kind::AdvanceReceipt(c)) => c.apply(cx),
+            Some(command::Kind::UpdateChat(c)) => c.apply(cx),
+            Some(command::Kind::DeleteMessage(c)) => c.apply(cx),
+            Some(command::Kind::SetPresence(c)) => c.apply(cx),
             Some(command::Kind::SendBatch(_)) => reject(
                 RejectCode::InvalidArgument,
                 "a SendBatch is never a log entry: its messages are",

@@ -77,6 +77,7 @@ impl ChatCommand for pb::RegisterUser {
             &state::user_key(user),
             state::encode(&UserRecord {
                 handle: self.handle.clone(),
+                ..UserRecord::default()
             }),
         );
         let offset = cx.emit(chat_event::Kind::UserRegistered(pb::UserRegistered {

@@ -18,7 +18,7 @@ use chat_log::{PartitionId, RejectCode, StoreError};
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply};
 
 use super::apply::{applied, no_such_chat, reject, ChatApply, Outcome};
-use super::chat_command::{ChatCommand, CheckContext, Invalid};
+use super::chat_command::{check_media, ChatCommand, CheckContext, Invalid};
 use crate::ids::{ChatId, ChatSeq, DeviceId, UserId};
 use crate::state::{self, DedupRecord};
 
@@ -56,21 +56,7 @@ impl ChatCommand for pb::SendMessage {
             )));
         }
         for m in &self.media {
-            if m.object_key.is_empty() || m.object_key.len() > limits.max_media_key_bytes {
-                return Err(Invalid::new(format!(
-                    "a media object_key must have 1 to {} bytes",
-                    limits.max_media_key_bytes
-                )));
-            }
-            if m.mime.len() > limits.max_mime_bytes {
-                return Err(Invalid::new(format!(
-                    "a media mime type has at most {} bytes",
-                    limits.max_mime_bytes
-                )));
-            }
-            if !(m.sha256.is_empty() || m.sha256.len() == 32) {
-                return Err(Invalid::new("a media sha256 is 32 bytes (or left out)"));
-            }
+            check_media(m, limits)?;
         }
         Ok(cx.route(self.chat_id))
     }
@@ -117,7 +103,7 @@ impl ChatCommand for pb::SendMessage {
             server_ts_ms: ts,
             payload: self.payload,
             media: self.media,
-            expired: false,
+            ..Default::default()
         };
         let emitted = cx.emit(chat_event::Kind::Message(message));
         debug_assert_eq!(emitted, offset);

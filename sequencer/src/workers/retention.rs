@@ -4,6 +4,8 @@
 //!   not every device got it — the server stops holding it for devices that never came back.
 //! - **Delete when delivered** (optional, off by default): a message is expired as soon as every
 //!   device of every member has acknowledged it, as WhatsApp keeps no delivered messages.
+//! - **Disappearing messages**: a chat whose members set a timer (`UpdateChat`) has its messages
+//!   expired once they are older than it, at the first sweep after (so within `sweep_every`).
 //!
 //! Expiring removes a message's payload and media; it keeps its seq, offset, sender and time
 //! and is marked `expired`, so seqs are never reused, streams stay gap-free and history reads
@@ -121,12 +123,18 @@ async fn sweep(
     p: PartitionId,
     report: &mut SweepReport,
 ) -> Result<(), String> {
-    let cutoff = now_ms().saturating_sub(config.expire_after.as_millis() as u64);
+    let now = now_ms();
+    let window_cutoff = now.saturating_sub(config.expire_after.as_millis() as u64);
     for (chat, record) in reads.chats_in(p).await.map_err(|e| e.to_string())? {
         let expired = ChatSeq(record.expired_up_to);
         if record.last_seq() <= expired {
             continue;
         }
+        // A chat with disappearing messages keeps them for its own, shorter time.
+        let cutoff = match record.disappear_after_secs {
+            0 => window_cutoff,
+            secs => window_cutoff.max(now.saturating_sub(u64::from(secs) * 1000)),
+        };
         let mut cut = time_cut(sequencer, chat, &record, cutoff).await?;
         if config.delete_when_delivered {
             cut = cut.max(delivered_cut(reads, chat).await?);

@@ -183,6 +183,8 @@ impl Sequencer {
         let mut rate_refused = None;
         for (i, message) in batch.messages.into_iter().enumerate() {
             if let Some(e) = &rate_refused {
+                // Refused by the rate as much as the first one: counted the same.
+                metrics::counter!("chatd_sends_rate_limited_total").increment(1);
                 items[i] = Some(refused_item(SeqError::clone(e)));
                 continue;
             }

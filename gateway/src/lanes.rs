@@ -31,9 +31,11 @@ use crate::gateway::Gateway;
 use crate::outbound::Outbound;
 
 /// The most sends one batch carries, and the most payload bytes past which a batch takes no
-/// more (a batch is one forwarded call and one Raft proposal: keep it well below their limits).
+/// more. A batch is one forwarded call, and a forwarding stream packs up to 256 calls into one
+/// message of at most `chat_log::MAX_MESSAGE_BYTES` (64 MiB): 256 × (128 KiB + one 64 KiB
+/// payload) stays below it.
 const MAX_BATCH: usize = 64;
-const MAX_BATCH_BYTES: usize = 1 << 20;
+const MAX_BATCH_BYTES: usize = 128 << 10;
 /// How long a fenced lane waits for the resend of the send whose outcome is unknown.
 const FENCE_HOLD: Duration = Duration::from_secs(5);
 /// Idle lanes are dropped once a stream has this many.

@@ -27,7 +27,10 @@ pub struct SequencerService {
 
 impl SequencerService {
     pub fn server(sequencer: Arc<Sequencer>) -> SequencerServer<SequencerService> {
+        // A forwarding stream's message carries up to `mux::MAX_BATCH` calls: far past tonic's
+        // 4 MiB default once sends are big or batched.
         SequencerServer::new(SequencerService { sequencer })
+            .max_decoding_message_size(chat_log::MAX_MESSAGE_BYTES)
     }
 }
 

@@ -301,11 +301,22 @@ impl Cluster {
         }
     }
 
-    /// Node `id`'s status, retrying while it (re)starts; panics with its log after 20 s.
+    /// Node `id`'s status, retrying while it (re)starts; panics with its log after 20 s, or
+    /// when one try gets no answer in a minute (a node that stopped answering must fail the
+    /// test, not hang it).
     pub async fn status(&self, id: u64) -> StatusReply {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match self.admin(id).await.status(StatusRequest {}).await {
+            let asked = async { self.admin(id).await.status(StatusRequest {}).await };
+            let answer = tokio::time::timeout(Duration::from_secs(60), asked)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "node {id} did not answer status in 60 s\n{}",
+                        self.log_of(id)
+                    )
+                });
+            match answer {
                 Ok(reply) => return reply.into_inner(),
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;

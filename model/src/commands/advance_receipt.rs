@@ -13,7 +13,7 @@
 use chat_log::{PartitionId, RejectCode};
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ReceiptKind};
 
-use super::apply::{applied, no_such_chat, reject, ChatApply, Outcome};
+use super::apply::{applied, no_such_chat, not_a_member, reject, ChatApply, Outcome};
 use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::ids::{ChatId, DeviceId, UserId};
 use crate::state::{self, ReceiptRecord};
@@ -31,10 +31,7 @@ impl ChatCommand for pb::AdvanceReceipt {
             return no_such_chat(chat);
         };
         if !cx.exists(&state::member_key(chat, user))? {
-            return reject(
-                RejectCode::PermissionDenied,
-                format!("user {user} is not a member of chat {chat}"),
-            );
+            return not_a_member(user, chat);
         }
         if self.up_to_seq > record.last_seq {
             return reject(

@@ -11,7 +11,7 @@ use chat_proto::chat_v1::{self as pb, chat_event, command_reply};
 use prost::Message;
 
 use crate::event::{self, CHAT_EVENT_KIND};
-use crate::ids::{ChatId, UserId};
+use crate::ids::{ChatId, ChatSeq, UserId};
 use crate::state::{self, ChatRecord, MemberRecord};
 
 /// Limits enforced at apply time. They decide what gets applied, so every node of a cluster
@@ -48,6 +48,14 @@ pub fn reject(code: RejectCode, message: impl Into<String>) -> Outcome {
 /// The refusal of a command naming a chat this partition does not have.
 pub fn no_such_chat(chat: ChatId) -> Outcome {
     reject(RejectCode::NotFound, format!("chat {chat} does not exist"))
+}
+
+/// The refusal of a command by (or for) a user who is not a member of the chat.
+pub fn not_a_member(user: UserId, chat: ChatId) -> Outcome {
+    reject(
+        RejectCode::PermissionDenied,
+        format!("user {user} is not a member of chat {chat}"),
+    )
 }
 
 /// An applied command: the first event's offset (if any), how many events, and the reply.
@@ -121,6 +129,45 @@ impl<'a, 'c> ChatApply<'a, 'c> {
         self.ctx
             .put(&state::member_key(chat, user), state::encode(record));
         self.ctx.put(&state::user_chat_key(user, chat), Vec::new());
+    }
+
+    /// `user`'s member record in `chat`, if a member.
+    pub fn member(&self, chat: ChatId, user: UserId) -> Result<Option<MemberRecord>, StoreError> {
+        self.get("member", &state::member_key(chat, user))
+    }
+
+    /// Append `message` to `chat` (whose record is `record`) at the chat's next seq, with the
+    /// timestamp max(leader clock, chat's last timestamp): emits it and writes the chat record
+    /// (`c`) and the history index (`i`). The message's seq, offset and time are set here.
+    /// Returns its ack (`duplicate = false`).
+    pub fn append_message(
+        &mut self,
+        record: &mut ChatRecord,
+        mut message: pb::Message,
+    ) -> pb::SendAck {
+        let chat = ChatId(message.chat_id);
+        let seq = ChatSeq(record.last_seq + 1);
+        let ts = self.ctx.timestamp_ms().max(record.last_ts_ms);
+        let offset = self.ctx.last_offset().next();
+        message.seq = seq.0;
+        message.offset = offset.0;
+        message.server_ts_ms = ts;
+        let emitted = self.emit(chat_event::Kind::Message(message));
+        debug_assert_eq!(emitted, offset);
+        record.last_seq = seq.0;
+        record.last_ts_ms = ts;
+        self.put(&state::chat_key(chat), state::encode(&*record));
+        self.put(
+            &state::index_key(chat, seq),
+            offset.0.to_be_bytes().to_vec(),
+        );
+        pb::SendAck {
+            chat_id: chat.0,
+            seq: seq.0,
+            offset: offset.0,
+            server_ts_ms: ts,
+            duplicate: false,
+        }
     }
 
     pub fn delete_member(&mut self, chat: ChatId, user: UserId) {

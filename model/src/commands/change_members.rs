@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use chat_log::{PartitionId, RejectCode, StoreError};
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ChatKind};
 
-use super::apply::{applied, no_such_chat, reject, ChatApply, Outcome};
+use super::apply::{applied, no_such_chat, not_a_member, reject, ChatApply, Outcome};
 use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::ids::{ChatId, UserId};
 use crate::state::{self, MemberRecord};
@@ -45,14 +45,8 @@ impl ChatCommand for pb::ChangeMembers {
             );
         }
         let by = UserId(self.by_user);
-        let by_admin = match cx.get::<MemberRecord>("member", &state::member_key(chat, by))? {
-            Some(m) => m.admin,
-            None => {
-                return reject(
-                    RejectCode::PermissionDenied,
-                    format!("user {by} is not a member of chat {chat}"),
-                )
-            }
+        let Some(by_admin) = cx.member(chat, by)?.map(|m| m.admin) else {
+            return not_a_member(by, chat);
         };
         let leaving = self.remove == [by.0]
             && self.add.is_empty()

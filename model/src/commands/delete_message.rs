@@ -15,11 +15,11 @@
 use chat_log::{LogOffset, PartitionId, RejectCode, StoreError};
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ChatKind};
 
-use super::apply::{applied, no_such_chat, reject, ChatApply, Outcome};
+use super::apply::{applied, no_such_chat, not_a_member, reject, ChatApply, Outcome};
 use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::event::{self, ChatEventAt};
 use crate::ids::{ChatId, ChatSeq, UserId};
-use crate::state::{self, MemberRecord};
+use crate::state;
 
 impl ChatCommand for pb::DeleteMessage {
     type Reply = pb::SendAck;
@@ -37,11 +37,8 @@ impl ChatCommand for pb::DeleteMessage {
             return no_such_chat(chat);
         };
         let by = UserId(self.by_user);
-        let Some(member) = cx.get::<MemberRecord>("member", &state::member_key(chat, by))? else {
-            return reject(
-                RejectCode::PermissionDenied,
-                format!("user {by} is not a member of chat {chat}"),
-            );
+        let Some(member) = cx.member(chat, by)? else {
+            return not_a_member(by, chat);
         };
         let seq = ChatSeq(self.seq);
         let missing = || {
@@ -91,43 +88,25 @@ impl ChatCommand for pb::DeleteMessage {
                 format!("only its sender or a group admin deletes message {seq} of chat {chat}"),
             );
         }
-        let tombstone = ChatSeq(record.last_seq + 1);
-        message.payload.clear();
-        message.media.clear();
-        message.deleted = true;
-        message.deleted_in_seq = tombstone.0;
-        cx.ctx
-            .rewrite_event(offset, event::encode(chat_event::Kind::Message(message)));
-
-        let ts = cx.ctx.timestamp_ms().max(record.last_ts_ms);
-        let at = cx.ctx.last_offset().next();
         let deletion = pb::Message {
             chat_id: chat.0,
-            seq: tombstone.0,
-            offset: at.0,
             sender_user: by.0,
             sender_device: self.by_device,
-            server_ts_ms: ts,
             deletes_seq: seq.0,
             ..Default::default()
         };
-        let emitted = cx.emit(chat_event::Kind::Message(deletion));
-        debug_assert_eq!(emitted, at);
-        record.last_seq = tombstone.0;
-        record.last_ts_ms = ts;
-        cx.put(&state::chat_key(chat), state::encode(&record));
-        cx.put(
-            &state::index_key(chat, tombstone),
-            at.0.to_be_bytes().to_vec(),
-        );
-        let ack = pb::SendAck {
-            chat_id: chat.0,
-            seq: tombstone.0,
-            offset: at.0,
-            server_ts_ms: ts,
-            duplicate: false,
-        };
-        applied(Some(at), 1, command_reply::Kind::Send(ack))
+        let ack = cx.append_message(&mut record, deletion);
+        message.payload.clear();
+        message.media.clear();
+        message.deleted = true;
+        message.deleted_in_seq = ack.seq;
+        cx.ctx
+            .rewrite_event(offset, event::encode(chat_event::Kind::Message(message)));
+        applied(
+            Some(LogOffset(ack.offset)),
+            1,
+            command_reply::Kind::Send(ack),
+        )
     }
 
     fn into_kind(self) -> command::Kind {

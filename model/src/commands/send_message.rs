@@ -14,12 +14,12 @@
 //! offset), the dedup entry (`d`: the ack) and its expiry entry (`x`), and forgets a few dedup
 //! entries that left the window, oldest first. Reply: `SendAck`.
 
-use chat_log::{PartitionId, RejectCode, StoreError};
-use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply};
+use chat_log::{LogOffset, PartitionId, StoreError};
+use chat_proto::chat_v1::{self as pb, command, command_reply};
 
-use super::apply::{applied, no_such_chat, reject, ChatApply, Outcome};
+use super::apply::{applied, no_such_chat, not_a_member, ChatApply, Outcome};
 use super::chat_command::{check_media, ChatCommand, CheckContext, Invalid};
-use crate::ids::{ChatId, ChatSeq, DeviceId, UserId};
+use crate::ids::{ChatId, DeviceId, UserId};
 use crate::state::{self, DedupRecord};
 
 /// Expired dedup entries removed per applied send (keeps up with one insert per send).
@@ -85,51 +85,28 @@ impl ChatCommand for pb::SendMessage {
             return no_such_chat(chat);
         };
         if !cx.exists(&state::member_key(chat, user))? {
-            return reject(
-                RejectCode::PermissionDenied,
-                format!("user {user} is not a member of chat {chat}"),
-            );
+            return not_a_member(user, chat);
         }
-        let seq = ChatSeq(record.last_seq + 1);
-        let ts = now.max(record.last_ts_ms);
-        let offset = cx.ctx.last_offset().next();
         let message = pb::Message {
             chat_id: chat.0,
-            seq: seq.0,
-            offset: offset.0,
             sender_user: user.0,
             sender_device: device.0,
             client_msg_id: self.client_msg_id,
-            server_ts_ms: ts,
             payload: self.payload,
             media: self.media,
             ..Default::default()
         };
-        let emitted = cx.emit(chat_event::Kind::Message(message));
-        debug_assert_eq!(emitted, offset);
-        record.last_seq = seq.0;
-        record.last_ts_ms = ts;
-        cx.put(&state::chat_key(chat), state::encode(&record));
-        cx.put(
-            &state::index_key(chat, seq),
-            offset.0.to_be_bytes().to_vec(),
-        );
+        let ack = cx.append_message(&mut record, message);
         let dedup = DedupRecord {
             chat: chat.0,
-            seq: seq.0,
-            offset: offset.0,
-            server_ts_ms: ts,
+            seq: ack.seq,
+            offset: ack.offset,
+            server_ts_ms: ack.server_ts_ms,
         };
         cx.put(&dedup_key, state::encode(&dedup));
-        cx.put(&state::expiry_key(ts, &dedup_key), Vec::new());
+        cx.put(&state::expiry_key(ack.server_ts_ms, &dedup_key), Vec::new());
         expire_dedup(cx, now)?;
-        let ack = pb::SendAck {
-            chat_id: chat.0,
-            seq: seq.0,
-            offset: offset.0,
-            server_ts_ms: ts,
-            duplicate: false,
-        };
+        let offset = LogOffset(ack.offset);
         applied(Some(offset), 1, command_reply::Kind::Send(ack))
     }
 

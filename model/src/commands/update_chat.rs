@@ -16,10 +16,10 @@
 use chat_log::{PartitionId, RejectCode};
 use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ChatKind};
 
-use super::apply::{applied, no_such_chat, reject, ChatApply, Outcome};
+use super::apply::{applied, no_such_chat, not_a_member, reject, ChatApply, Outcome};
 use super::chat_command::{check_media, ChatCommand, CheckContext, Invalid};
 use crate::ids::{ChatId, UserId};
-use crate::state::{self, MemberRecord};
+use crate::state;
 
 /// The longest group description.
 pub const MAX_DESCRIPTION_BYTES: usize = 1024;
@@ -73,11 +73,8 @@ impl ChatCommand for pb::UpdateChat {
             return no_such_chat(chat);
         };
         let by = UserId(self.by_user);
-        let Some(member) = cx.get::<MemberRecord>("member", &state::member_key(chat, by))? else {
-            return reject(
-                RejectCode::PermissionDenied,
-                format!("user {by} is not a member of chat {chat}"),
-            );
+        let Some(member) = cx.member(chat, by)? else {
+            return not_a_member(by, chat);
         };
         let group = record.kind == ChatKind::Group as i32;
         let group_settings =

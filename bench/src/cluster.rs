@@ -45,6 +45,7 @@ impl Cluster {
                 tls: Default::default(),
                 insecure: false,
                 metrics_listen: None,
+                http_listen: None,
                 log: chat_log::LogNodeConfig {
                     node_id: id,
                     data_dir: dir.path().join(format!("n{id}")),
@@ -68,6 +69,7 @@ impl Cluster {
                     ..Default::default()
                 },
                 retention: Default::default(),
+                media: Default::default(),
             };
             nodes.push(
                 server::start(config)

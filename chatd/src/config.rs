@@ -104,6 +104,11 @@ pub struct Flags {
     /// Source IP for outgoing Raft connections (lets fault injection tell links apart).
     #[arg(long, env = "CHATD_BIND_IP")]
     pub bind_ip: Option<IpAddr>,
+    /// chatd's HTTP address for devices: the embedded media store's uploads and downloads
+    /// (`/media/...`, through presigned URLs the device API hands out). HTTPS with the public
+    /// certificate when TLS is on [default: the device API's IP, a port the system picks].
+    #[arg(long, env = "CHATD_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// Serve Prometheus metrics over HTTP at this address (`/metrics`) [default: off].
     #[arg(long, env = "CHATD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -153,6 +158,7 @@ struct FileConfig {
     cluster_secret: Option<String>,
     bind_ip: Option<IpAddr>,
     metrics_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
     #[serde(default)]
     peers: BTreeMap<String, String>,
     #[serde(default)]
@@ -165,6 +171,8 @@ struct FileConfig {
     notifications: NotificationsSection,
     #[serde(default)]
     retention: RetentionSection,
+    #[serde(default)]
+    media: MediaSection,
     #[serde(default)]
     storage: DiskConfig,
     #[serde(default)]
@@ -202,6 +210,81 @@ impl RetentionSection {
             expire_after: std::time::Duration::from_secs(self.expire_after_secs),
             delete_when_delivered: self.delete_when_delivered,
             sweep_every: std::time::Duration::from_millis(self.sweep_ms.max(10)),
+        }
+    }
+}
+
+/// The `[media]` table: where blobs go (docs/operations.md, "Media").
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSection {
+    /// "files" (the default: under `<data_dir>/media`, served on the HTTP address) or "s3".
+    pub store: String,
+    /// The URL devices reach this node's HTTP address at, when not `http(s)://<http address>`
+    /// (behind a load balancer or NAT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Largest blob a device may upload.
+    pub max_bytes: u64,
+    /// How long an upload or download URL is valid.
+    #[serde(deserialize_with = "chat_log::duration_setting::secs")]
+    pub url_ttl_secs: u64,
+    pub s3: S3Section,
+}
+
+/// The `[media.s3]` table.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Section {
+    pub bucket: String,
+    /// An S3-compatible server's URL; empty for AWS.
+    pub endpoint: String,
+    pub region: String,
+    /// Empty: from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    pub access_key_id: String,
+    #[serde(skip_serializing)]
+    pub secret_access_key: String,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        let d = chat_gateway::media::MediaConfig::default();
+        MediaSection {
+            store: "files".into(),
+            public_url: None,
+            max_bytes: d.max_bytes,
+            url_ttl_secs: d.url_ttl.as_secs(),
+            s3: S3Section::default(),
+        }
+    }
+}
+
+impl MediaSection {
+    pub fn media(&self) -> chat_gateway::media::MediaConfig {
+        chat_gateway::media::MediaConfig {
+            max_bytes: self.max_bytes.max(1),
+            url_ttl: std::time::Duration::from_secs(self.url_ttl_secs.max(1)),
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        match self.store.as_str() {
+            "files" => Ok(()),
+            "s3" if self.s3.bucket.is_empty() => {
+                bail!("[media] store = \"s3\" needs [media.s3] bucket")
+            }
+            "s3" => Ok(()),
+            other => bail!("[media] store is \"files\" or \"s3\", not {other:?}"),
+        }
+    }
+
+    pub fn s3(&self) -> chat_gateway::media::s3::S3Config {
+        chat_gateway::media::s3::S3Config {
+            bucket: self.s3.bucket.clone(),
+            endpoint: self.s3.endpoint.clone(),
+            region: self.s3.region.clone(),
+            access_key_id: self.s3.access_key_id.clone(),
+            secret_access_key: self.s3.secret_access_key.clone(),
         }
     }
 }
@@ -476,11 +559,14 @@ pub struct ServerConfig {
     pub insecure: bool,
     /// Where Prometheus scrapes `/metrics` (None: no exporter).
     pub metrics_listen: Option<SocketAddr>,
+    /// The HTTP address for devices (None: the device API's IP, any port).
+    pub http_listen: Option<SocketAddr>,
     pub log: LogNodeConfig,
     pub chat: ChatConfig,
     pub gateway: GatewaySection,
     pub notifications: NotificationsSection,
     pub retention: RetentionSection,
+    pub media: MediaSection,
 }
 
 impl ServerConfig {
@@ -561,13 +647,17 @@ impl ServerConfig {
         }
         let public_listen = flags.public_listen.or(file.public_listen);
         let insecure = flags.insecure || file.insecure;
+        let http_listen = flags.http_listen.or(file.http_listen);
         check_transport(listen, public_listen, tls.paths()?.is_some(), insecure)?;
+        check_transport_http(http_listen, tls.paths()?.is_some(), insecure)?;
+        file.media.check()?;
         Ok(ServerConfig {
             listen,
             public_listen,
             tls,
             insecure,
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
+            http_listen,
             log: LogNodeConfig {
                 node_id,
                 data_dir,
@@ -588,6 +678,7 @@ impl ServerConfig {
             gateway: file.gateway,
             notifications: file.notifications,
             retention: file.retention,
+            media: file.media,
         })
     }
 }
@@ -610,6 +701,8 @@ struct Printed<'a> {
     bind_ip: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_listen: Option<SocketAddr>,
     peers: BTreeMap<String, String>,
     tls: &'a TlsSection,
     raft: &'a RaftTuning,
@@ -617,6 +710,7 @@ struct Printed<'a> {
     gateway: &'a GatewaySection,
     notifications: &'a NotificationsSection,
     retention: &'a RetentionSection,
+    media: &'a MediaSection,
     storage: &'a DiskConfig,
     engine: &'a EngineConfig,
 }
@@ -636,6 +730,7 @@ impl ServerConfig {
             join: log.join,
             bind_ip: log.bind_ip,
             metrics_listen: self.metrics_listen,
+            http_listen: self.http_listen,
             peers: log
                 .members
                 .iter()
@@ -647,6 +742,7 @@ impl ServerConfig {
             gateway: &self.gateway,
             notifications: &self.notifications,
             retention: &self.retention,
+            media: &self.media,
             storage: &log.disk,
             engine: &log.engine,
         };
@@ -700,6 +796,18 @@ fn check_transport(
         }
     }
     Ok(())
+}
+
+/// The HTTP address follows the device API's rule: plaintext off loopback only with
+/// `--insecure` (with TLS it serves HTTPS).
+fn check_transport_http(http: Option<SocketAddr>, tls: bool, insecure: bool) -> anyhow::Result<()> {
+    match http {
+        Some(addr) if !tls && !insecure && !addr.ip().is_loopback() => bail!(
+            "--http-listen {addr} is not a loopback address and TLS is off: media would cross the \
+             network in the clear. Turn TLS on, or give --insecure on a private network"
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Parse `id=host:port` items.

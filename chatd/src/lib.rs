@@ -8,4 +8,5 @@ pub mod backup;
 pub mod config;
 pub mod connections;
 pub mod grpc_metrics;
+pub mod http;
 pub mod server;

@@ -18,6 +18,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use chat_gateway::media::files::FileStore;
+use chat_gateway::media::s3::S3Store;
+use chat_gateway::media::BlobStore;
 use chat_gateway::presence::GatewayPeerService;
 use chat_gateway::{ChatService, Gateway};
 use chat_log::{Dispatch, LogNode, RawAppend, RAW_COMMAND_TAG};
@@ -70,10 +73,15 @@ pub struct Running {
     pub local_addr: std::net::SocketAddr,
     /// The address devices connect to.
     pub public_addr: std::net::SocketAddr,
+    /// The HTTP address of the embedded media store (None with a shared bucket).
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// What the media store is, for the log line.
+    pub media: String,
     health: HealthReporter,
     stop_tx: tokio::sync::watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
     tls_reloader: Option<tokio::task::JoinHandle<()>>,
+    http: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -103,6 +111,9 @@ impl Running {
         }
         if let Some(reloader) = self.tls_reloader.take() {
             reloader.abort();
+        }
+        if let Some(http) = self.http.take() {
+            http.abort();
         }
         self.node.shutdown().await;
         Ok(())
@@ -141,6 +152,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         ))
     });
     let secret = config.log.cluster_secret.clone();
+    let media = open_media(&config, public_addr, tls.is_some()).await?;
     let handler = Dispatch::new()
         .with(RAW_COMMAND_TAG, Arc::new(RawAppend))
         .with(
@@ -161,12 +173,14 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         std::time::Duration::from_millis(100),
     );
     let mut gateway_config = config.gateway.gateway();
+    gateway_config.media = config.media.media();
     gateway_config.notify_every =
         std::time::Duration::from_millis(config.notifications.flush_ms.max(10));
     let gateway = Gateway::start(
         sequencer.clone(),
         projector.clone(),
         config.notifications.sink()?,
+        media.store.clone(),
         &secret,
         gateway_config,
     )
@@ -226,11 +240,15 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
             servers.push(serve(
                 public,
                 public_listener,
-                tls.map(|t| (t, Side::Public)),
-                stop_rx,
+                tls.clone().map(|t| (t, Side::Public)),
+                stop_rx.clone(),
             ));
         }
     }
+
+    let http = media
+        .files
+        .map(|(files, listener)| crate::http::serve(files.router(), listener, tls, stop_rx));
 
     node.initialize().await?;
     tokio::spawn(report_ready(node.clone(), health.clone()));
@@ -241,10 +259,86 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         projector,
         local_addr,
         public_addr,
+        http_addr: media.http_addr,
+        media: media.store.describe(),
         health,
         stop_tx,
         servers,
         tls_reloader,
+        http,
+    })
+}
+
+/// The node's blob store, and for the embedded one its HTTP listener.
+struct OpenedMedia {
+    store: Arc<dyn BlobStore>,
+    files: Option<(Arc<FileStore>, TcpListener)>,
+    http_addr: Option<std::net::SocketAddr>,
+}
+
+/// Open the `[media]` store: a bucket, or files under the data dir served on the HTTP address
+/// (by default the device API's IP, a port the system picks: devices learn it from the URLs
+/// they are given).
+async fn open_media(
+    config: &ServerConfig,
+    public_addr: std::net::SocketAddr,
+    tls: bool,
+) -> anyhow::Result<OpenedMedia> {
+    if config.media.store == "s3" {
+        // reqwest, under object_store, dials HTTPS with the process's rustls provider.
+        chat_tls::install_provider();
+        let store = S3Store::new(&config.media.s3()).context("opening the media bucket")?;
+        return Ok(OpenedMedia {
+            store: Arc::new(store),
+            files: None,
+            http_addr: None,
+        });
+    }
+    let listener = bind(
+        config
+            .http_listen
+            .unwrap_or_else(|| std::net::SocketAddr::new(public_addr.ip(), 0)),
+    )
+    .await?;
+    let http_addr = listener.local_addr()?;
+    let base_url = match &config.media.public_url {
+        Some(url) => url.clone(),
+        None => {
+            let scheme = if tls { "https" } else { "http" };
+            // Listening on every address: devices reach the node by its cluster address's host.
+            let host = if http_addr.ip().is_unspecified() {
+                config.log.members[&config.log.node_id]
+                    .rsplit_once(':')
+                    .map(|(host, _)| host.to_string())
+                    .unwrap_or_else(|| http_addr.ip().to_string())
+            } else {
+                http_addr.ip().to_string()
+            };
+            let host = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            format!("{scheme}://{host}:{}", http_addr.port())
+        }
+    };
+    let files = FileStore::open(
+        &config.log.data_dir.join("media"),
+        config.log.node_id,
+        &base_url,
+        &config.log.cluster_secret,
+    )
+    .with_context(|| {
+        format!(
+            "opening the media store in {}",
+            config.log.data_dir.join("media").display()
+        )
+    })?;
+    let files = Arc::new(files);
+    Ok(OpenedMedia {
+        store: files.clone(),
+        files: Some((files, listener)),
+        http_addr: Some(http_addr),
     })
 }
 
@@ -371,6 +465,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         node = running.node.node_id(),
         listen = %running.local_addr,
         public = %running.public_addr,
+        media = %running.media,
         data_dir = %data_dir.display(),
         partitions,
         members,

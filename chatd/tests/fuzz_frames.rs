@@ -95,6 +95,7 @@ fn frame(rng: &mut impl Rng, token: &str, chat: u64) -> pb::ClientFrame {
                     mime: text(rng),
                     size: number(rng, 10),
                     sha256: bytes(rng),
+                    key_blob: bytes(rng),
                 })
                 .collect(),
             timeout_ms: number(rng, 100) as u32,

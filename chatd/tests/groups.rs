@@ -102,6 +102,7 @@ async fn members_leave_admins_change_and_groups_describe_themselves() {
         mime: "image/png".into(),
         size: 2048,
         sha256: vec![1; 32],
+        ..Default::default()
     };
     let refused = ann
         .update_chat(pb::UpdateChatRequest {

@@ -206,6 +206,48 @@ impl ChatClient {
         Ok(self.rpc.history(request).await?.into_inner())
     }
 
+    /// Block (or unblock) the user with `handle`: their messages to the caller are refused.
+    pub async fn block_user(
+        &mut self,
+        handle: &str,
+        blocked: bool,
+    ) -> Result<pb::BlockUserReply, Status> {
+        let request = self.request(pb::BlockUserRequest {
+            handle: handle.to_string(),
+            blocked,
+        });
+        Ok(self.rpc.block_user(request).await?.into_inner())
+    }
+
+    /// Delete messages of `chat_id` for the caller only; how many were newly hidden.
+    pub async fn delete_for_me(&mut self, chat_id: u64, seqs: Vec<u64>) -> Result<u32, Status> {
+        let request = self.request(pb::DeleteForMeRequest { chat_id, seqs });
+        Ok(self.rpc.delete_for_me(request).await?.into_inner().hidden)
+    }
+
+    /// Where to upload a blob of `size` bytes whose sha256 is `sha256`.
+    pub async fn create_upload(
+        &mut self,
+        mime: &str,
+        size: u64,
+        sha256: Vec<u8>,
+    ) -> Result<pb::UploadGrant, Status> {
+        let request = self.request(pb::CreateUploadRequest {
+            mime: mime.to_string(),
+            size,
+            sha256,
+        });
+        Ok(self.rpc.create_upload(request).await?.into_inner())
+    }
+
+    /// Where to download the blob `object_key`.
+    pub async fn create_download(&mut self, object_key: &str) -> Result<pb::DownloadGrant, Status> {
+        let request = self.request(pb::CreateDownloadRequest {
+            object_key: object_key.to_string(),
+        });
+        Ok(self.rpc.create_download(request).await?.into_inner())
+    }
+
     /// The caller's chats, most recent activity first, with unread counts and ticks.
     pub async fn inbox(&mut self) -> Result<Vec<pb::InboxEntry>, Status> {
         let request = self.request(pb::InboxRequest {});
@@ -357,6 +399,8 @@ pub enum DeviceEvent {
     Typing(pb::TypingNotice),
     /// A user this user shares chats with came online or went offline (after
     /// [`Device::subscribe_presence`]).
+    /// This user deleted these messages for itself (on this device or another): drop them.
+    Hidden(pb::MessagesHidden),
     Presence(pb::PresenceFrame),
     /// A frame the server refused (the stream stays open).
     Error(pb::ErrorFrame),
@@ -476,6 +520,19 @@ impl Device {
             .await
     }
 
+    /// Send a message with media (uploaded first, see [`crate::media`]); the payload may be
+    /// empty when there is media.
+    pub async fn send_media(
+        &self,
+        chat_id: u64,
+        payload: Vec<u8>,
+        media: Vec<pb::MediaRef>,
+    ) -> Result<pb::SendAck, Status> {
+        self.queue_send_media(chat_id, &new_client_msg_id(), payload, media)
+            .await?
+            .await
+    }
+
     /// Queue a send behind the device's earlier ones and return without waiting for its ack:
     /// the returned future resolves with it. Sends to one chat get seqs in the order they were
     /// queued, so a device can pipeline them.
@@ -485,12 +542,24 @@ impl Device {
         client_msg_id: &str,
         payload: Vec<u8>,
     ) -> Result<impl std::future::Future<Output = Result<pb::SendAck, Status>>, Status> {
+        self.queue_send_media(chat_id, client_msg_id, payload, Vec::new())
+            .await
+    }
+
+    /// [`Device::queue_send`] with media references.
+    pub async fn queue_send_media(
+        &self,
+        chat_id: u64,
+        client_msg_id: &str,
+        payload: Vec<u8>,
+        media: Vec<pb::MediaRef>,
+    ) -> Result<impl std::future::Future<Output = Result<pb::SendAck, Status>>, Status> {
         let (reply, answer) = oneshot::channel();
         let frame = pb::SendFrame {
             client_msg_id: client_msg_id.to_string(),
             chat_id,
             payload,
-            media: Vec::new(),
+            media,
             timeout_ms: self.send_timeout_ms,
         };
         self.commands
@@ -768,6 +837,7 @@ impl Actor {
             }
             server_frame::Kind::Typing(t) => self.emit(DeviceEvent::Typing(t)).await,
             server_frame::Kind::Presence(p) => self.emit(DeviceEvent::Presence(p)).await,
+            server_frame::Kind::Hidden(h) => self.emit(DeviceEvent::Hidden(h)).await,
             server_frame::Kind::Error(e) => self.emit(DeviceEvent::Error(e)).await,
             server_frame::Kind::Pong(_) => Ok(()),
         }

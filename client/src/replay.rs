@@ -95,6 +95,14 @@ fn chat(kind: Kind) -> Decoded {
             "presence_updated",
             json!({"user": e.user_id, "hidden": e.hidden, "last_seen_ms": e.last_seen_ms}),
         ),
+        Kind::MediaReleased(e) => (
+            "media_released",
+            json!({"chat": e.chat_id, "keys": e.object_keys}),
+        ),
+        Kind::MessagesHidden(e) => (
+            "messages_hidden",
+            json!({"chat": e.chat_id, "user": e.user, "seqs": e.seqs}),
+        ),
         Kind::ChatUpdated(e) => (
             "chat_updated",
             json!({"chat": e.chat_id, "by": e.by_user, "name": e.name, "description": e.description, "icon": e.icon.map(|i| i.object_key), "disappear_after_secs": e.disappear_after_secs}),

@@ -212,5 +212,45 @@ async fn a_tls_node_is_reached_with_its_ca_and_mismatches_say_what_to_give() {
         .await;
     assert!(ok && out.contains("registered alice"), "{out}{err}");
 
+    // Media over HTTPS: the node's HTTP address speaks TLS with the same certificate.
+    let (ok, out, err) = env
+        .chat("bob", &["--tls-ca", &ca_pem, "register", "bob"])
+        .await;
+    assert!(ok, "{out}{err}");
+    let photo = dir.path().join("photo.png");
+    let bytes: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&photo, &bytes).unwrap();
+    let photo = photo.display().to_string();
+    let (ok, out, err) = env
+        .chat(
+            "alice",
+            &[
+                "--tls-ca", &ca_pem, "send", "bob", "--file", &photo, "a", "photo",
+            ],
+        )
+        .await;
+    assert!(ok && out.contains("as seq 1"), "{out}{err}");
+    let (ok, out, err) = env
+        .chat("bob", &["--tls-ca", &ca_pem, "history", "alice"])
+        .await;
+    assert!(
+        ok && out.contains("alice: a photo [image/png 70000 bytes]"),
+        "{out}{err}"
+    );
+    let got = dir.path().join("got.png");
+    let got_arg = got.display().to_string();
+    let (ok, out, err) = env
+        .chat(
+            "bob",
+            &["--tls-ca", &ca_pem, "get", "alice", "1", "--out", &got_arg],
+        )
+        .await;
+    assert!(ok && out.contains("sha256 checked"), "{out}{err}");
+    assert_eq!(std::fs::read(&got).unwrap(), bytes);
+    let (ok, _, err) = env
+        .chat("bob", &["--tls-ca", &ca_pem, "get", "alice", "7"])
+        .await;
+    assert!(!ok && err.contains("no message 7"), "{err}");
+
     running.stop().await.unwrap();
 }

@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub revocation_bound: Duration,
     /// A device stream whose client reads nothing for this long is ended.
     pub write_deadline: Duration,
+    /// Media sizes and URL lifetimes.
+    pub media: crate::media::MediaConfig,
 }
 
 impl Default for GatewayConfig {
@@ -64,6 +66,7 @@ impl Default for GatewayConfig {
             register_burst: 1000,
             revocation_bound: Duration::from_secs(15),
             write_deadline: crate::outbound::WRITE_DEADLINE,
+            media: crate::media::MediaConfig::default(),
         }
     }
 }
@@ -75,6 +78,8 @@ pub struct Gateway {
     pub hub: Arc<hub::Hub>,
     pub presence: Arc<presence::ClusterPresence>,
     pub projector: Arc<Projector>,
+    /// Upload and download grants for the node's blob store.
+    pub media: crate::media::Media,
     /// Rates and sizes of what a client can cause through unary calls.
     pub limits: crate::limits::CallLimits,
     /// Per partition, when this node last confirmed a read index with its leader, and the
@@ -87,13 +92,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Start the hub's partition tailers (and the offline notifier when there is a `sink`).
-    /// Call inside the tokio runtime. `cluster_secret` authenticates presence lookups to the
-    /// other nodes.
+    /// Start the hub's partition tailers, the media reaper of `blobs` (and the offline notifier
+    /// when there is a `sink`). Call inside the tokio runtime. `cluster_secret` authenticates
+    /// presence lookups to the other nodes.
     pub fn start(
         sequencer: Arc<Sequencer>,
         projector: Arc<Projector>,
         sink: Option<Arc<dyn PushSink>>,
+        blobs: Arc<dyn crate::media::BlobStore>,
         cluster_secret: &str,
         config: GatewayConfig,
     ) -> Result<Arc<Gateway>, String> {
@@ -127,6 +133,8 @@ impl Gateway {
             registers_per_second: config.registers_per_second,
             register_burst: config.register_burst,
         });
+        crate::media::reaper::start(node.clone(), blobs.clone());
+        let media = crate::media::Media::new(blobs, node.node_id(), config.media.clone());
         let reads = StateReader::new(node);
         crate::presence_push::start(
             sequencer.clone(),
@@ -142,6 +150,7 @@ impl Gateway {
             hub,
             sequencer,
             projector,
+            media,
             config,
             closing: tokio::sync::watch::Sender::new(false),
         });

@@ -48,6 +48,8 @@ pub enum Push {
     Typing(pb::TypingNotice),
     /// A watched user came online or went offline (ephemeral).
     Presence(pb::PresenceFrame),
+    /// The user deleted messages for itself (on one of its devices).
+    Hidden(pb::MessagesHidden),
 }
 
 /// The hub's side of one connected device stream.
@@ -436,7 +438,11 @@ impl Hub {
                 };
                 self.offer_to_users(&[UserId(d.user_id)], &push);
             }
+            chat_event::Kind::MessagesHidden(h) => {
+                self.offer_to_users(&[UserId(h.user)], &Push::Hidden(h));
+            }
             chat_event::Kind::UserRegistered(_)
+            | chat_event::Kind::MediaReleased(_)
             | chat_event::Kind::DeviceAdded(_)
             | chat_event::Kind::MessagesExpired(_)
             | chat_event::Kind::ChatListChanged(_)

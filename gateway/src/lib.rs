@@ -28,6 +28,8 @@
 //!   recorded in the user's partition, hidden presence.
 //! - [`registry`]: the connection registry: which node holds which device's stream, kept at
 //!   each user's home node (rendezvous hashing over the nodes).
+//! - [`media`]: media beside the log: the blob store trait, its embedded (files over HTTP) and
+//!   S3 stores, presigned upload/download grants, and the reaper of released blobs.
 //! - [`gateway`]: [`Gateway`], what one node's gateway holds and starts, and its config.
 //!
 //! Writes go through the node's [`Sequencer`] (which forwards to partition leaders); reads go
@@ -40,6 +42,7 @@ pub mod gateway;
 pub mod hub;
 pub mod lanes;
 pub mod limits;
+pub mod media;
 pub mod notify;
 pub mod outbound;
 pub mod presence;

@@ -78,6 +78,11 @@ impl ClusterPresence {
             .collect()
     }
 
+    /// Node `id`'s address, if it is one of the cluster's nodes.
+    pub(crate) fn node_address(&self, id: NodeId) -> Option<String> {
+        self.node.members().remove(&id)
+    }
+
     /// A client of the gateway at `addr` (one connection per peer, made on first use).
     pub(crate) fn peer(&self, addr: &str) -> Option<PeerClient> {
         let mut clients = self.clients.lock().expect("presence clients lock");
@@ -232,15 +237,17 @@ pub struct GatewayPeerService {
     presence: Arc<ClusterPresence>,
     node: Arc<LogNode>,
     projector: Arc<Projector>,
+    gateway: std::sync::Weak<Gateway>,
 }
 
 impl GatewayPeerService {
-    pub fn server(gateway: &Gateway) -> GatewayPeerServer<GatewayPeerService> {
+    pub fn server(gateway: &Arc<Gateway>) -> GatewayPeerServer<GatewayPeerService> {
         GatewayPeerServer::new(GatewayPeerService {
             hub: gateway.hub.clone(),
             presence: gateway.presence.clone(),
             node: gateway.sequencer.node().clone(),
             projector: gateway.projector.clone(),
+            gateway: Arc::downgrade(gateway),
         })
     }
 }
@@ -309,6 +316,19 @@ impl GatewayPeer for GatewayPeerService {
             .collect();
         self.hub.offer_ephemeral(&users, &Push::Typing(notice));
         Ok(Response::new(pb::TypingRelayReply {}))
+    }
+
+    async fn sign_download(
+        &self,
+        request: Request<pb::CreateDownloadRequest>,
+    ) -> Result<Response<pb::DownloadGrant>, Status> {
+        let gateway = self
+            .gateway
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("this node is stopping"))?;
+        let key = chat_model::media::ObjectKey::parse(&request.into_inner().object_key)
+            .map_err(Status::invalid_argument)?;
+        gateway.media.sign_download(&key).await.map(Response::new)
     }
 
     async fn home_presence(

@@ -29,6 +29,9 @@ use crate::session;
 /// another node's replica.
 const READS_AT_ONCE: usize = 32;
 
+/// History pages in a row, all deleted for the caller, skipped before a call gives up.
+const HIDDEN_PAGES_SKIPPED: usize = 16;
+
 /// Data frames (messages, receipts, updates) queued towards one device before its session
 /// waits on the transport; control frames have their own queue (see `outbound.rs`).
 const OUTBOUND_FRAMES: usize = 64;
@@ -360,6 +363,7 @@ impl Chat for ChatService {
                 description: r.description,
                 icon: r.icon,
                 disappear_after_secs: r.disappear_after_secs,
+                block: None,
             })
             .await?;
         let info = self.chat_info_after_write(chat).await?;
@@ -390,12 +394,85 @@ impl Chat for ChatService {
         let joined_after = self.require_member(chat, me.user).await?;
         // Clamped at the server: a member added later reads nothing from before.
         let after = ChatSeq(r.after_seq).max(joined_after);
-        let page = self
+        let (mut after, mut before) = (after, ChatSeq::bound(r.before_seq));
+        // What the caller deleted for itself is left out; a page it emptied is followed by the
+        // next one in the same direction, so an empty page still means the end.
+        for _ in 0..HIDDEN_PAGES_SKIPPED {
+            let mut page = self
+                .gw
+                .sequencer
+                .history(chat, after, before, r.limit)
+                .await?;
+            let (Some(first), Some(last)) = (page.messages.first(), page.messages.last()) else {
+                return Ok(Response::new(page));
+            };
+            let (first, last) = (ChatSeq(first.seq), ChatSeq(last.seq));
+            // From the same kind of replica read as the page.
+            let hidden = self
+                .gw
+                .reads
+                .hidden(chat, me.user, first, last)
+                .await
+                .map_err(storage)?;
+            page.messages.retain(|m| !hidden.contains(&m.seq));
+            if !page.messages.is_empty() {
+                return Ok(Response::new(page));
+            }
+            match before {
+                Some(_) => before = Some(first),
+                None => after = last,
+            }
+        }
+        Err(Status::resource_exhausted(format!(
+            "more than {HIDDEN_PAGES_SKIPPED} pages in a row of chat {chat} are deleted for you; \
+             page on from after_seq/before_seq"
+        )))
+    }
+
+    async fn block_user(
+        &self,
+        request: Request<pb::BlockUserRequest>,
+    ) -> Result<Response<pb::BlockUserReply>, Status> {
+        let me = self.caller(&request, "BlockUser").await?;
+        let r = request.into_inner();
+        let other = self.existing_user(&r.handle).await?;
+        if other == me.user {
+            return Err(Status::invalid_argument("a user cannot block itself"));
+        }
+        // The block is kept on the direct chat, made if the two never talked: the send's apply
+        // then refuses the blocked user's messages in log order.
+        let chat = self.gw.sequencer.create_direct_chat(me.user, other).await?;
+        self.gw
+            .sequencer
+            .update_chat(pb::UpdateChat {
+                chat_id: chat.chat_id,
+                by_user: me.user.0,
+                block: Some(r.blocked),
+                ..Default::default()
+            })
+            .await?;
+        Ok(Response::new(pb::BlockUserReply {
+            chat_id: chat.chat_id,
+            blocked: r.blocked,
+        }))
+    }
+
+    async fn delete_for_me(
+        &self,
+        request: Request<pb::DeleteForMeRequest>,
+    ) -> Result<Response<pb::DeleteForMeReply>, Status> {
+        let me = self.caller(&request, "DeleteForMe").await?;
+        let r = request.into_inner();
+        let chat = ChatId(r.chat_id);
+        self.require_member(chat, me.user).await?;
+        let reply = self
             .gw
             .sequencer
-            .history(chat, after, ChatSeq::bound(r.before_seq), r.limit)
+            .hide_messages(chat, me.user, r.seqs)
             .await?;
-        Ok(Response::new(page))
+        Ok(Response::new(pb::DeleteForMeReply {
+            hidden: reply.hidden,
+        }))
     }
 
     async fn inbox(
@@ -500,6 +577,32 @@ impl Chat for ChatService {
             })
             .collect();
         Ok(Response::new(pb::PresenceReply { users }))
+    }
+
+    async fn create_upload(
+        &self,
+        request: Request<pb::CreateUploadRequest>,
+    ) -> Result<Response<pb::UploadGrant>, Status> {
+        let device = self.caller(&request, "CreateUpload").await?;
+        let grant = self
+            .gw
+            .media
+            .grant_upload(device.user, request.get_ref())
+            .await?;
+        Ok(Response::new(grant))
+    }
+
+    async fn create_download(
+        &self,
+        request: Request<pb::CreateDownloadRequest>,
+    ) -> Result<Response<pb::DownloadGrant>, Status> {
+        self.caller(&request, "CreateDownload").await?;
+        let grant = self
+            .gw
+            .media
+            .grant_download(&request.get_ref().object_key, &self.gw.presence)
+            .await?;
+        Ok(Response::new(grant))
     }
 
     async fn set_presence_hidden(

@@ -259,13 +259,42 @@ impl Deliveries {
                 .await
                 .map_err(storage)?
                 .ok_or_else(|| Status::not_found(format!("chat {chat} does not exist")))?;
-            if page.messages.is_empty() {
+            let (Some(first), Some(last)) = (page.messages.first(), page.messages.last()) else {
                 return Ok(());
-            }
+            };
+            let (first, last) = (ChatSeq(first.seq), ChatSeq(last.seq));
             for m in page.messages {
                 self.deliver(m).await?;
             }
+            self.tell_hidden(chat, first, last).await?;
         }
+    }
+
+    /// After a page of backlog: which of its messages this user deleted for itself (on another
+    /// device, while this one was away), so the device drops them too.
+    async fn tell_hidden(
+        &mut self,
+        chat: ChatId,
+        first: ChatSeq,
+        last: ChatSeq,
+    ) -> Result<(), Status> {
+        let p = self.gw.reads.partition(chat.0);
+        let hidden = self
+            .gw
+            .reads
+            .fresh_at(p, self.gw.hub.dispatched(p))
+            .hidden(chat, self.me.user, first, last)
+            .await
+            .map_err(storage)?;
+        if hidden.is_empty() {
+            return Ok(());
+        }
+        self.emit(server_frame::Kind::Hidden(pb::MessagesHidden {
+            chat_id: chat.0,
+            user: self.me.user.0,
+            seqs: hidden.into_iter().collect(),
+        }))
+        .await
     }
 
     /// Emit `m` if it is the next seq of its chat.
@@ -346,6 +375,12 @@ impl Deliveries {
                 self.emit(server_frame::Kind::Ticks(t)).await
             }
             Push::Presence(p) => self.emit(server_frame::Kind::Presence(p)).await,
+            Push::Hidden(h) => {
+                if !self.chats.contains_key(&ChatId(h.chat_id)) {
+                    return Ok(());
+                }
+                self.emit(server_frame::Kind::Hidden(h)).await
+            }
             Push::Typing(t) => {
                 if !self.chats.contains_key(&ChatId(t.chat_id)) {
                     return Ok(());

@@ -6,6 +6,7 @@
 //! - [`event`]: [`ChatEventAt`], a chat event decoded from the log with its offset and time.
 //! - [`commands`]: one file per chat command, its checks before proposing beside its
 //!   deterministic apply; [`ChatHandler`] applies them on every replica.
+//! - [`media`]: media object keys (where a blob lives, who uploaded it).
 //! - [`reads`]: [`StateReader`], typed reads of chat state from whichever replica holds it.
 //!
 //! The write path (validation, rate limits, routing, proposing or forwarding) is `chat-sequencer`;
@@ -15,6 +16,7 @@
 pub mod commands;
 pub mod event;
 pub mod ids;
+pub mod media;
 pub mod reads;
 pub mod state;
 

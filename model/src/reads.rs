@@ -25,6 +25,8 @@ const SCAN_LIMIT: usize = 1 << 20;
 const MAX_HISTORY_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Events fetched per read while a history page is filled.
 const HISTORY_CHUNK: usize = 64;
+/// Most hidden seqs one read returns (a history page is far smaller).
+const MAX_HIDDEN_READ: usize = 4096;
 
 #[derive(Clone)]
 pub struct StateReader {
@@ -240,6 +242,32 @@ impl StateReader {
             Some(b) => Ok(state::decode_u64("device cursor", &b).map(ChatSeq)?),
             None => Ok(ChatSeq::ZERO),
         }
+    }
+
+    /// The seqs of `chat` in `from..=to` that `user` deleted for itself (`HideMessages`).
+    pub async fn hidden(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        from: ChatSeq,
+        to: ChatSeq,
+    ) -> Result<std::collections::BTreeSet<u64>, ReadError> {
+        if from > to {
+            return Ok(Default::default());
+        }
+        let p = self.partition(chat.0);
+        let start = state::hidden_key(chat, user, from);
+        let end = state::hidden_key(chat, user, ChatSeq(to.0.saturating_add(1)));
+        let span =
+            usize::try_from(to.0 - from.0 + 1).map_or(MAX_HIDDEN_READ, |n| n.min(MAX_HIDDEN_READ));
+        let entries = self
+            .replicas
+            .scan_state(p, &start, &end, span, self.floor(p))
+            .await?;
+        Ok(entries
+            .iter()
+            .filter_map(|(k, _)| state::u64_at(k, 17))
+            .collect())
     }
 }
 

@@ -64,6 +64,14 @@ pub fn index_key(c: ChatId, seq: ChatSeq) -> Vec<u8> {
     key(b'i', &[&c.0.to_be_bytes(), &seq.0.to_be_bytes()])
 }
 
+/// `h`: message `seq` of `c` deleted for `u` only (HideMessages); the value is empty.
+pub fn hidden_key(c: ChatId, u: UserId, seq: ChatSeq) -> Vec<u8> {
+    key(
+        b'h',
+        &[&c.0.to_be_bytes(), &u.0.to_be_bytes(), &seq.0.to_be_bytes()],
+    )
+}
+
 pub fn dedup_key(u: UserId, d: DeviceId, client_msg_id: &str) -> Vec<u8> {
     key(
         b'd',
@@ -201,6 +209,10 @@ pub struct ChatRecord {
     /// Messages older than this are expired by retention (0: off).
     #[prost(uint32, tag = "10")]
     pub disappear_after_secs: u32,
+    /// A direct chat's members who blocked the other one (`UpdateChat.block`): the other's
+    /// sends are refused.
+    #[prost(uint64, repeated, tag = "11")]
+    pub blocked_by: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, Eq, prost::Message)]

@@ -529,7 +529,9 @@ impl Projection for ChatsProjection {
             | chat_event::Kind::MessagesExpired(_)
             | chat_event::Kind::ChatListChanged(_)
             | chat_event::Kind::ChatUpdated(_)
-            | chat_event::Kind::PresenceUpdated(_) => {}
+            | chat_event::Kind::PresenceUpdated(_)
+            | chat_event::Kind::MediaReleased(_)
+            | chat_event::Kind::MessagesHidden(_) => {}
         }
         Ok(())
     }

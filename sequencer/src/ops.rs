@@ -173,6 +173,21 @@ impl Sequencer {
         .await
     }
 
+    /// Hide messages of `chat` from `user` alone (delete for me, see `HideMessages`).
+    pub async fn hide_messages(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        seqs: Vec<u64>,
+    ) -> Result<pb::HiddenReply, SeqError> {
+        self.submit_typed(pb::HideMessages {
+            chat_id: chat.0,
+            user: user.0,
+            seqs,
+        })
+        .await
+    }
+
     /// Change a chat's settings (see `UpdateChat`).
     pub async fn update_chat(&self, update: pb::UpdateChat) -> Result<pb::ChatReply, SeqError> {
         self.submit_typed(update).await

@@ -576,6 +576,7 @@ async fn members_leave_admins_promote_and_demote_and_chats_have_settings() {
         mime: "image/png".into(),
         size: 10,
         sha256: vec![7; 32],
+        ..Default::default()
     };
     let e = seq
         .update_chat(pb::UpdateChat {

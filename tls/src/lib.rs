@@ -25,6 +25,12 @@ pub use node::{client_config, NodeTls, TlsPaths};
 /// The ALPN protocol every link speaks: gRPC is HTTP/2 only.
 const ALPN_H2: &[u8] = b"h2";
 
+/// Install ring as the process's rustls provider (if none is yet), for libraries that build
+/// TLS configs with rustls' defaults (reqwest, behind media URLs and S3).
+pub fn install_provider() {
+    provider();
+}
+
 /// The process-wide rustls crypto provider (ring): installed once, so that every config built
 /// here, and any built by a library with rustls' defaults, agree on it.
 fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

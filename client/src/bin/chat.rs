@@ -50,8 +50,26 @@ enum Command {
     },
     /// Revoke one of this account's devices.
     Revoke { device: u64 },
-    /// Send TEXT to a user (by handle: a direct chat) or to a chat (`#<chat id>`).
-    Send { to: String, text: Vec<String> },
+    /// Send TEXT to a user (by handle: a direct chat) or to a chat (`#<chat id>`); with
+    /// `--file`, the file goes as media (uploaded beside the log) and TEXT is its caption.
+    Send {
+        to: String,
+        text: Vec<String>,
+        /// Attach this file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Its MIME type [default: from the file's extension].
+        #[arg(long, requires = "file")]
+        mime: Option<String>,
+    },
+    /// Download the media of message SEQ of a chat (a handle or `#<chat id>`), checked against
+    /// its sha256, into OUT (or `chat-<chat>-<seq>[-<n>].<ext>` in this directory).
+    Get {
+        to: String,
+        seq: u64,
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Tell a chat's other members you are typing (they see it for 6 s), or `--stop`.
     Typing {
         to: String,
@@ -90,8 +108,20 @@ enum Command {
         #[arg(long)]
         show: bool,
     },
-    /// Delete message SEQ of a chat (a handle or `#<chat id>`) for everyone.
-    Delete { to: String, seq: u64 },
+    /// Delete message SEQ of a chat (a handle or `#<chat id>`) for everyone, or with `--for-me`
+    /// only from your own history and devices.
+    Delete {
+        to: String,
+        seq: u64,
+        #[arg(long)]
+        for_me: bool,
+    },
+    /// Block a user: their messages to you are refused (`--undo` unblocks).
+    Block {
+        handle: String,
+        #[arg(long)]
+        undo: bool,
+    },
     /// Make a chat's messages disappear after SECONDS (0: off); a handle or `#<chat id>`.
     Disappear { to: String, seconds: u32 },
 }
@@ -162,6 +192,9 @@ fn tls_hint(error: &str, tls: bool) -> Option<&'static str> {
 
 /// How this process dials the servers (plaintext, or TLS with `--tls-ca` / `--tls`).
 static DIALER: std::sync::OnceLock<chat_tls::Dialer> = std::sync::OnceLock::new();
+/// The TLS config behind `DIALER` when TLS is on: media URLs are checked against it too.
+static TLS_CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+    std::sync::OnceLock::new();
 
 fn dialer() -> &'static chat_tls::Dialer {
     DIALER.get_or_init(chat_tls::Dialer::plain)
@@ -170,6 +203,7 @@ fn dialer() -> &'static chat_tls::Dialer {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.tls || cli.tls_ca.is_some() {
         let config = chat_tls::client_config(cli.tls_ca.as_deref(), None)?;
+        let _ = TLS_CONFIG.set(config.clone());
         let _ = DIALER.set(chat_tls::Dialer::fixed(config));
     }
     let path = cli.profile.clone().unwrap_or_else(Profile::default_path);
@@ -206,16 +240,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client.revoke_device(device).await?;
             println!("revoked device {device} of {}", profile.handle);
         }
-        Command::Send { to, text } => {
-            if text.is_empty() {
+        Command::Send {
+            to,
+            text,
+            file,
+            mime,
+        } => {
+            if text.is_empty() && file.is_none() {
                 bail!("nothing to send");
             }
             let chat = resolve_chat(&mut client, &mut profile, &to).await?;
             profile.save(&path)?;
+            let media = match &file {
+                Some(file) => vec![upload_file(&mut client, file, mime.as_deref()).await?],
+                None => Vec::new(),
+            };
             let device = Device::start(device_options(&profile));
             let ack = tokio::time::timeout(
                 Duration::from_secs(30),
-                device.send(chat, text.join(" ").into_bytes()),
+                device.send_media(chat, text.join(" ").into_bytes(), media),
             )
             .await
             .context("no acknowledgement within 30 s")??;
@@ -370,11 +413,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("description: {}", info.description);
             }
         }
-        Command::Delete { to, seq } => {
+        Command::Get { to, seq, out } => {
+            let chat = resolve_chat(&mut client, &mut profile, &to).await?;
+            profile.save(&path)?;
+            get_media(&mut client, chat, seq, out).await?;
+        }
+        Command::Delete {
+            to,
+            seq,
+            for_me: true,
+        } => {
+            let chat = resolve_chat(&mut client, &mut profile, &to).await?;
+            profile.save(&path)?;
+            match client.delete_for_me(chat, vec![seq]).await? {
+                0 => println!("#{chat} {seq} was already deleted for you"),
+                _ => println!("deleted #{chat} {seq} for you"),
+            }
+        }
+        Command::Delete { to, seq, .. } => {
             let chat = resolve_chat(&mut client, &mut profile, &to).await?;
             profile.save(&path)?;
             let ack = client.delete_message(chat, seq).await?;
             println!("deleted #{chat} {seq} for everyone (seq {})", ack.seq);
+        }
+        Command::Block { handle, undo } => {
+            let reply = client.block_user(&handle, !undo).await?;
+            match reply.blocked {
+                true => println!("blocked {handle}: their messages to you are refused"),
+                false => println!("unblocked {handle}"),
+            }
         }
         Command::Disappear { to, seconds } => {
             let chat = resolve_chat(&mut client, &mut profile, &to).await?;
@@ -573,6 +640,15 @@ async fn tail(
                     profile.name_of(t.user_id)
                 )
             }
+            DeviceEvent::Hidden(h) => eprintln!(
+                "#{} deleted for you: {}",
+                h.chat_id,
+                h.seqs
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             DeviceEvent::Error(e) => eprintln!("server refused a frame: {}", e.message),
             DeviceEvent::Disconnected(status) => {
                 eprintln!("disconnected: {}; reconnecting", status.message())
@@ -598,13 +674,94 @@ fn print_message(profile: &Profile, m: &pb::Message) {
         println!("#{} {:>4} {name}: (deleted)", m.chat_id, m.seq);
         return;
     }
+    let media: String = m
+        .media
+        .iter()
+        .map(|r| format!(" [{} {} bytes]", r.mime, r.size))
+        .collect();
     println!(
-        "#{} {:>4} {}: {}",
+        "#{} {:>4} {}: {}{media}",
         m.chat_id,
         m.seq,
         profile.name_of(m.sender_user),
         String::from_utf8_lossy(&m.payload)
     );
+}
+
+/// The HTTP client for media URLs, trusting what the device API's connections trust.
+fn media_http() -> anyhow::Result<reqwest::Client> {
+    chat_client::media::http_client(TLS_CONFIG.get().cloned())
+}
+
+/// Upload `file`; the reference to send.
+async fn upload_file(
+    client: &mut ChatClient,
+    file: &Path,
+    mime: Option<&str>,
+) -> anyhow::Result<pb::MediaRef> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mime = mime.unwrap_or_else(|| chat_client::media::guess_mime(&name));
+    let size = bytes.len();
+    let media = chat_client::media::upload(client, &media_http()?, bytes, mime).await?;
+    eprintln!("uploaded {} ({size} bytes, {mime})", file.display());
+    Ok(media)
+}
+
+/// Download the media of message `seq` of `chat`.
+async fn get_media(
+    client: &mut ChatClient,
+    chat: u64,
+    seq: u64,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let page = client
+        .history(chat, seq.saturating_sub(1), seq + 1, 1)
+        .await?;
+    let Some(message) = page.messages.into_iter().find(|m| m.seq == seq) else {
+        bail!("chat #{chat} has no message {seq}");
+    };
+    if message.deleted || message.expired {
+        bail!("message {seq} of #{chat} was deleted or expired: its media are gone");
+    }
+    if message.media.is_empty() {
+        bail!("message {seq} of #{chat} has no media");
+    }
+    if out.is_some() && message.media.len() > 1 {
+        bail!(
+            "message {seq} has {} media; leave out --out to save each",
+            message.media.len()
+        );
+    }
+    let http = media_http()?;
+    for (n, media) in message.media.iter().enumerate() {
+        let bytes = chat_client::media::download(client, &http, media).await?;
+        let file = out.clone().unwrap_or_else(|| {
+            let n = if message.media.len() > 1 {
+                format!("-{}", n + 1)
+            } else {
+                String::new()
+            };
+            let ext = media
+                .mime
+                .rsplit('/')
+                .next()
+                .filter(|e| e.len() <= 8 && e.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .unwrap_or("bin");
+            PathBuf::from(format!("chat-{chat}-{seq}{n}.{ext}"))
+        });
+        std::fs::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
+        println!(
+            "saved {} ({} bytes, {}, sha256 checked)",
+            file.display(),
+            bytes.len(),
+            media.mime
+        );
+    }
+    Ok(())
 }
 
 fn now_ms() -> u64 {

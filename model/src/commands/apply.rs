@@ -124,6 +124,17 @@ impl<'a, 'c> ChatApply<'a, 'c> {
         self.ctx.emit_kind(CHAT_EVENT_KIND, event::encode(event))
     }
 
+    /// Tell the media stores that `keys` (of `chat`'s messages) are no longer referred to: a
+    /// `MediaReleased` event, which each key's node acts on. Nothing when there are none.
+    pub fn release_media(&mut self, chat: ChatId, keys: Vec<String>) {
+        if !keys.is_empty() {
+            self.emit(chat_event::Kind::MediaReleased(pb::MediaReleased {
+                chat_id: chat.0,
+                object_keys: keys,
+            }));
+        }
+    }
+
     /// Make `user` a member of `chat` (the member key and the user's reverse index entry).
     pub fn put_member(&mut self, chat: ChatId, user: UserId, record: &MemberRecord) {
         self.ctx

@@ -83,8 +83,11 @@ pub trait ChatCommand: Sized {
     fn reply(kind: command_reply::Kind) -> Result<Self::Reply, command_reply::Kind>;
 }
 
+/// The end-to-end key material a media reference may carry.
+const MAX_MEDIA_KEY_BLOB_BYTES: usize = 256;
+
 /// A media reference's fields within `limits`: a key of 1 to `max_media_key_bytes`, a MIME type
-/// of at most `max_mime_bytes`, a sha256 of 32 bytes or none.
+/// of at most `max_mime_bytes`, a sha256 of 32 bytes or none, a key blob of at most 256 bytes.
 pub(crate) fn check_media(m: &pb::MediaRef, limits: &CommandLimits) -> Result<(), Invalid> {
     if m.object_key.is_empty() || m.object_key.len() > limits.max_media_key_bytes {
         return Err(Invalid::new(format!(
@@ -100,6 +103,11 @@ pub(crate) fn check_media(m: &pb::MediaRef, limits: &CommandLimits) -> Result<()
     }
     if !(m.sha256.is_empty() || m.sha256.len() == 32) {
         return Err(Invalid::new("a media sha256 is 32 bytes (or left out)"));
+    }
+    if m.key_blob.len() > MAX_MEDIA_KEY_BLOB_BYTES {
+        return Err(Invalid::new(format!(
+            "a media key_blob has at most {MAX_MEDIA_KEY_BLOB_BYTES} bytes"
+        )));
     }
     Ok(())
 }

@@ -96,12 +96,14 @@ impl ChatCommand for pb::DeleteMessage {
             ..Default::default()
         };
         let ack = cx.append_message(&mut record, deletion);
+        let released = crate::media::released_by(UserId(message.sender_user), &message.media);
         message.payload.clear();
         message.media.clear();
         message.deleted = true;
         message.deleted_in_seq = ack.seq;
         cx.ctx
             .rewrite_event(offset, event::encode(chat_event::Kind::Message(message)));
+        cx.release_media(chat, released);
         applied(
             Some(LogOffset(ack.offset)),
             1,

@@ -18,7 +18,7 @@ use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply};
 use super::apply::{applied, no_such_chat, ChatApply, Outcome};
 use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::event::{self, ChatEventAt};
-use crate::ids::{ChatId, ChatSeq};
+use crate::ids::{ChatId, ChatSeq, UserId};
 use crate::state;
 
 /// Most messages one ExpireMessages command expires (bounds the work of one apply).
@@ -46,6 +46,7 @@ impl ChatCommand for pb::ExpireMessages {
             return applied(None, 0, reply(record.expired_up_to));
         }
         let to = target.min(record.expired_up_to + MAX_EXPIRE_PER_COMMAND);
+        let mut released = Vec::new();
         for seq in record.expired_up_to + 1..=to {
             let Some(offset) = cx.ctx.get(&state::index_key(chat, ChatSeq(seq)))? else {
                 continue;
@@ -60,6 +61,7 @@ impl ChatCommand for pb::ExpireMessages {
                     "not a message event",
                 ));
             };
+            released.extend(crate::media::released_by(UserId(m.sender_user), &m.media));
             m.payload.clear();
             m.media.clear();
             m.expired = true;
@@ -72,6 +74,7 @@ impl ChatCommand for pb::ExpireMessages {
             chat_id: chat.0,
             up_to_seq: to,
         }));
+        cx.release_media(chat, released);
         applied(Some(offset), 1, reply(to))
     }
 

@@ -10,6 +10,7 @@
 //! | `change_members.rs` | `ChangeMembers`: an admin adds, removes, promotes, demotes group members; a member leaves |
 //! | `update_chat.rs` | `UpdateChat`: a group's name, description, icon; the disappearing-messages timer |
 //! | `delete_message.rs` | `DeleteMessage`: delete for everyone (the payload removed in place, a tombstone message) |
+//! | `hide_messages.rs` | `HideMessages`: delete for me (hidden from one member's history and devices) |
 //! | `set_presence.rs` | `SetPresence`: a user's presence hidden or not, and last seen |
 //! | `send_message.rs` | `SendMessage`, with the dedup window (a `SendBatch` is unpacked into these by the sequencer) |
 //! | `advance_receipt.rs` | `AdvanceReceipt`: delivered/read watermarks, device cursors |
@@ -37,6 +38,7 @@ mod create_chat;
 mod delete_message;
 mod expire_messages;
 mod follow_ups_sent;
+mod hide_messages;
 mod register_user;
 mod revoke_device;
 mod send_message;
@@ -51,6 +53,7 @@ use apply::reject;
 pub use apply::{ApplyLimits, ChatApply, Outcome};
 pub use chat_command::{ChatCommand, CheckContext, CommandLimits, Invalid};
 pub use expire_messages::MAX_EXPIRE_PER_COMMAND;
+pub use hide_messages::MAX_HIDDEN_PER_COMMAND;
 pub use update_chat::{MAX_DESCRIPTION_BYTES, MAX_DISAPPEAR_SECS};
 
 /// The tag of chat commands in chatd's command dispatcher (`chat_log::Dispatch`).
@@ -73,6 +76,7 @@ pub fn check(command: &mut pb::Command, cx: &CheckContext<'_>) -> Result<Partiti
         Some(command::Kind::UpdateChat(c)) => c.check(cx),
         Some(command::Kind::DeleteMessage(c)) => c.check(cx),
         Some(command::Kind::SetPresence(c)) => c.check(cx),
+        Some(command::Kind::HideMessages(c)) => c.check(cx),
         Some(command::Kind::SendBatch(_)) => Err(Invalid::new(
             "a SendBatch is checked message by message (the sequencer unpacks it)",
         )),
@@ -117,6 +121,7 @@ impl CommandHandler for ChatHandler {
             Some(command::Kind::UpdateChat(c)) => c.apply(cx),
             Some(command::Kind::DeleteMessage(c)) => c.apply(cx),
             Some(command::Kind::SetPresence(c)) => c.apply(cx),
+            Some(command::Kind::HideMessages(c)) => c.apply(cx),
             Some(command::Kind::SendBatch(_)) => reject(
                 RejectCode::InvalidArgument,
                 "a SendBatch is never a log entry: its messages are",

@@ -1,23 +1,25 @@
 //! `SendMessage`: append a message to a chat, giving it the chat's next seq; and the dedup
 //! window that makes a retried send return the original ack.
 //!
-//! Check: the payload has 1 to `max_payload_bytes` bytes, the client_msg_id 1 to
+//! Check: the payload has at most `max_payload_bytes` bytes (none only when the message carries
+//! media), the client_msg_id 1 to
 //! `max_client_msg_id_bytes`. Goes to the chat's partition. (The per-user send rate is the
 //! sequencer's: it is counted where the send enters the cluster.)
 //!
 //! Apply: a (sender user, device, client_msg_id) seen within the dedup window answers the
 //! original ack with `duplicate = true` and writes nothing. Otherwise an unknown chat is
 //! NOT_FOUND and a sender who is not a member PERMISSION_DENIED (decided here, so a send racing
-//! a removal is decided by log order). The message gets seq = last seq + 1 and the timestamp
+//! a removal is decided by log order), as is a send to a direct chat whose other member blocked
+//! the sender. The message gets seq = last seq + 1 and the timestamp
 //! max(leader clock, chat's last timestamp), never decreasing within a chat. Emits `Message`;
 //! writes the chat record (`c`: last seq, last timestamp), the history index (`i`: seq →
 //! offset), the dedup entry (`d`: the ack) and its expiry entry (`x`), and forgets a few dedup
 //! entries that left the window, oldest first. Reply: `SendAck`.
 
-use chat_log::{LogOffset, PartitionId, StoreError};
+use chat_log::{LogOffset, PartitionId, RejectCode, StoreError};
 use chat_proto::chat_v1::{self as pb, command, command_reply};
 
-use super::apply::{applied, no_such_chat, not_a_member, ChatApply, Outcome};
+use super::apply::{applied, no_such_chat, not_a_member, reject, ChatApply, Outcome};
 use super::chat_command::{check_media, ChatCommand, CheckContext, Invalid};
 use crate::ids::{ChatId, DeviceId, UserId};
 use crate::state::{self, DedupRecord};
@@ -30,8 +32,8 @@ impl ChatCommand for pb::SendMessage {
 
     fn check(&mut self, cx: &CheckContext<'_>) -> Result<PartitionId, Invalid> {
         let limits = cx.limits;
-        if self.payload.is_empty() {
-            return Err(Invalid::new("a message needs a payload"));
+        if self.payload.is_empty() && self.media.is_empty() {
+            return Err(Invalid::new("a message needs a payload or media"));
         }
         if self.payload.len() > limits.max_payload_bytes {
             return Err(Invalid::new(format!(
@@ -86,6 +88,14 @@ impl ChatCommand for pb::SendMessage {
         };
         if !cx.exists(&state::member_key(chat, user))? {
             return not_a_member(user, chat);
+        }
+        if record.blocked_by.iter().any(|&u| u != user.0) {
+            return reject(
+                RejectCode::PermissionDenied,
+                format!(
+                    "the other member of chat {chat} does not accept messages from user {user}"
+                ),
+            );
         }
         let message = pb::Message {
             chat_id: chat.0,
@@ -179,6 +189,7 @@ mod tests {
             mime: "image/jpeg".into(),
             size: 10,
             sha256: vec![0; sha256],
+            ..Default::default()
         }
     }
 

@@ -8,8 +8,10 @@
 //! Apply: an unknown chat is NOT_FOUND; the changer must be a member (PERMISSION_DENIED). Name,
 //! description and icon are a group's, set by its admins (a direct chat's are
 //! FAILED_PRECONDITION); the timer is set by a group's admins or either member of a direct
-//! chat. Settings equal to the current ones write nothing. Otherwise writes the chat record
-//! (`c`) and emits `ChatUpdated` with the settings as they now are. The retention sweeper
+//! chat; a block only in a direct chat, by either member for itself (`blocked_by`; a group's is
+//! FAILED_PRECONDITION). Settings equal to the current ones write nothing. Otherwise writes the
+//! chat record (`c`) and emits `ChatUpdated` with the settings as they now are — except for a
+//! block, which emits nothing (the blocked user is not told). The retention sweeper
 //! expires what the timer says (`chat-sequencer`'s `workers/retention.rs`). Reply: `ChatReply`
 //! (`created = false`).
 
@@ -19,7 +21,7 @@ use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ChatKi
 use super::apply::{applied, no_such_chat, not_a_member, reject, ChatApply, Outcome};
 use super::chat_command::{check_media, ChatCommand, CheckContext, Invalid};
 use crate::ids::{ChatId, UserId};
-use crate::state;
+use crate::state::{self, ChatRecord};
 
 /// The longest group description.
 pub const MAX_DESCRIPTION_BYTES: usize = 1024;
@@ -61,7 +63,7 @@ impl ChatCommand for pb::UpdateChat {
         }
         let group_settings =
             self.name.is_some() || self.description.is_some() || self.icon.is_some();
-        if !group_settings && self.disappear_after_secs.is_none() {
+        if !group_settings && self.disappear_after_secs.is_none() && self.block.is_none() {
             return Err(Invalid::new("nothing to update"));
         }
         Ok(cx.route(self.chat_id))
@@ -85,6 +87,12 @@ impl ChatCommand for pb::UpdateChat {
                 "a direct chat has no name, description or icon",
             );
         }
+        if self.block.is_some() && group {
+            return reject(
+                RejectCode::FailedPrecondition,
+                "blocking is between the two members of a direct chat; leave a group instead",
+            );
+        }
         if group && !member.admin {
             return reject(
                 RejectCode::PermissionDenied,
@@ -104,6 +112,13 @@ impl ChatCommand for pb::UpdateChat {
         if let Some(secs) = self.disappear_after_secs {
             record.disappear_after_secs = secs;
         }
+        if let Some(block) = self.block {
+            record.blocked_by.retain(|&u| u != by.0);
+            if block {
+                record.blocked_by.push(by.0);
+                record.blocked_by.sort_unstable();
+            }
+        }
         let reply = command_reply::Kind::Chat(pb::ChatReply {
             chat_id: chat.0,
             created: false,
@@ -113,6 +128,14 @@ impl ChatCommand for pb::UpdateChat {
             return applied(None, 0, reply);
         }
         cx.put(&state::chat_key(chat), state::encode(&record));
+        // A block alone tells nobody: the blocked user is not to learn of it.
+        let told = ChatRecord {
+            blocked_by: before.blocked_by.clone(),
+            ..record.clone()
+        };
+        if told == before {
+            return applied(None, 0, reply);
+        }
         let event = pb::ChatUpdated {
             chat_id: chat.0,
             by_user: by.0,

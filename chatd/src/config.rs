@@ -394,6 +394,9 @@ pub struct GatewaySection {
     /// Calls and streams open at once on one device connection to the public address (HTTP/2
     /// SETTINGS_MAX_CONCURRENT_STREAMS); a client opening more waits for one to end.
     pub max_streams_per_connection: u32,
+    /// A deleted account's handle can be registered again (as a new account) after this long.
+    #[serde(deserialize_with = "chat_log::duration_setting::secs")]
+    pub account_release_after_secs: u64,
 }
 
 impl Default for GatewaySection {
@@ -411,6 +414,7 @@ impl Default for GatewaySection {
             revocation_bound_ms: d.revocation_bound.as_millis() as u64,
             write_deadline_ms: d.write_deadline.as_millis() as u64,
             max_streams_per_connection: 256,
+            account_release_after_secs: d.account_release_after.as_secs(),
         }
     }
 }
@@ -428,6 +432,7 @@ impl GatewaySection {
             register_burst: self.register_burst,
             revocation_bound: std::time::Duration::from_millis(self.revocation_bound_ms.max(100)),
             write_deadline: std::time::Duration::from_millis(self.write_deadline_ms.max(100)),
+            account_release_after: std::time::Duration::from_secs(self.account_release_after_secs),
             ..GatewayConfig::default()
         }
     }

@@ -3,7 +3,10 @@
 //!   another node) gets a MessagesHidden frame live, a device resuming from scratch gets the
 //!   frame after the backlog; the other member keeps the message; hiding again hides nothing;
 //! - a blocked user's sends to the blocker's direct chat are refused (the blocker's own are
-//!   not, nor the blocked user's in a group they share) until the block is lifted.
+//!   not, nor the blocked user's in a group they share) until the block is lifted;
+//! - a deleted account leaves its chats, its devices stop working (an open stream ends), its
+//!   handle is refused until the grace period ends and is then a new account that sees
+//!   nothing of the old one's chats.
 
 mod common;
 
@@ -198,4 +201,112 @@ async fn a_blocked_user_cannot_write_to_the_blocker() {
 
     ann.block_user("ben", false).await.unwrap();
     assert_eq!(send(&mut ben_stream, direct, "b3", "friends?").await, Ok(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_account_leaves_everything_and_its_handle_comes_back_empty() {
+    let cluster = Cluster::start_with(3, 2, "[gateway]\naccount_release_after_secs = 3\n");
+    cluster.wait_for_leaders(1, WAIT).await;
+    let (mut ann, ann_token) = register(&cluster.node(1).addr, "ann").await;
+    let (mut ben, ben_token) = register(&cluster.node(2).addr, "ben").await;
+    register(&cluster.node(3).addr, "cat").await;
+    let direct = ben.create_direct("ann").await.unwrap().chat_id;
+    let group = ann
+        .create_group("g", "three", &["ben".into(), "cat".into()])
+        .await
+        .unwrap()
+        .chat_id;
+    let (mut ben_stream, _) = stream(&cluster.node(2).addr, &ben_token).await;
+    assert_eq!(
+        send(&mut ben_stream, direct, "b1", "secret for ann").await,
+        Ok(1)
+    );
+    let (mut ann_stream, _) = stream(&cluster.node(3).addr, &ann_token).await;
+
+    let wrong = ann.delete_account("ben").await.unwrap_err();
+    assert_eq!(wrong.code(), Code::InvalidArgument, "{wrong:?}");
+    ann.delete_account("ann").await.unwrap();
+
+    // The open stream ends, the token is refused everywhere.
+    let ended = loop {
+        match tokio::time::timeout(WAIT, ann_stream.next()).await.unwrap() {
+            Some(Ok(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(&ended, Some(Err(s)) if s.code() == Code::Unauthenticated) || ended.is_none(),
+        "{ended:?}"
+    );
+    for id in 1..=3 {
+        let refused = ChatClient::connect(&cluster.node(id).addr)
+            .await
+            .unwrap()
+            .with_token(&ann_token)
+            .unwrap()
+            .list_chats()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::Unauthenticated,
+            "node {id}: {refused:?}"
+        );
+    }
+    // It left every chat; the group got a new admin.
+    let info = ben.list_chats().await.unwrap();
+    let members = |chat: u64| {
+        info.iter()
+            .find(|c| c.chat_id == chat)
+            .map(|c| {
+                let mut handles = c.member_handles.clone();
+                handles.sort();
+                handles
+            })
+            .unwrap()
+    };
+    assert_eq!(members(group), vec!["ben".to_string(), "cat".into()]);
+    assert_eq!(members(direct), vec!["ben".to_string()]);
+    let gone = ben
+        .create_group("g2", "x", &["ann".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        gone.code(),
+        Code::NotFound,
+        "a deleted user is nobody: {gone:?}"
+    );
+
+    // Reserved during the grace period, then a new account.
+    let early = ChatClient::connect(&cluster.node(1).addr)
+        .await
+        .unwrap()
+        .register("ann", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), Code::AlreadyExists, "{early:?}");
+    assert!(early.message().contains("registered again in"), "{early:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mut new_ann, _) = register(&cluster.node(1).addr, "ann").await;
+    assert!(new_ann.list_chats().await.unwrap().is_empty());
+    let again = new_ann.create_direct("ben").await.unwrap();
+    assert_eq!(
+        again.chat_id, direct,
+        "the same pair, the same direct chat id"
+    );
+    assert!(
+        new_ann
+            .history(direct, 0, 0, 10)
+            .await
+            .unwrap()
+            .messages
+            .is_empty(),
+        "the new account reads nothing of the old one's chat"
+    );
+    assert_eq!(
+        send(&mut ben_stream, direct, "b2", "hello again").await,
+        Ok(2)
+    );
+    let page = new_ann.history(direct, 0, 0, 10).await.unwrap();
+    assert_eq!(seqs(&page), vec![2]);
 }

@@ -206,6 +206,20 @@ impl ChatClient {
         Ok(self.rpc.history(request).await?.into_inner())
     }
 
+    /// Delete the caller's account (`confirm_handle` must be its handle); when the handle is
+    /// released.
+    pub async fn delete_account(&mut self, confirm_handle: &str) -> Result<u64, Status> {
+        let request = self.request(pb::DeleteAccountRequest {
+            confirm_handle: confirm_handle.to_string(),
+        });
+        Ok(self
+            .rpc
+            .delete_account(request)
+            .await?
+            .into_inner()
+            .release_at_ms)
+    }
+
     /// Block (or unblock) the user with `handle`: their messages to the caller are refused.
     pub async fn block_user(
         &mut self,

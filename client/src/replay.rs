@@ -99,6 +99,10 @@ fn chat(kind: Kind) -> Decoded {
             "media_released",
             json!({"chat": e.chat_id, "keys": e.object_keys}),
         ),
+        Kind::UserDeleted(e) => (
+            "user_deleted",
+            json!({"user": e.user_id, "release_at_ms": e.release_at_ms}),
+        ),
         Kind::MessagesHidden(e) => (
             "messages_hidden",
             json!({"chat": e.chat_id, "user": e.user, "seqs": e.seqs}),

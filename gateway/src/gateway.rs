@@ -47,6 +47,8 @@ pub struct GatewayConfig {
     pub write_deadline: Duration,
     /// Media sizes and URL lifetimes.
     pub media: crate::media::MediaConfig,
+    /// How long a deleted account's handle stays reserved before it can be registered again.
+    pub account_release_after: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -67,6 +69,7 @@ impl Default for GatewayConfig {
             revocation_bound: Duration::from_secs(15),
             write_deadline: crate::outbound::WRITE_DEADLINE,
             media: crate::media::MediaConfig::default(),
+            account_release_after: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

@@ -443,6 +443,7 @@ impl Hub {
             }
             chat_event::Kind::UserRegistered(_)
             | chat_event::Kind::MediaReleased(_)
+            | chat_event::Kind::UserDeleted(_)
             | chat_event::Kind::DeviceAdded(_)
             | chat_event::Kind::MessagesExpired(_)
             | chat_event::Kind::ChatListChanged(_)

@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
+use chat_log::RejectCode;
 use chat_model::ids::{user_id_for_handle, ChatId, ChatSeq, DeviceId, UserId};
 use chat_model::StateReader;
 use chat_proto::chat_v1 as pb;
 use chat_proto::chat_v1::chat_server::{Chat, ChatServer};
 use chat_proto::token::DeviceToken;
-use chat_sequencer::MemberChange;
+use chat_sequencer::{MemberChange, SeqError};
 use futures::{StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -427,6 +428,60 @@ impl Chat for ChatService {
             "more than {HIDDEN_PAGES_SKIPPED} pages in a row of chat {chat} are deleted for you; \
              page on from after_seq/before_seq"
         )))
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<pb::DeleteAccountRequest>,
+    ) -> Result<Response<pb::DeleteAccountReply>, Status> {
+        let me = self.caller(&request, "DeleteAccount").await?;
+        let confirm = &request.get_ref().confirm_handle;
+        if user_id_for_handle(confirm) != me.user {
+            return Err(Status::invalid_argument(
+                "confirm_handle must be the handle of the account being deleted",
+            ));
+        }
+        // Every chat first, while the caller's devices still work: a deletion cut off half way
+        // is finished by calling again. Then the account, which revokes every device.
+        let chats = self
+            .gw
+            .read_fresh(self.gw.reads.partition(me.user.0), |reads| async move {
+                Ok(Some(reads.user_chats(me.user).await?))
+            })
+            .await?
+            .unwrap_or_default();
+        let me_only = [me.user];
+        for chat in chats {
+            let change = MemberChange {
+                add: &[],
+                remove: &me_only,
+                promote: &[],
+                demote: &[],
+            };
+            match self
+                .gw
+                .sequencer
+                .change_members(chat, me.user, change)
+                .await
+            {
+                Ok(_) => {}
+                // Left already (a retry): nothing to leave.
+                Err(SeqError::Rejected {
+                    code: RejectCode::PermissionDenied | RejectCode::NotFound,
+                    ..
+                }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let deleted = self
+            .gw
+            .sequencer
+            .delete_user(me.user, self.gw.config.account_release_after)
+            .await?;
+        tracing::info!(user = %me.user, release_at_ms = deleted.release_at_ms, "account deleted");
+        Ok(Response::new(pb::DeleteAccountReply {
+            release_at_ms: deleted.release_at_ms,
+        }))
     }
 
     async fn block_user(

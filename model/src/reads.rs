@@ -113,11 +113,9 @@ impl StateReader {
             .collect()
     }
 
+    /// Whether `user` is registered (a deleted account is not).
     pub async fn user_exists(&self, user: UserId) -> Result<bool, ReadError> {
-        Ok(self
-            .get_raw(self.partition(user.0), &state::user_key(user))
-            .await?
-            .is_some())
+        Ok(self.user(user).await?.is_some_and(|u| u.deleted_at_ms == 0))
     }
 
     pub async fn user(&self, user: UserId) -> Result<Option<UserRecord>, ReadError> {

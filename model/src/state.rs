@@ -171,6 +171,12 @@ pub struct UserRecord {
     /// When the user's last stream anywhere closed, as its home node recorded it.
     #[prost(uint64, tag = "3")]
     pub last_seen_ms: u64,
+    /// When the account was deleted (`DeleteUser`; 0: it was not), and when its handle may be
+    /// registered again.
+    #[prost(uint64, tag = "4")]
+    pub deleted_at_ms: u64,
+    #[prost(uint64, tag = "5")]
+    pub release_at_ms: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, prost::Message)]

@@ -531,6 +531,7 @@ impl Projection for ChatsProjection {
             | chat_event::Kind::ChatUpdated(_)
             | chat_event::Kind::PresenceUpdated(_)
             | chat_event::Kind::MediaReleased(_)
+            | chat_event::Kind::UserDeleted(_)
             | chat_event::Kind::MessagesHidden(_) => {}
         }
         Ok(())

@@ -173,6 +173,20 @@ impl Sequencer {
         .await
     }
 
+    /// Delete `user`'s account (see `DeleteUser`): its devices revoked, its handle released
+    /// after `release_after`.
+    pub async fn delete_user(
+        &self,
+        user: UserId,
+        release_after: std::time::Duration,
+    ) -> Result<pb::AccountDeleted, SeqError> {
+        self.submit_typed(pb::DeleteUser {
+            user_id: user.0,
+            release_after_ms: release_after.as_millis() as u64,
+        })
+        .await
+    }
+
     /// Hide messages of `chat` from `user` alone (delete for me, see `HideMessages`).
     pub async fn hide_messages(
         &self,

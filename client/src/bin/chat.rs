@@ -116,6 +116,12 @@ enum Command {
         #[arg(long)]
         for_me: bool,
     },
+    /// Delete this account: it leaves every chat, every device is revoked, and the handle
+    /// can be registered again after a grace period. Give the handle to confirm.
+    DeleteAccount {
+        #[arg(long)]
+        confirm: String,
+    },
     /// Block a user: their messages to you are refused (`--undo` unblocks).
     Block {
         handle: String,
@@ -435,6 +441,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             profile.save(&path)?;
             let ack = client.delete_message(chat, seq).await?;
             println!("deleted #{chat} {seq} for everyone (seq {})", ack.seq);
+        }
+        Command::DeleteAccount { confirm } => {
+            if confirm != profile.handle {
+                bail!(
+                    "--confirm {confirm:?} is not this profile's handle ({:?})",
+                    profile.handle
+                );
+            }
+            let release_at = client.delete_account(&confirm).await?;
+            let days = release_at.saturating_sub(now_ms()) as f64 / 86_400_000.0;
+            println!(
+                "deleted the account {confirm}: its devices are revoked; the handle can be \
+                 registered again in {days:.1} days"
+            );
         }
         Command::Block { handle, undo } => {
             let reply = client.block_user(&handle, !undo).await?;

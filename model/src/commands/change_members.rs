@@ -3,8 +3,8 @@
 //!
 //! Check: none beyond routing. Goes to the chat's partition.
 //!
-//! Apply: an unknown chat is NOT_FOUND; a direct chat's members cannot change
-//! (FAILED_PRECONDITION); the changer must be a member, and an admin unless it only removes
+//! Apply: an unknown chat is NOT_FOUND; a direct chat's members cannot change but for a member
+//! leaving it (FAILED_PRECONDITION; account deletion leaves them); the changer must be a member, and an admin unless it only removes
 //! itself (leaving) (PERMISSION_DENIED). Only effective changes count: adding a current member
 //! or removing a non-member does nothing, a user both added and removed is added, promoting an
 //! admin or a non-member and demoting a non-admin do nothing. A group that would grow past
@@ -24,7 +24,7 @@ use chat_proto::chat_v1::{self as pb, chat_event, command, command_reply, ChatKi
 use super::apply::{applied, no_such_chat, not_a_member, reject, ChatApply, Outcome};
 use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::ids::{ChatId, UserId};
-use crate::state::{self, MemberRecord};
+use crate::state::{self, ChatRecord, MemberRecord};
 
 impl ChatCommand for pb::ChangeMembers {
     type Reply = pb::ChatReply;
@@ -38,20 +38,23 @@ impl ChatCommand for pb::ChangeMembers {
         let Some(mut record) = cx.chat(chat)? else {
             return no_such_chat(chat);
         };
-        if record.kind != ChatKind::Group as i32 {
-            return reject(
-                RejectCode::FailedPrecondition,
-                "members of a direct chat cannot change",
-            );
-        }
         let by = UserId(self.by_user);
-        let Some(by_admin) = cx.member(chat, by)?.map(|m| m.admin) else {
-            return not_a_member(by, chat);
-        };
         let leaving = self.remove == [by.0]
             && self.add.is_empty()
             && self.promote.is_empty()
             && self.demote.is_empty();
+        if record.kind != ChatKind::Group as i32 && !leaving {
+            return reject(
+                RejectCode::FailedPrecondition,
+                "members of a direct chat cannot change (a member may only leave it)",
+            );
+        }
+        let Some(by_admin) = cx.member(chat, by)?.map(|m| m.admin) else {
+            return not_a_member(by, chat);
+        };
+        if record.kind != ChatKind::Group as i32 {
+            return leave_direct(cx, chat, record, by);
+        }
         if !by_admin && !leaving {
             return reject(
                 RejectCode::PermissionDenied,
@@ -172,6 +175,37 @@ impl ChatCommand for pb::ChangeMembers {
             other => Err(other),
         }
     }
+}
+
+/// `by` leaves the direct chat `chat` whose record is `record` (account deletion does this; a
+/// `CreateChat` of the same direct chat adds it back, seeing nothing from before).
+fn leave_direct(
+    cx: &mut ChatApply<'_, '_>,
+    chat: ChatId,
+    mut record: ChatRecord,
+    by: UserId,
+) -> Outcome {
+    cx.delete_member(chat, by);
+    record.members = record.members.saturating_sub(1);
+    // A block the leaver held goes with it.
+    record.blocked_by.retain(|&u| u != by.0);
+    cx.put(&state::chat_key(chat), state::encode(&record));
+    let offset = cx.emit(chat_event::Kind::MembersChanged(pb::MembersChanged {
+        chat_id: chat.0,
+        by_user: by.0,
+        removed: vec![by.0],
+        last_seq: record.last_seq,
+        ..Default::default()
+    }));
+    applied(
+        Some(offset),
+        1,
+        command_reply::Kind::Chat(pb::ChatReply {
+            chat_id: chat.0,
+            created: false,
+            members: Vec::new(),
+        }),
+    )
 }
 
 /// Far above any group's size (`max_group_members` bounds them; a lowered limit leaves bigger

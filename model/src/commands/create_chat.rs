@@ -8,8 +8,9 @@
 //! chat has exactly two, and its id must be the one derived from them; a group has at most
 //! `max_group_members`; any other kind is INVALID_ARGUMENT. A chat that exists with the same kind
 //! (and, for a group, the same creator) is a retry, or the other side creating the same direct
-//! chat: nothing is written (`created = false`). Another chat under that id is ALREADY_EXISTS.
-//! Otherwise writes the chat record (`c`), a member record (`m`, the group's creator is its
+//! chat: nothing is written (`created = false`) — unless a member left that direct chat (account
+//! deletion), who then joins it again after its last seq (`MembersChanged`). Another chat under
+//! that id is ALREADY_EXISTS. Otherwise writes the chat record (`c`), a member record (`m`, the group's creator is its
 //! admin) and reverse index entry (`j`) per member, and emits `ChatCreated` with the sorted
 //! members. Reply: `ChatReply`.
 
@@ -90,10 +91,13 @@ impl ChatCommand for pb::CreateChat {
             })
         };
         if let Some(existing) = cx.chat(chat)? {
+            // A direct chat one side left (its account was deleted): whoever is missing comes
+            // back, seeing nothing from before.
+            if existing.kind == kind as i32 && kind == ChatKind::Direct {
+                return rejoin_direct(cx, chat, existing, &members, creator);
+            }
             // A retry of the same creation (or the other side creating the same direct chat).
-            if existing.kind == kind as i32
-                && (kind == ChatKind::Direct || existing.creator == creator.0)
-            {
+            if existing.kind == kind as i32 && existing.creator == creator.0 {
                 return applied(None, 0, reply(false, Vec::new()));
             }
             return reject(
@@ -142,4 +146,48 @@ impl ChatCommand for pb::CreateChat {
             other => Err(other),
         }
     }
+}
+
+/// `members` of the existing direct chat `chat` who are not members any more (they left it)
+/// join it again after its last seq; nothing is written when both are members (a retry, or the
+/// other side creating the same chat).
+fn rejoin_direct(
+    cx: &mut ChatApply<'_, '_>,
+    chat: ChatId,
+    mut record: ChatRecord,
+    members: &[u64],
+    by: UserId,
+) -> Outcome {
+    let mut added = Vec::new();
+    for &u in members {
+        if !cx.exists(&state::member_key(chat, UserId(u)))? {
+            added.push(u);
+        }
+    }
+    let reply = command_reply::Kind::Chat(pb::ChatReply {
+        chat_id: chat.0,
+        created: false,
+        members: Vec::new(),
+    });
+    if added.is_empty() {
+        return applied(None, 0, reply);
+    }
+    let member = MemberRecord {
+        admin: false,
+        joined_after: record.last_seq,
+        joined_offset: cx.ctx.last_offset().next().0,
+    };
+    for &u in &added {
+        cx.put_member(chat, UserId(u), &member);
+    }
+    record.members += added.len() as u32;
+    cx.put(&state::chat_key(chat), state::encode(&record));
+    let offset = cx.emit(chat_event::Kind::MembersChanged(pb::MembersChanged {
+        chat_id: chat.0,
+        by_user: by.0,
+        added,
+        last_seq: record.last_seq,
+        ..Default::default()
+    }));
+    applied(Some(offset), 1, reply)
 }

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `register_user.rs` | `RegisterUser`: a user for a handle, with its first device |
 //! | `add_device.rs`, `revoke_device.rs` | `AddDevice`, `RevokeDevice` |
+//! | `delete_user.rs` | `DeleteUser`: account deletion (devices revoked, the handle released later) |
 //! | `create_chat.rs` | `CreateChat`: a direct chat or a group |
 //! | `change_members.rs` | `ChangeMembers`: an admin adds, removes, promotes, demotes group members; a member leaves |
 //! | `update_chat.rs` | `UpdateChat`: a group's name, description, icon; the disappearing-messages timer |
@@ -36,6 +37,7 @@ mod change_members;
 mod chat_command;
 mod create_chat;
 mod delete_message;
+mod delete_user;
 mod expire_messages;
 mod follow_ups_sent;
 mod hide_messages;
@@ -77,6 +79,7 @@ pub fn check(command: &mut pb::Command, cx: &CheckContext<'_>) -> Result<Partiti
         Some(command::Kind::DeleteMessage(c)) => c.check(cx),
         Some(command::Kind::SetPresence(c)) => c.check(cx),
         Some(command::Kind::HideMessages(c)) => c.check(cx),
+        Some(command::Kind::DeleteUser(c)) => c.check(cx),
         Some(command::Kind::SendBatch(_)) => Err(Invalid::new(
             "a SendBatch is checked message by message (the sequencer unpacks it)",
         )),
@@ -122,6 +125,7 @@ impl CommandHandler for ChatHandler {
             Some(command::Kind::DeleteMessage(c)) => c.apply(cx),
             Some(command::Kind::SetPresence(c)) => c.apply(cx),
             Some(command::Kind::HideMessages(c)) => c.apply(cx),
+            Some(command::Kind::DeleteUser(c)) => c.apply(cx),
             Some(command::Kind::SendBatch(_)) => reject(
                 RejectCode::InvalidArgument,
                 "a SendBatch is never a log entry: its messages are",

@@ -6,7 +6,9 @@
 //!
 //! Apply: a user id taken by another handle is ALREADY_EXISTS. Taken by the same handle, nothing
 //! is written and the reply says whether the named first device is there with that token (a
-//! retry of the registration that created it). Otherwise writes the user record (`u`) and emits
+//! retry of the registration that created it). The handle of a deleted account (`DeleteUser`)
+//! is ALREADY_EXISTS until its release time, and after it is registered as a new account: the
+//! old device records are deleted first. Otherwise writes the user record (`u`) and emits
 //! `UserRegistered`; with a first device, also its device record (`v`) and `DeviceAdded`, in the
 //! same apply, so a handle cannot be taken over by registering it again. Reply: `UserReply`.
 
@@ -17,6 +19,9 @@ use super::apply::{applied, reject, ChatApply, Outcome};
 use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::ids::{user_id_for_handle, DeviceId, UserId};
 use crate::state::{self, DeviceRecord, UserRecord};
+
+/// Far above the devices one user links.
+const MAX_DEVICES_READ: usize = 1 << 16;
 
 impl ChatCommand for pb::RegisterUser {
     type Reply = pb::UserReply;
@@ -55,7 +60,30 @@ impl ChatCommand for pb::RegisterUser {
                 device_matches,
             })
         };
-        if let Some(existing) = cx.get::<UserRecord>("user", &state::user_key(user))? {
+        let existing = cx.get::<UserRecord>("user", &state::user_key(user))?;
+        if let Some(deleted) = existing.as_ref().filter(|u| u.deleted_at_ms != 0) {
+            let now = cx.ctx.timestamp_ms();
+            if now < deleted.release_at_ms {
+                return reject(
+                    RejectCode::AlreadyExists,
+                    format!(
+                        "the handle {:?} belonged to an account deleted {} s ago; it can be \
+                         registered again in {} s",
+                        self.handle,
+                        now.saturating_sub(deleted.deleted_at_ms) / 1000,
+                        (deleted.release_at_ms - now).div_ceil(1000)
+                    ),
+                );
+            }
+            // Released: a new account under the same id. The old one's devices go (they were
+            // revoked); its chats were left when it was deleted.
+            for (key, _) in cx
+                .ctx
+                .scan_prefix(&state::devices_prefix(user), MAX_DEVICES_READ)?
+            {
+                cx.delete(&key);
+            }
+        } else if let Some(existing) = existing {
             if existing.handle != self.handle {
                 return reject(
                     RejectCode::AlreadyExists,

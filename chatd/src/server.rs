@@ -152,7 +152,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         ))
     });
     let secret = config.log.cluster_secret.clone();
-    let media = open_media(&config, public_addr, tls.is_some()).await?;
+    let data_dir = config.log.data_dir.clone();
     let handler = Dispatch::new()
         .with(RAW_COMMAND_TAG, Arc::new(RawAppend))
         .with(
@@ -160,6 +160,16 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
             Arc::new(ChatHandler::new(config.chat.apply_limits())),
         );
     let node = LogNode::open(config.log, Arc::new(handler)).await?;
+    let media = open_media(
+        &config.media,
+        config.http_listen,
+        &data_dir,
+        &node,
+        &secret,
+        public_addr,
+        tls.is_some(),
+    )
+    .await?;
     let sequencer = Arc::new(
         Sequencer::new(node.clone(), &secret, config.chat.sequencer())
             .map_err(anyhow::Error::msg)?,
@@ -280,34 +290,36 @@ struct OpenedMedia {
 /// (by default the device API's IP, a port the system picks: devices learn it from the URLs
 /// they are given).
 async fn open_media(
-    config: &ServerConfig,
+    media: &crate::config::MediaSection,
+    http_listen: Option<std::net::SocketAddr>,
+    data_dir: &std::path::Path,
+    node: &Arc<LogNode>,
+    secret: &str,
     public_addr: std::net::SocketAddr,
     tls: bool,
 ) -> anyhow::Result<OpenedMedia> {
-    if config.media.store == "s3" {
+    if media.store == "s3" {
         // reqwest, under object_store, dials HTTPS with the process's rustls provider.
         chat_tls::install_provider();
-        let store = S3Store::new(&config.media.s3()).context("opening the media bucket")?;
+        let store = S3Store::new(&media.s3()).context("opening the media bucket")?;
         return Ok(OpenedMedia {
             store: Arc::new(store),
             files: None,
             http_addr: None,
         });
     }
-    let listener = bind(
-        config
-            .http_listen
-            .unwrap_or_else(|| std::net::SocketAddr::new(public_addr.ip(), 0)),
-    )
-    .await?;
+    let listener =
+        bind(http_listen.unwrap_or_else(|| std::net::SocketAddr::new(public_addr.ip(), 0))).await?;
     let http_addr = listener.local_addr()?;
-    let base_url = match &config.media.public_url {
+    let base_url = match &media.public_url {
         Some(url) => url.clone(),
         None => {
             let scheme = if tls { "https" } else { "http" };
             // Listening on every address: devices reach the node by its cluster address's host.
             let host = if http_addr.ip().is_unspecified() {
-                config.log.members[&config.log.node_id]
+                node.members()
+                    .remove(&node.node_id())
+                    .unwrap_or_default()
                     .rsplit_once(':')
                     .map(|(host, _)| host.to_string())
                     .unwrap_or_else(|| http_addr.ip().to_string())
@@ -322,18 +334,18 @@ async fn open_media(
             format!("{scheme}://{host}:{}", http_addr.port())
         }
     };
-    let files = FileStore::open(
-        &config.log.data_dir.join("media"),
-        config.log.node_id,
-        &base_url,
-        &config.log.cluster_secret,
-    )
-    .with_context(|| {
-        format!(
-            "opening the media store in {}",
-            config.log.data_dir.join("media").display()
-        )
-    })?;
+    // Uploads stop while the data disk is low, so blobs never eat the log's reserve.
+    let weak = Arc::downgrade(node);
+    let room: chat_gateway::media::files::SpaceCheck = Arc::new(move || match weak.upgrade() {
+        Some(node) if node.disk_state() != chat_log::DiskState::Ok => Err(format!(
+            "the node's data disk is {:?}: uploads wait until space is freed",
+            node.disk_state()
+        )),
+        _ => Ok(()),
+    });
+    let dir = data_dir.join("media");
+    let files = FileStore::open(&dir, node.node_id(), &base_url, secret, room)
+        .with_context(|| format!("opening the media store in {}", dir.display()))?;
     let files = Arc::new(files);
     Ok(OpenedMedia {
         store: files.clone(),

@@ -7,7 +7,8 @@
 //! - every acknowledged message survives, also a `kill -9` while the disk is full, and the node
 //!   starts (and serves reads) on the full disk;
 //! - when space is freed, the node writes again by itself, without a restart;
-//! - in a cluster, the full node hands its leaderships away and the others keep taking sends.
+//! - in a cluster, the full node hands its leaderships away and the others keep taking sends;
+//! - media uploads stop while the disk is low (the blobs live on the same disk).
 
 mod common;
 
@@ -294,6 +295,15 @@ async fn one_node_refuses_writes_on_a_full_disk_keeps_serving_and_recovers_by_it
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(scrape(&metrics).contains("chatd_disk_refused_writes_total"));
+    // Uploads stop too: blobs share the data disk with the log and must not eat its reserve.
+    let http = chat_client::media::http_client(None).unwrap();
+    let refused = chat_client::media::upload(&mut alice, &http, vec![7; 4096], "image/png")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("507"),
+        "an upload on a low disk: {refused:#}"
+    );
 
     // Reads, a new device stream of the stored messages, and health go on.
     let got = history(&mut bob, chat).await;

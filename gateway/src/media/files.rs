@@ -9,7 +9,8 @@
 //!   `ServeFile`).
 //!
 //! Errors are plain text: 400 malformed or not matching the grant, 403 a bad or expired
-//! signature, 404 no such blob (or another node's key), 413 a body over the signed size.
+//! signature, 404 no such blob (or another node's key), 413 a body over the signed size, 507
+//! the node's data disk is low (uploads stop before the log's reserve).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +31,10 @@ use tower::ServiceExt;
 use super::signing::{Grant, UrlSigner};
 use super::{now_ms, BlobStore, MediaError, UploadUrl};
 
+/// Whether an upload may be written now: the data dir is shared with the log, whose reserve
+/// uploads must not eat (`Err` says why not).
+pub type SpaceCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Blobs in files under one node's data dir.
 pub struct FileStore {
     root: PathBuf,
@@ -37,16 +42,19 @@ pub struct FileStore {
     /// What devices put before `/media/<key>`: `http(s)://host:port`.
     base_url: String,
     signer: UrlSigner,
+    room: SpaceCheck,
 }
 
 impl FileStore {
     /// The store of node `node` in `root` (created if missing), reached by devices at
-    /// `base_url`, its URLs signed with a key derived from `cluster_secret`.
+    /// `base_url`, its URLs signed with a key derived from `cluster_secret`; `room` says whether
+    /// an upload may be written now.
     pub fn open(
         root: &Path,
         node: NodeId,
         base_url: &str,
         cluster_secret: &str,
+        room: SpaceCheck,
     ) -> std::io::Result<FileStore> {
         std::fs::create_dir_all(root.join(TMP))?;
         // Uploads cut off by a crash leave temporaries behind; nothing refers to them.
@@ -58,6 +66,7 @@ impl FileStore {
             node,
             base_url: base_url.trim_end_matches('/').to_string(),
             signer: UrlSigner::new(cluster_secret),
+            room,
         })
     }
 
@@ -240,6 +249,7 @@ async fn upload(
     if tokio::fs::try_exists(&path).await.unwrap_or(false) {
         return Ok((StatusCode::OK, "already stored\n").into_response());
     }
+    (store.room)().map_err(|why| refuse(StatusCode::INSUFFICIENT_STORAGE, why))?;
     let stored = receive(&store, &key, &path, size, sha256, request.into_body()).await;
     let result = if stored.is_ok() { "stored" } else { "refused" };
     metrics::counter!("chatd_media_uploads_total", "result" => result).increment(1);

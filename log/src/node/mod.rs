@@ -484,6 +484,12 @@ impl LogNode {
         StorageClosed(Arc::downgrade(&self.engine))
     }
 
+    /// The data disk's state now (ok, low, full): what else writes to the data dir (the media
+    /// store) stops at `Low` so the log keeps its reserve.
+    pub fn disk_state(&self) -> crate::DiskState {
+        self.engine.disk().state()
+    }
+
     /// Where layers above keep data derived from the log (read models).
     pub fn derived(&self) -> DerivedStore {
         self.derived.clone()

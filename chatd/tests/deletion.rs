@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chat_client::{ChatClient, DeviceStream};
+use chat_client::DeviceStream;
 use chat_proto::chat_v1::{self as pb, server_frame};
 use common::{register, Cluster};
 use prost::Message as _;
@@ -18,17 +17,8 @@ const WAIT: Duration = Duration::from_secs(30);
 const SECRET_TEXT: &str = "the-payload-to-forget";
 
 async fn stream_on(addr: &str, token: &str) -> (DeviceStream, Vec<pb::Message>) {
-    let mut client = ChatClient::connect(addr).await.unwrap();
-    let mut stream = client.open_stream(token, &BTreeMap::new()).await.unwrap();
-    let mut backlog = Vec::new();
-    loop {
-        match tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
-            Some(Ok(server_frame::Kind::SyncComplete(_))) => return (stream, backlog),
-            Some(Ok(server_frame::Kind::Message(m))) => backlog.push(m),
-            Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    let (stream, before) = common::synced_stream(addr, token, WAIT).await;
+    (stream, common::messages_of(before))
 }
 
 /// Messages of `stream` until it has seen seq `last` of `chat`.

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,19 +36,7 @@ fn blob(len: usize) -> Vec<u8> {
 
 /// A raw stream past its SyncComplete.
 async fn stream(addr: &str, token: &str) -> DeviceStream {
-    let mut s = ChatClient::connect(addr)
-        .await
-        .unwrap()
-        .open_stream(token, &BTreeMap::new())
-        .await
-        .unwrap();
-    loop {
-        match tokio::time::timeout(WAIT, s.next()).await.unwrap() {
-            Some(Ok(server_frame::Kind::SyncComplete(_))) => return s,
-            Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    common::synced_stream(addr, token, WAIT).await.0
 }
 
 /// Send a message with `media` (and `text`) on `s`; its ack.

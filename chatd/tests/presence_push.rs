@@ -15,18 +15,7 @@ use common::{register, Cluster};
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn stream_on(addr: &str, token: &str) -> DeviceStream {
-    let mut client = ChatClient::connect(addr).await.unwrap();
-    let mut stream = client
-        .open_stream(token, &Default::default())
-        .await
-        .unwrap();
-    loop {
-        match tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
-            Some(Ok(server_frame::Kind::SyncComplete(_))) => return stream,
-            Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    common::synced_stream(addr, token, WAIT).await.0
 }
 
 /// The next presence frame on `stream` within `within`, if any.

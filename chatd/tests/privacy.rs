@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chat_client::{ChatClient, DeviceStream};
@@ -22,20 +21,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A raw stream past its SyncComplete, with the frames before it.
 async fn stream(addr: &str, token: &str) -> (DeviceStream, Vec<server_frame::Kind>) {
-    let mut s = ChatClient::connect(addr)
-        .await
-        .unwrap()
-        .open_stream(token, &BTreeMap::new())
-        .await
-        .unwrap();
-    let mut before = Vec::new();
-    loop {
-        match tokio::time::timeout(WAIT, s.next()).await.unwrap() {
-            Some(Ok(server_frame::Kind::SyncComplete(_))) => return (s, before),
-            Some(Ok(frame)) => before.push(frame),
-            other => panic!("{other:?}"),
-        }
-    }
+    common::synced_stream(addr, token, WAIT).await
 }
 
 /// The next frame of `s` that `pick` takes.

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chat_client::{ChatClient, DeviceStream};
@@ -16,21 +15,8 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A raw stream, past its SyncComplete, with the backlog it was sent.
 async fn stream(addr: &str, token: &str) -> (DeviceStream, Vec<Message>) {
-    let mut s = ChatClient::connect(addr)
-        .await
-        .unwrap()
-        .open_stream(token, &BTreeMap::new())
-        .await
-        .unwrap();
-    let mut backlog = Vec::new();
-    loop {
-        match tokio::time::timeout(WAIT, s.next()).await.unwrap() {
-            Some(Ok(server_frame::Kind::SyncComplete(_))) => return (s, backlog),
-            Some(Ok(server_frame::Kind::Message(m))) => backlog.push(m),
-            Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    let (stream, before) = common::synced_stream(addr, token, WAIT).await;
+    (stream, common::messages_of(before))
 }
 
 /// Send `n` messages on `s` and wait for their acks.

@@ -491,6 +491,47 @@ pub async fn register(addr: &str, handle: &str) -> (chat_client::ChatClient, Str
     (client.with_token(&token).unwrap(), token)
 }
 
+/// A raw device stream to `addr` with no cursors, past its SyncComplete (each frame within
+/// `wait`), and the frames before it (the backlog). Panics if the stream ends first.
+pub async fn synced_stream(
+    addr: &str,
+    token: &str,
+    wait: Duration,
+) -> (
+    chat_client::DeviceStream,
+    Vec<chat_proto::chat_v1::server_frame::Kind>,
+) {
+    use chat_proto::chat_v1::server_frame::Kind;
+    let mut stream = chat_client::ChatClient::connect(addr)
+        .await
+        .unwrap()
+        .open_stream(token, &BTreeMap::new())
+        .await
+        .unwrap();
+    let mut before = Vec::new();
+    loop {
+        match tokio::time::timeout(wait, stream.next()).await {
+            Ok(Some(Ok(Kind::SyncComplete(_)))) => return (stream, before),
+            Ok(Some(Ok(frame))) => before.push(frame),
+            Ok(other) => panic!("the stream ended before SyncComplete: {other:?}"),
+            Err(_) => panic!("no SyncComplete within {wait:?}"),
+        }
+    }
+}
+
+/// The messages among `frames`.
+pub fn messages_of(
+    frames: Vec<chat_proto::chat_v1::server_frame::Kind>,
+) -> Vec<chat_proto::chat_v1::Message> {
+    frames
+        .into_iter()
+        .filter_map(|f| match f {
+            chat_proto::chat_v1::server_frame::Kind::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The events of `device` until its SyncComplete (each within `wait`); the backlog messages
 /// among them. Panics if the device disconnects or stops first.
 pub async fn until_synced(

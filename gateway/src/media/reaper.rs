@@ -162,7 +162,9 @@ mod tests {
             ..Default::default()
         }));
         assert!(!is_media_released(&message));
-        let hidden = event(chat_event::Kind::MessagesHidden(pb::MessagesHidden::default()));
+        let hidden = event(chat_event::Kind::MessagesHidden(
+            pb::MessagesHidden::default(),
+        ));
         assert!(!is_media_released(&hidden));
     }
 }

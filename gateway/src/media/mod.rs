@@ -17,7 +17,7 @@ pub mod s3;
 pub mod signing;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use chat_log::NodeId;
 use chat_model::ids::UserId;
@@ -25,6 +25,7 @@ use chat_model::media::ObjectKey;
 use chat_proto::chat_v1 as pb;
 use tonic::{Request, Status};
 
+pub(crate) use crate::hub::now_ms;
 use crate::presence::ClusterPresence;
 
 /// Media settings (the `[media]` table of chatd's config).
@@ -104,6 +105,11 @@ impl Media {
         &self.store
     }
 
+    /// When a URL signed now expires.
+    fn expiry(&self) -> u64 {
+        now_ms() + self.config.url_ttl.as_millis() as u64
+    }
+
     /// An upload grant for `user`: a new key on this node and a URL bound to the size and sha256.
     pub async fn grant_upload(
         &self,
@@ -121,7 +127,7 @@ impl Media {
         })?;
         crate::limits::check_bytes("a media mime type", &request.mime, MAX_MIME_BYTES)?;
         let key = ObjectKey::new(self.node, user, rand::random::<u128>());
-        let expires_ms = now_ms() + self.config.url_ttl.as_millis() as u64;
+        let expires_ms = self.expiry();
         let url = self
             .store
             .upload_url(&key, request.size, &sha256, expires_ms)
@@ -176,7 +182,7 @@ impl Media {
                 self.node
             )));
         }
-        let expires_ms = now_ms() + self.config.url_ttl.as_millis() as u64;
+        let expires_ms = self.expiry();
         let url = self
             .store
             .download_url(key, expires_ms)
@@ -197,11 +203,4 @@ const MAX_MIME_BYTES: usize = 128;
 fn unavailable(e: MediaError) -> Status {
     tracing::warn!(error = %e, "media store");
     Status::unavailable(e.to_string())
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -6,13 +6,16 @@
 //! Each command file's `apply` uses these; nothing here knows any command, so the command files
 //! and this one never depend on each other in a circle.
 
-use chat_log::{ApplyContext, CommandOutcome, LogOffset, RejectCode, StoreError};
+use chat_log::{ApplyContext, CommandOutcome, LogOffset, RejectCode, StateEntries, StoreError};
 use chat_proto::chat_v1::{self as pb, chat_event, command_reply};
 use prost::Message;
 
 use crate::event::{self, CHAT_EVENT_KIND};
 use crate::ids::{ChatId, ChatSeq, UserId};
 use crate::state::{self, ChatRecord, MemberRecord};
+
+/// Far above the devices one user links.
+const MAX_DEVICES_READ: usize = 1 << 16;
 
 /// Limits enforced at apply time. They decide what gets applied, so every node of a cluster
 /// must use the same values.
@@ -179,6 +182,12 @@ impl<'a, 'c> ChatApply<'a, 'c> {
             server_ts_ms: ts,
             duplicate: false,
         }
+    }
+
+    /// Every device record of `user`: (its key, the record).
+    pub fn device_entries(&self, user: UserId) -> Result<StateEntries, StoreError> {
+        self.ctx
+            .scan_prefix(&state::devices_prefix(user), MAX_DEVICES_READ)
     }
 
     pub fn delete_member(&mut self, chat: ChatId, user: UserId) {

@@ -18,9 +18,6 @@ use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::ids::UserId;
 use crate::state::{self, DeviceRecord, UserRecord};
 
-/// Far above the devices one user links.
-const MAX_DEVICES_READ: usize = 1 << 16;
-
 impl ChatCommand for pb::DeleteUser {
     type Reply = pb::AccountDeleted;
 
@@ -41,10 +38,7 @@ impl ChatCommand for pb::DeleteUser {
             return applied(None, 0, reply(record.release_at_ms));
         }
         let mut events = 0;
-        for (device_key, value) in cx
-            .ctx
-            .scan_prefix(&state::devices_prefix(user), MAX_DEVICES_READ)?
-        {
+        for (device_key, value) in cx.device_entries(user)? {
             let mut device: DeviceRecord = state::decode("device", &value)?;
             let Some(device_id) = state::u64_at(&device_key, 9) else {
                 continue;

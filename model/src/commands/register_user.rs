@@ -20,9 +20,6 @@ use super::chat_command::{ChatCommand, CheckContext, Invalid};
 use crate::ids::{user_id_for_handle, DeviceId, UserId};
 use crate::state::{self, DeviceRecord, UserRecord};
 
-/// Far above the devices one user links.
-const MAX_DEVICES_READ: usize = 1 << 16;
-
 impl ChatCommand for pb::RegisterUser {
     type Reply = pb::UserReply;
 
@@ -77,10 +74,7 @@ impl ChatCommand for pb::RegisterUser {
             }
             // Released: a new account under the same id. The old one's devices go (they were
             // revoked); its chats were left when it was deleted.
-            for (key, _) in cx
-                .ctx
-                .scan_prefix(&state::devices_prefix(user), MAX_DEVICES_READ)?
-            {
+            for (key, _) in cx.device_entries(user)? {
                 cx.delete(&key);
             }
         } else if let Some(existing) = existing {

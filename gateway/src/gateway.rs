@@ -216,6 +216,17 @@ impl Gateway {
         Ok(self.reads.fresh_at(p, offset))
     }
 
+    /// The read index of `p` this node confirmed with its leader less than `revocation_bound`
+    /// ago, if any: it covers every write acknowledged before it was asked, at no round trip.
+    pub fn recent_read_index(&self, p: PartitionId) -> Option<LogOffset> {
+        self.confirmed
+            .lock()
+            .expect("confirmed lock")
+            .get(&p)
+            .filter(|(asked, _)| asked.elapsed() < self.config.revocation_bound)
+            .map(|&(_, offset)| offset)
+    }
+
     /// Read something of partition `p` from a replica that has applied a read index confirmed
     /// with `p`'s leader less than `revocation_bound` ago (asking for one now if the last is
     /// older: at most one round trip per partition per bound). A miss is read again at a new read
@@ -229,14 +240,7 @@ impl Gateway {
     where
         Fut: std::future::Future<Output = Result<Option<T>, ReadError>>,
     {
-        let recent = self
-            .confirmed
-            .lock()
-            .expect("confirmed lock")
-            .get(&p)
-            .filter(|(asked, _)| asked.elapsed() < self.config.revocation_bound)
-            .map(|&(_, offset)| offset);
-        let reader = match recent {
+        let reader = match self.recent_read_index(p) {
             Some(offset) => self.reads.fresh_at(p, offset),
             None => self.fresh(p).await.map_err(unconfirmed)?,
         };

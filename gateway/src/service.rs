@@ -408,10 +408,14 @@ impl Chat for ChatService {
                 return Ok(Response::new(page));
             };
             let (first, last) = (ChatSeq(first.seq), ChatSeq(last.seq));
-            // From the same kind of replica read as the page.
-            let hidden = self
-                .gw
-                .reads
+            // At the partition's last confirmed read index when there is one (see
+            // `delete_for_me`), from any replica otherwise.
+            let p = self.gw.reads.partition(chat.0);
+            let reads = match self.gw.recent_read_index(p) {
+                Some(offset) => self.gw.reads.fresh_at(p, offset),
+                None => self.gw.reads.clone(),
+            };
+            let hidden = reads
                 .hidden(chat, me.user, first, last)
                 .await
                 .map_err(storage)?;
@@ -525,6 +529,13 @@ impl Chat for ChatService {
             .sequencer
             .hide_messages(chat, me.user, r.seqs)
             .await?;
+        // A read index confirmed now covers the hide, and History reads what it hides at the
+        // last one: the caller's next page through this node leaves the messages out even when
+        // this node's replica has not applied the write yet.
+        let p = self.gw.reads.partition(chat.0);
+        if let Err(e) = self.gw.fresh(p).await {
+            tracing::debug!(%chat, error = %e, "no read index after a hide; History may trail it");
+        }
         Ok(Response::new(pb::DeleteForMeReply {
             hidden: reply.hidden,
         }))

@@ -4,9 +4,12 @@
 //! retired, as Jepsen does, and the operation may or may not have taken effect).
 //!
 //! The functions (`f`) of the chat workload:
-//! - `send`: value `{chat, id}` on invoke; `{chat, id, seq}` on ok.
+//! - `send`: value `{chat, id}` on invoke; `{chat, id, seq}` on ok. Sends through the device
+//!   API also name the sending `device` (`u<user>d<device>`); the order a device wrote its sends
+//!   in is the order of their first invocations.
 //! - `poll`: a batch a reader's device stream delivered: `{chat, messages: [{seq, id}], resumed_from}`
-//!   (`resumed_from` is set on the first batch after (re)connecting with a cursor).
+//!   (`resumed_from` is set on the first batch after (re)connecting with a cursor), with the
+//!   reading `user` and `device` when a device stream read it.
 //! - `drain`: the final read of a whole chat from one node, after heal and quiesce:
 //!   `{chat, messages: [{seq, id, ts}]}`.
 //! - `receipt`: watermarks a reader observed: `{chat, user, delivered, read, last_seq}`.
@@ -63,6 +66,9 @@ pub struct Value {
     pub read: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seq: Option<u64>,
+    /// The device that sent or read (`u<user>d<device>`), for operations of the device API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 impl Value {

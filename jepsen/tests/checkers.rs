@@ -89,6 +89,35 @@ impl Builder {
         self.op(100 + node, OpType::Ok, F::Drain, v, Some(node));
     }
 
+    /// A send of `device` through the device API, acknowledged at `seq` (or unknown).
+    fn device_send(&mut self, p: u64, device: &str, chat: u64, id: &str, seq: Option<u64>) {
+        let v = Value {
+            chat,
+            id: Some(id.into()),
+            device: Some(device.into()),
+            ..Value::default()
+        };
+        self.op(p, OpType::Invoke, F::Send, v.clone(), Some(1));
+        let (kind, seq) = match seq {
+            Some(s) => (OpType::Ok, Some(s)),
+            None => (OpType::Info, None),
+        };
+        self.op(p, kind, F::Send, Value { seq, ..v }, Some(1));
+    }
+
+    /// What device `device` of `user` got on its stream.
+    fn device_poll(&mut self, p: u64, user: u64, device: &str, chat: u64, msgs: &[(u64, &str)]) {
+        let v = Value {
+            chat,
+            messages: seen(msgs),
+            user: Some(user),
+            device: Some(device.into()),
+            ..Value::default()
+        };
+        self.op(p, OpType::Invoke, F::Poll, Value::of_chat(chat), Some(2));
+        self.op(p, OpType::Ok, F::Poll, v, Some(2));
+    }
+
     fn receipt(&mut self, p: u64, chat: u64, user: u64, delivered: u64, read: u64, last: u64) {
         let v = Value {
             chat,
@@ -139,7 +168,7 @@ fn a_clean_history_passes_every_checker() {
     let report = check_all(&b.h);
     assert!(report.valid(), "{report}");
     assert!(
-        report.to_string().ends_with("checks: 7 passed, 0 failed"),
+        report.to_string().ends_with("checks: 9 passed, 0 failed"),
         "{report}"
     );
 }
@@ -295,7 +324,7 @@ fn check_command_reports_and_sets_the_exit_status() {
     let out = run(&clean(full_drains), "clean.jsonl");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("checks: 7 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("checks: 9 passed, 0 failed"), "{stdout}");
 
     let broken = clean(|b| b.drain(1, 1, &[(1, "a"), (3, "c"), (4, "t")]));
     let out = run(&broken, "broken.jsonl");
@@ -304,7 +333,7 @@ fn check_command_reports_and_sets_the_exit_status() {
     assert!(
         stdout.contains("gap:")
             && stdout.contains("lost:")
-            && stdout.contains("checks: 6 passed, 1 failed"),
+            && stdout.contains("checks: 8 passed, 1 failed"),
         "{stdout}"
     );
 }
@@ -376,4 +405,72 @@ fn a_send_still_open_at_the_end_may_show_up_in_reads() {
         }
     });
     assert!(kinds(&b).is_empty(), "{:?}", kinds(&b));
+}
+
+/// Two devices of user 7 that each got all of chat 2, whose messages device u5d1 sent in the
+/// order x, y, z (z's ack lost).
+fn devices_history(drain: &[(u64, &str)], second_device: &[(u64, &str)]) -> Builder {
+    let mut b = Builder::default();
+    b.device_send(20, "u5d1", 2, "x", Some(1));
+    b.device_send(21, "u5d1", 2, "y", Some(2));
+    b.device_send(22, "u5d1", 2, "z", None);
+    b.device_poll(30, 7, "u7d1", 2, &[(1, "x"), (2, "y"), (3, "z")]);
+    b.device_poll(31, 7, "u7d2", 2, second_device);
+    for node in 1..=3 {
+        b.drain(node, 2, drain);
+    }
+    b
+}
+
+#[test]
+fn device_order_missed_and_disagreeing_devices_are_detected() {
+    let all = [(1, "x"), (2, "y"), (3, "z")];
+    let b = devices_history(&all, &all);
+    assert!(check_all(&b.h).valid(), "{}", check_all(&b.h));
+
+    // The device sent y before z, and z's ack was lost: a drain holding z first breaks its order.
+    let mut b = Builder::default();
+    b.device_send(20, "u5d1", 2, "x", Some(1));
+    b.device_send(21, "u5d1", 2, "y", None);
+    b.device_send(22, "u5d1", 2, "z", None);
+    for node in 1..=3 {
+        b.drain(node, 2, &[(1, "x"), (2, "z"), (3, "y")]);
+    }
+    assert_eq!(kinds(&b), BTreeSet::from(["device-order"]));
+    // Acks out of the device's order.
+    let mut b = Builder::default();
+    b.device_send(20, "u5d1", 2, "x", Some(2));
+    b.device_send(21, "u5d1", 2, "y", Some(1));
+    for node in 1..=3 {
+        b.drain(node, 2, &[(1, "y"), (2, "x")]);
+    }
+    // (realtime-order too: x was acknowledged before y was sent.)
+    let report = check_all(&b.h);
+    let order: Vec<_> = report
+        .anomalies()
+        .filter(|a| a.kind == "device-order")
+        .collect();
+    assert_eq!(order.len(), 4, "the acks and three drains: {report}");
+
+    // The second device never got seq 2; then one that got another message at seq 3.
+    let b = devices_history(&all, &[(1, "x"), (3, "z")]);
+    assert!(kinds(&b).contains("device-missed"), "{:?}", kinds(&b));
+    let b = devices_history(&all, &[(1, "x"), (2, "y"), (3, "x")]);
+    assert!(kinds(&b).contains("device-disagree"), "{:?}", kinds(&b));
+    // A device that got nothing at all of the chat misses all of it.
+    let mut b = devices_history(&all, &all);
+    b.device_poll(32, 7, "u7d3", 9, &[]);
+    assert!(kinds(&b).contains("device-missed"), "{:?}", kinds(&b));
+}
+
+#[test]
+fn lost_after_read_and_failed_drains_are_detected() {
+    // z's send was ambiguous, a reader saw it, and no drain holds it.
+    let b = devices_history(&[(1, "x"), (2, "y")], &[(1, "x"), (2, "y")]);
+    assert!(kinds(&b).contains("lost-after-read"), "{:?}", kinds(&b));
+    let all = [(1, "x"), (2, "y"), (3, "z")];
+    let mut b = devices_history(&all, &all);
+    b.op(104, OpType::Invoke, F::Drain, Value::of_chat(2), Some(4));
+    b.op(104, OpType::Fail, F::Drain, Value::of_chat(2), Some(4));
+    assert_eq!(kinds(&b), BTreeSet::from(["drain-failed"]));
 }

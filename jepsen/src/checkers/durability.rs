@@ -1,5 +1,7 @@
 //! Durability, judged on the final drains (every chat read in full from every node after heal
-//! and quiesce): no gaps, no acknowledged send missing, no node missing what the others have.
+//! and quiesce): every drain succeeds, no gaps, no acknowledged send missing, no node missing
+//! what the others have, and no message a reader saw missing (lost after read: its send may
+//! have been ambiguous, but once read it happened).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,6 +34,43 @@ pub fn check(h: &History) -> Vec<Anomaly> {
             .entry(op.node)
             .or_default()
             .extend(op.value.messages.iter().map(|m| m.id.as_str()));
+    }
+    for op in h
+        .ops
+        .iter()
+        .filter(|o| o.kind == OpType::Fail && o.f == F::Drain)
+    {
+        anomalies.push(Anomaly::new(
+            "drain-failed",
+            format!(
+                "op {}: node {:?} could not be drained of chat {}: {}",
+                op.index,
+                op.node,
+                op.value.chat,
+                op.error.as_deref().unwrap_or("no error given")
+            ),
+        ));
+    }
+    for op in h
+        .ops
+        .iter()
+        .filter(|o| o.kind == OpType::Ok && o.f == F::Poll)
+    {
+        let chat = op.value.chat;
+        let Some(nodes) = drains.get(&chat) else {
+            continue;
+        };
+        for m in &op.value.messages {
+            if nodes.values().all(|ids| !ids.contains(m.id.as_str())) {
+                anomalies.push(Anomaly::new(
+                    "lost-after-read",
+                    format!(
+                        "chat {chat} message {} (seq {}): read (op {}), in no drain",
+                        m.id, m.seq, op.index
+                    ),
+                ));
+            }
+        }
     }
     for op in h
         .ops

@@ -4,13 +4,17 @@
 //! | checker | anomalies |
 //! |---|---|
 //! | [`seqs`] | `inconsistent-seq` (one (chat, seq) holding two messages), `duplicate` (one message at two seqs, or twice in one read) |
-//! | [`durability`] | `gap` (a final drain missing a seq below its last), `lost` (an acknowledged send in no drain), `lost-on-node` (missing from some node's drain) |
+//! | [`durability`] | `drain-failed` (a node could not be drained), `gap` (a final drain missing a seq below its last), `lost` (an acknowledged send in no drain), `lost-on-node` (missing from some node's drain), `lost-after-read` (a message a reader saw in no drain) |
+//! | [`device_order`] | `device-order` (one device's messages to one chat at seqs out of the order it sent them in) |
+//! | [`devices`] | `device-missed` (a device of a user that never got a message of the drains), `device-disagree` (a device holding another message at a seq than the drains) |
 //! | [`phantoms`] | `aborted-read` (a message whose send definitely failed), `phantom-read` (a message never sent) |
 //! | [`streams`] | `poll-skip`, `nonmonotonic-poll` (a device stream skipping or going back), `bad-resume` (resume after k not starting at k+1) |
 //! | [`realtime`] | `realtime-order` (send A acknowledged before send B was invoked, same chat, yet seq A > seq B) |
 //! | [`receipts`] | `receipt-regression`, `receipt-order` (read > delivered), `receipt-beyond-last` (past the chat's last seq) |
 //! | [`timestamps`] | `timestamp-regression` (a later seq with an earlier server time, e.g. under clock skew) |
 
+pub mod device_order;
+pub mod devices;
 pub mod durability;
 pub mod phantoms;
 pub mod realtime;
@@ -108,6 +112,14 @@ pub fn check_all(h: &History) -> Report {
             CheckResult {
                 checker: "durability",
                 anomalies: durability::check(h),
+            },
+            CheckResult {
+                checker: "device-order",
+                anomalies: device_order::check(h),
+            },
+            CheckResult {
+                checker: "devices",
+                anomalies: devices::check(h),
             },
             CheckResult {
                 checker: "phantoms",

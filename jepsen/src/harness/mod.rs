@@ -4,6 +4,7 @@
 //! as root, `unshare -rn` otherwise), so partitions never touch the host. Every run ends with
 //! heal → quiesce → a final drain of every chat from every node → check → report.
 
+pub mod devices;
 pub mod nemesis;
 pub mod nodes;
 pub mod proxy;
@@ -41,9 +42,19 @@ pub struct RunArgs {
     pub clients: u64,
     #[arg(long, default_value_t = 4)]
     pub chats: usize,
-    /// Devices following every chat on device streams (reconnecting and resuming at random).
+    /// Reader accounts following every chat on device streams (reconnecting and resuming at
+    /// random).
     #[arg(long, default_value_t = 2)]
     pub readers: usize,
+    /// Devices of each reader account, each on its own streams (they must all end up seeing
+    /// the same messages).
+    #[arg(long, default_value_t = 2)]
+    pub reader_devices: u64,
+    /// Which API the writers send through: `device` (chat.v1.Chat/Connect, several sends in
+    /// flight per device, as apps send) or `sequencer` (the internal Submit, one at a time,
+    /// with history polls).
+    #[arg(long, value_enum, default_value = "device")]
+    pub api: Api,
     /// The chatd binary [default: next to this executable].
     #[arg(long)]
     pub chatd: Option<PathBuf>,
@@ -54,6 +65,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub keep_data: bool,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    Device,
+    Sequencer,
+}
+
+/// Writer accounts; the client slots are their devices.
+const WRITER_USERS: usize = 4;
 
 const NETNS_ENV: &str = "CHAT_JEPSEN_NETNS";
 
@@ -102,11 +122,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let dir = args.out.join(format!("{stamp}-seed{seed}"));
     std::fs::create_dir_all(&dir)?;
     println!(
-        "run {} (seed {seed}): {} nodes, {} s, nemesis {:?}",
+        "run {} (seed {seed}): {} nodes, {} s, nemesis {:?}, through the {:?} API",
         dir.display(),
         args.nodes,
         args.time,
-        args.nemesis
+        args.nemesis,
+        args.api
     );
 
     let n = args.nodes;
@@ -127,32 +148,63 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         nodes.lock().unwrap().start(id)?;
     }
     let mut w = Workload::new(n)?;
-    let mut reader_devices = Vec::new();
+    let mut readers = Vec::new();
     for r in 0..args.readers {
-        reader_devices.push(readers::register(r, n).await?);
+        let handle = format!("jepsen-reader-{r}");
+        readers.extend(devices::register(&handle, args.reader_devices, n).await?);
     }
-    let reader_users: Vec<u64> = reader_devices.iter().map(|r| r.user).collect();
-    w.setup(n, 4, args.chats, &reader_users).await?;
+    let reader_users: Vec<u64> = readers.iter().map(|d| d.user).collect();
+    let writers = match args.api {
+        Api::Sequencer => {
+            w.setup(n, WRITER_USERS, args.chats, &reader_users).await?;
+            Vec::new()
+        }
+        Api::Device => {
+            let per_user = args.clients.div_ceil(WRITER_USERS as u64);
+            let writers =
+                devices::setup(&mut w, n, WRITER_USERS, per_user, args.chats, args.readers).await?;
+            w.drainer = readers.first().map(|d| d.token.clone());
+            writers
+        }
+    };
     let w = Arc::new(w);
 
     let deadline = Instant::now() + Duration::from_secs(args.time);
-    let clients: Vec<_> = (0..args.clients)
-        .map(|slot| {
-            tokio::spawn(workload::run_client(
+    let clients: Vec<_> = match args.api {
+        Api::Sequencer => (0..args.clients)
+            .map(|slot| {
+                tokio::spawn(workload::run_client(
+                    w.clone(),
+                    slot,
+                    args.clients,
+                    n,
+                    seed,
+                    deadline,
+                ))
+            })
+            .collect(),
+        Api::Device => (0..args.clients)
+            .map(|slot| {
+                let device = writers[slot as usize % writers.len()].clone();
+                let writer = devices::Writer::new(w.clone(), slot, device, n, seed);
+                tokio::spawn(writer.run(deadline))
+            })
+            .collect(),
+    };
+
+    let reader_tasks: Vec<_> = readers
+        .iter()
+        .enumerate()
+        .map(|(r, device)| {
+            tokio::spawn(readers::run(
                 w.clone(),
-                slot,
-                args.clients,
+                r,
+                device.clone(),
                 n,
                 seed,
                 deadline,
             ))
         })
-        .collect();
-
-    let reader_tasks: Vec<_> = reader_devices
-        .into_iter()
-        .enumerate()
-        .map(|(r, device)| tokio::spawn(readers::run(w.clone(), r, device, n, seed, deadline)))
         .collect();
 
     // The nemesis: a fault, a pause, until the deadline.
@@ -169,8 +221,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     for c in clients {
         c.await?;
     }
+    let mut reader_ends = Vec::new();
     for r in reader_tasks {
-        r.await?;
+        reader_ends.push(r.await?);
     }
 
     // Heal, quiesce, drain, check.
@@ -178,6 +231,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     links.clear();
     nodes.lock().unwrap().heal()?;
     workload::drain(&w, n, Duration::from_secs(60)).await?;
+    // Every reader device then gets what it is owed, so each must end with every message.
+    let last = drained_last_seqs(&w.history.lock().unwrap());
+    for (r, end) in reader_ends.into_iter().enumerate() {
+        readers::catch_up(&w, r, &readers[r], end, &last, n, Duration::from_secs(30)).await;
+    }
     // With membership faults, every change begun must also finish once the faults stop.
     let settled = if args.nemesis.contains(&Fault::Membership) {
         Some(nemesis::settle(&nodes, n, Duration::from_secs(180)).await)
@@ -224,6 +282,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(valid)
+}
+
+/// Each chat's last seq in the final drains.
+fn drained_last_seqs(h: &crate::history::History) -> std::collections::BTreeMap<u64, u64> {
+    let mut last = std::collections::BTreeMap::new();
+    for op in h
+        .ops
+        .iter()
+        .filter(|o| o.kind == crate::history::OpType::Ok && o.f == crate::history::F::Drain)
+    {
+        let top = op.value.messages.iter().map(|m| m.seq).max().unwrap_or(0);
+        let l = last.entry(op.value.chat).or_insert(0);
+        *l = top.max(*l);
+    }
+    last
 }
 
 /// A node's data directory is named `n<slot>` (see nodes.rs).

@@ -1,5 +1,6 @@
-//! Device-stream readers: devices that follow every chat over `chat.v1.Chat/Connect`, from a
-//! random node, for a random while, then disconnect and connect again (to another random node):
+//! Device-stream readers: devices (several per reader account) that follow every chat over
+//! `chat.v1.Chat/Connect`, from a random node, for a random while, then disconnect and connect
+//! again (to another random node):
 //! usually resuming from the cursors they hold, sometimes naming none ("everything I am owed",
 //! which resumes from what the server recorded as delivered — possibly behind what the device
 //! saw, so that is a new process for the checkers). They acknowledge and read at random.
@@ -19,48 +20,27 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::devices::Device;
 use super::nodes::channel;
 use super::workload::Workload;
 use crate::history::{OpType, Seen, Value, F};
 
-/// A reader's device: its handle and bearer token.
-#[derive(Debug, Clone)]
-pub struct Reader {
-    pub user: u64,
-    pub token: String,
+/// Where a reader device stands when the workload ends: its process and cursors, from which
+/// [`catch_up`] goes on.
+pub struct ReaderEnd {
+    pub process: u64,
+    pub cursors: BTreeMap<u64, u64>,
 }
 
-/// Register reader `r` through the device API of some node (retrying through faults).
-pub async fn register(r: usize, n: u64) -> anyhow::Result<Reader> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let secret: String = format!("jepsenreader{r}secret{:020}", rand::random::<u64>());
-    for attempt in 0u64.. {
-        let mut client = ChatClient::new(channel(attempt % n + 1)?);
-        let request = pb::RegisterRequest {
-            handle: format!("jepsen-reader-{r}"),
-            device_id: 1,
-            secret: secret.clone(),
-        };
-        match client.register(request).await {
-            Ok(reply) => {
-                let reply = reply.into_inner();
-                return Ok(Reader {
-                    user: reply.user_id,
-                    token: reply.token,
-                });
-            }
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => anyhow::bail!("registering reader {r}: {e}"),
-        }
-    }
-    unreachable!()
-}
-
-/// Reader `r` until `deadline`.
-pub async fn run(w: Arc<Workload>, r: usize, reader: Reader, n: u64, seed: u64, deadline: Instant) {
+/// Reader device `r` until `deadline`.
+pub async fn run(
+    w: Arc<Workload>,
+    r: usize,
+    reader: Device,
+    n: u64,
+    seed: u64,
+    deadline: Instant,
+) -> ReaderEnd {
     let mut rng = StdRng::seed_from_u64(seed ^ (0x5eed_0000 + r as u64));
     let base = 2_000_000 + r as u64 * 10_000;
     let mut process = base;
@@ -75,16 +55,54 @@ pub async fn run(w: Arc<Workload>, r: usize, reader: Reader, n: u64, seed: u64, 
         connection += 1;
         let until =
             (Instant::now() + Duration::from_millis(rng.gen_range(500..5000))).min(deadline);
-        let receipts_process = 4_000_000 + r as u64 * 10_000 + connection;
         let session = Session {
             w: &w,
             node,
             process,
-            receipts_process,
+            receipts_process: 4_000_000 + r as u64 * 10_000 + connection,
             resume,
+            reader: &reader,
         };
-        session.follow(&reader, &mut cursors, until, &mut rng).await;
+        session.follow(&mut cursors, until, None, &mut rng).await;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..200))).await;
+    }
+    ReaderEnd { process, cursors }
+}
+
+/// After the drains: reader device `r` resumes from where it stood until it holds each chat up
+/// to `last[chat]` (the drains' last seq), reconnecting through failures until `timeout`. What
+/// it gets is recorded like any poll, so a device that never receives a message shows in the
+/// checkers (`devices`).
+pub async fn catch_up(
+    w: &Workload,
+    r: usize,
+    reader: &Device,
+    mut end: ReaderEnd,
+    last: &BTreeMap<u64, u64>,
+    n: u64,
+    timeout: Duration,
+) {
+    let mut rng = StdRng::seed_from_u64(0xca7c_0000 + r as u64);
+    let deadline = Instant::now() + timeout;
+    let caught_up = |c: &BTreeMap<u64, u64>| {
+        last.iter()
+            .all(|(chat, &l)| c.get(chat).copied().unwrap_or(0) >= l)
+    };
+    for attempt in 0u64.. {
+        if caught_up(&end.cursors) || Instant::now() >= deadline {
+            return;
+        }
+        let session = Session {
+            w,
+            node: (r as u64 + attempt) % n + 1,
+            process: end.process,
+            receipts_process: 5_000_000 + r as u64 * 10_000 + attempt,
+            resume: true,
+            reader,
+        };
+        session
+            .follow(&mut end.cursors, deadline, Some(last), &mut rng)
+            .await;
     }
 }
 
@@ -94,6 +112,7 @@ struct Session<'a> {
     process: u64,
     receipts_process: u64,
     resume: bool,
+    reader: &'a Device,
 }
 
 impl Session<'_> {
@@ -110,14 +129,16 @@ impl Session<'_> {
             .record(process, OpType::Ok, f, value, self.node, None);
     }
 
-    /// One connection until `until` or the stream fails.
+    /// One connection until `until`, the stream fails, or (with `target`) every chat's cursor
+    /// reached its target.
     async fn follow(
         &self,
-        reader: &Reader,
         cursors: &mut BTreeMap<u64, u64>,
         until: Instant,
+        target: Option<&BTreeMap<u64, u64>>,
         rng: &mut StdRng,
     ) {
+        let reader = self.reader;
         let Ok(ch) = channel(self.node) else { return };
         let mut client = ChatClient::new(ch);
         let (tx, rx) = mpsc::channel(64);
@@ -151,7 +172,11 @@ impl Session<'_> {
         };
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let reached = target.is_some_and(|t| {
+                t.iter()
+                    .all(|(chat, &l)| cursors.get(chat).copied().unwrap_or(0) >= l)
+            });
+            if left.is_zero() || reached {
                 return;
             }
             let frame = match tokio::time::timeout(left, frames.message()).await {
@@ -169,6 +194,8 @@ impl Session<'_> {
                             ts: None,
                         }],
                         resumed_from: first.remove(&chat),
+                        user: Some(reader.user),
+                        device: Some(reader.label()),
                         ..Value::default()
                     };
                     self.ok(self.process, F::Poll, value);

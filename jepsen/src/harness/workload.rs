@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chat_proto::chat_v1::chat_client::ChatClient;
 use chat_proto::chat_v1::sequencer_client::SequencerClient;
 use chat_proto::chat_v1::{self as pb, command, command_reply};
 use chat_proto::AttachSecret;
@@ -33,6 +34,9 @@ pub struct Workload {
     pub clients: Vec<Client>,
     pub users: Vec<u64>,
     pub chats: Vec<u64>,
+    /// A device token to read history with through the device API (`chat.v1.Chat/History`)
+    /// instead of the sequencer service, when the workload runs through the device API.
+    pub drainer: Option<String>,
 }
 
 impl Workload {
@@ -51,6 +55,7 @@ impl Workload {
             clients,
             users: Vec::new(),
             chats: Vec::new(),
+            drainer: None,
         })
     }
 
@@ -93,13 +98,26 @@ impl Workload {
             .ok_or_else(|| tonic::Status::internal("empty reply"))
     }
 
-    async fn history(
+    pub async fn history(
         &self,
         node: u64,
         chat: u64,
         after_seq: u64,
         limit: u32,
     ) -> Result<pb::HistoryReply, tonic::Status> {
+        if let Some(token) = &self.drainer {
+            let page = pb::HistoryPageRequest {
+                chat_id: chat,
+                after_seq,
+                before_seq: 0,
+                limit,
+            };
+            let channel = channel(node).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            return Ok(ChatClient::new(channel)
+                .history(super::devices::authed(page, token, OP_TIMEOUT))
+                .await?
+                .into_inner());
+        }
         let mut client = self.clients[node as usize - 1].clone();
         let mut request = tonic::Request::new(pb::HistoryRequest {
             chat_id: chat,

@@ -2,7 +2,7 @@
 //! missing or wrong cluster secret, a peer of another protocol version, malformed Raft requests,
 //! unknown partitions, empty and oversize appends.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

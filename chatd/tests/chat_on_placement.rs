@@ -6,7 +6,7 @@
 //! reads go to the node that holds the partition, its hub tails partitions it does not hold and
 //! follows their tick changes at a node that projects them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! since the Raft log is purged behind frequent snapshots), and byte-identical event logs on every
 //! replica of every partition.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

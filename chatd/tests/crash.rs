@@ -2,7 +2,7 @@
 //! being killed mid-load and restarted on the same data dir, at the offsets they were acknowledged
 //! with, and the offsets stay dense.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -10,7 +10,7 @@
 //! When the data format changes (`chat_log::DATA_FORMAT`), the next release keeps this fixture
 //! (it must still open it, or refuse it by name) and adds one of its own format.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -118,7 +118,7 @@ fn copy_dir(from: &Path, to: &Path, skip: impl Fn(&str) -> bool + Copy) {
 }
 
 /// Writes `tests/fixtures/datadir-format1/` anew. Run by hand when the fixture must be remade:
-/// `cargo test --release -p chatd --test data_dir_format -- --ignored write_the_fixture`.
+/// `cargo test --release -p chatd --test all -- --ignored data_dir_format::write_the_fixture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes the committed fixture; run by hand"]
 async fn write_the_fixture() {

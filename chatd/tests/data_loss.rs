@@ -2,7 +2,7 @@
 //! that must read it answer DATA_LOSS — never INTERNAL, never a message that is not what was
 //! sent — and the node goes on serving everything else.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! resumes; the payload is gone from every replica's log; a retry answers the same tombstone;
 //! another member cannot delete it, a group's admin can.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,7 @@
 //! node 1 answers them (the command gets in, its answer never comes back), then closes them
 //! and refuses new ones — a cable pulled between node 2 and the leader mid-call.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -4,9 +4,9 @@
 //! flipped, cut or spliced. Whatever a stream gets back, the node must stay up and go on
 //! serving a well-behaved device. Reproducible: `FUZZ_SEED` picks the inputs, `FUZZ_STREAMS`
 //! how many streams (a longer run: `FUZZ_STREAMS=5000 cargo test --release -p chatd --test
-//! fuzz_frames`).
+//! all fuzz_frames::`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

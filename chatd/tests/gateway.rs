@@ -3,7 +3,7 @@
 //! resuming, a slow consumer, forged and revoked tokens, non-members, malformed and oversize
 //! frames.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! when the node a device is connected to is killed (`kill -9`), the device reconnects to
 //! another node and resumes with no loss and no duplicate while messages keep coming.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

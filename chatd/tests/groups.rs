@@ -3,7 +3,7 @@
 //! description and an icon that its admins set, and messages disappear after a chat's timer
 //! (while a chat without one keeps them).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! lists (refused before anything is replicated), and presence asked of strangers or of
 //! handles nobody has.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@
 //! - an S3 bucket (moto's standalone server, started by the test): the same upload, download
 //!   and release through presigned S3 URLs.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! method and code with their time histograms, rate-limit refusals, and per partition the Raft
 //! role and lags, the hub's and the projector's lag.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

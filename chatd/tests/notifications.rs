@@ -3,7 +3,7 @@
 //! nothing; the sender gets nothing; each offline device gets collapsed counts, never payloads;
 //! the failed delivery is retried. And the log sink (the default) writes them to the log.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 //! of the whole cluster (recorded in the user's partition), and a user who hides its presence
 //! is shown offline and never seen, and pushes nothing.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

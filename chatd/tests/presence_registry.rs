@@ -3,7 +3,7 @@
 //! any node answers from the homes, and a stream that closes leaves its home at once, with a
 //! last-seen time.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //!   handle is refused until the grace period ends and is then a new account that sees
 //!   nothing of the old one's chats.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

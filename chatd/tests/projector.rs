@@ -3,7 +3,7 @@
 //! a rebuild while serving is byte-identical to a copy that was never rebuilt, and a node killed
 //! mid-projection (`kill -9` under load) resumes to exactly the same projection as the others.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

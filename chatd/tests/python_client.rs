@@ -3,7 +3,7 @@
 //! chat and both device streams, sends, receives live and reads history, against a real chatd
 //! process — what docs/protocol.md tells a client developer, done by a client not written here.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! Python's grpcio (installed by .ci/run) runs scripts/grpc_reflection_check.py against a real
 //! chatd process.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! writes go on, after which the three replicas are identical again and the node serves and
 //! verifies clean.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,7 @@
 //! stay; with delete-when-delivered, exactly what every device of every member acknowledged is
 //! expired. Expiry goes through the log, so replicas and projections stay identical.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

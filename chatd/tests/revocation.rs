@@ -4,7 +4,7 @@
 //! the account's partition, so it refuses calls and ends open streams (UNAVAILABLE) instead of
 //! trusting what it last knew.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -10,7 +10,7 @@
 //!   NOT_SERVING, and SERVING once a quorum is back; stopping a node with nobody to hand its
 //!   leaderships to still exits.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

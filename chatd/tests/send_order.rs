@@ -3,7 +3,7 @@
 //! forwards to the chat's leader while the leadership moves under the sends (the client library
 //! resends what ends UNAVAILABLE, in order, and the gateway holds back what follows it).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! its own would let `burst + rate × t` through on each). Every refusal is RESOURCE_EXHAUSTED,
 //! and the whole burst is usable.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

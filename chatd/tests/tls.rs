@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 
 use chat_client::device::ChatClient;
 use chat_client::{Device, DeviceEvent, DeviceOptions};

@@ -3,7 +3,7 @@
 //! (so a flood of starts costs one notice), a stop goes through and arrives after its start,
 //! and a non-member's frame is refused with an error frame on its stream.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

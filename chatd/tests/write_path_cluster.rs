@@ -6,7 +6,7 @@
 //! send must be in the history exactly once at the seq it was acknowledged with, a retry through
 //! the restarted node must be recognised, and every replica must end byte-identical.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

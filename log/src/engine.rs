@@ -17,6 +17,11 @@
 //! Running out of disk space is survived, not fatal (see [`crate::disk`]): a write or sync that
 //! fails with ENOSPC changed nothing, so [`Engine::write_waiting`] and the syncer wait for space
 //! and try again instead of handing openraft a storage error, which would stop the Raft group.
+//!
+//! Any other failed write or WAL sync (EIO, or RocksDB refusing writes after one) marks the
+//! engine failed ([`Engine::failure`]): after a failed fsync nothing says what reached the disk
+//! (the page cache may have dropped the data, as PostgreSQL learnt), so the node must stop
+//! rather than go on acknowledging (fail-stop) and, restarted, recover from what the WAL holds.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -240,6 +245,25 @@ pub struct Engine {
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<SyncStats>,
     disk: Arc<DiskGuard>,
+    failure: Arc<Failure>,
+}
+
+/// Why the engine failed: `None` while it is healthy; set once, by the first failure.
+type Failure = tokio::sync::watch::Sender<Option<String>>;
+
+/// Mark the engine failed by `why` (the first failure is the one kept).
+fn fail(failure: &Failure, why: &str) {
+    failure.send_if_modified(|f| {
+        if f.is_some() {
+            return false;
+        }
+        tracing::error!(
+            error = why,
+            "a write or WAL sync failed: the storage engine has failed"
+        );
+        *f = Some(why.to_string());
+        true
+    });
 }
 
 impl Engine {
@@ -297,10 +321,12 @@ impl Engine {
 
         let (sync_tx, sync_rx) = mpsc::channel::<SyncWaiter>();
         let stats = Arc::new(SyncStats::default());
+        let failure = Arc::new(Failure::new(None));
         let syncer = Syncer {
             db: db.clone(),
             stats: stats.clone(),
             disk: disk.clone(),
+            failure: failure.clone(),
         };
         let syncer = std::thread::Builder::new()
             .name("wal-sync".into())
@@ -315,7 +341,15 @@ impl Engine {
             syncer: Mutex::new(Some(syncer)),
             stats,
             disk,
+            failure,
         }))
+    }
+
+    /// Why the engine failed, once a write or WAL sync failed for another reason than a full
+    /// disk (see the module docs): `None` while it is healthy. The channel closes when the
+    /// engine is dropped; the receiver does not keep it open.
+    pub fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failure.subscribe()
     }
 
     pub fn db(&self) -> &DB {
@@ -447,7 +481,10 @@ impl Engine {
                 self.disk.on_no_space(&detail);
                 Err(StoreError::NoSpace(detail))
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                fail(&self.failure, &e.to_string());
+                Err(e)
+            }
         }
     }
 
@@ -631,6 +668,7 @@ struct Syncer {
     db: Arc<DB>,
     stats: Arc<SyncStats>,
     disk: Arc<DiskGuard>,
+    failure: Arc<Failure>,
 }
 
 impl Syncer {
@@ -663,7 +701,10 @@ impl Syncer {
                         }
                         group.extend(rx.try_iter());
                     }
-                    Err(e) => break Err(e.to_string()),
+                    Err(e) => {
+                        fail(&self.failure, &e.to_string());
+                        break Err(e.to_string());
+                    }
                 }
             };
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);

@@ -267,6 +267,8 @@ impl Sequencer {
         // Short and capped low: during a failover the new leader is usually known within a few
         // hundred milliseconds, and every step of backoff past that is added to the client's wait.
         let mut backoff = Duration::from_millis(10);
+        // Whether an earlier try ended UNAVAILABLE, so it may have been committed.
+        let mut maybe_committed = false;
         loop {
             let attempt = async {
                 match self.node.propose(partition, bytes.clone()).await {
@@ -298,11 +300,23 @@ impl Sequencer {
                     })
                 }
             };
-            // Only "no leader could take it" is worth retrying; anything else is the answer.
+            // Only "no leader could take it" is worth retrying; anything else is the answer —
+            // but not a definite one after a try that may have been committed: a refusal before
+            // proposing (a leader whose disk is low, say) says nothing of the earlier try, so
+            // the caller must resubmit to learn (a committed command then answers its ack).
             let retry = matches!(err, SeqError::Unavailable { .. });
+            if !retry && maybe_committed {
+                return Err(SeqError::Unavailable {
+                    message: format!(
+                        "{err}; an earlier try may have been committed: resubmitting it with the same id is safe"
+                    ),
+                    hint: None,
+                });
+            }
             if !retry || forwarded || Instant::now() + backoff > deadline {
                 return Err(err);
             }
+            maybe_committed = true;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

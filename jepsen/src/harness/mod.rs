@@ -5,6 +5,7 @@
 //! heal → quiesce → a final drain of every chat from every node → check → report.
 
 pub mod devices;
+pub mod disks;
 pub mod nemesis;
 pub mod nodes;
 pub mod proxy;
@@ -61,6 +62,10 @@ pub struct RunArgs {
     /// Where run directories go.
     #[arg(long, default_value = "target/jepsen")]
     pub out: PathBuf,
+    /// Put the nodes' data dirs on faultfs mounts (chat-faultfs, beside chatd) even when no
+    /// fault needs them (`power` and `disk` always do).
+    #[arg(long)]
+    pub faultfs: bool,
     /// Keep the nodes' data directories after a valid run (a failed run always keeps them).
     #[arg(long)]
     pub keep_data: bool,
@@ -131,6 +136,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     );
 
     let n = args.nodes;
+    let faultfs = chatd.with_file_name("chat-faultfs");
     let mut nodes = Nodes::new(chatd, &dir, n, 4)?;
     nodes.fake_clocks = args.nemesis.contains(&Fault::Clock);
     anyhow::ensure!(
@@ -138,6 +144,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         "the clock nemesis needs libfaketime at {} (apt-get install faketime)",
         nodes::LIBFAKETIME
     );
+    if args.faultfs || args.nemesis.iter().any(|f| f.needs_disks()) {
+        nodes.disks = Some(disks::Disks::mount(&faultfs, &dir, n)?);
+    }
     let nodes = Arc::new(Mutex::new(nodes));
     // Every node-to-node link goes through the harness's proxy (delay/loss faults).
     let links = Arc::new(proxy::Links::default());
@@ -230,6 +239,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     nemesis::heal_network()?;
     links.clear();
     nodes.lock().unwrap().heal()?;
+    let repairs = nemesis::repair_flipped(&nodes, n, Duration::from_secs(180)).await;
+    for r in &repairs {
+        println!("repair: {r}");
+    }
     workload::drain(&w, n, Duration::from_secs(60)).await?;
     // Every reader device then gets what it is owed, so each must end with every message.
     let last = drained_last_seqs(&w.history.lock().unwrap());
@@ -249,6 +262,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let faults: Vec<String> = timeline
         .iter()
         .map(|i| format!("{:>8.3}s {:>8.3}s {}", i.from, i.to, i.what))
+        .chain(repairs.iter().map(|r| format!("   after faults:   {r}")))
         .collect();
     std::fs::write(dir.join("nemesis.txt"), faults.join("\n") + "\n")?;
     timeline::write_svg(&dir.join("timeline.svg"), &history, &timeline)?;
@@ -299,8 +313,10 @@ fn drained_last_seqs(h: &crate::history::History) -> std::collections::BTreeMap<
     last
 }
 
-/// A node's data directory is named `n<slot>` (see nodes.rs).
+/// A node's data directory is named `n<slot>` (see nodes.rs), and the disk behind its faultfs
+/// mount `n<slot>.disk`.
 fn is_node_slot(name: &str) -> bool {
+    let name = name.strip_suffix(".disk").unwrap_or(name);
     name.strip_prefix('n')
         .is_some_and(|slot| !slot.is_empty() && slot.bytes().all(|b| b.is_ascii_digit()))
 }

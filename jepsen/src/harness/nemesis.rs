@@ -19,6 +19,17 @@
 //!   replicas have moved off) and a new one added in its place (`AddNode`). Mixed with the
 //!   others, a move meets kills, pauses and cuts half-way.
 //!
+//! - `power`: a power loss — one node, a minority, or every node at once killed and everything
+//!   they wrote but had not fsynced dropped by their disks (`disks.rs`), then restarted;
+//! - `disk`: one node's disk fails for a while: every write or every fsync answers EIO or
+//!   ENOSPC. The node must stop acknowledging what it cannot make durable; a node that stopped
+//!   itself (fail-stop) is restarted once the disk is healthy again, as a supervisor would;
+//! - `bitflip`: one bit of a random SST file of one node's database flipped on its disk, as bit
+//!   rot would. RocksDB's block checksums and the records' crc32 must catch it: the damaged
+//!   data is never served, and the node fences itself (fail-stop, or the damaged partition
+//!   stops serving from it). At heal the harness repairs such a node as an operator would: it
+//!   replaces it by a wiped one (see `replace`).
+//!
 //! Faults pick *slots* (see `nodes.rs`); node ids read from the cluster are turned into slots.
 
 use std::process::Command;
@@ -46,6 +57,16 @@ pub enum Fault {
     Compact,
     Slow,
     Membership,
+    Power,
+    Disk,
+    Bitflip,
+}
+
+impl Fault {
+    /// Whether the fault needs the nodes' data dirs on faultfs mounts.
+    pub fn needs_disks(self) -> bool {
+        matches!(self, Fault::Power | Fault::Disk | Fault::Bitflip)
+    }
 }
 
 fn nft(script: &str) -> anyhow::Result<()> {
@@ -272,13 +293,21 @@ async fn replace_wiped(
         return Ok("replace: skipped, a node is leaving or a replica moving".into());
     }
     let slot = rng.gen_range(1..=n);
-    let Some(&via) = running(nodes, n)
-        .iter()
-        .filter(|&&s| s != slot)
-        .collect::<Vec<_>>()
-        .choose(rng)
-        .copied()
-    else {
+    let done = replace_slot(nodes, n, map, slot).await?;
+    hold(rng, 2000..5000).await;
+    Ok(done)
+}
+
+/// Replace slot `slot`'s node by a wiped one under the next unused id: the node killed, its
+/// data dir emptied, the new node started joining, and `ReplaceNode` old → new asked (of any
+/// running node, for up to a minute) until it lands.
+async fn replace_slot(
+    nodes: &std::sync::Mutex<Nodes>,
+    n: u64,
+    map: &PartitionMap,
+    slot: u64,
+) -> anyhow::Result<String> {
+    let Some(via) = running(nodes, n).into_iter().find(|&s| s != slot) else {
         return Ok("replace: no other node running".into());
     };
     let new_id = next_id(map, n);
@@ -312,10 +341,40 @@ async fn replace_wiped(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    hold(rng, 2000..5000).await;
     Ok(format!(
         "replace node {old_id} (slot {slot}) by wiped node {new_id}: {answer}"
     ))
+}
+
+/// After the faults: repair, as an operator would, each node whose disk had a bit flipped — its
+/// database can no longer be trusted as a whole (a flipped SST block may hold any partition's
+/// data), so it is replaced by a wiped node that rebuilds from its peers. One at a time, each
+/// waited on until the map settles. What was done, for the report.
+pub async fn repair_flipped(
+    nodes: &std::sync::Mutex<Nodes>,
+    n: u64,
+    within: Duration,
+) -> Vec<String> {
+    let flipped: Vec<u64> = std::mem::take(&mut nodes.lock().unwrap().flipped)
+        .into_iter()
+        .collect();
+    let mut done = Vec::new();
+    for slot in flipped {
+        let Some((_, map)) = current_map(nodes, n).await else {
+            done.push(format!("repair slot {slot}: no running node answered"));
+            continue;
+        };
+        match replace_slot(nodes, n, &map, slot).await {
+            Ok(what) => done.push(what),
+            Err(e) => done.push(format!("repair slot {slot}: {e:#}")),
+        }
+        if let Err(moving) = settle(nodes, n, within).await {
+            done.push(format!(
+                "repair slot {slot}: the map did not settle: {moving}"
+            ));
+        }
+    }
+    done
 }
 
 /// The id a new node takes: one above every id the map has known (removed nodes stay in it, so
@@ -388,6 +447,102 @@ async fn remove_then_add(
     hold(rng, 1000..3000).await;
     Ok(format!(
         "remove node {old_id} (slot {slot}): {left}, removed; add node {new_id} there: {added}"
+    ))
+}
+
+/// Cut the power of one node, a minority or every node: each killed, its unsynced writes
+/// dropped, and started again after 1–4 s.
+async fn power_loss(
+    nodes: &std::sync::Mutex<Nodes>,
+    n: u64,
+    rng: &mut StdRng,
+) -> anyhow::Result<String> {
+    let mut slots: Vec<u64> = (1..=n).collect();
+    slots.shuffle(rng);
+    let (count, what) = match rng.gen_range(0..3) {
+        0 => (1, "node"),
+        1 => (((n - 1) / 2).max(1) as usize, "minority"),
+        _ => (n as usize, "every node"),
+    };
+    slots.truncate(count);
+    slots.sort();
+    let mut dropped = 0;
+    {
+        let mut nodes = nodes.lock().unwrap();
+        for &slot in &slots {
+            nodes.kill(slot)?;
+            dropped += nodes.disks()?.power_loss(slot)?;
+        }
+    }
+    hold(rng, 1000..4000).await;
+    for &slot in &slots {
+        nodes.lock().unwrap().start(slot)?;
+    }
+    Ok(format!(
+        "power loss ({what}) {slots:?}: {dropped} unsynced bytes dropped, restart"
+    ))
+}
+
+/// Make slot `slot`'s disk fail every write or fsync with EIO or ENOSPC for 2–5 s; then heal
+/// it, and start the node again if it stopped itself meanwhile.
+async fn disk_failure(
+    nodes: &std::sync::Mutex<Nodes>,
+    slot: u64,
+    rng: &mut StdRng,
+) -> anyhow::Result<String> {
+    let failure = *["write eio", "fsync eio", "write enospc", "fsync enospc"]
+        .choose(rng)
+        .expect("not empty");
+    nodes
+        .lock()
+        .unwrap()
+        .disks()?
+        .command(slot, &format!("fail {failure}"))?;
+    hold(rng, 2000..5000).await;
+    let mut nodes = nodes.lock().unwrap();
+    nodes.disks()?.command(slot, "fail clear")?;
+    let stopped = nodes.exited(slot);
+    if stopped {
+        nodes.start(slot)?;
+    }
+    Ok(format!(
+        "disk of node {slot}: every {failure}{}",
+        if stopped {
+            "; the node stopped itself, restarted"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Flip one bit at a random place of a random SST file of slot `slot`'s database, on disk.
+fn bit_flip(
+    nodes: &std::sync::Mutex<Nodes>,
+    slot: u64,
+    rng: &mut StdRng,
+) -> anyhow::Result<String> {
+    let mut nodes = nodes.lock().unwrap();
+    let db = nodes.nodes[slot as usize - 1].data_dir().join("db");
+    let mut ssts: Vec<(String, u64)> = std::fs::read_dir(&db)
+        .with_context(|| format!("list {}", db.display()))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let len = e.metadata().ok()?.len();
+            (name.ends_with(".sst") && len > 0).then_some((name, len))
+        })
+        .collect();
+    ssts.sort();
+    let Some((name, len)) = ssts.choose(rng).cloned() else {
+        return Ok(format!("bit flip: node {slot} has no SST file yet"));
+    };
+    let (offset, bit) = (rng.gen_range(0..len), rng.gen_range(0..8u8));
+    let reply = nodes
+        .disks()?
+        .command(slot, &format!("flip db/{name} {offset} {bit}"))?;
+    nodes.flipped.insert(slot);
+    Ok(format!(
+        "bit flip on node {slot}: db/{name} ({len} bytes) byte {offset} bit {bit} ({reply})"
     ))
 }
 
@@ -534,6 +689,9 @@ pub async fn strike(
             ))
         }
         Fault::Membership => change_membership(nodes, n, rng).await,
+        Fault::Power => power_loss(nodes, n, rng).await,
+        Fault::Disk => disk_failure(nodes, random, rng).await,
+        Fault::Bitflip => bit_flip(nodes, random, rng),
         Fault::Compact => {
             let p = rng.gen_range(0..4u32);
             let running = nodes.lock().unwrap().is_running(random);

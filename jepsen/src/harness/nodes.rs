@@ -3,6 +3,9 @@
 //! outgoing Raft connections to 127.0.0.i, so network faults can tell every link apart. Clients
 //! talk to 127.0.0.i:7401 directly.
 //!
+//! With the power and disk nemeses each slot's data dir is a `chat-faultfs` mount (`disks.rs`)
+//! over `n<slot>.disk/`, which keeps what chatd wrote but did not fsync in its own memory.
+//!
 //! Faults address slots. A slot's node id is its number until the membership nemesis replaces
 //! the node with a wiped one, which joins under a new id (an id is never reused); ids that come
 //! from the cluster (leaders, replicas) are turned into slots with [`Nodes::slot_of`].
@@ -65,6 +68,12 @@ pub struct Node {
     pub paused: bool,
 }
 
+impl Node {
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+}
+
 pub struct Nodes {
     chatd: PathBuf,
     partitions: u32,
@@ -72,6 +81,10 @@ pub struct Nodes {
     pub nodes: Vec<Node>,
     /// Start processes under libfaketime (for the clock nemesis).
     pub fake_clocks: bool,
+    /// The faultfs mounts under the data dirs, by slot, when the run has them.
+    pub disks: Option<super::disks::Disks>,
+    /// Slots whose disk had a bit flipped: repaired at heal by replacing the node.
+    pub flipped: std::collections::BTreeSet<u64>,
 }
 
 impl Nodes {
@@ -85,6 +98,8 @@ impl Nodes {
             partitions,
             nodes: Vec::new(),
             fake_clocks: false,
+            disks: None,
+            flipped: Default::default(),
         };
         for slot in 1..=n {
             let clock = dir.join(format!("n{slot}.clock"));
@@ -136,9 +151,18 @@ impl Nodes {
     /// cluster (it holds nothing until the map gives it replicas).
     pub fn replace_wiped(&mut self, slot: u64, new_id: u64) -> anyhow::Result<()> {
         self.kill(slot)?;
+        // What is in the dir, not the dir: it may be a mount point.
         let data = self.nodes[slot as usize - 1].data.clone();
         if data.exists() {
-            std::fs::remove_dir_all(&data).with_context(|| format!("wipe {}", data.display()))?;
+            for entry in std::fs::read_dir(&data)? {
+                let path = entry?.path();
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.with_context(|| format!("wipe {}", path.display()))?;
+            }
         }
         self.node(slot).id = new_id;
         // A joining node lists itself alone; the cluster tells it the rest.
@@ -184,6 +208,27 @@ impl Nodes {
         self.nodes[id as usize - 1].child.is_some()
     }
 
+    /// The faultfs mounts, for the faults that need them.
+    pub fn disks(&self) -> anyhow::Result<&super::disks::Disks> {
+        self.disks
+            .as_ref()
+            .context("this run's data dirs are not on faultfs mounts")
+    }
+
+    /// Whether slot `id`'s process ended by itself (a node that stopped on a failed disk, say);
+    /// its exit is then reaped, so [`Nodes::heal`] starts it again.
+    pub fn exited(&mut self, id: u64) -> bool {
+        let node = self.node(id);
+        let ended = node
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if ended {
+            node.child = None;
+        }
+        ended
+    }
+
     pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.node(id);
         if let Some(mut child) = node.child.take() {
@@ -227,8 +272,11 @@ impl Nodes {
 
     /// Every node running and not paused.
     pub fn heal(&mut self) -> anyhow::Result<()> {
+        if let Some(disks) = &self.disks {
+            disks.heal()?;
+        }
         for id in 1..=self.nodes.len() as u64 {
-            if !self.is_running(id) {
+            if !self.is_running(id) || self.exited(id) {
                 self.start(id)?;
             } else if self.nodes[id as usize - 1].paused {
                 self.resume(id)?;
@@ -251,5 +299,7 @@ impl Drop for Nodes {
                 let _ = child.wait();
             }
         }
+        // The mounts go once nothing uses them.
+        self.disks.take();
     }
 }

@@ -336,6 +336,11 @@ impl LogNode {
         tokio::spawn(tasks::publish_map(Arc::downgrade(&node)));
         tokio::spawn(tasks::follow_map(Arc::downgrade(&node)));
         tokio::spawn(crate::placement::driver::run(Arc::downgrade(&node)));
+        tokio::spawn(stop_on_engine_failure(
+            Arc::downgrade(&node),
+            node.engine.failure(),
+            node.stopping.subscribe(),
+        ));
         let weak = Arc::downgrade(&node);
         std::thread::Builder::new()
             .name("disk-watch".into())
@@ -935,6 +940,32 @@ impl LogNode {
         }
         tracing::info!(node = self.config.node_id, "log node stopped");
     }
+}
+
+/// Fail-stop: once the storage engine has failed (a write or WAL sync the disk refused, see
+/// `engine.rs`), stop the node, so nothing more is acknowledged and the process exits for its
+/// supervisor to start again; the restart recovers what the WAL holds and catches up from peers.
+async fn stop_on_engine_failure(
+    node: std::sync::Weak<LogNode>,
+    mut failure: watch::Receiver<Option<String>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let why = tokio::select! {
+        failed = failure.wait_for(Option::is_some) => match failed {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => return, // the engine was dropped
+        },
+        _ = stopping.wait_for(|s| *s) => return,
+    };
+    let Some(node) = node.upgrade() else { return };
+    tracing::error!(
+        node = node.config.node_id,
+        error = %why,
+        "the data disk failed a write or sync: stopping this node so it acknowledges nothing it \
+         could not make durable (fail-stop); start it again once the disk is healthy"
+    );
+    metrics::counter!("chatd_storage_failures_total").increment(1);
+    node.shutdown().await;
 }
 
 /// One group's gauges. Terms only rise, once per election: a scraper that sees one move counts

@@ -251,6 +251,19 @@ pub struct Engine {
 /// Why the engine failed: `None` while it is healthy; set once, by the first failure.
 type Failure = tokio::sync::watch::Sender<Option<String>>;
 
+/// Whether a failed write or sync means the disk failed: RocksDB's I/O errors (also the ones it
+/// answers after an earlier failure, "Writer has previous error") and corruption it met while
+/// writing. Not a closing database ("Shutdown in progress") nor a full disk.
+fn is_disk_failure(e: &StoreError) -> bool {
+    match e {
+        StoreError::Rocks(e) => matches!(
+            e.kind(),
+            rocksdb::ErrorKind::IOError | rocksdb::ErrorKind::Corruption
+        ),
+        _ => false,
+    }
+}
+
 /// Mark the engine failed by `why` (the first failure is the one kept).
 fn fail(failure: &Failure, why: &str) {
     failure.send_if_modified(|f| {
@@ -482,7 +495,9 @@ impl Engine {
                 Err(StoreError::NoSpace(detail))
             }
             Err(e) => {
-                fail(&self.failure, &e.to_string());
+                if is_disk_failure(&e) {
+                    fail(&self.failure, &e.to_string());
+                }
                 Err(e)
             }
         }
@@ -702,7 +717,9 @@ impl Syncer {
                         group.extend(rx.try_iter());
                     }
                     Err(e) => {
-                        fail(&self.failure, &e.to_string());
+                        if is_disk_failure(&e) {
+                            fail(&self.failure, &e.to_string());
+                        }
                         break Err(e.to_string());
                     }
                 }

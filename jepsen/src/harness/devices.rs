@@ -182,6 +182,29 @@ pub async fn setup(
         .collect())
 }
 
+/// Open a device stream to `node` with `hello`: the sender of client frames and the server's
+/// frames, or None if it could not be opened within 2 s.
+pub async fn connect(
+    node: u64,
+    hello: pb::Hello,
+) -> Option<(
+    mpsc::Sender<pb::ClientFrame>,
+    tonic::Streaming<pb::ServerFrame>,
+)> {
+    let mut client = ChatClient::new(channel(node).ok()?);
+    let (tx, rx) = mpsc::channel(64);
+    let hello = pb::ClientFrame {
+        kind: Some(client_frame::Kind::Hello(hello)),
+    };
+    tx.send(hello).await.ok()?;
+    let connect = client.connect(ReceiverStream::new(rx));
+    let response = tokio::time::timeout(Duration::from_secs(2), connect)
+        .await
+        .ok()?
+        .ok()?;
+    Some((tx, response.into_inner()))
+}
+
 /// Whether a SendError code leaves the send's fate open (docs/protocol.md: only UNAVAILABLE is
 /// a "maybe" from the server; the rest here are what a broken call looks like).
 fn ambiguous(code: Code) -> bool {
@@ -299,9 +322,6 @@ impl Writer {
     /// One connection: resend what is pending, then bursts of new sends, until `until` (when
     /// `last`, waiting for the answers first) or the stream fails.
     async fn connection(&mut self, node: u64, until: Instant, last: bool) {
-        let Ok(ch) = channel(node) else { return };
-        let mut client = ChatClient::new(ch);
-        let (tx, rx) = mpsc::channel(64);
         let hello = pb::Hello {
             token: self.device.token.clone(),
             cursors: self
@@ -310,16 +330,9 @@ impl Writer {
                 .map(|(&chat_id, &seq)| pb::Cursor { chat_id, seq })
                 .collect(),
         };
-        let _ = tx
-            .send(pb::ClientFrame {
-                kind: Some(client_frame::Kind::Hello(hello)),
-            })
-            .await;
-        let connect = client.connect(ReceiverStream::new(rx));
-        let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
+        let Some((tx, mut frames)) = connect(node, hello).await else {
             return;
         };
-        let mut frames = response.into_inner();
         for i in 0..self.pending.len() {
             self.attempt(i, node, &tx).await;
         }

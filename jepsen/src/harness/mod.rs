@@ -63,7 +63,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "target/jepsen")]
     pub out: PathBuf,
     /// Put the nodes' data dirs on faultfs mounts (chat-faultfs, beside chatd) even when no
-    /// fault needs them (`power` and `disk` always do).
+    /// fault needs them (`power`, `disk` and `bitflip` always do).
     #[arg(long)]
     pub faultfs: bool,
     /// Keep the nodes' data directories after a valid run (a failed run always keeps them).

@@ -13,15 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_proto::chat_v1::chat_client::ChatClient;
 use chat_proto::chat_v1::{self as pb, client_frame, server_frame};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::devices::Device;
-use super::nodes::channel;
 use super::workload::Workload;
 use crate::history::{OpType, Seen, Value, F};
 
@@ -139,9 +135,6 @@ impl Session<'_> {
         rng: &mut StdRng,
     ) {
         let reader = self.reader;
-        let Ok(ch) = channel(self.node) else { return };
-        let mut client = ChatClient::new(ch);
-        let (tx, rx) = mpsc::channel(64);
         let hello = pb::Hello {
             token: reader.token.clone(),
             cursors: if self.resume {
@@ -153,16 +146,9 @@ impl Session<'_> {
                 Vec::new()
             },
         };
-        let _ = tx
-            .send(pb::ClientFrame {
-                kind: Some(client_frame::Kind::Hello(hello)),
-            })
-            .await;
-        let connect = client.connect(ReceiverStream::new(rx));
-        let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
+        let Some((tx, mut frames)) = super::devices::connect(self.node, hello).await else {
             return;
         };
-        let mut frames = response.into_inner();
         // Chats whose first message on this connection has not come yet, with the cursor the
         // connection resumed from.
         let mut first: HashMap<u64, u64> = if self.resume {

@@ -293,23 +293,30 @@ async fn replace_wiped(
         return Ok("replace: skipped, a node is leaving or a replica moving".into());
     }
     let slot = rng.gen_range(1..=n);
-    let done = replace_slot(nodes, n, map, slot).await?;
+    let Some(&via) = running(nodes, n)
+        .iter()
+        .filter(|&&s| s != slot)
+        .collect::<Vec<_>>()
+        .choose(rng)
+        .copied()
+    else {
+        return Ok("replace: no other node running".into());
+    };
+    let done = replace_slot(nodes, n, map, slot, via).await?;
     hold(rng, 2000..5000).await;
     Ok(done)
 }
 
 /// Replace slot `slot`'s node by a wiped one under the next unused id: the node killed, its
-/// data dir emptied, the new node started joining, and `ReplaceNode` old → new asked (of any
-/// running node, for up to a minute) until it lands.
+/// data dir emptied, the new node started joining, and `ReplaceNode` old → new asked (of `via`
+/// first, then of any running node, for up to a minute) until it lands.
 async fn replace_slot(
     nodes: &std::sync::Mutex<Nodes>,
     n: u64,
     map: &PartitionMap,
     slot: u64,
+    via: u64,
 ) -> anyhow::Result<String> {
-    let Some(via) = running(nodes, n).into_iter().find(|&s| s != slot) else {
-        return Ok("replace: no other node running".into());
-    };
     let new_id = next_id(map, n);
     let old_id = {
         let mut nodes = nodes.lock().unwrap();
@@ -364,7 +371,11 @@ pub async fn repair_flipped(
             done.push(format!("repair slot {slot}: no running node answered"));
             continue;
         };
-        match replace_slot(nodes, n, &map, slot).await {
+        let Some(via) = running(nodes, n).into_iter().find(|&s| s != slot) else {
+            done.push(format!("repair slot {slot}: no other node running"));
+            continue;
+        };
+        match replace_slot(nodes, n, &map, slot, via).await {
             Ok(what) => done.push(what),
             Err(e) => done.push(format!("repair slot {slot}: {e:#}")),
         }

@@ -526,13 +526,16 @@ async fn disk_failure(
     ))
 }
 
-/// Flip one bit at a random place of a random SST file of slot `slot`'s database, on disk.
+/// Flip one bit at a random place of a random SST file of slot `slot`'s database, on disk —
+/// or of the node flipped already, if there is one: rot stays on one replica (a minority) until
+/// the node is replaced at heal, as with independent disks.
 fn bit_flip(
     nodes: &std::sync::Mutex<Nodes>,
     slot: u64,
     rng: &mut StdRng,
 ) -> anyhow::Result<String> {
     let mut nodes = nodes.lock().unwrap();
+    let slot = nodes.flipped.first().copied().unwrap_or(slot);
     let db = nodes.nodes[slot as usize - 1].data_dir().join("db");
     let mut ssts: Vec<(String, u64)> = std::fs::read_dir(&db)
         .with_context(|| format!("list {}", db.display()))?

@@ -3,10 +3,8 @@
 //! not fsynced in its own memory, so a power loss — the node killed, then that memory dropped —
 //! loses exactly what a real one would; it also makes writes or fsyncs fail (EIO, ENOSPC) and
 //! flips bits in stored files. The harness talks to each mount over its control socket
-//! (`n<slot>.ctl`, one line each way).
+//! (`n<slot>.ctl`, one line each way, through `faultfs::request`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,8 +13,6 @@ use anyhow::Context;
 
 /// How long a mount may take to answer its first ping.
 const MOUNT_WAIT: Duration = Duration::from_secs(15);
-/// How long a command may take (a power loss or sync of a big dirty set included).
-const COMMAND_WAIT: Duration = Duration::from_secs(60);
 
 struct Mount {
     mountpoint: PathBuf,
@@ -93,14 +89,7 @@ impl Disks {
 
     /// Send `command` to slot `slot`'s mount; its `ok` reply without the `ok`.
     pub fn command(&self, slot: u64, command: &str) -> anyhow::Result<String> {
-        let control = &self.mounts[slot as usize - 1].control;
-        let mut stream = UnixStream::connect(control)
-            .with_context(|| format!("connect to {}", control.display()))?;
-        stream.set_read_timeout(Some(COMMAND_WAIT))?;
-        stream.write_all(format!("{command}\n").as_bytes())?;
-        let mut reply = String::new();
-        BufReader::new(stream).read_line(&mut reply)?;
-        let reply = reply.trim();
+        let reply = faultfs::request(&self.mounts[slot as usize - 1].control, command)?;
         match reply.strip_prefix("ok") {
             Some(rest) => Ok(rest.trim().to_string()),
             None => anyhow::bail!("faultfs of slot {slot}: {command:?} answered {reply:?}"),
